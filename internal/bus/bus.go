@@ -1,0 +1,70 @@
+// Package bus is the port between the service's roles and a message bus.
+//
+// Two streams flow through it:
+//
+//   - ingress: envelopes accepted by the API, consumed by the pipeline through
+//     one shared, durable subscription (each message is handled by one
+//     pipeline instance);
+//   - delivery: delivery events addressed to one realtime instance; each
+//     instance consumes only the events addressed to it, through its own
+//     subscription.
+//
+// Delivery to handlers is at-least-once. A handler that returns nil acks the
+// message; one that returns an error nacks it, and the bus redelivers it later
+// (with backoff) until its attempts run out and it is dead-lettered. A handler
+// error that wraps ErrPermanent dead-letters the message at once.
+//
+// Adapters live in sub-packages (natsbus, gcppubsub) and pass the conformance
+// suite in bustest.
+package bus
+
+import (
+	"context"
+	"errors"
+)
+
+// Message is one message on the bus.
+type Message struct {
+	// ID identifies the message for deduplication: publishing the same ID
+	// twice within the bus's duplicate window stores it once. Required.
+	ID string
+	// Data is the message body.
+	Data []byte
+	// Attributes are small string key/values carried beside the body
+	// (trace context, reason of dead-lettering, ...).
+	Attributes map[string]string
+	// DeliveryAttempt is set on received messages: 1 on first delivery.
+	DeliveryAttempt int
+}
+
+// Handler handles one received message. See the package doc for what its
+// result means. Handlers may be called concurrently.
+type Handler func(ctx context.Context, m *Message) error
+
+// ErrPermanent marks a handler error that retrying cannot fix (undecodable or
+// invalid message): the message is dead-lettered without further attempts.
+var ErrPermanent = errors.New("permanent failure")
+
+// ErrClosed is returned by operations on a closed bus.
+var ErrClosed = errors.New("bus closed")
+
+// Bus publishes and receives the service's two streams.
+type Bus interface {
+	// PublishIngress publishes m to the ingress topic and returns once the
+	// bus has durably accepted it.
+	PublishIngress(ctx context.Context, m *Message) error
+	// PublishDelivery publishes m addressed to the realtime instance named instance.
+	PublishDelivery(ctx context.Context, instance string, m *Message) error
+	// ReceiveIngress calls h for each ingress message, through the shared
+	// ingress subscription, until ctx is done or the bus is closed. It returns
+	// nil when ctx is done.
+	ReceiveIngress(ctx context.Context, h Handler) error
+	// ReceiveDelivery calls h for each delivery event addressed to instance,
+	// through that instance's own subscription (created if needed), until ctx
+	// is done. It returns nil when ctx is done.
+	ReceiveDelivery(ctx context.Context, instance string, h Handler) error
+	// Ping reports whether the bus answers.
+	Ping(ctx context.Context) error
+	// Close releases the bus's resources. Receivers return.
+	Close() error
+}

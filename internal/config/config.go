@@ -1,0 +1,611 @@
+// Package config turns config.yaml and the environment into a validated
+// Config. Every key has a default: with no file at all the service runs on the
+// embedded default (embedded NATS, SQLite, in-process presence).
+//
+// Secrets never come from the file: JWT_SECRET, DATABASE_URL, REDIS_PASSWORD
+// and credentials files named by path are read from the environment.
+package config
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Run modes.
+const (
+	ModeLocal      = "local"
+	ModeProduction = "production"
+)
+
+// Roles an instance can run.
+const (
+	RoleAPI      = "api"
+	RolePipeline = "pipeline"
+	RoleRealtime = "realtime"
+)
+
+// DevJWTSecret is the development secret used in local mode when JWT_SECRET
+// is unset. Production mode refuses it.
+const DevJWTSecret = "routingservice-development-secret-do-not-use-in-production"
+
+// Config is the whole configuration.
+type Config struct {
+	RunMode         string        `yaml:"run_mode"`
+	InstanceID      string        `yaml:"instance_id"`
+	Roles           []string      `yaml:"roles"`
+	DataDir         string        `yaml:"data_dir"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	Log       Log       `yaml:"log"`
+	API       API       `yaml:"api"`
+	Realtime  Realtime  `yaml:"realtime"`
+	Auth      Auth      `yaml:"auth"`
+	Bus       Bus       `yaml:"bus"`
+	Store     Store     `yaml:"store"`
+	Presence  Presence  `yaml:"presence"`
+	Pipeline  Pipeline  `yaml:"pipeline"`
+	Push      Push      `yaml:"push"`
+	Telemetry Telemetry `yaml:"telemetry"`
+
+	// From the environment, never from the file.
+	JWTSecret     string `yaml:"-"`
+	DatabaseURL   string `yaml:"-"`
+	RedisPassword string `yaml:"-"`
+	// DevSecret is true when JWTSecret is the development secret.
+	DevSecret bool `yaml:"-"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// API configures the HTTP API role.
+type API struct {
+	Listen             string        `yaml:"listen"`
+	MaxBodyBytes       int64         `yaml:"max_body_bytes"`
+	MaxPayloadBytes    int           `yaml:"max_payload_bytes"`
+	IdempotencyWindow  time.Duration `yaml:"idempotency_window"`
+	CORSAllowedOrigins []string      `yaml:"cors_allowed_origins"`
+	ReadTimeout        time.Duration `yaml:"read_timeout"`
+	WriteTimeout       time.Duration `yaml:"write_timeout"`
+	PublishTimeout     time.Duration `yaml:"publish_timeout"`
+}
+
+// Realtime configures the WebSocket role.
+type Realtime struct {
+	Listen          string        `yaml:"listen"`
+	AllowedOrigins  []string      `yaml:"allowed_origins"`
+	MaxFrameBytes   int64         `yaml:"max_frame_bytes"`
+	PingInterval    time.Duration `yaml:"ping_interval"`
+	PongTimeout     time.Duration `yaml:"pong_timeout"`
+	WriteTimeout    time.Duration `yaml:"write_timeout"`
+	SendQueue       int           `yaml:"send_queue"`
+	BacklogPage     int           `yaml:"backlog_page"`
+	MaxConnsPerUser int           `yaml:"max_conns_per_user"`
+}
+
+// Auth configures token verification.
+type Auth struct {
+	// Algorithms accepted; HS256 uses JWT_SECRET, the others keys from JWKSURL.
+	Algorithms  []string      `yaml:"algorithms"`
+	JWKSURL     string        `yaml:"jwks_url"`
+	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+	Issuer      string        `yaml:"issuer"`
+	Audience    string        `yaml:"audience"`
+	Leeway      time.Duration `yaml:"leeway"`
+}
+
+// Bus configures the message bus.
+type Bus struct {
+	// Type is embedded (NATS JetStream in process), nats (external cluster) or pubsub.
+	Type                    string        `yaml:"type"`
+	IngressTopic            string        `yaml:"ingress_topic"`
+	IngressSubscription     string        `yaml:"ingress_subscription"`
+	DeliveryTopic           string        `yaml:"delivery_topic"`
+	MaxDeliveryAttempts     int           `yaml:"max_delivery_attempts"`
+	AckDeadline             time.Duration `yaml:"ack_deadline"`
+	MinBackoff              time.Duration `yaml:"min_backoff"`
+	MaxBackoff              time.Duration `yaml:"max_backoff"`
+	MaxOutstanding          int           `yaml:"max_outstanding"`
+	IngressDeadLetterTopic  string        `yaml:"ingress_dead_letter_topic"`
+	DeliveryDeadLetterTopic string        `yaml:"delivery_dead_letter_topic"`
+	NATS                    NATS          `yaml:"nats"`
+	PubSub                  PubSub        `yaml:"pubsub"`
+}
+
+// NATS configures the embedded server and the external cluster client.
+type NATS struct {
+	// URL of an external cluster (type nats).
+	URL string `yaml:"url"`
+	// Sync is the embedded server's fsync policy: "always" (every write is
+	// fsynced before the publish is acknowledged) or a duration such as
+	// "2m" (fsync at that interval).
+	Sync string `yaml:"sync"`
+	// Replicas of each stream (external cluster).
+	Replicas int `yaml:"replicas"`
+	// DuplicateWindow within which a repeated message id is stored once.
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+	// MaxAge of messages kept in the streams.
+	MaxAge time.Duration `yaml:"max_age"`
+	// CredentialsFile for the external cluster (optional).
+	CredentialsFile string `yaml:"credentials_file"`
+}
+
+// PubSub configures Google Cloud Pub/Sub.
+type PubSub struct {
+	ProjectID                      string        `yaml:"project_id"`
+	DeliverySubscriptionPrefix     string        `yaml:"delivery_subscription_prefix"`
+	DeliverySubscriptionExpiration time.Duration `yaml:"delivery_subscription_expiration"`
+	// Endpoint overrides the API endpoint (PUBSUB_EMULATOR_HOST is honoured too).
+	Endpoint string `yaml:"endpoint"`
+	// CredentialsFile of a service account; default: application default credentials.
+	CredentialsFile string `yaml:"credentials_file"`
+}
+
+// Store configures the durable store.
+type Store struct {
+	// Type is sqlite or postgres (DATABASE_URL from the environment).
+	Type          string        `yaml:"type"`
+	SQLitePath    string        `yaml:"sqlite_path"`
+	Retention     time.Duration `yaml:"retention"`
+	SweepInterval time.Duration `yaml:"sweep_interval"`
+	MaxBatch      int           `yaml:"max_batch"`
+	MaxConns      int           `yaml:"max_conns"`
+}
+
+// Presence configures the presence registry.
+type Presence struct {
+	// Type is memory or redis.
+	Type      string        `yaml:"type"`
+	TTL       time.Duration `yaml:"ttl"`
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	Redis     Redis         `yaml:"redis"`
+}
+
+// Redis configures the Redis client (REDIS_PASSWORD from the environment).
+type Redis struct {
+	Addr      string `yaml:"addr"`
+	DB        int    `yaml:"db"`
+	KeyPrefix string `yaml:"key_prefix"`
+	TLS       bool   `yaml:"tls"`
+}
+
+// Pipeline configures the ingress consumer.
+type Pipeline struct {
+	Concurrency    int           `yaml:"concurrency"`
+	HandlerTimeout time.Duration `yaml:"handler_timeout"`
+}
+
+// Push configures push notifications.
+type Push struct {
+	CoalesceWindow    time.Duration `yaml:"coalesce_window"`
+	Concurrency       int           `yaml:"concurrency"`
+	Timeout           time.Duration `yaml:"timeout"`
+	MaxRetries        int           `yaml:"max_retries"`
+	MaxTargetsPerUser int           `yaml:"max_targets_per_user"`
+	FCM               FCM           `yaml:"fcm"`
+	APNs              APNs          `yaml:"apns"`
+	WebPush           WebPush       `yaml:"webpush"`
+}
+
+// FCM configures Firebase Cloud Messaging (HTTP v1).
+type FCM struct {
+	Enabled         bool   `yaml:"enabled"`
+	ProjectID       string `yaml:"project_id"`
+	CredentialsFile string `yaml:"credentials_file"`
+	Endpoint        string `yaml:"endpoint"`
+	TokenURL        string `yaml:"token_url"`
+}
+
+// APNs configures Apple Push Notification service.
+type APNs struct {
+	Enabled  bool   `yaml:"enabled"`
+	KeyFile  string `yaml:"key_file"`
+	KeyID    string `yaml:"key_id"`
+	TeamID   string `yaml:"team_id"`
+	Topic    string `yaml:"topic"`
+	Endpoint string `yaml:"endpoint"`
+	PushType string `yaml:"push_type"`
+	Priority int    `yaml:"priority"`
+}
+
+// WebPush configures Web Push (VAPID).
+type WebPush struct {
+	Enabled bool   `yaml:"enabled"`
+	Subject string `yaml:"subject"`
+	// VAPID keys (base64url); in local mode, generated into the data dir when empty.
+	VAPIDPublicKey      string        `yaml:"vapid_public_key"`
+	VAPIDPrivateKeyFile string        `yaml:"vapid_private_key_file"`
+	TTL                 time.Duration `yaml:"ttl"`
+	Urgency             string        `yaml:"urgency"`
+}
+
+// Telemetry configures metrics and traces.
+type Telemetry struct {
+	// Traces is off, stdout or otlp.
+	Traces       string  `yaml:"traces"`
+	OTLPEndpoint string  `yaml:"otlp_endpoint"`
+	SampleRatio  float64 `yaml:"sample_ratio"`
+}
+
+// Default returns the embedded-default configuration.
+func Default() Config {
+	return Config{
+		RunMode:         ModeLocal,
+		Roles:           []string{RoleAPI, RolePipeline, RoleRealtime},
+		DataDir:         "./data",
+		ShutdownTimeout: 15 * time.Second,
+		Log:             Log{Level: "info", Format: "text"},
+		API: API{
+			Listen:            ":8082",
+			MaxBodyBytes:      128 << 10,
+			MaxPayloadBytes:   64 << 10,
+			IdempotencyWindow: 24 * time.Hour,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			PublishTimeout:    5 * time.Second,
+		},
+		Realtime: Realtime{
+			Listen:          ":8085",
+			MaxFrameBytes:   64 << 10,
+			PingInterval:    25 * time.Second,
+			PongTimeout:     10 * time.Second,
+			WriteTimeout:    10 * time.Second,
+			SendQueue:       256,
+			BacklogPage:     100,
+			MaxConnsPerUser: 16,
+		},
+		Auth: Auth{
+			Algorithms:  []string{"HS256"},
+			JWKSRefresh: time.Hour,
+			Leeway:      30 * time.Second,
+		},
+		Bus: Bus{
+			Type:                    "embedded",
+			IngressTopic:            "routing-ingress",
+			IngressSubscription:     "routing-pipeline",
+			DeliveryTopic:           "routing-delivery",
+			IngressDeadLetterTopic:  "routing-ingress-dlq",
+			DeliveryDeadLetterTopic: "routing-delivery-dlq",
+			MaxDeliveryAttempts:     5,
+			AckDeadline:             30 * time.Second,
+			MinBackoff:              time.Second,
+			MaxBackoff:              60 * time.Second,
+			MaxOutstanding:          1000,
+			NATS: NATS{
+				Sync:            "always",
+				Replicas:        1,
+				DuplicateWindow: 2 * time.Minute,
+				MaxAge:          7 * 24 * time.Hour,
+			},
+			PubSub: PubSub{
+				DeliverySubscriptionPrefix:     "routing-delivery-",
+				DeliverySubscriptionExpiration: 24 * time.Hour,
+			},
+		},
+		Store: Store{
+			Type:          "sqlite",
+			Retention:     30 * 24 * time.Hour,
+			SweepInterval: time.Hour,
+			MaxBatch:      256,
+			MaxConns:      16,
+		},
+		Presence: Presence{
+			Type:      "memory",
+			TTL:       60 * time.Second,
+			Heartbeat: 20 * time.Second,
+			Redis:     Redis{Addr: "127.0.0.1:6379", KeyPrefix: "routing:"},
+		},
+		Pipeline: Pipeline{Concurrency: 64, HandlerTimeout: 10 * time.Second},
+		Push: Push{
+			CoalesceWindow:    5 * time.Second,
+			Concurrency:       16,
+			Timeout:           10 * time.Second,
+			MaxRetries:        3,
+			MaxTargetsPerUser: 10,
+			APNs:              APNs{Endpoint: "https://api.push.apple.com", PushType: "background", Priority: 5},
+			WebPush:           WebPush{Enabled: true, Subject: "mailto:ops@example.com", TTL: 24 * time.Hour, Urgency: "high"},
+			FCM:               FCM{Endpoint: "https://fcm.googleapis.com", TokenURL: "https://oauth2.googleapis.com/token"},
+		},
+		Telemetry: Telemetry{Traces: "off", SampleRatio: 1},
+	}
+}
+
+// Load reads the file at path ("" for none) over the defaults, applies the
+// environment, and validates the result.
+func Load(path string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := Parse(b, &cfg); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	cfg.FromEnv(os.Getenv)
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML over cfg. Unknown keys are errors.
+func Parse(b []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, errEOF()) {
+		return err
+	}
+	return nil
+}
+
+func errEOF() error { return io.EOF }
+
+// FromEnv reads the secrets (and the instance id, when set) from the environment.
+func (c *Config) FromEnv(getenv func(string) string) {
+	c.JWTSecret = getenv("JWT_SECRET")
+	c.DatabaseURL = getenv("DATABASE_URL")
+	c.RedisPassword = getenv("REDIS_PASSWORD")
+	if v := getenv("ROUTING_INSTANCE_ID"); v != "" {
+		c.InstanceID = v
+	}
+	if v := getenv("ROUTING_DATA_DIR"); v != "" {
+		c.DataDir = v
+	}
+}
+
+// Has reports whether the instance runs role.
+func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
+
+// Validate checks every key and fills the derived defaults (instance id,
+// development secret, SQLite path). Errors name the key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config key %s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	prod := c.RunMode == ModeProduction
+	if c.RunMode != ModeLocal && !prod {
+		bad("run_mode", "must be %q or %q, got %q", ModeLocal, ModeProduction, c.RunMode)
+	}
+	if len(c.Roles) == 0 {
+		bad("roles", "must name at least one of api, pipeline, realtime")
+	}
+	for _, r := range c.Roles {
+		if r != RoleAPI && r != RolePipeline && r != RoleRealtime {
+			bad("roles", "unknown role %q (api, pipeline, realtime)", r)
+		}
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = defaultInstanceID()
+	} else if !validName(c.InstanceID) {
+		bad("instance_id", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.InstanceID)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown_timeout", "must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if c.API.MaxBodyBytes < 1024 {
+		bad("api.max_body_bytes", "must be at least 1024")
+	}
+	if c.API.MaxPayloadBytes < 1 || int64(c.API.MaxPayloadBytes) > c.API.MaxBodyBytes {
+		bad("api.max_payload_bytes", "must be between 1 and api.max_body_bytes")
+	}
+	if c.API.IdempotencyWindow <= 0 {
+		bad("api.idempotency_window", "must be positive")
+	}
+	positive := map[string]time.Duration{
+		"api.read_timeout": c.API.ReadTimeout, "api.write_timeout": c.API.WriteTimeout,
+		"api.publish_timeout": c.API.PublishTimeout, "realtime.ping_interval": c.Realtime.PingInterval,
+		"realtime.pong_timeout": c.Realtime.PongTimeout, "realtime.write_timeout": c.Realtime.WriteTimeout,
+		"bus.ack_deadline": c.Bus.AckDeadline, "bus.min_backoff": c.Bus.MinBackoff, "bus.max_backoff": c.Bus.MaxBackoff,
+		"store.retention": c.Store.Retention, "store.sweep_interval": c.Store.SweepInterval,
+		"presence.ttl": c.Presence.TTL, "presence.heartbeat": c.Presence.Heartbeat,
+		"pipeline.handler_timeout": c.Pipeline.HandlerTimeout, "push.timeout": c.Push.Timeout,
+		"push.coalesce_window": c.Push.CoalesceWindow,
+	}
+	for k, v := range positive {
+		if v <= 0 {
+			bad(k, "must be a positive duration")
+		}
+	}
+	if c.Presence.Heartbeat >= c.Presence.TTL {
+		bad("presence.heartbeat", "must be shorter than presence.ttl")
+	}
+	if c.Bus.MaxBackoff < c.Bus.MinBackoff {
+		bad("bus.max_backoff", "must not be shorter than bus.min_backoff")
+	}
+	if c.Realtime.MaxFrameBytes < 1024 {
+		bad("realtime.max_frame_bytes", "must be at least 1024")
+	}
+	ints := map[string]int{
+		"realtime.send_queue": c.Realtime.SendQueue, "realtime.backlog_page": c.Realtime.BacklogPage,
+		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser,
+		"bus.max_outstanding":         c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
+		"store.max_conns": c.Store.MaxConns, "pipeline.concurrency": c.Pipeline.Concurrency,
+		"push.concurrency": c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
+	}
+	for k, v := range ints {
+		if v < 1 {
+			bad(k, "must be at least 1")
+		}
+	}
+	if c.Realtime.BacklogPage > 500 {
+		bad("realtime.backlog_page", "must be at most 500")
+	}
+	if c.Bus.MaxDeliveryAttempts < 5 || c.Bus.MaxDeliveryAttempts > 100 {
+		bad("bus.max_delivery_attempts", "must be between 5 and 100 (the range Pub/Sub accepts)")
+	}
+	for k, v := range map[string]string{
+		"bus.ingress_topic": c.Bus.IngressTopic, "bus.ingress_subscription": c.Bus.IngressSubscription,
+		"bus.delivery_topic": c.Bus.DeliveryTopic, "bus.ingress_dead_letter_topic": c.Bus.IngressDeadLetterTopic,
+		"bus.delivery_dead_letter_topic": c.Bus.DeliveryDeadLetterTopic,
+	} {
+		if !validName(v) {
+			bad(k, "must be 1-64 characters of [A-Za-z0-9_-], got %q", v)
+		}
+	}
+	switch c.Bus.Type {
+	case "embedded":
+		if prod {
+			bad("bus.type", "embedded is a development default; production needs nats or pubsub")
+		}
+		if c.Bus.NATS.Sync != "always" {
+			if d, err := time.ParseDuration(c.Bus.NATS.Sync); err != nil || d <= 0 {
+				bad("bus.nats.sync", "must be \"always\" or a positive duration, got %q", c.Bus.NATS.Sync)
+			}
+		}
+	case "nats":
+		if c.Bus.NATS.URL == "" {
+			bad("bus.nats.url", "is required when bus.type is nats")
+		}
+	case "pubsub":
+		if c.Bus.PubSub.ProjectID == "" {
+			bad("bus.pubsub.project_id", "is required when bus.type is pubsub")
+		}
+		if c.Bus.PubSub.DeliverySubscriptionExpiration < 24*time.Hour {
+			bad("bus.pubsub.delivery_subscription_expiration", "must be at least 24h (the Pub/Sub minimum)")
+		}
+	default:
+		bad("bus.type", "must be embedded, nats or pubsub, got %q", c.Bus.Type)
+	}
+	if c.Bus.NATS.Replicas < 1 || c.Bus.NATS.Replicas > 5 {
+		bad("bus.nats.replicas", "must be between 1 and 5")
+	}
+	if c.Bus.NATS.DuplicateWindow <= 0 {
+		bad("bus.nats.duplicate_window", "must be positive")
+	}
+	switch c.Store.Type {
+	case "sqlite":
+		if prod {
+			bad("store.type", "sqlite serves one instance; production needs postgres")
+		}
+		if c.Store.SQLitePath == "" {
+			c.Store.SQLitePath = filepath.Join(c.DataDir, "routing.db")
+		}
+	case "postgres":
+		if c.DatabaseURL == "" {
+			bad("store.type", "postgres needs the DATABASE_URL environment variable")
+		}
+	default:
+		bad("store.type", "must be sqlite or postgres, got %q", c.Store.Type)
+	}
+	switch c.Presence.Type {
+	case "memory":
+		if prod {
+			bad("presence.type", "memory serves one instance; production needs redis")
+		}
+	case "redis":
+		if c.Presence.Redis.Addr == "" {
+			bad("presence.redis.addr", "is required when presence.type is redis")
+		}
+	default:
+		bad("presence.type", "must be memory or redis, got %q", c.Presence.Type)
+	}
+	for i, a := range c.Auth.Algorithms {
+		switch a {
+		case "HS256", "RS256", "ES256", "EdDSA":
+		default:
+			bad(fmt.Sprintf("auth.algorithms[%d]", i), "must be HS256, RS256, ES256 or EdDSA, got %q", a)
+		}
+	}
+	if len(c.Auth.Algorithms) == 0 {
+		bad("auth.algorithms", "must name at least one algorithm")
+	}
+	if slices.Contains(c.Auth.Algorithms, "HS256") {
+		switch {
+		case c.JWTSecret == "" && prod:
+			bad("auth.algorithms", "HS256 needs the JWT_SECRET environment variable in production")
+		case c.JWTSecret == "":
+			c.JWTSecret = DevJWTSecret
+			c.DevSecret = true
+		case c.JWTSecret == DevJWTSecret && prod:
+			bad("auth.algorithms", "JWT_SECRET is the development secret; production refuses it")
+		case len(c.JWTSecret) < 32 && prod:
+			bad("auth.algorithms", "JWT_SECRET must be at least 32 bytes in production")
+		}
+	}
+	if slices.ContainsFunc(c.Auth.Algorithms, func(a string) bool { return a != "HS256" }) && c.Auth.JWKSURL == "" {
+		bad("auth.jwks_url", "is required for RS256, ES256 or EdDSA")
+	}
+	if c.Auth.JWKSURL != "" && prod && !strings.HasPrefix(c.Auth.JWKSURL, "https://") {
+		bad("auth.jwks_url", "must be https in production")
+	}
+	if c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute {
+		bad("auth.leeway", "must be between 0 and 5m")
+	}
+	for _, o := range c.API.CORSAllowedOrigins {
+		if o == "*" && prod {
+			bad("api.cors_allowed_origins", "wildcard \"*\" is refused in production")
+		}
+	}
+	for _, o := range c.Realtime.AllowedOrigins {
+		if o == "*" && prod {
+			bad("realtime.allowed_origins", "wildcard \"*\" is refused in production")
+		}
+	}
+	switch c.Telemetry.Traces {
+	case "off", "stdout", "otlp":
+	default:
+		bad("telemetry.traces", "must be off, stdout or otlp, got %q", c.Telemetry.Traces)
+	}
+	if c.Telemetry.SampleRatio < 0 || c.Telemetry.SampleRatio > 1 {
+		bad("telemetry.sample_ratio", "must be between 0 and 1")
+	}
+	return errors.Join(errs...)
+}
+
+func validName(s string) bool {
+	if len(s) < 1 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func defaultInstanceID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := make([]byte, 0, 32)
+	for i := 0; i < len(host) && len(name) < 40; i++ {
+		c := host[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' {
+			name = append(name, c)
+		}
+	}
+	if len(name) == 0 {
+		name = append(name, "instance"...)
+	}
+	return string(name) + "-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,108 @@
+// Package store is the port to the durable store: pending envelopes (the
+// source of truth until the recipient acknowledges them), idempotency
+// records, and push targets.
+//
+// Adapters live in sub-packages (sqlite, postgres) and pass the conformance
+// suite in storetest.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+)
+
+// ErrClosed is returned by operations on a closed store.
+var ErrClosed = errors.New("store closed")
+
+// ErrBadCursor is returned for a cursor the store did not make.
+var ErrBadCursor = errors.New("bad cursor")
+
+// ErrTooManyTargets is returned by PutTarget when the user already has the
+// maximum number of push targets.
+var ErrTooManyTargets = errors.New("too many push targets")
+
+// Page is one page of a recipient's pending envelopes, oldest first.
+type Page struct {
+	Envelopes []*envelope.Envelope
+	// Next is the cursor of the following page, "" when there is none.
+	Next string
+}
+
+// Idempotency is the record of one accepted send with an idempotency key.
+type Idempotency struct {
+	Sender string
+	Key    string
+	// Envelope is the message accepted for that key (payload included, so
+	// that a retry can republish it if the first attempt did not finish).
+	Envelope *envelope.Envelope
+	// Published is true once the envelope was durably published.
+	Published bool
+}
+
+// Target is one push target of a user.
+type Target struct {
+	// Platform is "android", "ios", "apns" or "webpush".
+	Platform string
+	// Token is the FCM or APNs token; for webpush, the subscription endpoint.
+	Token string
+	// P256DH and Auth are the Web Push subscription keys (base64url).
+	P256DH string
+	Auth   string
+}
+
+// Messages stores pending envelopes.
+type Messages interface {
+	// PutMessages stores envelopes. It is idempotent on id: an id already
+	// stored is left as it is. Safe for concurrent use; adapters may group
+	// concurrent calls into one transaction.
+	PutMessages(ctx context.Context, envs []*envelope.Envelope) error
+	// Pending returns up to limit envelopes of recipient after cursor
+	// ("" for the start), oldest (first stored) first.
+	Pending(ctx context.Context, recipient, cursor string, limit int) (Page, error)
+	// Ack deletes the recipient's envelopes with these ids. Ids unknown or
+	// addressed to someone else are ignored. It returns how many were deleted.
+	Ack(ctx context.Context, recipient string, ids []string) (int, error)
+	// DeleteBefore deletes envelopes created before t (retention). It
+	// returns how many were deleted.
+	DeleteBefore(ctx context.Context, t time.Time) (int, error)
+}
+
+// Idempotencies stores idempotency records.
+type Idempotencies interface {
+	// ReserveIdempotency records rec unless a record for (rec.Sender,
+	// rec.Key) exists; it then returns the existing record and false.
+	// It returns rec and true when rec was recorded.
+	ReserveIdempotency(ctx context.Context, rec Idempotency) (Idempotency, bool, error)
+	// MarkPublished marks the record of (sender, key) published.
+	MarkPublished(ctx context.Context, sender, key string) error
+	// ReleaseIdempotency deletes the record of (sender, key) if it is not published.
+	ReleaseIdempotency(ctx context.Context, sender, key string) error
+	// DeleteIdempotencyBefore deletes records of envelopes created before t.
+	DeleteIdempotencyBefore(ctx context.Context, t time.Time) (int, error)
+}
+
+// Targets stores push targets.
+type Targets interface {
+	// PutTarget adds t to user's targets; an existing identical target
+	// (same platform and token) is replaced. ErrTooManyTargets when the user
+	// has max targets already (max <= 0: no cap).
+	PutTarget(ctx context.Context, user string, t Target, max int) error
+	// DeleteTarget removes user's target with t's platform and token, if any.
+	DeleteTarget(ctx context.Context, user string, t Target) error
+	// Targets returns user's targets.
+	Targets(ctx context.Context, user string) ([]Target, error)
+}
+
+// Store is the whole store port.
+type Store interface {
+	Messages
+	Idempotencies
+	Targets
+	// Ping reports whether the store answers.
+	Ping(ctx context.Context) error
+	// Close flushes pending writes and releases resources.
+	Close() error
+}
