@@ -1,0 +1,419 @@
+// Package api serves the HTTP API of the client contract: sending,
+// fetching and acknowledging messages, and registering push targets.
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/telemetry"
+)
+
+// Store is what the API needs of the store.
+type Store interface {
+	store.Messages
+	store.Idempotencies
+	store.Targets
+}
+
+// Publisher publishes accepted envelopes to the ingress topic.
+type Publisher interface {
+	PublishIngress(ctx context.Context, m *bus.Message) error
+}
+
+// Options configures the API.
+type Options struct {
+	MaxBodyBytes      int64
+	MaxPayloadBytes   int
+	PublishTimeout    time.Duration
+	MaxTargetsPerUser int
+	// ValidateTarget checks a push target's form; nil accepts any non-empty target.
+	ValidateTarget func(store.Target) error
+	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
+	VAPIDPublicKey string
+	Logger  *slog.Logger
+	Metrics *telemetry.Metrics
+}
+
+// Server is the HTTP API.
+type Server struct {
+	o     Options
+	store Store
+	bus   Publisher
+	auth  Authenticate
+	ids   *envelope.IDs
+	log   *slog.Logger
+	m     *telemetry.Metrics
+}
+
+// New returns the API server.
+func New(o Options, st Store, pub Publisher, authenticate Authenticate) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Server{o: o, store: st, bus: pub, auth: authenticate, ids: envelope.NewIDs(), log: o.Logger, m: o.Metrics}
+}
+
+// Mount adds the /v1 routes to rt.
+func (s *Server) Mount(rt *Router) {
+	rt.HandleFunc(http.MethodPost, "/v1/messages", RequireAuth(s.auth, s.send))
+	rt.HandleFunc(http.MethodGet, "/v1/messages", RequireAuth(s.auth, s.fetch))
+	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", RequireAuth(s.auth, s.ack))
+	rt.HandleFunc(http.MethodPut, "/v1/devices", RequireAuth(s.auth, s.putDevice))
+	rt.HandleFunc(http.MethodDelete, "/v1/devices", RequireAuth(s.auth, s.deleteDevice))
+	rt.HandleFunc(http.MethodGet, "/v1/push/vapid-public-key", RequireAuth(s.auth, s.vapidKey))
+}
+
+type sendRequest struct {
+	Recipient      string  `json:"recipient"`
+	Payload        *string `json:"payload"`
+	Type           string  `json:"type"`
+	Ephemeral      bool    `json:"ephemeral"`
+	IdempotencyKey string  `json:"idempotency_key"`
+}
+
+type sendResponse struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func (s *Server) send(w http.ResponseWriter, r *http.Request) {
+	var req sendRequest
+	if e := s.decode(w, r, &req); e != nil {
+		WriteError(w, e)
+		return
+	}
+	if err := envelope.ValidateURN(req.Recipient); err != nil {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidRecipient, "recipient: "+err.Error()))
+		return
+	}
+	if req.Payload == nil || *req.Payload == "" {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidPayload, "payload is required (standard base64)"))
+		return
+	}
+	if base64.StdEncoding.DecodedLen(len(*req.Payload)) > s.o.MaxPayloadBytes+2 {
+		WriteError(w, Errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
+			"payload is over "+strconv.Itoa(s.o.MaxPayloadBytes)+" bytes"))
+		return
+	}
+	payload, err := base64.StdEncoding.DecodeString(*req.Payload)
+	if err != nil {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidPayload, "payload is not standard base64"))
+		return
+	}
+	if len(payload) > s.o.MaxPayloadBytes {
+		WriteError(w, Errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
+			"payload is over "+strconv.Itoa(s.o.MaxPayloadBytes)+" bytes"))
+		return
+	}
+	if err := envelope.ValidateType(req.Type); err != nil {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "type: "+err.Error()))
+		return
+	}
+	if req.IdempotencyKey != "" && !validKey(req.IdempotencyKey) {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "idempotency_key must be 1-64 characters of [A-Za-z0-9_-]"))
+		return
+	}
+	now := envelope.Now()
+	env := &envelope.Envelope{
+		ID:        s.ids.New(now),
+		Sender:    Subject(r.Context()),
+		Recipient: req.Recipient,
+		Type:      req.Type,
+		Payload:   payload,
+		Ephemeral: req.Ephemeral,
+		CreatedAt: now,
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.PublishTimeout)
+	defer cancel()
+	if req.IdempotencyKey != "" {
+		rec, fresh, err := s.store.ReserveIdempotency(ctx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey, Envelope: env})
+		if err != nil {
+			s.log.Warn("idempotency reserve failed", "err", err)
+			WriteError(w, unavailable("store"))
+			return
+		}
+		if !fresh {
+			if s.m != nil {
+				s.m.IdempotentHits.Inc()
+			}
+			if !rec.Published {
+				// An earlier attempt reserved the key but did not finish
+				// publishing (it failed or is still running): publish the same
+				// envelope again; the pipeline is idempotent on its id.
+				if err := s.publish(ctx, rec.Envelope); err != nil {
+					WriteError(w, unavailable("bus"))
+					return
+				}
+				_ = s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey)
+			}
+			WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
+			return
+		}
+		if err := s.publish(ctx, env); err != nil {
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
+			_ = s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey)
+			rcancel()
+			WriteError(w, unavailable("bus"))
+			return
+		}
+		if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
+			// The message is accepted; a retry with this key republishes the
+			// same envelope, which the pipeline stores once.
+			s.log.Warn("idempotency mark published failed", "err", err)
+		}
+	} else if err := s.publish(ctx, env); err != nil {
+		WriteError(w, unavailable("bus"))
+		return
+	}
+	if s.m != nil {
+		s.m.MessagesAccepted.WithLabelValues(strconv.FormatBool(env.Ephemeral)).Inc()
+	}
+	WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
+}
+
+func (s *Server) publish(ctx context.Context, env *envelope.Envelope) error {
+	data, err := envelope.Marshal(env)
+	if err != nil {
+		return err
+	}
+	if err := s.bus.PublishIngress(ctx, &bus.Message{ID: env.ID, Data: data}); err != nil {
+		s.log.Warn("publish ingress failed", "id", env.ID, "err", err)
+		return err
+	}
+	return nil
+}
+
+func unavailable(backend string) *Error {
+	e := Errorf(http.StatusServiceUnavailable, CodeBackendUnavailable, "the "+backend+" is unavailable; nothing was accepted, retry later")
+	e.RetryAfter = 1
+	return e
+}
+
+type fetchResponse struct {
+	Messages   []*envelope.Envelope `json:"messages"`
+	NextCursor string               `json:"next_cursor"`
+}
+
+func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 500 {
+			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "limit must be an integer from 1 to 500"))
+			return
+		}
+		limit = n
+	}
+	after := q.Get("after")
+	if len(after) > 128 {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "after is not a cursor this server made"))
+		return
+	}
+	page, err := s.store.Pending(r.Context(), Subject(r.Context()), after, limit)
+	if errors.Is(err, store.ErrBadCursor) {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "after is not a cursor this server made"))
+		return
+	}
+	if err != nil {
+		s.log.Warn("fetch pending failed", "err", err)
+		WriteError(w, unavailable("store"))
+		return
+	}
+	if page.Envelopes == nil {
+		page.Envelopes = []*envelope.Envelope{}
+	}
+	WriteJSON(w, http.StatusOK, fetchResponse{Messages: page.Envelopes, NextCursor: page.Next})
+}
+
+type ackRequest struct {
+	IDs []string `json:"ids"`
+}
+
+// ValidateAckIDs checks the ids of an ack: 1-500 ids of at most 64 characters.
+func ValidateAckIDs(ids []string) *Error {
+	if len(ids) < 1 || len(ids) > 500 {
+		return Errorf(http.StatusBadRequest, CodeInvalidParameter, "ids must hold 1 to 500 message ids")
+	}
+	for _, id := range ids {
+		if id == "" || len(id) > 64 {
+			return Errorf(http.StatusBadRequest, CodeInvalidParameter, "each id must be 1-64 characters")
+		}
+	}
+	return nil
+}
+
+func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
+	var req ackRequest
+	if e := s.decode(w, r, &req); e != nil {
+		WriteError(w, e)
+		return
+	}
+	if e := ValidateAckIDs(req.IDs); e != nil {
+		WriteError(w, e)
+		return
+	}
+	n, err := s.store.Ack(r.Context(), Subject(r.Context()), req.IDs)
+	if err != nil {
+		s.log.Warn("ack failed", "err", err)
+		WriteError(w, unavailable("store"))
+		return
+	}
+	if s.m != nil {
+		s.m.MessagesAcked.Add(float64(n))
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type deviceRequest struct {
+	Platform     string `json:"platform"`
+	Token        string `json:"token"`
+	Subscription *struct {
+		Endpoint string `json:"endpoint"`
+		Keys     struct {
+			P256DH string `json:"p256dh"`
+			Auth   string `json:"auth"`
+		} `json:"keys"`
+	} `json:"subscription"`
+}
+
+func (s *Server) deviceTarget(w http.ResponseWriter, r *http.Request) (store.Target, bool) {
+	var req deviceRequest
+	if e := s.decode(w, r, &req); e != nil {
+		WriteError(w, e)
+		return store.Target{}, false
+	}
+	t := store.Target{Platform: req.Platform, Token: req.Token}
+	switch req.Platform {
+	case "android", "ios", "apns":
+		if req.Subscription != nil {
+			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "subscription is only for platform webpush"))
+			return t, false
+		}
+	case "webpush":
+		if req.Subscription == nil || req.Token != "" {
+			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "webpush needs subscription {endpoint, keys {p256dh, auth}} and no token"))
+			return t, false
+		}
+		t.Token = req.Subscription.Endpoint
+		t.P256DH = req.Subscription.Keys.P256DH
+		t.Auth = req.Subscription.Keys.Auth
+	default:
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "platform must be android, ios, apns or webpush"))
+		return t, false
+	}
+	if t.Token == "" {
+		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "token is required"))
+		return t, false
+	}
+	if s.o.ValidateTarget != nil {
+		if err := s.o.ValidateTarget(t); err != nil {
+			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, err.Error()))
+			return t, false
+		}
+	}
+	return t, true
+}
+
+func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) {
+	t, ok := s.deviceTarget(w, r)
+	if !ok {
+		return
+	}
+	err := s.store.PutTarget(r.Context(), Subject(r.Context()), t, s.o.MaxTargetsPerUser)
+	if errors.Is(err, store.ErrTooManyTargets) {
+		WriteError(w, Errorf(http.StatusConflict, CodeTooManyDevices,
+			"at most "+strconv.Itoa(s.o.MaxTargetsPerUser)+" push targets per user; delete one first"))
+		return
+	}
+	if err != nil {
+		s.log.Warn("put device failed", "err", err)
+		WriteError(w, unavailable("store"))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
+	t, ok := s.deviceTarget(w, r)
+	if !ok {
+		return
+	}
+	if err := s.store.DeleteTarget(r.Context(), Subject(r.Context()), t); err != nil {
+		s.log.Warn("delete device failed", "err", err)
+		WriteError(w, unavailable("store"))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) vapidKey(w http.ResponseWriter, r *http.Request) {
+	if s.o.VAPIDPublicKey == "" {
+		WriteError(w, Errorf(http.StatusNotFound, CodeNotFound, "web push is not configured"))
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]string{"public_key": s.o.VAPIDPublicKey})
+}
+
+// decode reads a JSON body of at most MaxBodyBytes into v.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *Error {
+	if e := CheckJSONContentType(r); e != nil {
+		return e
+	}
+	body := http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
+		case errors.Is(err, io.EOF):
+			return Errorf(http.StatusBadRequest, CodeBadJSON, "request body is empty")
+		default:
+			return Errorf(http.StatusBadRequest, CodeBadJSON, "request body is not valid JSON of the expected shape: "+err.Error())
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
+		}
+		return Errorf(http.StatusBadRequest, CodeBadJSON, "request body has data after the JSON value")
+	}
+	return nil
+}
+
+// CheckJSONContentType answers 415 unless the request's body is application/json.
+func CheckJSONContentType(r *http.Request) *Error {
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
+		return Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMedia, "Content-Type must be application/json")
+	}
+	return nil
+}
+
+func validKey(k string) bool {
+	if len(k) < 1 || len(k) > 64 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,111 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+)
+
+// Authenticate verifies a bearer token and returns the caller's URN (the
+// token's sub).
+type Authenticate func(token string) (subject string, err error)
+
+type subjectKey struct{}
+
+// Subject returns the authenticated caller's URN stored in ctx by RequireAuth.
+func Subject(ctx context.Context) string {
+	s, _ := ctx.Value(subjectKey{}).(string)
+	return s
+}
+
+// WithSubject returns ctx carrying the caller's URN.
+func WithSubject(ctx context.Context, sub string) context.Context {
+	return context.WithValue(ctx, subjectKey{}, sub)
+}
+
+// BearerToken returns the token of "Authorization: Bearer <token>", and, when
+// allowQuery is set (WebSocket upgrades from browsers), of the access_token
+// query parameter.
+func BearerToken(r *http.Request, allowQuery bool) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			return strings.TrimSpace(h[7:])
+		}
+		return ""
+	}
+	if allowQuery {
+		return r.URL.Query().Get("access_token")
+	}
+	return ""
+}
+
+// Authorize authenticates r; it writes a 401 and returns false on failure.
+func Authorize(w http.ResponseWriter, r *http.Request, authenticate Authenticate, allowQuery bool) (string, bool) {
+	tok := BearerToken(r, allowQuery)
+	if tok == "" {
+		WriteError(w, Errorf(http.StatusUnauthorized, CodeUnauthorized, "missing bearer token"))
+		return "", false
+	}
+	sub, err := authenticate(tok)
+	if err != nil {
+		WriteError(w, Errorf(http.StatusUnauthorized, CodeUnauthorized, "invalid token: "+err.Error()))
+		return "", false
+	}
+	return sub, true
+}
+
+// RequireAuth wraps h so that it runs only for requests with a valid token.
+func RequireAuth(authenticate Authenticate, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sub, ok := Authorize(w, r, authenticate, false)
+		if !ok {
+			return
+		}
+		h(w, r.WithContext(WithSubject(r.Context(), sub)))
+	}
+}
+
+// CORS answers preflights and sets CORS headers for allowed origins only.
+// With no allowed origins, browsers' cross-origin calls are refused (no CORS
+// headers). "*" allows any origin (refused in production by config).
+func CORS(allowed []string, h http.Handler) http.Handler {
+	if len(allowed) == 0 {
+		return h
+	}
+	any := slices.Contains(allowed, "*")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && (any || slices.Contains(allowed, origin)) {
+			hd := w.Header()
+			hd.Add("Vary", "Origin")
+			hd.Set("Access-Control-Allow-Origin", origin)
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				hd.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+				hd.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+				hd.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// OriginAllowed reports whether a WebSocket upgrade from origin is allowed:
+// no Origin header (a non-browser client), an origin in allowed, or the same
+// host as the request.
+func OriginAllowed(r *http.Request, allowed []string) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if slices.Contains(allowed, "*") || slices.Contains(allowed, origin) {
+		return true
+	}
+	// Same origin: the Origin's host equals the Host the client connected to.
+	if i := strings.Index(origin, "://"); i >= 0 && origin[i+3:] == r.Host {
+		return true
+	}
+	return false
+}

@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/telemetry"
+)
+
+// Router routes exact paths and methods, and answers unknown paths (404) and
+// wrong methods (405, with Allow) in the JSON error shape.
+type Router struct {
+	routes  map[string]map[string]http.Handler
+	metrics *telemetry.Metrics
+	log     *slog.Logger
+}
+
+// NewRouter returns an empty router. metrics may be nil.
+func NewRouter(metrics *telemetry.Metrics, log *slog.Logger) *Router {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Router{routes: map[string]map[string]http.Handler{}, metrics: metrics, log: log}
+}
+
+// Handle routes method and path to h.
+func (rt *Router) Handle(method, path string, h http.Handler) {
+	m := rt.routes[path]
+	if m == nil {
+		m = map[string]http.Handler{}
+		rt.routes[path] = m
+	}
+	m[method] = h
+	if method == http.MethodGet {
+		m[http.MethodHead] = h
+	}
+}
+
+// HandleFunc routes method and path to f.
+func (rt *Router) HandleFunc(method, path string, f http.HandlerFunc) { rt.Handle(method, path, f) }
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer (hijack for WebSockets).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP dispatches the request, recovering from panics (500, logged).
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	route := "unknown"
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			rt.log.Error("panic serving request", "path", r.URL.Path, "method", r.Method, "panic", fmt.Sprint(v))
+			if sw.status == 0 {
+				WriteError(sw, Errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+			}
+		}
+		if rt.metrics != nil {
+			code := sw.status
+			if code == 0 {
+				code = http.StatusOK
+			}
+			rt.metrics.HTTPRequests.WithLabelValues(route, statusLabel(code)).Inc()
+			rt.metrics.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}
+	}()
+	methods, ok := rt.routes[r.URL.Path]
+	if !ok {
+		WriteError(sw, Errorf(http.StatusNotFound, CodeNotFound, "no such path: "+truncate(r.URL.Path, 100)))
+		return
+	}
+	route = r.URL.Path
+	h, ok := methods[r.Method]
+	if !ok {
+		if r.Method == http.MethodOptions {
+			// CORS preflight is answered by the CORS middleware; without it, allow nothing.
+			sw.WriteHeader(http.StatusNoContent)
+			return
+		}
+		allow := make([]string, 0, len(methods))
+		for m := range methods {
+			allow = append(allow, m)
+		}
+		slices.Sort(allow)
+		sw.Header().Set("Allow", strings.Join(allow, ", "))
+		WriteError(sw, Errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed on "+route))
+		return
+	}
+	h.ServeHTTP(sw, r)
+}
+
+func statusLabel(code int) string {
+	switch {
+	case code >= 100 && code < 600:
+		return strconv.Itoa(code)
+	default:
+		return "other"
+	}
+}
+
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// ReadyFunc checks one backend.
+type ReadyFunc func(ctx context.Context) error
+
+// MountOps adds the operations endpoints (no token): /healthz, /readyz and /metrics.
+func MountOps(rt *Router, checks map[string]ReadyFunc, metrics http.Handler) {
+	rt.HandleFunc(http.MethodGet, "/healthz", func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	rt.HandleFunc(http.MethodGet, "/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		failed := map[string]string{}
+		for name, check := range checks {
+			if err := check(ctx); err != nil {
+				failed[name] = err.Error()
+			}
+		}
+		if len(failed) > 0 {
+			WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "failed": failed})
+			return
+		}
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	if metrics != nil {
+		rt.Handle(http.MethodGet, "/metrics", metrics)
+	}
+}

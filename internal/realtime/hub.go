@@ -1,0 +1,91 @@
+package realtime
+
+import (
+	"sync"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+)
+
+// frame is one encoded server-to-client frame of a message.
+type frame struct {
+	id   string
+	data []byte
+}
+
+// hub is the registry of this instance's live sessions by user.
+type hub struct {
+	mu    sync.RWMutex
+	users map[string]map[*session]struct{}
+	count int
+}
+
+func newHub() *hub { return &hub{users: map[string]map[*session]struct{}{}} }
+
+// add registers s unless its user already has max sessions here.
+func (h *hub) add(s *session, max int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.users[s.user]
+	if len(set) >= max {
+		return false
+	}
+	if set == nil {
+		set = map[*session]struct{}{}
+		h.users[s.user] = set
+	}
+	set[s] = struct{}{}
+	h.count++
+	return true
+}
+
+func (h *hub) remove(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.users[s.user]
+	if _, ok := set[s]; !ok {
+		return
+	}
+	delete(set, s)
+	h.count--
+	if len(set) == 0 {
+		delete(h.users, s.user)
+	}
+}
+
+// deliver queues env on every session of its recipient. It never blocks: a
+// session whose queue is full is closed (its messages stay in the store).
+func (h *hub) deliver(env *envelope.Envelope) int {
+	h.mu.RLock()
+	set := h.users[env.Recipient]
+	if len(set) == 0 {
+		h.mu.RUnlock()
+		return 0
+	}
+	sessions := make([]*session, 0, len(set))
+	for s := range set {
+		sessions = append(sessions, s)
+	}
+	h.mu.RUnlock()
+	data, err := encodeMessage(env)
+	if err != nil {
+		return 0
+	}
+	f := frame{id: env.ID, data: data}
+	for _, s := range sessions {
+		s.enqueue(f)
+	}
+	return len(sessions)
+}
+
+// all returns every session.
+func (h *hub) all() []*session {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*session, 0, h.count)
+	for _, set := range h.users {
+		for s := range set {
+			out = append(out, s)
+		}
+	}
+	return out
+}

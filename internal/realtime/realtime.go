@@ -1,0 +1,470 @@
+// Package realtime serves the WebSocket endpoint GET /v1/connect: each
+// connection gets its user's stored backlog, oldest first, then live messages
+// as they arrive on this instance's delivery subscription (or in process from
+// the pipeline). It keeps the presence registry up to date.
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/go-routing-service/routingservice/internal/api"
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/presence"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/telemetry"
+)
+
+// Store is what realtime needs of the store.
+type Store interface {
+	Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error)
+	Ack(ctx context.Context, recipient string, ids []string) (int, error)
+}
+
+// Receiver receives this instance's delivery events.
+type Receiver interface {
+	ReceiveDelivery(ctx context.Context, instance string, h bus.Handler) error
+}
+
+// Options configures the realtime server.
+type Options struct {
+	Instance        string
+	AllowedOrigins  []string
+	MaxFrameBytes   int64
+	PingInterval    time.Duration
+	PongTimeout     time.Duration
+	WriteTimeout    time.Duration
+	SendQueue       int
+	BacklogPage     int
+	MaxConnsPerUser int
+	Heartbeat       time.Duration
+	Logger          *slog.Logger
+	Metrics         *telemetry.Metrics
+}
+
+// Server is the realtime role of one instance.
+type Server struct {
+	o        Options
+	store    Store
+	presence presence.Presence
+	auth     api.Authenticate
+	hub      *hub
+	log      *slog.Logger
+	m        *telemetry.Metrics
+	connSeq  atomic.Uint64
+	sessions sync.WaitGroup
+	closing  atomic.Bool
+}
+
+// New returns a realtime server.
+func New(o Options, st Store, pr presence.Presence, authenticate api.Authenticate) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(), log: o.Logger, m: o.Metrics}
+}
+
+// Mount adds GET /v1/connect to rt.
+func (s *Server) Mount(rt *api.Router) {
+	rt.HandleFunc(http.MethodGet, "/v1/connect", s.connect)
+}
+
+// Deliver hands env to this instance's connections of its recipient. It
+// never blocks.
+func (s *Server) Deliver(env *envelope.Envelope) { s.hub.deliver(env) }
+
+// Connections returns how many connections this instance holds.
+func (s *Server) Connections() int {
+	s.hub.mu.RLock()
+	defer s.hub.mu.RUnlock()
+	return s.hub.count
+}
+
+// Run consumes this instance's delivery subscription and refreshes presence
+// until ctx is done.
+func (s *Server) Run(ctx context.Context, rcv Receiver) error {
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		s.heartbeat(ctx)
+	}()
+	err := rcv.ReceiveDelivery(ctx, s.o.Instance, func(ctx context.Context, m *bus.Message) error {
+		var env envelope.Envelope
+		if err := envelope.Unmarshal(m.Data, &env); err != nil {
+			return fmt.Errorf("%w: %v", bus.ErrPermanent, err)
+		}
+		s.hub.deliver(&env)
+		return nil
+	})
+	<-hbDone
+	return err
+}
+
+func (s *Server) heartbeat(ctx context.Context) {
+	t := time.NewTicker(s.o.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		all := s.hub.all()
+		conns := make([]presence.Conn, len(all))
+		for i, ss := range all {
+			conns[i] = ss.presenceConn(s.o.Instance)
+		}
+		if len(conns) == 0 {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.o.Heartbeat)
+		if err := s.presence.Refresh(rctx, conns); err != nil {
+			s.log.Warn("presence refresh failed", "conns", len(conns), "err", err)
+		}
+		cancel()
+	}
+}
+
+// Shutdown closes every connection (going away) and waits for their
+// sessions to end, or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	for _, ss := range s.hub.all() {
+		ss.stop(websocket.StatusGoingAway, "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	if !api.OriginAllowed(r, s.o.AllowedOrigins) {
+		api.WriteError(w, api.Errorf(http.StatusForbidden, api.CodeOriginNotAllowed, "origin not allowed"))
+		return
+	}
+	user, ok := api.Authorize(w, r, s.auth, true)
+	if !ok {
+		return
+	}
+	if s.closing.Load() {
+		api.WriteError(w, &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeBackendUnavailable,
+			Message: "server shutting down", RetryAfter: 1})
+		return
+	}
+	ss := &session{
+		srv:  s,
+		id:   strconv.FormatUint(s.connSeq.Add(1), 36),
+		user: user,
+		live: make(chan frame, s.o.SendQueue),
+		done: make(chan struct{}),
+	}
+	if !s.hub.add(ss, s.o.MaxConnsPerUser) {
+		api.WriteError(w, &api.Error{Status: http.StatusTooManyRequests, Code: api.CodeRateLimited,
+			Message: "too many connections for this user", RetryAfter: 5})
+		return
+	}
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		s.hub.remove(ss)
+		return // Accept wrote the error response.
+	}
+	c.SetReadLimit(s.o.MaxFrameBytes)
+	ss.conn = c
+	s.sessions.Add(1)
+	defer s.sessions.Done()
+	if s.m != nil {
+		s.m.WSConnections.Inc()
+		defer s.m.WSConnections.Dec()
+	}
+	ss.run(r.Context())
+}
+
+// session is one WebSocket connection.
+type session struct {
+	srv  *Server
+	id   string
+	user string
+	conn *websocket.Conn
+	live chan frame
+
+	stopOnce    sync.Once
+	done        chan struct{}
+	closeCode   websocket.StatusCode
+	closeReason string
+}
+
+func (ss *session) presenceConn(instance string) presence.Conn {
+	return presence.Conn{User: ss.user, Instance: instance, ID: ss.id}
+}
+
+// enqueue queues f without blocking; a full queue stops the session.
+func (ss *session) enqueue(f frame) {
+	select {
+	case ss.live <- f:
+	default:
+		ss.stop(websocket.StatusTryAgainLater, "slow consumer")
+		if ss.srv.m != nil {
+			ss.srv.m.WSDropped.WithLabelValues("slow_consumer").Inc()
+		}
+	}
+}
+
+// stop ends the session with a close status (the first one wins).
+func (ss *session) stop(code websocket.StatusCode, reason string) {
+	ss.stopOnce.Do(func() {
+		ss.closeCode, ss.closeReason = code, reason
+		close(ss.done)
+	})
+}
+
+func (ss *session) run(reqCtx context.Context) {
+	s := ss.srv
+	ctx, cancel := context.WithCancel(context.WithoutCancel(reqCtx))
+	defer cancel()
+	pc := ss.presenceConn(s.o.Instance)
+	defer func() {
+		s.hub.remove(ss)
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := s.presence.Remove(rctx, pc); err != nil {
+			s.log.Warn("presence remove failed", "err", err)
+		}
+		rcancel()
+		code, reason := websocket.StatusNormalClosure, ""
+		select {
+		case <-ss.done:
+			code, reason = ss.closeCode, ss.closeReason
+		default:
+		}
+		_ = ss.conn.Close(code, reason)
+	}()
+	actx, acancel := context.WithTimeout(ctx, s.o.WriteTimeout)
+	err := s.presence.Add(actx, pc)
+	acancel()
+	if err != nil {
+		s.log.Warn("presence add failed", "err", err)
+		ss.writeError(ctx, api.CodeBackendUnavailable, "presence is unavailable; reconnect later")
+		ss.stop(websocket.StatusTryAgainLater, "presence unavailable")
+		return
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); ss.readLoop(ctx) }()
+	go func() { defer wg.Done(); ss.pingLoop(ctx) }()
+	ss.writeLoop(ctx)
+	ss.stop(websocket.StatusNormalClosure, "")
+	cancel()
+	// Closing the connection makes the reader return.
+	code, reason := ss.closeCode, ss.closeReason
+	_ = ss.conn.Close(code, reason)
+	wg.Wait()
+}
+
+// writeLoop sends the backlog, then live frames, until the session stops.
+func (ss *session) writeLoop(ctx context.Context) {
+	s := ss.srv
+	sent, ok := ss.sendBacklog(ctx)
+	if !ok {
+		return
+	}
+	backlogDone := time.Now()
+	for {
+		select {
+		case <-ss.done:
+			return
+		case f := <-ss.live:
+			if sent != nil {
+				// A message stored while the backlog was read can arrive
+				// live too: send it once.
+				if _, dup := sent[f.id]; dup {
+					continue
+				}
+				if time.Since(backlogDone) > time.Minute {
+					sent = nil
+				}
+			}
+			if !ss.write(ctx, f.data) {
+				return
+			}
+			if s.m != nil {
+				s.m.WSMessagesSent.WithLabelValues("live").Inc()
+			}
+		}
+	}
+}
+
+func (ss *session) sendBacklog(ctx context.Context) (map[string]struct{}, bool) {
+	s := ss.srv
+	var sent map[string]struct{}
+	cursor := ""
+	for {
+		select {
+		case <-ss.done:
+			return nil, false
+		default:
+		}
+		qctx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
+		page, err := s.store.Pending(qctx, ss.user, cursor, s.o.BacklogPage)
+		cancel()
+		if err != nil {
+			s.log.Warn("backlog read failed", "err", err)
+			ss.writeError(ctx, api.CodeBackendUnavailable, "store is unavailable; reconnect later")
+			ss.stop(websocket.StatusTryAgainLater, "store unavailable")
+			return nil, false
+		}
+		for _, env := range page.Envelopes {
+			data, err := encodeMessage(env)
+			if err != nil {
+				continue
+			}
+			if !ss.write(ctx, data) {
+				return nil, false
+			}
+			if sent == nil {
+				sent = make(map[string]struct{})
+			}
+			sent[env.ID] = struct{}{}
+			if s.m != nil {
+				s.m.WSMessagesSent.WithLabelValues("backlog").Inc()
+			}
+		}
+		if page.Next == "" {
+			return sent, true
+		}
+		cursor = page.Next
+	}
+}
+
+func (ss *session) write(ctx context.Context, data []byte) bool {
+	wctx, cancel := context.WithTimeout(ctx, ss.srv.o.WriteTimeout)
+	err := ss.conn.Write(wctx, websocket.MessageText, data)
+	cancel()
+	if err != nil {
+		ss.stop(websocket.StatusGoingAway, "write failed")
+		return false
+	}
+	return true
+}
+
+func (ss *session) writeError(ctx context.Context, code, message string) {
+	b, _ := json.Marshal(errorFrame{Type: "error", Error: errorDetail{Code: code, Message: message}})
+	wctx, cancel := context.WithTimeout(ctx, ss.srv.o.WriteTimeout)
+	_ = ss.conn.Write(wctx, websocket.MessageText, b)
+	cancel()
+}
+
+func (ss *session) pingLoop(ctx context.Context) {
+	s := ss.srv
+	t := time.NewTicker(s.o.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ss.done:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.o.PongTimeout)
+		err := ss.conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			if s.m != nil {
+				s.m.WSDropped.WithLabelValues("pong_timeout").Inc()
+			}
+			ss.stop(websocket.StatusPolicyViolation, "pong timeout")
+			return
+		}
+	}
+}
+
+// readLoop handles client frames: acks. It stops the session when the
+// connection fails or closes.
+func (ss *session) readLoop(ctx context.Context) {
+	s := ss.srv
+	for {
+		typ, data, err := ss.conn.Read(ctx)
+		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+				if s.m != nil {
+					s.m.WSDropped.WithLabelValues("frame_too_big").Inc()
+				}
+			}
+			ss.stop(websocket.StatusNormalClosure, "")
+			return
+		}
+		if typ != websocket.MessageText {
+			ss.writeError(ctx, api.CodeBadRequest, "frames must be JSON text")
+			continue
+		}
+		var in clientFrame
+		if err := json.Unmarshal(data, &in); err != nil {
+			ss.writeError(ctx, api.CodeBadJSON, "frame is not valid JSON of the expected shape")
+			continue
+		}
+		switch in.Type {
+		case "ack":
+			if e := api.ValidateAckIDs(in.IDs); e != nil {
+				ss.writeError(ctx, e.Code, e.Message)
+				continue
+			}
+			actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
+			n, err := s.store.Ack(actx, ss.user, in.IDs)
+			cancel()
+			if err != nil {
+				s.log.Warn("websocket ack failed", "err", err)
+				ss.writeError(ctx, api.CodeBackendUnavailable, "store is unavailable; ack again later")
+				continue
+			}
+			if s.m != nil {
+				s.m.WSAcks.Inc()
+				s.m.MessagesAcked.Add(float64(n))
+			}
+		default:
+			ss.writeError(ctx, api.CodeBadRequest, "unknown frame type (expected \"ack\")")
+		}
+	}
+}
+
+type clientFrame struct {
+	Type string   `json:"type"`
+	IDs  []string `json:"ids"`
+}
+
+type messageFrame struct {
+	Type    string             `json:"type"`
+	Message *envelope.Envelope `json:"message"`
+}
+
+type errorFrame struct {
+	Type  string      `json:"type"`
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func encodeMessage(env *envelope.Envelope) ([]byte, error) {
+	return json.Marshal(messageFrame{Type: "message", Message: env})
+}
+

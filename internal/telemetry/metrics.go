@@ -1,0 +1,110 @@
+// Package telemetry holds the service's Prometheus metrics and logging setup.
+package telemetry
+
+import (
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the service's own Prometheus metrics, on a registry of their
+// own (so several instances can run in one process, as tests do).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	HTTPRequests        *prometheus.CounterVec   // route, code
+	HTTPDuration        *prometheus.HistogramVec // route
+	MessagesAccepted    *prometheus.CounterVec   // ephemeral
+	IdempotentHits      prometheus.Counter
+	PipelineHandled     *prometheus.CounterVec // result: ok, retry, dead
+	PipelineDuration    prometheus.Histogram
+	DeliveriesPublished prometheus.Counter
+	DeliveriesLocal     prometheus.Counter
+	PushRequested       prometheus.Counter
+	WSConnections       prometheus.Gauge
+	WSMessagesSent      *prometheus.CounterVec // kind: backlog, live
+	WSDropped           *prometheus.CounterVec // reason
+	WSAcks              prometheus.Counter
+	MessagesAcked       prometheus.Counter
+}
+
+// NewMetrics makes the metrics and registers them, with the Go and process
+// collectors, on a new registry.
+func NewMetrics() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "routing_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"route"}),
+		MessagesAccepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_messages_accepted_total", Help: "Messages accepted by the API (202).",
+		}, []string{"ephemeral"}),
+		IdempotentHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_idempotent_replays_total", Help: "Sends answered from an earlier send with the same idempotency key.",
+		}),
+		PipelineHandled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_pipeline_messages_total", Help: "Ingress messages handled by the pipeline, by result.",
+		}, []string{"result"}),
+		PipelineDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "routing_pipeline_duration_seconds", Help: "Time to store and route one ingress message.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+		DeliveriesPublished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_deliveries_published_total", Help: "Delivery events published to other instances.",
+		}),
+		DeliveriesLocal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_deliveries_local_total", Help: "Delivery events handed to this instance's connections in process.",
+		}),
+		PushRequested: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_push_requested_total", Help: "Push notifications requested for offline recipients.",
+		}),
+		WSConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_websocket_connections", Help: "Open WebSocket connections.",
+		}),
+		WSMessagesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_websocket_messages_sent_total", Help: "Messages written to WebSockets, by kind (backlog, live).",
+		}, []string{"kind"}),
+		WSDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_websocket_closed_total", Help: "WebSockets closed by the server, by reason.",
+		}, []string{"reason"}),
+		WSAcks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_websocket_acks_total", Help: "Ack frames received over WebSockets.",
+		}),
+		MessagesAcked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_messages_acked_total", Help: "Messages deleted from the store by acknowledgements.",
+		}),
+	}
+	r.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
+		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
+		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
+	)
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// NewLogger makes the process logger: text or json on stderr at level.
+func NewLogger(level, format string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	o := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, o))
+}
