@@ -1,0 +1,103 @@
+package config
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The shipped config.yaml documents every key with its default.
+func TestShippedConfigIsTheDefault(t *testing.T) {
+	b, err := os.ReadFile("../../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Config
+	if err := Parse(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := Default(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("config.yaml differs from Default():\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestDefaultIsValidInLocalMode(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.DevSecret || c.JWTSecret != DevJWTSecret {
+		t.Fatal("local mode without JWT_SECRET must use the development secret")
+	}
+	if c.InstanceID == "" || c.Store.SQLitePath == "" {
+		t.Fatal("derived defaults not filled")
+	}
+}
+
+func TestValidateNamesTheKey(t *testing.T) {
+	cases := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		key  string
+	}{
+		{"production refuses dev secret", "run_mode: production", nil, "auth.algorithms"},
+		{"production refuses embedded bus", "run_mode: production", map[string]string{"JWT_SECRET": strings.Repeat("s", 40)}, "bus.type"},
+		{"production refuses wildcard cors", "run_mode: production\napi:\n  cors_allowed_origins: ['*']", nil, "api.cors_allowed_origins"},
+		{"production refuses wildcard ws origins", "run_mode: production\nrealtime:\n  allowed_origins: ['*']", nil, "realtime.allowed_origins"},
+		{"production refuses sqlite", "run_mode: production", nil, "store.type"},
+		{"production refuses memory presence", "run_mode: production", nil, "presence.type"},
+		{"bad run mode", "run_mode: staging", nil, "run_mode"},
+		{"bad role", "roles: [api, web]", nil, "roles"},
+		{"bad bus", "bus:\n  type: kafka", nil, "bus.type"},
+		{"nats needs url", "bus:\n  type: nats", nil, "bus.nats.url"},
+		{"pubsub needs project", "bus:\n  type: pubsub", nil, "bus.pubsub.project_id"},
+		{"postgres needs url", "store:\n  type: postgres", nil, "store.type"},
+		{"bad sync", "bus:\n  nats:\n    sync: sometimes", nil, "bus.nats.sync"},
+		{"heartbeat vs ttl", "presence:\n  heartbeat: 2m", nil, "presence.heartbeat"},
+		{"attempts range", "bus:\n  max_delivery_attempts: 2", nil, "bus.max_delivery_attempts"},
+		{"payload over body", "api:\n  max_payload_bytes: 999999", nil, "api.max_payload_bytes"},
+		{"jwks needed", "auth:\n  algorithms: [RS256]", nil, "auth.jwks_url"},
+		{"bad algorithm", "auth:\n  algorithms: [none]", nil, "auth.algorithms[0]"},
+		{"bad instance id", "instance_id: 'a b'", nil, "instance_id"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			if err := Parse([]byte(tc.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			c.FromEnv(func(k string) string { return tc.env[k] })
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), "config key "+tc.key+":") {
+				t.Fatalf("error %v does not name key %s", err, tc.key)
+			}
+		})
+	}
+}
+
+func TestUnknownKeyIsAnError(t *testing.T) {
+	c := Default()
+	if err := Parse([]byte("api:\n  lisen: ':1'\n"), &c); err == nil || !strings.Contains(err.Error(), "lisen") {
+		t.Fatalf("unknown key not reported: %v", err)
+	}
+}
+
+func TestProductionAcceptsACompleteSetup(t *testing.T) {
+	c := Default()
+	y := `run_mode: production
+bus: {type: nats, nats: {url: "nats://127.0.0.1:4222"}}
+store: {type: postgres}
+presence: {type: redis}
+`
+	if err := Parse([]byte(y), &c); err != nil {
+		t.Fatal(err)
+	}
+	c.FromEnv(func(k string) string {
+		return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "postgres://x"}[k]
+	})
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
