@@ -1,0 +1,291 @@
+package sqlite
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
+)
+
+const (
+	// maxPage caps Pending's limit (the client contract's maximum).
+	maxPage = 500
+	// ackChunk is the number of ids one DELETE statement of Ack takes.
+	ackChunk = 500
+	// retentionChunk is the number of rows one DELETE of DeleteBefore takes,
+	// so that retention never holds the write lock for long.
+	retentionChunk = 5000
+)
+
+const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+
+// putRequest is one PutMessages call waiting for the writer.
+type putRequest struct {
+	envs []*envelope.Envelope
+	done chan error // buffered (1): the writer never blocks on it
+}
+
+// PutMessages stores envs, idempotently on id, in the order given. It
+// returns once the transaction holding them committed (durably), or with
+// ctx's error if ctx ends first, in which case they may or may not have
+// been stored.
+func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if len(envs) == 0 {
+		return nil
+	}
+	for i, e := range envs {
+		if e == nil || e.ID == "" {
+			return fmt.Errorf("sqlite put: envelope %d has no id", i)
+		}
+	}
+	req := &putRequest{envs: envs, done: make(chan error, 1)}
+	select {
+	case s.reqs <- req:
+	case <-s.quit:
+		return store.ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("sqlite put: %w", ctx.Err())
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("sqlite put: %w", ctx.Err())
+	}
+}
+
+// writeLoop is the group-commit writer, owned by the Store (started by Open,
+// stopped by Close). It takes one request, then every request already
+// queued up to maxBatch envelopes, without waiting for more, and commits
+// them in one transaction.
+func (s *Store) writeLoop() {
+	defer close(s.writerDone)
+	batch := make([]*putRequest, 0, 64)
+	for {
+		var first *putRequest
+		select {
+		case first = <-s.reqs:
+		case <-s.quit:
+			return
+		}
+		batch = append(batch[:0], first)
+		n := len(first.envs)
+	collect:
+		for n < s.maxBatch {
+			select {
+			case req := <-s.reqs:
+				batch = append(batch, req)
+				n += len(req.envs)
+			default:
+				break collect
+			}
+		}
+		s.commitBatch(batch, n)
+		clear(batch)
+	}
+}
+
+// commitBatch writes batch in one transaction and answers every request.
+// If that transaction fails, each request is retried alone so that one
+// request's failure is not every request's.
+func (s *Store) commitBatch(batch []*putRequest, n int) {
+	// The batch belongs to several callers: no single caller's context may
+	// abort it. busy_timeout bounds how long it can wait for a lock.
+	ctx := context.Background()
+	err := s.insertMessages(ctx, batch)
+	if err != nil && len(batch) > 1 {
+		s.log.Warn("store group commit failed, retrying requests one by one", "requests", len(batch), "envelopes", n, "err", err)
+		for _, req := range batch {
+			req.done <- s.insertMessages(ctx, []*putRequest{req})
+		}
+		return
+	}
+	for _, req := range batch {
+		req.done <- err
+	}
+}
+
+func (s *Store) insertMessages(ctx context.Context, batch []*putRequest) error {
+	s.groupCommits.Add(1)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.wrap("put: begin", err)
+	}
+	defer tx.Rollback()
+	stmt := tx.StmtContext(ctx, s.insert)
+	for _, req := range batch {
+		for _, e := range req.envs {
+			payload := e.Payload
+			if payload == nil {
+				payload = []byte{}
+			}
+			if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
+				return s.wrap("put "+e.ID, err)
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return s.wrap("put: commit", err)
+	}
+	return nil
+}
+
+// Pending returns up to limit (at most 500) of recipient's envelopes stored
+// after cursor, in store order.
+func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error) {
+	if s.closed.Load() {
+		return store.Page{}, store.ErrClosed
+	}
+	after, err := decodeCursor(cursor)
+	if err != nil {
+		return store.Page{}, err
+	}
+	limit = min(max(limit, 1), maxPage)
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, id, sender, type, payload, ephemeral, created_at
+		FROM messages WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?`, recipient, after, limit+1)
+	if err != nil {
+		return store.Page{}, s.wrap("pending", err)
+	}
+	defer rows.Close()
+	page := store.Page{Envelopes: make([]*envelope.Envelope, 0, min(limit, 64))}
+	var lastSeq int64
+	for rows.Next() {
+		if len(page.Envelopes) == limit {
+			page.Next = encodeCursor(lastSeq)
+			break
+		}
+		e := &envelope.Envelope{Recipient: recipient}
+		var ms int64
+		if err := rows.Scan(&lastSeq, &e.ID, &e.Sender, &e.Type, &e.Payload, &e.Ephemeral, &ms); err != nil {
+			return store.Page{}, s.wrap("pending: scan", err)
+		}
+		if e.Payload == nil {
+			e.Payload = []byte{}
+		}
+		e.CreatedAt = fromMillis(ms)
+		page.Envelopes = append(page.Envelopes, e)
+	}
+	if err := rows.Err(); err != nil {
+		return store.Page{}, s.wrap("pending", err)
+	}
+	return page, nil
+}
+
+// Ack deletes recipient's envelopes with these ids and returns how many it
+// deleted; other recipients' and unknown ids are ignored.
+func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, s.wrap("ack: begin", err)
+	}
+	defer tx.Rollback()
+	total := 0
+	for start := 0; start < len(ids); start += ackChunk {
+		chunk := ids[start:min(start+ackChunk, len(ids))]
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, recipient)
+		for _, id := range chunk {
+			args = append(args, id)
+		}
+		q := "DELETE FROM messages WHERE recipient = ? AND id IN (?" + strings.Repeat(",?", len(chunk)-1) + ")"
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return 0, s.wrap("ack", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, s.wrap("ack", err)
+		}
+		total += int(n)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.wrap("ack: commit", err)
+	}
+	return total, nil
+}
+
+// DeleteBefore deletes envelopes created before t, in short transactions
+// of at most 5000 rows, and returns how many it deleted.
+func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
+	return s.deleteInChunks(ctx, "retention",
+		`DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE created_at < ? LIMIT ?)`, t)
+}
+
+// deleteInChunks runs query (with the cut-off and the chunk size as its
+// arguments) until it deletes fewer rows than a chunk.
+func (s *Store) deleteInChunks(ctx context.Context, op, query string, t time.Time) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	cut := cutoffMillis(t)
+	total := 0
+	for {
+		res, err := s.w.ExecContext(ctx, query, cut, retentionChunk)
+		if err != nil {
+			return total, s.wrap(op, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, s.wrap(op, err)
+		}
+		total += int(n)
+		if n < retentionChunk {
+			return total, nil
+		}
+	}
+}
+
+// toMillis is the stored form of a time: Unix milliseconds (UTC by definition).
+func toMillis(t time.Time) int64 { return t.UnixMilli() }
+
+// fromMillis turns the stored form back into a UTC time.
+func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// cutoffMillis is the smallest stored time that is not before t: a row is
+// before t exactly when its stored milliseconds are below it.
+func cutoffMillis(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
+	}
+	return ms
+}
+
+// Cursors are the base64url form of "s" followed by the base-36 store
+// sequence of the last envelope of the page.
+const cursorPrefix = 's'
+
+func encodeCursor(seq int64) string {
+	b := strconv.AppendInt([]byte{cursorPrefix}, seq, 36)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(c string) (int64, error) {
+	if c == "" {
+		return 0, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(b) < 2 || b[0] != cursorPrefix {
+		return 0, fmt.Errorf("sqlite pending: cursor %.40q: %w", c, store.ErrBadCursor)
+	}
+	seq, err := strconv.ParseInt(string(b[1:]), 36, 64)
+	if err != nil || seq <= 0 {
+		return 0, fmt.Errorf("sqlite pending: cursor %.40q: %w", c, store.ErrBadCursor)
+	}
+	return seq, nil
+}

@@ -1,0 +1,110 @@
+package sqlite_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/sqlite"
+	"github.com/go-routing-service/routingservice/internal/store/storetest"
+)
+
+func openTemp(t testing.TB, opts sqlite.Options) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.RunConformanceTests(t, func(t *testing.T) store.Store {
+		return openTemp(t, sqlite.Options{})
+	})
+}
+
+// TestConformanceSmallBatch runs the suite with batches of one envelope, so
+// that group commit splits every concurrent burst.
+func TestConformanceSmallBatch(t *testing.T) {
+	storetest.RunConformanceTests(t, func(t *testing.T) store.Store {
+		return openTemp(t, sqlite.Options{MaxBatch: 1})
+	})
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	s, err := sqlite.Open(t.Context(), path, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &envelope.Envelope{ID: "01JREOPEN", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte{1, 2}, CreatedAt: envelope.Now()}
+	if err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A second open finds the schema at its version and the data in place.
+	for range 2 {
+		s, err = sqlite.Open(t.Context(), path, sqlite.Options{})
+		if err != nil {
+			t.Fatalf("reopen: %v", err)
+		}
+		p, err := s.Pending(t.Context(), e.Recipient, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Envelopes) != 1 || p.Envelopes[0].ID != e.ID {
+			t.Fatalf("after reopen: %d envelopes", len(p.Envelopes))
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestOpenRejectsBadPath(t *testing.T) {
+	for _, p := range []string{"", filepath.Join(t.TempDir(), "x.db?mode=memory"), filepath.Join(t.TempDir(), "missing-dir", "x.db")} {
+		if s, err := sqlite.Open(t.Context(), p, sqlite.Options{}); err == nil {
+			s.Close()
+			t.Errorf("Open(%q) succeeded", p)
+		}
+	}
+}
+
+// BenchmarkPutMessages measures durable stores of one envelope per call
+// from many goroutines at once (the shape of the send path), reporting msgs/s.
+func BenchmarkPutMessages(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	payload := make([]byte, 256)
+	ids := envelope.NewIDs()
+	var seq atomic.Int64
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	b.SetParallelism(64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := seq.Add(1)
+			e := &envelope.Envelope{
+				ID:        ids.New(at),
+				Sender:    "urn:sm:user:sender",
+				Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000),
+				Payload:   payload,
+				CreatedAt: at,
+			}
+			if err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
