@@ -1,0 +1,216 @@
+// Package auth verifies the JWTs that authenticate every /v1/ request: HS256
+// with a shared secret, and RS256, ES256 and EdDSA with public keys fetched
+// from a JWKS URL.
+//
+// The accepted algorithms are fixed when the Verifier is made. A token whose
+// header names any other algorithm (alg "none" included) is refused before
+// any key is looked at, and each algorithm only ever gets a key of its own
+// kind: HS256 gets the configured secret and nothing else, the asymmetric
+// algorithms get only JWKS keys of the matching type. That closes algorithm
+// confusion (an HS256 token "signed" with an RSA public key's bytes).
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+)
+
+// ErrInvalidToken is returned, wrapping the detail, for every token that is
+// not accepted: malformed, expired, not yet valid, wrongly signed, signed
+// with an algorithm or key that is not accepted, or naming an invalid
+// subject. Compare with errors.Is.
+var ErrInvalidToken = errors.New("invalid token")
+
+// Algorithms the Verifier can be configured with.
+const (
+	HS256 = "HS256"
+	RS256 = "RS256"
+	ES256 = "ES256"
+	EdDSA = "EdDSA"
+)
+
+// Options configure a Verifier.
+type Options struct {
+	// HS256Secret verifies HS256 tokens; required when Algorithms has HS256.
+	HS256Secret []byte
+	// Algorithms accepted (HS256, RS256, ES256, EdDSA); at least one.
+	Algorithms []string
+	// JWKSURL serves the public keys of RS256, ES256 and EdDSA tokens;
+	// required when Algorithms has any of them.
+	JWKSURL string
+	// JWKSRefresh is how often the key set is fetched again; default 1h.
+	JWKSRefresh time.Duration
+	// Issuer, when set, must equal the token's iss.
+	Issuer string
+	// Audience, when set, must be one of the token's aud.
+	Audience string
+	// Leeway tolerated on exp, nbf and iat for clock skew.
+	Leeway time.Duration
+	// HTTPClient fetches the key set; default http.DefaultClient.
+	HTTPClient *http.Client
+}
+
+// Claims are the verified claims the service uses.
+type Claims struct {
+	// Subject is the caller's URN (validated by envelope.ValidateURN).
+	Subject string
+	// ExpiresAt is when the token stops being valid.
+	ExpiresAt time.Time
+}
+
+// Verifier checks tokens. It is safe for concurrent use. Close stops its key
+// set refresh.
+type Verifier struct {
+	parser  *jwt.Parser
+	hsKey   any // the secret, boxed once so key lookups do not allocate
+	keyfunc jwt.Keyfunc
+	jwks    *keySet // nil without JWKS algorithms
+}
+
+// NewVerifier checks o and returns a Verifier. When o configures a JWKS
+// algorithm it fetches the key set once, bounded by ctx, and then keeps it
+// fresh in the background until Close. A failed first fetch is logged, not
+// returned: HS256 tokens verify at once, JWKS tokens fail with
+// ErrInvalidToken until a retry (with backoff) loads the keys, and Ready
+// reports the gap. A restart while the identity provider is down thus
+// degrades only JWKS logins instead of keeping the whole service down.
+func NewVerifier(ctx context.Context, o Options) (*Verifier, error) {
+	return newVerifier(ctx, o, defaultKeySetTuning())
+}
+
+func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, error) {
+	if len(o.Algorithms) == 0 {
+		return nil, errors.New("auth: no algorithms configured")
+	}
+	var hs, asym bool
+	for _, a := range o.Algorithms {
+		switch a {
+		case HS256:
+			hs = true
+		case RS256, ES256, EdDSA:
+			asym = true
+		default:
+			return nil, fmt.Errorf("auth: unsupported algorithm %q (HS256, RS256, ES256, EdDSA)", a)
+		}
+	}
+	if hs && len(o.HS256Secret) == 0 {
+		return nil, errors.New("auth: HS256 needs a secret")
+	}
+	if asym && o.JWKSURL == "" {
+		return nil, errors.New("auth: RS256, ES256 and EdDSA need a JWKS URL")
+	}
+	if o.Leeway < 0 {
+		return nil, fmt.Errorf("auth: negative leeway %v", o.Leeway)
+	}
+	popts := []jwt.ParserOption{
+		jwt.WithValidMethods(slices.Clone(o.Algorithms)),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(o.Leeway),
+	}
+	if o.Issuer != "" {
+		popts = append(popts, jwt.WithIssuer(o.Issuer))
+	}
+	if o.Audience != "" {
+		popts = append(popts, jwt.WithAudience(o.Audience))
+	}
+	v := &Verifier{parser: jwt.NewParser(popts...)}
+	if hs {
+		v.hsKey = slices.Clone(o.HS256Secret)
+	}
+	v.keyfunc = v.key
+	if asym {
+		refresh := o.JWKSRefresh
+		if refresh <= 0 {
+			refresh = time.Hour
+		}
+		client := o.HTTPClient
+		if client == nil {
+			client = http.DefaultClient
+		}
+		v.jwks = startKeySet(ctx, o.JWKSURL, client, refresh, tune, slog.Default().With("component", "auth"))
+	}
+	return v, nil
+}
+
+// Verify checks token and returns its claims. Every failure is ErrInvalidToken
+// wrapping the reason. It never blocks on the network: a token whose key id
+// is not in the key set fails, and asks for a (rate-limited) fetch of the
+// key set in the background so that a rotated key is soon known.
+func (v *Verifier) Verify(token string) (Claims, error) {
+	var rc jwt.RegisteredClaims
+	if _, err := v.parser.ParseWithClaims(token, &rc, v.keyfunc); err != nil {
+		return Claims{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if err := envelope.ValidateURN(rc.Subject); err != nil {
+		return Claims{}, fmt.Errorf("%w: sub: %w", ErrInvalidToken, err)
+	}
+	// exp is required by the parser, so rc.ExpiresAt is set here.
+	return Claims{Subject: rc.Subject, ExpiresAt: rc.ExpiresAt.Time}, nil
+}
+
+// key is the jwt.Keyfunc: it hands each algorithm only a key of its own kind.
+// The parser has already refused algorithms outside Options.Algorithms.
+func (v *Verifier) key(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	if alg == HS256 {
+		if v.hsKey == nil {
+			return nil, errors.New("HS256 is not configured")
+		}
+		return v.hsKey, nil
+	}
+	if v.jwks == nil {
+		return nil, fmt.Errorf("%s is not configured", alg)
+	}
+	kid, _ := t.Header["kid"].(string)
+	return v.jwks.lookup(alg, kid)
+}
+
+// Ready reports whether the Verifier can check every configured algorithm:
+// an error while the JWKS has not been loaded yet.
+func (v *Verifier) Ready() error {
+	if v.jwks == nil {
+		return nil
+	}
+	return v.jwks.ready()
+}
+
+// Close stops the key set refresh and waits for it to end. Verify keeps
+// working with the keys already loaded. Close may be called more than once.
+func (v *Verifier) Close() {
+	if v.jwks != nil {
+		v.jwks.close()
+	}
+}
+
+// Sign returns an HS256 token for sub that expires ttl after now, with iat
+// set to now. It is the development aid behind `routingservice token`.
+func Sign(secret []byte, sub string, ttl time.Duration, now time.Time) (string, error) {
+	if len(secret) == 0 {
+		return "", errors.New("auth: sign: empty secret")
+	}
+	if ttl <= 0 {
+		return "", fmt.Errorf("auth: sign: ttl must be positive, got %v", ttl)
+	}
+	if err := envelope.ValidateURN(sub); err != nil {
+		return "", fmt.Errorf("auth: sign: sub: %w", err)
+	}
+	claims := jwt.RegisteredClaims{
+		Subject:   sub,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	if err != nil {
+		return "", fmt.Errorf("auth: sign: %w", err)
+	}
+	return s, nil
+}
