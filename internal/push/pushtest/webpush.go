@@ -40,14 +40,14 @@ type WebPushRequest struct {
 // decrypts each aes128gcm body with the subscription's private key and
 // auth secret, as the browser would.
 type WebPush struct {
-	t          testing.TB
-	srv        *httptest.Server
-	vapidPub   string
-	vapidPriv  string
-	subject    string
-	rec        recorder[WebPushRequest]
-	mu         sync.Mutex
-	subs       map[string]subscription // by id
+	t         testing.TB
+	srv       *httptest.Server
+	vapidPub  string
+	vapidPriv string
+	subject   string
+	rec       recorder[WebPushRequest]
+	mu        sync.Mutex
+	subs      map[string]subscription // by id
 }
 
 type subscription struct {
