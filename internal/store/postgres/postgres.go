@@ -1,0 +1,154 @@
+// Package postgres is the store.Store adapter on PostgreSQL, through pgx
+// (pgxpool).
+//
+// All tables live in one schema (Options.Schema), created and migrated on
+// Open under an advisory lock, so that several instances may start at once.
+// Concurrent PutMessages calls are grouped by one writer goroutine into a
+// single multi-row INSERT (group commit): once PutMessages returns nil the
+// envelopes are committed.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/go-routing-service/routingservice/internal/store"
+)
+
+// DefaultMaxBatch is the number of envelopes a group-commit statement takes
+// at most when Options.MaxBatch is zero.
+const DefaultMaxBatch = 1000
+
+// writeTimeout bounds one group-commit statement, which no single caller's
+// context governs.
+const writeTimeout = 30 * time.Second
+
+// Options tunes a Store. The zero value is ready to use.
+type Options struct {
+	// MaxBatch caps the envelopes written by one group-commit statement
+	// (DefaultMaxBatch when <= 0). A single PutMessages call larger than
+	// MaxBatch still commits in one statement of its own.
+	MaxBatch int
+	// MaxConns caps the connection pool (pgxpool's default, or the URL's
+	// pool_max_conns, when <= 0).
+	MaxConns int32
+	// Schema holds the store's tables ("public" when empty). It is created
+	// if it does not exist.
+	Schema string
+	// Logger receives the store's operational logs (slog.Default() when nil).
+	// Payloads are never logged.
+	Logger *slog.Logger
+}
+
+// Store is a store.Store on PostgreSQL. It is safe for concurrent use.
+type Store struct {
+	pool     *pgxpool.Pool
+	schema   string
+	log      *slog.Logger
+	maxBatch int
+
+	reqs       chan *putRequest // PutMessages -> writer; unbuffered
+	quit       chan struct{}    // closed by Close: the writer stops taking requests
+	writerDone chan struct{}    // closed when the writer goroutine has returned
+
+	// groupCommits counts the statements the writer ran for PutMessages.
+	groupCommits atomic.Int64
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the database at url, creates opts.Schema if needed,
+// applies the migrations it lacks and starts the group-commit writer. The
+// caller must Close the returned Store.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.Schema == "" {
+		opts.Schema = "public"
+	}
+	if len(opts.Schema) > 63 {
+		return nil, fmt.Errorf("postgres open: schema name %.20q... is longer than 63 bytes", opts.Schema)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	log := opts.Logger.With("component", "store", "engine", "postgres", "schema", opts.Schema)
+
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The parse error may quote the URL, password included: keep it out.
+		return nil, errors.New("postgres open: cannot parse the database URL")
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+
+	if err := migrate(ctx, cfg.ConnConfig, opts.Schema, log); err != nil {
+		return nil, fmt.Errorf("postgres open: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres open: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres open: ping: %w", err)
+	}
+	s := &Store{
+		pool:       pool,
+		schema:     opts.Schema,
+		log:        log,
+		maxBatch:   opts.MaxBatch,
+		reqs:       make(chan *putRequest),
+		quit:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	go s.writeLoop()
+	return s, nil
+}
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if err := s.pool.Ping(ctx); err != nil {
+		return s.wrap("ping", err)
+	}
+	return nil
+}
+
+// Close stops accepting writes, waits for the writer to commit every
+// PutMessages call it already took, and closes the pool. Calls racing
+// Close either complete or return store.ErrClosed. Close is idempotent.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.quit)
+		<-s.writerDone
+		s.pool.Close()
+	})
+	return nil
+}
+
+// wrap gives err the operation's context, and reports store.ErrClosed for
+// an operation that failed because Close ran under it.
+func (s *Store) wrap(op string, err error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("postgres %s: %w", op, store.ErrClosed)
+	}
+	return fmt.Errorf("postgres %s: %w", op, err)
+}

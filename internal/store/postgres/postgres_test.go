@@ -1,0 +1,179 @@
+package postgres_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/postgres"
+	"github.com/go-routing-service/routingservice/internal/store/storetest"
+)
+
+const urlEnv = "ROUTING_TEST_POSTGRES_URL"
+
+func databaseURL(t testing.TB) string {
+	t.Helper()
+	url := os.Getenv(urlEnv)
+	if url == "" {
+		t.Skipf("%s is not set; set it to a PostgreSQL URL (e.g. postgres://postgres@127.0.0.1:5432/test?sslmode=disable) to run this test", urlEnv)
+	}
+	return url
+}
+
+// freshSchema returns the name of a schema that does not exist yet and
+// drops it (with everything in it) when the test ends.
+func freshSchema(t testing.TB, url string) string {
+	t.Helper()
+	b := make([]byte, 8)
+	rand.Read(b)
+	schema := "storetest_" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Errorf("drop schema %s: connect: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	return schema
+}
+
+func openFresh(t testing.TB, opts postgres.Options) *postgres.Store {
+	t.Helper()
+	url := databaseURL(t)
+	opts.Schema = freshSchema(t, url)
+	if opts.MaxConns == 0 {
+		opts.MaxConns = 4
+	}
+	s, err := postgres.Open(t.Context(), url, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	databaseURL(t)
+	storetest.RunConformanceTests(t, func(t *testing.T) store.Store {
+		return openFresh(t, postgres.Options{})
+	})
+}
+
+// TestConformanceSmallBatch runs the suite with batches of one envelope, so
+// that group commit splits every concurrent burst.
+func TestConformanceSmallBatch(t *testing.T) {
+	databaseURL(t)
+	storetest.RunConformanceTests(t, func(t *testing.T) store.Store {
+		return openFresh(t, postgres.Options{MaxBatch: 1})
+	})
+}
+
+// TestConcurrentOpen starts four stores at once on one new schema: the
+// migration lock lets each apply or find the schema, never both half-way.
+func TestConcurrentOpen(t *testing.T) {
+	url := databaseURL(t)
+	schema := freshSchema(t, url)
+	const n = 4
+	stores := make([]*postgres.Store, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			stores[i], errs[i] = postgres.Open(t.Context(), url, postgres.Options{Schema: schema, MaxConns: 2})
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		defer stores[i].Close()
+	}
+	if t.Failed() {
+		return
+	}
+	// Every instance sees what another wrote.
+	e := &envelope.Envelope{ID: "01JCONCURRENTOPEN", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("x"), CreatedAt: envelope.Now()}
+	if err := stores[0].PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range stores {
+		p, err := s.Pending(t.Context(), e.Recipient, "", 10)
+		if err != nil || len(p.Envelopes) != 1 {
+			t.Errorf("store %d: %d envelopes, %v", i, len(p.Envelopes), err)
+		}
+	}
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var rows, distinct int
+	if err := conn.QueryRow(t.Context(), "SELECT COUNT(*), COUNT(DISTINCT version) FROM "+pgx.Identifier{schema, "schema_version"}.Sanitize()).Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows == 0 || rows != distinct {
+		t.Errorf("schema_version has %d rows for %d versions; want each version once", rows, distinct)
+	}
+}
+
+func TestOpenBadURL(t *testing.T) {
+	if s, err := postgres.Open(t.Context(), "postgres://user:secret@[::1", postgres.Options{}); err == nil {
+		s.Close()
+		t.Fatal("Open with a malformed URL succeeded")
+	} else if got := err.Error(); strings.Contains(got, "secret") {
+		t.Errorf("error reveals the password: %s", got)
+	}
+}
+
+// BenchmarkPutMessages measures committed stores of one envelope per call
+// from many goroutines at once (the shape of the send path), reporting msgs/s.
+func BenchmarkPutMessages(b *testing.B) {
+	s := openFresh(b, postgres.Options{MaxConns: 8})
+	defer s.Close()
+	payload := make([]byte, 256)
+	ids := envelope.NewIDs()
+	var seq atomic.Int64
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	b.SetParallelism(64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := seq.Add(1)
+			e := &envelope.Envelope{
+				ID:        ids.New(at),
+				Sender:    "urn:sm:user:sender",
+				Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000),
+				Payload:   payload,
+				CreatedAt: at,
+			}
+			if err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
