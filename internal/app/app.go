@@ -1,0 +1,325 @@
+// Package app is the composition root: it turns a Config into opened
+// backends and wired roles, runs them, and drains them in order on shutdown.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/api"
+	"github.com/go-routing-service/routingservice/internal/auth"
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/pipeline"
+	"github.com/go-routing-service/routingservice/internal/presence"
+	"github.com/go-routing-service/routingservice/internal/realtime"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/telemetry"
+)
+
+// App is one running instance.
+type App struct {
+	cfg      config.Config
+	log      *slog.Logger
+	metrics  *telemetry.Metrics
+	store    store.Store
+	bus      bus.Bus
+	presence presence.Presence
+	verifier *auth.Verifier
+	notifier pipeline.Notifier
+	push     *pushRole
+
+	api      *api.Server
+	realtime *realtime.Server
+	pipeline *pipeline.Pipeline
+
+	apiSrv, rtSrv *http.Server
+	apiLn, rtLn   net.Listener
+
+	// closers release backends in reverse order of opening.
+	closers []func() error
+}
+
+// New opens the backends the configured roles need and binds the listeners.
+// On error everything opened so far is closed.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (a *App, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	a = &App{cfg: cfg, log: log.With("instance", cfg.InstanceID), metrics: telemetry.NewMetrics()}
+	defer func() {
+		if err != nil {
+			a.closeBackends()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	if cfg.DevSecret {
+		a.log.Warn("JWT_SECRET is not set: using the development secret; tokens are forgeable by anyone who reads the source (local mode only)")
+	}
+	if err := a.openBackends(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.wire(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *App) openBackends(ctx context.Context) error {
+	st, err := openStore(ctx, a.cfg, a.log)
+	if err != nil {
+		return err
+	}
+	a.store = st
+	a.closers = append(a.closers, st.Close)
+
+	b, closeBus, err := openBus(ctx, a.cfg, a.log)
+	if err != nil {
+		return err
+	}
+	a.bus = b
+	a.closers = append(a.closers, closeBus)
+
+	pr, err := openPresence(ctx, a.cfg)
+	if err != nil {
+		return err
+	}
+	a.presence = pr
+	a.closers = append(a.closers, pr.Close)
+
+	v, err := auth.NewVerifier(ctx, auth.Options{
+		HS256Secret: []byte(a.cfg.JWTSecret),
+		Algorithms:  a.cfg.Auth.Algorithms,
+		JWKSURL:     a.cfg.Auth.JWKSURL,
+		JWKSRefresh: a.cfg.Auth.JWKSRefresh,
+		Issuer:      a.cfg.Auth.Issuer,
+		Audience:    a.cfg.Auth.Audience,
+		Leeway:      a.cfg.Auth.Leeway,
+	})
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	a.verifier = v
+	a.closers = append(a.closers, func() error { v.Close(); return nil })
+	return nil
+}
+
+func (a *App) authenticate(token string) (string, error) {
+	c, err := a.verifier.Verify(token)
+	if err != nil {
+		return "", err
+	}
+	return c.Subject, nil
+}
+
+func (a *App) wire(ctx context.Context) error {
+	cfg := a.cfg
+	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log)
+	if err != nil {
+		return err
+	}
+	a.push = pr
+	if cfg.Has(config.RoleRealtime) {
+		a.realtime = realtime.New(realtime.Options{
+			Instance:        cfg.InstanceID,
+			AllowedOrigins:  cfg.Realtime.AllowedOrigins,
+			MaxFrameBytes:   cfg.Realtime.MaxFrameBytes,
+			PingInterval:    cfg.Realtime.PingInterval,
+			PongTimeout:     cfg.Realtime.PongTimeout,
+			WriteTimeout:    cfg.Realtime.WriteTimeout,
+			SendQueue:       cfg.Realtime.SendQueue,
+			BacklogPage:     cfg.Realtime.BacklogPage,
+			MaxConnsPerUser: cfg.Realtime.MaxConnsPerUser,
+			Heartbeat:       cfg.Presence.Heartbeat,
+			Logger:          a.log.With("role", "realtime"),
+			Metrics:         a.metrics,
+		}, a.store, a.presence, a.authenticate)
+	}
+	if cfg.Has(config.RolePipeline) {
+		po := pipeline.Options{
+			Instance:       cfg.InstanceID,
+			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
+			Logger:         a.log.With("role", "pipeline"),
+			Metrics:        a.metrics,
+		}
+		if a.realtime != nil {
+			po.Local = a.realtime
+		}
+		if a.push != nil {
+			po.Notifier = a.push
+		}
+		a.pipeline = pipeline.New(po, a.store, a.presence, a.bus)
+	}
+	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
+	if cfg.Has(config.RoleAPI) {
+		a.api = api.New(api.Options{
+			MaxBodyBytes:      cfg.API.MaxBodyBytes,
+			MaxPayloadBytes:   cfg.API.MaxPayloadBytes,
+			PublishTimeout:    cfg.API.PublishTimeout,
+			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
+			ValidateTarget:    a.push.validateTarget,
+			VAPIDPublicKey:    a.push.vapidPublicKey(),
+			Logger:            a.log.With("role", "api"),
+			Metrics:           a.metrics,
+		}, a.store, a.bus, a.authenticate)
+		rt := api.NewRouter(a.metrics, a.log)
+		a.api.Mount(rt)
+		api.MountOps(rt, checks, a.metrics.Handler())
+		a.apiSrv = &http.Server{
+			Handler:           api.CORS(cfg.API.CORSAllowedOrigins, rt),
+			ReadHeaderTimeout: cfg.API.ReadTimeout,
+			ReadTimeout:       cfg.API.ReadTimeout,
+			WriteTimeout:      cfg.API.WriteTimeout,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		}
+		ln, err := net.Listen("tcp", cfg.API.Listen)
+		if err != nil {
+			return fmt.Errorf("config key api.listen: %w", err)
+		}
+		a.apiLn = ln
+	}
+	if a.realtime != nil {
+		rt := api.NewRouter(a.metrics, a.log)
+		a.realtime.Mount(rt)
+		api.MountOps(rt, checks, a.metrics.Handler())
+		a.rtSrv = &http.Server{
+			Handler:           rt,
+			ReadHeaderTimeout: cfg.API.ReadTimeout,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		}
+		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
+		if err != nil {
+			if a.apiLn != nil {
+				a.apiLn.Close()
+			}
+			return fmt.Errorf("config key realtime.listen: %w", err)
+		}
+		a.rtLn = ln
+	}
+	return nil
+}
+
+// APIAddr is the API listener's address ("" without the api role).
+func (a *App) APIAddr() string {
+	if a.apiLn == nil {
+		return ""
+	}
+	return a.apiLn.Addr().String()
+}
+
+// WSAddr is the WebSocket listener's address ("" without the realtime role).
+func (a *App) WSAddr() string {
+	if a.rtLn == nil {
+		return ""
+	}
+	return a.rtLn.Addr().String()
+}
+
+// Metrics returns the instance's metrics.
+func (a *App) Metrics() *telemetry.Metrics { return a.metrics }
+
+// Run serves until ctx is done, then drains: it stops accepting requests and
+// connections, lets in-flight sends finish, stops the consumers after their
+// in-flight messages, and closes the backends. A role that fails stops the
+// others.
+func (a *App) Run(ctx context.Context) error {
+	cfg := a.cfg
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+
+	var wg sync.WaitGroup
+	fail := func(role string, err error) {
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("role failed", "role", role, "err", err)
+			stop(fmt.Errorf("%s: %w", role, err))
+		}
+	}
+	goRole := func(role string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(role, f())
+		}()
+	}
+	if a.apiSrv != nil {
+		a.log.Info("api listening", "addr", a.APIAddr())
+		goRole("api", func() error { return a.apiSrv.Serve(a.apiLn) })
+	}
+	if a.rtSrv != nil {
+		a.log.Info("websocket listening", "addr", a.WSAddr())
+		goRole("realtime", func() error { return a.rtSrv.Serve(a.rtLn) })
+		goRole("delivery", func() error { return a.realtime.Run(work, a.bus) })
+	}
+	if a.pipeline != nil {
+		goRole("pipeline", func() error { return a.pipeline.Run(work) })
+	}
+	if a.push != nil {
+		goRole("push", func() error { return a.push.run(work) })
+	}
+	if cfg.Has(config.RolePipeline) {
+		goRole("sweep", func() error {
+			sweep(work, a.store, cfg, a.log)
+			return nil
+		})
+	}
+	a.log.Info("serving", "roles", cfg.Roles, "bus", cfg.Bus.Type, "store", cfg.Store.Type, "presence", cfg.Presence.Type, "data_dir", cfg.DataDir)
+
+	<-ctx.Done()
+	cause := context.Cause(ctx)
+	a.log.Info("draining")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if a.apiSrv != nil {
+		if err := a.apiSrv.Shutdown(sctx); err != nil {
+			a.log.Warn("api shutdown", "err", err)
+		}
+	}
+	if a.rtSrv != nil {
+		_ = a.rtSrv.Shutdown(sctx)
+		if err := a.realtime.Shutdown(sctx); err != nil {
+			a.log.Warn("realtime shutdown", "err", err)
+		}
+	}
+	stopWork()
+	wg.Wait()
+	a.closeBackends()
+	a.log.Info("stopped")
+	if cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
+}
+
+// Close releases the backends of an App that was made but not run.
+func (a *App) Close() {
+	if a.apiLn != nil {
+		a.apiLn.Close()
+	}
+	if a.rtLn != nil {
+		a.rtLn.Close()
+	}
+	a.closeBackends()
+}
+
+func (a *App) closeBackends() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		if err := a.closers[i](); err != nil {
+			a.log.Warn("close", "err", err)
+		}
+	}
+	a.closers = nil
+}

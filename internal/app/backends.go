@@ -1,0 +1,53 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/presence"
+	"github.com/go-routing-service/routingservice/internal/presence/memory"
+	redispresence "github.com/go-routing-service/routingservice/internal/presence/redis"
+	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/sqlite"
+)
+
+func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, error) {
+	switch cfg.Store.Type {
+	case "postgres":
+		return nil, fmt.Errorf("config key store.type: postgres is not wired yet")
+	default:
+		s, err := sqlite.Open(ctx, cfg.Store.SQLitePath, sqlite.Options{
+			MaxBatch: cfg.Store.MaxBatch,
+			Logger:   log.With("store", "sqlite"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("store (sqlite %s): %w", cfg.Store.SQLitePath, err)
+		}
+		log.Info("store", "type", "sqlite", "path", cfg.Store.SQLitePath)
+		return s, nil
+	}
+}
+
+func openPresence(ctx context.Context, cfg config.Config) (presence.Presence, error) {
+	switch cfg.Presence.Type {
+	case "redis":
+		p, err := redispresence.New(ctx, redispresence.Options{
+			Addr:      cfg.Presence.Redis.Addr,
+			Password:  cfg.RedisPassword,
+			DB:        cfg.Presence.Redis.DB,
+			KeyPrefix: cfg.Presence.Redis.KeyPrefix,
+			TLS:       cfg.Presence.Redis.TLS,
+			TTL:       cfg.Presence.TTL,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("presence (redis %s): %w", cfg.Presence.Redis.Addr, err)
+		}
+		return p, nil
+	default:
+		return memory.New(cfg.Presence.TTL), nil
+	}
+}
+
+func sweep(ctx context.Context, st store.Store, cfg config.Config, log *slog.Logger) {}
