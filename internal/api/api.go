@@ -42,8 +42,8 @@ type Options struct {
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
 	VAPIDPublicKey string
-	Logger  *slog.Logger
-	Metrics *telemetry.Metrics
+	Logger         *slog.Logger
+	Metrics        *telemetry.Metrics
 }
 
 // Server is the HTTP API.

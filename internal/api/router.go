@@ -125,7 +125,6 @@ func statusLabel(code int) string {
 	}
 }
 
-
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "..."

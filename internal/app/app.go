@@ -272,7 +272,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if cfg.Has(config.RolePipeline) {
 		goRole("sweep", func() error {
-			sweep(work, a.store, cfg, a.log)
+			store.Sweep(work, a.store, cfg.Store.Retention, cfg.API.IdempotencyWindow, cfg.Store.SweepInterval, a.log)
 			return nil
 		})
 	}

@@ -10,13 +10,22 @@ import (
 	"github.com/go-routing-service/routingservice/internal/presence/memory"
 	redispresence "github.com/go-routing-service/routingservice/internal/presence/redis"
 	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/postgres"
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 )
 
 func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store.Type {
 	case "postgres":
-		return nil, fmt.Errorf("config key store.type: postgres is not wired yet")
+		s, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
+			MaxBatch: cfg.Store.MaxBatch,
+			MaxConns: int32(cfg.Store.MaxConns),
+			Logger:   log.With("store", "postgres"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("store (postgres, DATABASE_URL): %w", err)
+		}
+		return s, nil
 	default:
 		s, err := sqlite.Open(ctx, cfg.Store.SQLitePath, sqlite.Options{
 			MaxBatch: cfg.Store.MaxBatch,
@@ -49,5 +58,3 @@ func openPresence(ctx context.Context, cfg config.Config) (presence.Presence, er
 		return memory.New(cfg.Presence.TTL), nil
 	}
 }
-
-func sweep(ctx context.Context, st store.Store, cfg config.Config, log *slog.Logger) {}

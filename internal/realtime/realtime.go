@@ -190,10 +190,6 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	ss.conn = c
 	s.sessions.Add(1)
 	defer s.sessions.Done()
-	if s.m != nil {
-		s.m.WSConnections.Inc()
-		defer s.m.WSConnections.Dec()
-	}
 	ss.run(r.Context())
 }
 
@@ -263,6 +259,11 @@ func (ss *session) run(reqCtx context.Context) {
 		ss.writeError(ctx, api.CodeBackendUnavailable, "presence is unavailable; reconnect later")
 		ss.stop(websocket.StatusTryAgainLater, "presence unavailable")
 		return
+	}
+	// Counted once registered everywhere: a message routed from now on reaches it.
+	if s.m != nil {
+		s.m.WSConnections.Inc()
+		defer s.m.WSConnections.Dec()
 	}
 
 	var wg sync.WaitGroup
@@ -467,4 +468,3 @@ type errorDetail struct {
 func encodeMessage(env *envelope.Envelope) ([]byte, error) {
 	return json.Marshal(messageFrame{Type: "message", Message: env})
 }
-
