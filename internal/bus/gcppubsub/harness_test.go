@@ -1,0 +1,119 @@
+package gcppubsub_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/bustest"
+	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
+)
+
+const testProject = "routing-test"
+
+// fake is one in-process Pub/Sub fake, closed when the test ends.
+type fake struct {
+	srv  *pstest.Server
+	opts []option.ClientOption
+}
+
+func newFake(t *testing.T) *fake {
+	t.Helper()
+	srv := pstest.NewServer()
+	t.Cleanup(func() { _ = srv.Close() })
+	return &fake{srv: srv, opts: []option.ClientOption{
+		option.WithEndpoint(srv.Addr),
+		option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
+	}}
+}
+
+// testConfig is a configuration with explicit ack deadlines (the fake's
+// minimum is global state that tests never touch).
+func testConfig(t *testing.T) gcppubsub.Config {
+	return gcppubsub.Config{
+		ProjectID:                      testProject,
+		IngressTopic:                   "ingress",
+		IngressSubscription:            "pipeline",
+		DeliveryTopic:                  "delivery",
+		DeliverySubscriptionPrefix:     "delivery-",
+		DeliverySubscriptionExpiration: 36 * time.Hour,
+		IngressDeadLetterTopic:         "ingress-dlq",
+		DeliveryDeadLetterTopic:        "delivery-dlq",
+		MaxDeliveryAttempts:            5,
+		AckDeadline:                    10 * time.Second,
+		MinBackoff:                     100 * time.Millisecond,
+		MaxBackoff:                     2 * time.Second,
+		MaxOutstanding:                 100,
+		Logger:                         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+}
+
+// testWriter sends logs to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (f *fake) newBus(t *testing.T, cfg gcppubsub.Config) *gcppubsub.Bus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	b, err := gcppubsub.New(ctx, cfg, f.opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+// harness builds each bus on its own fake, mapping the suite's options onto
+// what Pub/Sub accepts (ack deadline at least 10s, 5 to 100 attempts).
+var harness = bustest.HarnessFunc(func(t *testing.T, o bustest.Options) bus.Bus {
+	if strings.HasSuffix(t.Name(), "/DuplicateIDDeliveredOnce") {
+		t.Skip("Pub/Sub has no publish-side deduplication: a message published twice is delivered twice; " +
+			"consumers are idempotent on Message.ID (see the package doc)")
+	}
+	cfg := testConfig(t)
+	if o.MaxDeliveryAttempts != 0 {
+		cfg.MaxDeliveryAttempts = min(max(o.MaxDeliveryAttempts, 5), 100)
+	}
+	if o.AckDeadline != 0 {
+		cfg.AckDeadline = min(max(o.AckDeadline.Round(time.Second), 10*time.Second), 600*time.Second)
+	}
+	if o.MinBackoff != 0 {
+		cfg.MinBackoff = o.MinBackoff
+	}
+	if o.MaxBackoff != 0 {
+		cfg.MaxBackoff = o.MaxBackoff
+	}
+	if o.MaxOutstanding != 0 {
+		cfg.MaxOutstanding = o.MaxOutstanding
+	}
+	// The fake delivers about 100 messages/s per stream.
+	cfg.Streams = 8
+	cfg.DeadLetterPullWait = time.Second
+	return newFake(t).newBus(t, cfg)
+})
+
+func TestConformance(t *testing.T) {
+	bustest.RunConformanceTests(t, harness)
+}
+
+func TestDeadLetterConformance(t *testing.T) {
+	bustest.RunDeadLetterTests(t, harness)
+}
