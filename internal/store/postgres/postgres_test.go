@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -60,6 +61,9 @@ func openFresh(t testing.TB, opts postgres.Options) *postgres.Store {
 	opts.Schema = freshSchema(t, url)
 	if opts.MaxConns == 0 {
 		opts.MaxConns = 4
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s, err := postgres.Open(t.Context(), url, opts)
 	if err != nil {
@@ -176,4 +180,11 @@ func BenchmarkPutMessages(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkBacklog measures draining a 10,000-envelope backlog (fetch and ack).
+func BenchmarkBacklog(b *testing.B) {
+	s := openFresh(b, postgres.Options{})
+	defer s.Close()
+	storetest.RunBacklogBenchmark(b, s)
 }

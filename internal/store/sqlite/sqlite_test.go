@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,9 @@ import (
 
 func openTemp(t testing.TB, opts sqlite.Options) *sqlite.Store {
 	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -107,4 +111,11 @@ func BenchmarkPutMessages(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkBacklog measures draining a 10,000-envelope backlog (fetch and ack).
+func BenchmarkBacklog(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunBacklogBenchmark(b, s)
 }
