@@ -1,0 +1,126 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// EmbeddedOptions configures the in-process NATS server.
+type EmbeddedOptions struct {
+	// SyncAlways makes JetStream fsync every write before it acknowledges
+	// the publish (JetStream's sync_always).
+	SyncAlways bool
+	// SyncInterval is how often JetStream fsyncs its files when SyncAlways
+	// is false (JetStream's sync_interval). Zero keeps the server's default.
+	SyncInterval time.Duration
+	// ServerName names the server in advisories and monitoring; default
+	// "routingservice".
+	ServerName string
+	// StartTimeout bounds how long StartEmbedded waits for the server to
+	// accept connections; default 10s.
+	StartTimeout time.Duration
+}
+
+// EmbeddedServer is a NATS server with JetStream running inside the process.
+// It opens no network port: connect to it with Connect.
+type EmbeddedServer struct {
+	srv *server.Server
+}
+
+// StartEmbedded starts a NATS server with JetStream in the process, storing
+// its streams under dir. It returns once the server accepts connections.
+// Starting again on the same dir recovers the streams and their messages.
+func StartEmbedded(dir string, o EmbeddedOptions) (*EmbeddedServer, error) {
+	if dir == "" {
+		return nil, errors.New("natsbus: embedded server needs a storage directory")
+	}
+	if o.ServerName == "" {
+		o.ServerName = "routingservice"
+	}
+	if o.StartTimeout <= 0 {
+		o.StartTimeout = 10 * time.Second
+	}
+	opts := &server.Options{
+		ServerName:   o.ServerName,
+		JetStream:    true,
+		StoreDir:     dir,
+		DontListen:   true,
+		NoSigs:       true,
+		NoLog:        true,
+		SyncAlways:   o.SyncAlways,
+		SyncInterval: o.SyncInterval,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: new embedded server: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(o.StartTimeout) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("natsbus: embedded server not ready within %v", o.StartTimeout)
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, errors.New("natsbus: embedded server started without JetStream")
+	}
+	return &EmbeddedServer{srv: srv}, nil
+}
+
+// Connect opens a client connection to the embedded server, in process (no
+// socket). The caller closes it.
+func (s *EmbeddedServer) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name("routingservice"), nats.InProcessServer(s.srv)}, opts...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: connect to embedded server: %w", err)
+	}
+	return nc, nil
+}
+
+// Shutdown stops the server and waits until it has stopped and flushed its
+// streams to disk, or until ctx is done. Clients should be closed first.
+func (s *EmbeddedServer) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		// Owned by the server's lifetime: it ends when the server has stopped.
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("natsbus: embedded server shutdown: %w", ctx.Err())
+	}
+}
+
+// Connect connects to an external NATS cluster at url (comma-separated for
+// several seeds), authenticating with the credentials file when it is not
+// empty. The connection reconnects forever; the caller closes it.
+func Connect(url string, credentialsFile string) (*nats.Conn, error) {
+	if url == "" {
+		return nil, errors.New("natsbus: connect: empty url")
+	}
+	opts := []nats.Option{
+		nats.Name("routingservice"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.Timeout(5 * time.Second),
+	}
+	if credentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(credentialsFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: connect %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
