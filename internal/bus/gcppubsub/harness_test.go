@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,15 +22,17 @@ const testProject = "routing-test"
 
 // fake is one in-process Pub/Sub fake, closed when the test ends.
 type fake struct {
-	srv  *pstest.Server
-	opts []option.ClientOption
+	srv   *pstest.Server
+	close func() // closes srv once (pstest panics on a second Close)
+	opts  []option.ClientOption
 }
 
 func newFake(t *testing.T) *fake {
 	t.Helper()
 	srv := pstest.NewServer()
-	t.Cleanup(func() { _ = srv.Close() })
-	return &fake{srv: srv, opts: []option.ClientOption{
+	closeSrv := sync.OnceFunc(func() { _ = srv.Close() })
+	t.Cleanup(closeSrv)
+	return &fake{srv: srv, close: closeSrv, opts: []option.ClientOption{
 		option.WithEndpoint(srv.Addr),
 		option.WithoutAuthentication(),
 		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
