@@ -45,6 +45,22 @@ func (rt *Router) Handle(method, path string, h http.Handler) {
 // HandleFunc routes method and path to f.
 func (rt *Router) HandleFunc(method, path string, f http.HandlerFunc) { rt.Handle(method, path, f) }
 
+// Routes returns every routed path with its methods, sorted. A GET route
+// also lists HEAD, which the router serves with the same handler. The
+// result is a copy; changing it does not change the router.
+func (rt *Router) Routes() map[string][]string {
+	out := make(map[string][]string, len(rt.routes))
+	for path, methods := range rt.routes {
+		ms := make([]string, 0, len(methods))
+		for m := range methods {
+			ms = append(ms, m)
+		}
+		slices.Sort(ms)
+		out[path] = ms
+	}
+	return out
+}
+
 type statusWriter struct {
 	http.ResponseWriter
 	status int
