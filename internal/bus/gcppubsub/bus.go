@@ -331,7 +331,10 @@ func (b *Bus) handle(ctx context.Context, queue string, h bus.Handler, pm *pubsu
 		return
 	}
 	permanent := errors.Is(err, bus.ErrPermanent)
-	if !permanent && m.DeliveryAttempt < b.cfg.MaxDeliveryAttempts {
+	// A failure while the receiver stops (the handler saw its context
+	// cancelled) says nothing about the message: it is retried, never
+	// dead-lettered, whatever the attempt.
+	if !permanent && (m.DeliveryAttempt < b.cfg.MaxDeliveryAttempts || ctx.Err() != nil) {
 		b.log.Debug("handler failed, message will be redelivered",
 			"queue", queue, "id", m.ID, "attempt", m.DeliveryAttempt, "err", err)
 		pm.Nack()

@@ -214,7 +214,9 @@ func TestCloseDeletesOwnDeliverySubscriptions(t *testing.T) {
 	b := f.newBus(t, cfg)
 
 	done := make(chan error, 1)
-	go func() { done <- b.ReceiveDelivery(context.Background(), "leaving", func(context.Context, *bus.Message) error { return nil }) }()
+	go func() {
+		done <- b.ReceiveDelivery(context.Background(), "leaving", func(context.Context, *bus.Message) error { return nil })
+	}()
 	waitUntil(t, "the instance's subscription", func() bool { return subExists(t, admin, "delivery-leaving") })
 	// A publish to an instance that has not subscribed yet creates its
 	// subscription, which belongs to that instance, not to the publisher.
