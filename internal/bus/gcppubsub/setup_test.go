@@ -395,3 +395,38 @@ func TestConfigValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestEmulatorHostEnvironment connects through PUBSUB_EMULATOR_HOST alone.
+// Not parallel: it sets the process environment.
+func TestEmulatorHostEnvironment(t *testing.T) {
+	f := newFake(t)
+	t.Setenv("PUBSUB_EMULATOR_HOST", f.srv.Addr)
+	b := (&fake{srv: f.srv, close: f.close}).newBus(t, testConfig(t))
+	if err := b.PublishIngress(ctxT(t), &bus.Message{ID: "via-env", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	done := make(chan error, 1)
+	go func() {
+		done <- b.ReceiveIngress(ctx, func(_ context.Context, m *bus.Message) error {
+			select {
+			case got <- m.ID:
+			default:
+			}
+			return nil
+		})
+	}()
+	select {
+	case id := <-got:
+		if id != "via-env" {
+			t.Errorf("received %s, want via-env", id)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("no message through the emulator address from the environment")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("ReceiveIngress: %v", err)
+	}
+}
