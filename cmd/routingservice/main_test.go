@@ -54,14 +54,24 @@ type child struct {
 // startChild runs `serve` in a child process on dataDir and waits until it is ready.
 func startChild(t *testing.T, dataDir string) *child {
 	t.Helper()
+	return startChildConfig(t, "data_dir: "+dataDir+"\n")
+}
+
+// startChildConfig runs `serve` in a child process with extra configuration
+// (YAML, without the listeners) and environment, and waits until it is ready.
+func startChildConfig(t *testing.T, extra string, env ...string) *child {
+	t.Helper()
 	api, ws := freePort(t), freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	cfg := fmt.Sprintf("data_dir: %s\napi: {listen: %q}\nrealtime: {listen: %q}\npush: {webpush: {enabled: false}}\nlog: {level: warn}\n", dataDir, api, ws)
+	cfg := fmt.Sprintf("api: {listen: %q}\nrealtime: {listen: %q}\nlog: {level: warn}\n%s", api, ws, extra)
+	if !strings.Contains(extra, "push:") {
+		cfg += "push: {webpush: {enabled: false}}\n"
+	}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
-	cmd.Env = append(os.Environ(), "ROUTINGSERVICE_CHILD=1", "JWT_SECRET="+testSecret)
+	cmd.Env = append(append(os.Environ(), "ROUTINGSERVICE_CHILD=1", "JWT_SECRET="+testSecret), env...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -77,11 +87,14 @@ func startChild(t *testing.T, dataDir string) *child {
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(c.api + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return c
+		// An instance without the api role answers on its WebSocket listener.
+		for _, base := range []string{c.api, "http" + strings.TrimPrefix(c.ws, "ws")} {
+			resp, err := http.Get(base + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return c
+				}
 			}
 		}
 		select {

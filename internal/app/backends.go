@@ -20,6 +20,7 @@ func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.
 		s, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
 			MaxBatch: cfg.Store.MaxBatch,
 			MaxConns: int32(cfg.Store.MaxConns),
+			Schema:   cfg.Store.PostgresSchema,
 			Logger:   log.With("store", "postgres"),
 		})
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 // the embedded server).
 func openBus(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.Bus, func() error, error) {
 	nc := natsbus.FromConfig(cfg.Bus)
+	nc.SubjectPrefix = cfg.Bus.NATS.SubjectPrefix
 	nc.Concurrency = cfg.Pipeline.Concurrency
 	nc.Logger = log.With("bus", cfg.Bus.Type)
 	switch cfg.Bus.Type {

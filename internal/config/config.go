@@ -130,6 +130,8 @@ type Bus struct {
 type NATS struct {
 	// URL of an external cluster (type nats).
 	URL string `yaml:"url"`
+	// SubjectPrefix is the first token of every subject the service uses.
+	SubjectPrefix string `yaml:"subject_prefix"`
 	// Sync is the embedded server's fsync policy: "always" (every write is
 	// fsynced before the publish is acknowledged) or a duration such as
 	// "2m" (fsync at that interval).
@@ -158,12 +160,14 @@ type PubSub struct {
 // Store configures the durable store.
 type Store struct {
 	// Type is sqlite or postgres (DATABASE_URL from the environment).
-	Type          string        `yaml:"type"`
-	SQLitePath    string        `yaml:"sqlite_path"`
-	Retention     time.Duration `yaml:"retention"`
-	SweepInterval time.Duration `yaml:"sweep_interval"`
-	MaxBatch      int           `yaml:"max_batch"`
-	MaxConns      int           `yaml:"max_conns"`
+	Type       string `yaml:"type"`
+	SQLitePath string `yaml:"sqlite_path"`
+	// PostgresSchema holds the tables (created if missing).
+	PostgresSchema string        `yaml:"postgres_schema"`
+	Retention      time.Duration `yaml:"retention"`
+	SweepInterval  time.Duration `yaml:"sweep_interval"`
+	MaxBatch       int           `yaml:"max_batch"`
+	MaxConns       int           `yaml:"max_conns"`
 }
 
 // Presence configures the presence registry.
@@ -289,6 +293,7 @@ func Default() Config {
 			MaxOutstanding:          1000,
 			NATS: NATS{
 				Sync:            "always",
+				SubjectPrefix:   "routing",
 				Replicas:        1,
 				DuplicateWindow: 2 * time.Minute,
 				MaxAge:          7 * 24 * time.Hour,
@@ -299,11 +304,12 @@ func Default() Config {
 			},
 		},
 		Store: Store{
-			Type:          "sqlite",
-			Retention:     30 * 24 * time.Hour,
-			SweepInterval: time.Hour,
-			MaxBatch:      256,
-			MaxConns:      16,
+			Type:           "sqlite",
+			PostgresSchema: "public",
+			Retention:      30 * 24 * time.Hour,
+			SweepInterval:  time.Hour,
+			MaxBatch:       256,
+			MaxConns:       16,
 		},
 		Presence: Presence{
 			Type:      "memory",
@@ -495,6 +501,12 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("bus.type", "must be embedded, nats or pubsub, got %q", c.Bus.Type)
+	}
+	if !validName(c.Bus.NATS.SubjectPrefix) {
+		bad("bus.nats.subject_prefix", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.Bus.NATS.SubjectPrefix)
+	}
+	if !validName(c.Store.PostgresSchema) {
+		bad("store.postgres_schema", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.Store.PostgresSchema)
 	}
 	if c.Bus.NATS.Replicas < 1 || c.Bus.NATS.Replicas > 5 {
 		bad("bus.nats.replicas", "must be between 1 and 5")

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/go-routing-service/routingservice/pkg/client"
+)
+
+func randomName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// sharedBackends returns the configuration (YAML) and environment that make
+// instances share PostgreSQL (a fresh schema), Redis (a fresh key prefix) and
+// the bus given by busYAML.
+func sharedBackends(t *testing.T, busYAML string) (string, []string) {
+	t.Helper()
+	pgURL := os.Getenv("ROUTING_TEST_POSTGRES_URL")
+	redisAddr := os.Getenv("ROUTING_TEST_REDIS_ADDR")
+	if pgURL == "" || redisAddr == "" {
+		t.Skip("set ROUTING_TEST_POSTGRES_URL and ROUTING_TEST_REDIS_ADDR to run the multi-instance tests")
+	}
+	schema := randomName("multi_")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if conn, err := pgx.Connect(ctx, pgURL); err == nil {
+			_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			conn.Close(ctx)
+		}
+	})
+	yaml := fmt.Sprintf(`store: {type: postgres, postgres_schema: %s}
+presence: {type: redis, ttl: 3s, heartbeat: 1s, redis: {addr: %q, key_prefix: %q}}
+%s
+`, schema, redisAddr, randomName("multi:")+":", busYAML)
+	return yaml, []string{"DATABASE_URL=" + pgURL}
+}
+
+func natsBusYAML(t *testing.T) string {
+	url := os.Getenv("ROUTING_TEST_NATS_URL")
+	if url == "" {
+		t.Skip("set ROUTING_TEST_NATS_URL to run the multi-instance test on NATS")
+	}
+	p := randomName("m")
+	return fmt.Sprintf(`bus:
+  type: nats
+  ingress_topic: %[1]s-in
+  ingress_subscription: %[1]s-pipe
+  delivery_topic: %[1]s-dl
+  ingress_dead_letter_topic: %[1]s-in-dlq
+  delivery_dead_letter_topic: %[1]s-dl-dlq
+  min_backoff: 100ms
+  max_backoff: 500ms
+  nats: {url: %[2]q, subject_prefix: %[1]s}
+`, p, url)
+}
+
+func TestManyInstancesNATS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	shared, env := sharedBackends(t, natsBusYAML(t))
+	runManyInstances(t, shared, env)
+}
+
+// runManyInstances starts three instances sharing the backends, with the
+// roles spread over them: A runs api and pipeline, B runs all roles, C runs
+// realtime only.
+func runManyInstances(t *testing.T, shared string, env []string) {
+	a := startChildConfig(t, "instance_id: inst-a\nroles: [api, pipeline]\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
+	b := startChildConfig(t, "instance_id: inst-b\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
+	c := startChildConfig(t, "instance_id: inst-c\nroles: [realtime]\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	tok := func(sub string) string { return testToken(t, sub) }
+	alice := &client.Client{APIURL: a.api, Token: tok("urn:sm:user:alice")}
+	bobOn := func(inst *child) *client.Client {
+		return &client.Client{APIURL: b.api, WSURL: inst.ws, Token: tok("urn:sm:user:bob")}
+	}
+	// Presence in Redis is written before the server counts the
+	// connection: send probes until one arrives live, so the test does not
+	// depend on timing.
+	waitLive := func(conns ...*client.Conn) {
+		t.Helper()
+		for _, conn := range conns {
+			for {
+				acc, err := alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("probe"), Type: "probe"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+				env, err := conn.Next(pctx)
+				pcancel()
+				if err == nil && env.ID == acc.ID {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatal("connection never received live messages")
+				}
+			}
+		}
+	}
+	drainAck := func(cl *client.Client) {
+		for {
+			p, err := cl.Fetch(ctx, "", 500)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Messages) == 0 {
+				return
+			}
+			ids := make([]string, len(p.Messages))
+			for i, m := range p.Messages {
+				ids[i] = m.ID
+			}
+			if err := cl.Ack(ctx, ids...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// 1. A sender on A reaches a recipient connected to C.
+	onC, err := bobOn(c).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLive(onC)
+	acc, err := alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("to C")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := nextNonProbe(t, ctx, onC); env.ID != acc.ID {
+		t.Fatalf("on C: got %s want %s", env.ID, acc.ID)
+	}
+
+	// 2. Connections on B and C both get each live message.
+	onB, err := bobOn(b).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLive(onB)
+	for i := 0; i < 5; i++ {
+		acc, err := alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte{byte(i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, conn := range map[string]*client.Conn{"B": onB, "C": onC} {
+			if env := nextNonProbe(t, ctx, conn); env.ID != acc.ID {
+				t.Fatalf("on %s: got %s want %s", name, env.ID, acc.ID)
+			}
+		}
+	}
+	drainAck(bobOn(b))
+
+	// 3. Disconnect from C, reconnect on B: nothing sent meanwhile is lost.
+	onC.Close()
+	onB.Close()
+	var meanwhile []string
+	for i := 0; i < 10; i++ {
+		acc, err := alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("meanwhile")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		meanwhile = append(meanwhile, acc.ID)
+	}
+	onB2, err := bobOn(b).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectAll(t, ctx, onB2, meanwhile)
+	onB2.Close()
+	drainAck(bobOn(b))
+
+	// 4. kill -9 C with bob connected there: every accepted message comes
+	// back as backlog on B.
+	onC2, err := bobOn(c).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLive(onC2)
+	drainAck(bobOn(b))
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-c.exited
+	var afterKill []string
+	for i := 0; i < 20; i++ {
+		acc, err := alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("after kill")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		afterKill = append(afterKill, acc.ID)
+	}
+	onB3, err := bobOn(b).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onB3.Close()
+	expectAll(t, ctx, onB3, afterKill)
+}
+
+// nextNonProbe returns the next message that is not a probe.
+func nextNonProbe(t *testing.T, ctx context.Context, conn *client.Conn) client.Envelope {
+	t.Helper()
+	for {
+		env, err := conn.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env.Type != "probe" {
+			return env
+		}
+	}
+}
+
+// expectAll reads conn until every id in want has arrived.
+func expectAll(t *testing.T, ctx context.Context, conn *client.Conn, want []string) {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, id := range want {
+		missing[id] = true
+	}
+	for len(missing) > 0 {
+		env, err := conn.Next(ctx)
+		if err != nil {
+			t.Fatalf("%d messages missing: %v", len(missing), err)
+		}
+		delete(missing, env.ID)
+	}
+}
