@@ -219,4 +219,3 @@ func loopbackOnly(raw string) error {
 	}
 	return nil
 }
-
