@@ -132,10 +132,6 @@ func (b *Bus) newPublisher(topic string) *pubsub.Publisher {
 	return p
 }
 
-// Client returns the underlying Pub/Sub client, for administration and
-// tests. It is closed by Close.
-func (b *Bus) Client() *pubsub.Client { return b.client }
-
 // PublishIngress publishes m to the ingress topic and returns once Pub/Sub
 // has accepted it. Publishing the same ID twice delivers it twice (see the
 // package doc).
