@@ -488,7 +488,7 @@ func testReceiveReturnsOnCancel(t *testing.T, h Harness) {
 
 	// A busy receiver cancels its handler's context and returns only after
 	// the handler has returned.
-	started := make(chan struct{})
+	started := make(chan struct{}, 1)
 	var finished atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
