@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/go-routing-service/routingservice/pkg/client"
@@ -239,4 +240,23 @@ func expectAll(t *testing.T, ctx context.Context, conn *client.Conn, want []stri
 		}
 		delete(missing, env.ID)
 	}
+}
+
+// The same over Google Cloud Pub/Sub: the official fake (pstest) runs in
+// this process on a loopback port, and the instances reach it through
+// PUBSUB_EMULATOR_HOST.
+func TestManyInstancesPubSub(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	srv := pstest.NewServer()
+	t.Cleanup(func() { srv.Close() })
+	shared, env := sharedBackends(t, `bus:
+  type: pubsub
+  ack_deadline: 10s
+  min_backoff: 100ms
+  max_backoff: 500ms
+  pubsub: {project_id: multi-test}
+`)
+	runManyInstances(t, shared, append(env, "PUBSUB_EMULATOR_HOST="+srv.Addr))
 }

@@ -2,13 +2,46 @@ package app
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 
+	"google.golang.org/api/option"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
 	"github.com/go-routing-service/routingservice/internal/config"
 )
 
+// openPubSub opens the Google Cloud Pub/Sub bus. PUBSUB_EMULATOR_HOST,
+// when set, points the client at an emulator.
 func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.Bus, func() error, error) {
-	return nil, nil, errors.New("config key bus.type: pubsub is not wired yet")
+	ps := cfg.Bus.PubSub
+	var opts []option.ClientOption
+	if ps.Endpoint != "" {
+		opts = append(opts, option.WithEndpoint(ps.Endpoint))
+	}
+	if ps.CredentialsFile != "" {
+		opts = append(opts, option.WithAuthCredentialsFile(option.ServiceAccount, ps.CredentialsFile))
+	}
+	b, err := gcppubsub.New(ctx, gcppubsub.Config{
+		ProjectID:                      ps.ProjectID,
+		IngressTopic:                   cfg.Bus.IngressTopic,
+		IngressSubscription:            cfg.Bus.IngressSubscription,
+		DeliveryTopic:                  cfg.Bus.DeliveryTopic,
+		DeliverySubscriptionPrefix:     ps.DeliverySubscriptionPrefix,
+		DeliverySubscriptionExpiration: ps.DeliverySubscriptionExpiration,
+		IngressDeadLetterTopic:         cfg.Bus.IngressDeadLetterTopic,
+		DeliveryDeadLetterTopic:        cfg.Bus.DeliveryDeadLetterTopic,
+		MaxDeliveryAttempts:            cfg.Bus.MaxDeliveryAttempts,
+		AckDeadline:                    cfg.Bus.AckDeadline,
+		MinBackoff:                     cfg.Bus.MinBackoff,
+		MaxBackoff:                     cfg.Bus.MaxBackoff,
+		MaxOutstanding:                 cfg.Bus.MaxOutstanding,
+		Concurrency:                    cfg.Pipeline.Concurrency,
+		Logger:                         log.With("bus", "pubsub"),
+	}, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus (pubsub, project %s): %w", ps.ProjectID, err)
+	}
+	return b, b.Close, nil
 }

@@ -496,6 +496,12 @@ func (c *Config) Validate() error {
 		if c.Bus.PubSub.ProjectID == "" {
 			bad("bus.pubsub.project_id", "is required when bus.type is pubsub")
 		}
+		if c.Bus.AckDeadline < 10*time.Second || c.Bus.AckDeadline > 600*time.Second {
+			bad("bus.ack_deadline", "must be between 10s and 600s for Pub/Sub")
+		}
+		if c.Bus.MaxBackoff > 600*time.Second {
+			bad("bus.max_backoff", "must be at most 600s for Pub/Sub")
+		}
 		if c.Bus.PubSub.DeliverySubscriptionExpiration < 24*time.Hour {
 			bad("bus.pubsub.delivery_subscription_expiration", "must be at least 24h (the Pub/Sub minimum)")
 		}
