@@ -581,9 +581,11 @@ func (b *Bus) pull(ctx context.Context, consumer func(context.Context) (jetstrea
 	return ctx.Err()
 }
 
-// handle runs h on one message and settles it: ack on success; dead-letter
-// and terminate on a permanent error or on the last attempt; otherwise nak
-// with a delay of MinBackoff doubled per attempt, up to MaxBackoff.
+// handle runs h on one message and settles it: ack on success; nak at once
+// when the handler was interrupted by shutdown (its error wraps the
+// cancelled context's error); dead-letter and terminate on a permanent error
+// or on the last attempt; otherwise nak with a delay of MinBackoff doubled
+// per attempt, up to MaxBackoff.
 func (b *Bus) handle(ctx context.Context, q *queue, jm jetstream.Msg, h bus.Handler) {
 	attempt := 1
 	var streamSeq uint64
@@ -598,6 +600,11 @@ func (b *Bus) handle(ctx context.Context, q *queue, jm jetstream.Msg, h bus.Hand
 		if aerr := jm.Ack(); aerr != nil {
 			b.log.Warn("ack failed; the message will be redelivered", "queue", q.name, "id", m.ID, "error", aerr)
 		}
+	case ctx.Err() != nil && !errors.Is(err, bus.ErrPermanent) &&
+		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		// Interrupted by shutdown, not failed: let another instance have it
+		// at once, and never dead-letter it for that.
+		_ = jm.Nak()
 	case errors.Is(err, bus.ErrPermanent) || attempt >= b.cfg.MaxDeliveryAttempts:
 		// Not the handler's ctx: a shutdown must not lose the dead letter.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -612,9 +619,6 @@ func (b *Bus) handle(ctx context.Context, q *queue, jm jetstream.Msg, h bus.Hand
 			b.log.Warn("terminating a dead-lettered message failed", "queue", q.name, "id", m.ID, "error", terr)
 		}
 		b.log.Warn("message dead-lettered", "queue", q.name, "id", m.ID, "attempts", attempt, "reason", err.Error())
-	case ctx.Err() != nil:
-		// Shutting down: let another instance have it at once.
-		_ = jm.Nak()
 	default:
 		if nerr := jm.NakWithDelay(b.backoff(attempt)); nerr != nil {
 			b.log.Warn("nak failed; the message will be redelivered after the ack deadline", "queue", q.name, "id", m.ID, "error", nerr)

@@ -356,6 +356,8 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 		cfg2 := cfg
 		cfg2.DuplicateWindow = 90 * time.Second
 		cfg2.MaxAge = 2 * time.Hour
+		cfg2.AckDeadline = 45 * time.Second
+		cfg2.MaxDeliveryAttempts = 7
 		b2, err := New(ctx, nc, cfg2)
 		if err != nil {
 			t.Fatalf("New with changed settings: %v", err)
@@ -368,6 +370,13 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 		}
 		if c := s.CachedInfo().Config; c.Duplicates != 90*time.Second || c.MaxAge != 2*time.Hour {
 			t.Errorf("stream not updated: duplicates %v max age %v", c.Duplicates, c.MaxAge)
+		}
+		ci, err := js.Consumer(ctx, cfg.IngressStream, cfg.IngressConsumer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := ci.CachedInfo().Config; c.AckWait != 45*time.Second || c.MaxDeliver != 7 {
+			t.Errorf("consumer not updated: ack wait %v max deliver %d", c.AckWait, c.MaxDeliver)
 		}
 
 		bad := testConfig(bustest.Options{})
