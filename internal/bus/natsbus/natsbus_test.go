@@ -584,3 +584,28 @@ func TestPrepareDeliveryKeepsEarlyEvents(t *testing.T) {
 		}
 	})
 }
+
+// TestVanishedInstanceConsumerExpires checks that the server deletes the
+// delivery consumer of an instance that stopped pulling.
+func TestVanishedInstanceConsumerExpires(t *testing.T) {
+	t.Parallel()
+	engines(t, func(t *testing.T, nc *nats.Conn) {
+		cfg := testConfig(bustest.Options{})
+		cfg.DeliveryInactiveThreshold = time.Second
+		b := newTestBus(t, nc, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := b.PrepareDelivery(ctx, "gone"); err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		name := "instance-gone" // the default DeliveryConsumerPrefix and the instance
+		if _, err := js.Consumer(ctx, cfg.DeliveryStream, name); err != nil {
+			t.Fatalf("consumer %s not created: %v", name, err)
+		}
+		waitUntil(t, "the inactive consumer to be deleted", 15*time.Second, func() bool {
+			_, err := js.Consumer(ctx, cfg.DeliveryStream, name)
+			return errors.Is(err, jetstream.ErrConsumerNotFound)
+		})
+	})
+}
