@@ -188,7 +188,7 @@ func (s *Server) publish(ctx context.Context, env *envelope.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if err := s.bus.PublishIngress(ctx, &bus.Message{ID: env.ID, Data: data}); err != nil {
+	if err := s.bus.PublishIngress(ctx, &bus.Message{ID: env.ID, Data: data, OrderingKey: env.Recipient}); err != nil {
 		s.log.Warn("publish ingress failed", "id", env.ID, "err", err)
 		return err
 	}

@@ -38,7 +38,6 @@ func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 	cfg.Bus.MaxBackoff = 200 * time.Millisecond
 	cfg.Bus.AckDeadline = 5 * time.Second
 	cfg.Push.WebPush.Enabled = false
-	cfg.Pipeline.Concurrency = 1
 	cfg.JWTSecret = "test-secret-0123456789-0123456789-abcdef"
 	if mutate != nil {
 		mutate(&cfg)

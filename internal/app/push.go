@@ -2,10 +2,20 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/apns"
+	"github.com/go-routing-service/routingservice/internal/push/fcm"
+	"github.com/go-routing-service/routingservice/internal/push/webpush"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
@@ -18,15 +28,130 @@ type pushRole struct {
 }
 
 func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *telemetry.Metrics, log *slog.Logger) (*pushRole, error) {
+	pc := cfg.Push
+	roots, err := pushRoots(pc.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{
+		Timeout: pc.Timeout,
+		Transport: &http.Transport{
+			TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2:   true,
+			MaxIdleConnsPerHost: pc.Concurrency,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	p := &pushRole{validate: push.ValidateOptions{AllowInsecureLocalEndpoints: pc.WebPush.AllowLocalEndpoints}}
 	var senders []push.Sender
-	d := push.NewDispatcher(st, senders, push.DispatcherOptions{
-		CoalesceWindow: cfg.Push.CoalesceWindow,
-		Concurrency:    cfg.Push.Concurrency,
-		Timeout:        cfg.Push.Timeout,
+	if pc.FCM.Enabled {
+		s, err := fcm.New(fcm.Config{
+			ProjectID:       pc.FCM.ProjectID,
+			CredentialsFile: pc.FCM.CredentialsFile,
+			Endpoint:        pc.FCM.Endpoint,
+			TokenURL:        pc.FCM.TokenURL,
+			MaxRetries:      pc.MaxRetries,
+			HTTPClient:      hc,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("push.fcm: %w", err)
+		}
+		senders = append(senders, s)
+	}
+	if pc.APNs.Enabled {
+		s, err := apns.New(apns.Config{
+			KeyFile:    pc.APNs.KeyFile,
+			KeyID:      pc.APNs.KeyID,
+			TeamID:     pc.APNs.TeamID,
+			Topic:      pc.APNs.Topic,
+			Endpoint:   pc.APNs.Endpoint,
+			PushType:   pc.APNs.PushType,
+			Priority:   pc.APNs.Priority,
+			MaxRetries: pc.MaxRetries,
+			RootCAs:    roots,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("push.apns: %w", err)
+		}
+		senders = append(senders, s)
+	}
+	if pc.WebPush.Enabled {
+		pub, priv, err := vapidKeys(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s, err := webpush.New(webpush.Config{
+			Subject:         pc.WebPush.Subject,
+			VAPIDPrivateKey: priv,
+			TTL:             pc.WebPush.TTL,
+			Urgency:         pc.WebPush.Urgency,
+			MaxRetries:      pc.MaxRetries,
+			HTTPClient:      hc,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("push.webpush: %w", err)
+		}
+		senders = append(senders, s)
+		p.vapidPub = pub
+	}
+	p.d = push.NewDispatcher(st, senders, push.DispatcherOptions{
+		CoalesceWindow: pc.CoalesceWindow,
+		Concurrency:    pc.Concurrency,
+		Timeout:        pc.Timeout,
 		Logger:         log.With("role", "push"),
 		Registerer:     m.Registry,
 	})
-	return &pushRole{d: d}, nil
+	names := make([]string, 0, len(senders))
+	for _, s := range senders {
+		names = append(names, s.Platforms()...)
+	}
+	log.Info("push", "platforms", names)
+	return p, nil
+}
+
+// vapidKeys returns the Web Push VAPID key pair: from the configured private
+// key file, or, in local mode without one, generated once into the data dir.
+func vapidKeys(cfg config.Config) (pub, priv string, err error) {
+	wp := cfg.Push.WebPush
+	if wp.VAPIDPrivateKeyFile == "" {
+		pub, priv, err = webpush.LoadOrCreateVAPID(cfg.DataDir)
+		if err != nil {
+			return "", "", fmt.Errorf("push.webpush: %w", err)
+		}
+	} else {
+		b, err := os.ReadFile(wp.VAPIDPrivateKeyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("config key push.webpush.vapid_private_key_file: %w", err)
+		}
+		priv = strings.TrimSpace(string(b))
+		if _, pub, err = webpush.ParseVAPIDPrivateKey(priv); err != nil {
+			return "", "", fmt.Errorf("config key push.webpush.vapid_private_key_file: %w", err)
+		}
+	}
+	if wp.VAPIDPublicKey != "" && wp.VAPIDPublicKey != pub {
+		return "", "", fmt.Errorf("config key push.webpush.vapid_public_key: does not match the private key")
+	}
+	return pub, priv, nil
+}
+
+// pushRoots is the system roots plus the certificates of caFile (nil: the
+// system roots alone).
+func pushRoots(caFile string) (*x509.CertPool, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("config key push.ca_file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("config key push.ca_file: no PEM certificate in %s", caFile)
+	}
+	return pool, nil
 }
 
 func (p *pushRole) Notify(n push.Notification)          { p.d.Notify(n) }

@@ -33,6 +33,12 @@ type Message struct {
 	// Attributes are small string key/values carried beside the body
 	// (trace context, reason of dead-lettering, ...).
 	Attributes map[string]string
+	// OrderingKey, when not empty, orders messages: a receiver hands the
+	// messages of one key to its handler one at a time, in the order the
+	// bus holds them (publish order). The service uses the recipient, so
+	// one recipient's messages are stored and delivered in the order they
+	// were accepted.
+	OrderingKey string
 	// DeliveryAttempt is set on received messages: 1 on first delivery.
 	DeliveryAttempt int
 }

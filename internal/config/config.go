@@ -200,9 +200,12 @@ type Push struct {
 	Timeout           time.Duration `yaml:"timeout"`
 	MaxRetries        int           `yaml:"max_retries"`
 	MaxTargetsPerUser int           `yaml:"max_targets_per_user"`
-	FCM               FCM           `yaml:"fcm"`
-	APNs              APNs          `yaml:"apns"`
-	WebPush           WebPush       `yaml:"webpush"`
+	// CAFile is a PEM bundle of extra root certificates trusted when
+	// talking to push providers (besides the system roots).
+	CAFile  string  `yaml:"ca_file"`
+	FCM     FCM     `yaml:"fcm"`
+	APNs    APNs    `yaml:"apns"`
+	WebPush WebPush `yaml:"webpush"`
 }
 
 // FCM configures Firebase Cloud Messaging (HTTP v1).
@@ -235,6 +238,10 @@ type WebPush struct {
 	VAPIDPrivateKeyFile string        `yaml:"vapid_private_key_file"`
 	TTL                 time.Duration `yaml:"ttl"`
 	Urgency             string        `yaml:"urgency"`
+	// AllowLocalEndpoints accepts subscriptions whose endpoint is on
+	// localhost or a loopback address (a push service run locally);
+	// refused in production.
+	AllowLocalEndpoints bool `yaml:"allow_local_endpoints"`
 }
 
 // Telemetry configures metrics and traces.
@@ -326,7 +333,7 @@ func Default() Config {
 			MaxTargetsPerUser: 10,
 			APNs:              APNs{Endpoint: "https://api.push.apple.com", PushType: "background", Priority: 5},
 			WebPush:           WebPush{Enabled: true, Subject: "mailto:ops@example.com", TTL: 24 * time.Hour, Urgency: "high"},
-			FCM:               FCM{Endpoint: "https://fcm.googleapis.com", TokenURL: "https://oauth2.googleapis.com/token"},
+			FCM:               FCM{Endpoint: "https://fcm.googleapis.com"},
 		},
 		Telemetry: Telemetry{Traces: "off", SampleRatio: 1},
 	}
@@ -588,6 +595,42 @@ func (c *Config) Validate() error {
 		if o == "*" && prod {
 			bad("realtime.allowed_origins", "wildcard \"*\" is refused in production")
 		}
+	}
+	if c.Push.WebPush.Enabled {
+		if c.Push.WebPush.AllowLocalEndpoints && prod {
+			bad("push.webpush.allow_local_endpoints", "is refused in production")
+		}
+		if c.Push.WebPush.VAPIDPrivateKeyFile == "" && prod {
+			bad("push.webpush.vapid_private_key_file", "is required in production (local mode generates a key pair into the data dir)")
+		}
+		switch c.Push.WebPush.Urgency {
+		case "very-low", "low", "normal", "high":
+		default:
+			bad("push.webpush.urgency", "must be very-low, low, normal or high, got %q", c.Push.WebPush.Urgency)
+		}
+		if !strings.HasPrefix(c.Push.WebPush.Subject, "mailto:") && !strings.HasPrefix(c.Push.WebPush.Subject, "https://") {
+			bad("push.webpush.subject", "must be a mailto: or https: contact")
+		}
+	}
+	if c.Push.FCM.Enabled && c.Push.FCM.CredentialsFile == "" {
+		bad("push.fcm.credentials_file", "is required when push.fcm.enabled is true")
+	}
+	if c.Push.APNs.Enabled {
+		for k, v := range map[string]string{"push.apns.key_file": c.Push.APNs.KeyFile, "push.apns.key_id": c.Push.APNs.KeyID,
+			"push.apns.team_id": c.Push.APNs.TeamID, "push.apns.topic": c.Push.APNs.Topic} {
+			if v == "" {
+				bad(k, "is required when push.apns.enabled is true")
+			}
+		}
+		if c.Push.APNs.PushType != "background" && c.Push.APNs.PushType != "alert" {
+			bad("push.apns.push_type", "must be background or alert, got %q", c.Push.APNs.PushType)
+		}
+		if c.Push.APNs.Priority != 5 && !(c.Push.APNs.Priority == 10 && c.Push.APNs.PushType == "alert") {
+			bad("push.apns.priority", "must be 5 (or 10 for alert pushes)")
+		}
+	}
+	if c.Push.MaxRetries < 0 || c.Push.MaxRetries > 10 {
+		bad("push.max_retries", "must be between 0 and 10")
 	}
 	switch c.Telemetry.Traces {
 	case "off", "stdout", "otlp":

@@ -60,6 +60,13 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"payload over body", "api:\n  max_payload_bytes: 999999", nil, "api.max_payload_bytes"},
 		{"jwks needed", "auth:\n  algorithms: [RS256]", nil, "auth.jwks_url"},
 		{"bad algorithm", "auth:\n  algorithms: [none]", nil, "auth.algorithms[0]"},
+		{"production needs a vapid key", "run_mode: production", nil, "push.webpush.vapid_private_key_file"},
+		{"production refuses local push endpoints", "run_mode: production\npush: {webpush: {allow_local_endpoints: true}}", nil, "push.webpush.allow_local_endpoints"},
+		{"fcm needs credentials", "push: {fcm: {enabled: true}}", nil, "push.fcm.credentials_file"},
+		{"apns needs a key", "push: {apns: {enabled: true}}", nil, "push.apns.key_file"},
+		{"apns push type", "push: {apns: {push_type: loud, enabled: true}}", nil, "push.apns.push_type"},
+		{"webpush urgency", "push: {webpush: {urgency: asap}}", nil, "push.webpush.urgency"},
+		{"pubsub ack deadline", "bus: {type: pubsub, ack_deadline: 1s, pubsub: {project_id: p}}", nil, "bus.ack_deadline"},
 		{"bad instance id", "instance_id: 'a b'", nil, "instance_id"},
 	}
 	for _, tc := range cases {
@@ -90,6 +97,7 @@ func TestProductionAcceptsACompleteSetup(t *testing.T) {
 bus: {type: nats, nats: {url: "nats://127.0.0.1:4222"}}
 store: {type: postgres}
 presence: {type: redis}
+push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 `
 	if err := Parse([]byte(y), &c); err != nil {
 		t.Fatal(err)

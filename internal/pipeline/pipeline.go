@@ -126,7 +126,8 @@ func (p *Pipeline) Handle(ctx context.Context, m *bus.Message) (err error) {
 			}
 			continue
 		}
-		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, Attributes: map[string]string{bus.AttrInstance: inst}}
+		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: env.Recipient,
+			Attributes: map[string]string{bus.AttrInstance: inst}}
 		if err := p.bus.PublishDelivery(ctx, inst, dm); err != nil {
 			return fmt.Errorf("pipeline deliver %s to %s: %w", env.ID, inst, err)
 		}

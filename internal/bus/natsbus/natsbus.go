@@ -44,6 +44,8 @@ const (
 	hdrID = "Routing-Id"
 	// hdrSubject is the original subject of a dead-lettered message.
 	hdrSubject = "Routing-Subject"
+	// hdrOrderingKey carries Message.OrderingKey.
+	hdrOrderingKey = "Routing-Ordering-Key"
 )
 
 // Config configures a Bus. FromConfig fills it from the service
@@ -372,8 +374,14 @@ func (b *Bus) publish(ctx context.Context, subject string, m *bus.Message) error
 	if !validHeaderValue(m.ID) {
 		return errors.New("message id contains a line break")
 	}
-	h := make(nats.Header, len(m.Attributes)+1)
+	h := make(nats.Header, len(m.Attributes)+2)
 	h[jetstream.MsgIDHeader] = []string{m.ID}
+	if m.OrderingKey != "" {
+		if !validHeaderValue(m.OrderingKey) {
+			return errors.New("ordering key contains a line break")
+		}
+		h[hdrOrderingKey] = []string{m.OrderingKey}
+	}
 	for k, v := range m.Attributes {
 		if err := checkAttribute(k, v); err != nil {
 			return err
@@ -411,6 +419,7 @@ func decode(jm jetstream.Msg, attempt int) *bus.Message {
 	if m.ID == "" {
 		m.ID = h.Get(jetstream.MsgIDHeader)
 	}
+	m.OrderingKey = h.Get(hdrOrderingKey)
 	m.Attributes = attributes(h)
 	return m
 }
@@ -506,17 +515,48 @@ func (b *Bus) receive(ctx context.Context, q *queue, consumer func(context.Conte
 	stop := context.AfterFunc(b.ctx, cancel)
 	defer stop()
 
-	work := make(chan jetstream.Msg)
+	// One channel per worker: the messages of one ordering key always go
+	// to the same worker, so they are handled one at a time, in stream
+	// order. Messages without a key go to whichever worker is free.
+	shared := make(chan jetstream.Msg)
+	keyed := make([]chan jetstream.Msg, b.cfg.Concurrency)
 	var workers sync.WaitGroup
-	for range b.cfg.Concurrency {
+	for i := range keyed {
+		own, sh := make(chan jetstream.Msg), shared
+		keyed[i] = own
 		workers.Go(func() {
-			for jm := range work {
-				b.handle(ctx, q, jm, h)
+			for own != nil || sh != nil {
+				select {
+				case jm, ok := <-own:
+					if !ok {
+						own = nil
+						continue
+					}
+					b.handle(ctx, q, jm, h)
+				case jm, ok := <-sh:
+					if !ok {
+						sh = nil
+						continue
+					}
+					b.handle(ctx, q, jm, h)
+				}
 			}
 		})
 	}
 	defer workers.Wait()
-	defer close(work)
+	defer func() {
+		close(shared)
+		for _, c := range keyed {
+			close(c)
+		}
+	}()
+	work := func(jm jetstream.Msg) chan<- jetstream.Msg {
+		key := jm.Headers().Get(hdrOrderingKey)
+		if key == "" {
+			return shared
+		}
+		return keyed[fnv32(key)%uint32(len(keyed))]
+	}
 
 	retry := b.cfg.MinBackoff
 	for {
@@ -542,6 +582,16 @@ func (b *Bus) receive(ctx context.Context, q *queue, consumer func(context.Conte
 	}
 }
 
+// fnv32 is the FNV-1a hash of s.
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
 // fetchWait is how long one pull request waits on the server for messages.
 // It also bounds how long a receiver takes to return after its context is
 // cancelled: a pull request cannot be withdrawn, so the receiver stays to
@@ -552,7 +602,7 @@ const fetchWait = time.Second
 // workers until ctx is done or a request fails. Every message a request
 // delivers is either handed to a worker or nakked, so none waits out its ack
 // deadline on a receiver that has gone.
-func (b *Bus) pull(ctx context.Context, consumer func(context.Context) (jetstream.Consumer, error), work chan<- jetstream.Msg) error {
+func (b *Bus) pull(ctx context.Context, consumer func(context.Context) (jetstream.Consumer, error), work func(jetstream.Msg) chan<- jetstream.Msg) error {
 	c, err := consumer(ctx)
 	if err != nil {
 		return err
@@ -569,7 +619,7 @@ func (b *Bus) pull(ctx context.Context, consumer func(context.Context) (jetstrea
 				continue
 			}
 			select {
-			case work <- jm:
+			case work(jm) <- jm:
 			case <-ctx.Done():
 				_ = jm.Nak()
 			}
