@@ -129,6 +129,17 @@ func (a *App) wire(ctx context.Context) error {
 	}
 	a.push = pr
 	if cfg.Has(config.RoleRealtime) {
+		// The delivery subscription must exist before a connection
+		// registers presence, or events addressed here meanwhile are lost
+		// (the message itself is stored; it would wait for the next
+		// connection).
+		if p, ok := a.bus.(interface {
+			PrepareDelivery(ctx context.Context, instance string) error
+		}); ok {
+			if err := p.PrepareDelivery(ctx, cfg.InstanceID); err != nil {
+				return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
+			}
+		}
 		a.realtime = realtime.New(realtime.Options{
 			Instance:        cfg.InstanceID,
 			AllowedOrigins:  cfg.Realtime.AllowedOrigins,
