@@ -109,3 +109,24 @@ push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 		t.Fatal(err)
 	}
 }
+
+// config/production.yaml is a complete, valid production setup.
+func TestProductionExampleIsValid(t *testing.T) {
+	b, err := os.ReadFile("../../config/production.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := Parse(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	c.FromEnv(func(k string) string {
+		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing", "ROUTING_INSTANCE_ID": "pod-1"}[k]
+	})
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.RunMode != ModeProduction || c.Bus.Type != "pubsub" || c.Store.Type != "postgres" || c.Presence.Type != "redis" {
+		t.Fatalf("not a scale-out setup: %+v", c)
+	}
+}
