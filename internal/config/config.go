@@ -632,10 +632,8 @@ func (c *Config) Validate() error {
 	if c.Push.MaxRetries < 0 || c.Push.MaxRetries > 10 {
 		bad("push.max_retries", "must be between 0 and 10")
 	}
-	switch c.Telemetry.Traces {
-	case "off", "stdout", "otlp":
-	default:
-		bad("telemetry.traces", "must be off, stdout or otlp, got %q", c.Telemetry.Traces)
+	if c.Telemetry.Traces != "off" {
+		bad("telemetry.traces", "trace export is not implemented yet: only \"off\" is accepted, got %q", c.Telemetry.Traces)
 	}
 	if c.Telemetry.SampleRatio < 0 || c.Telemetry.SampleRatio > 1 {
 		bad("telemetry.sample_ratio", "must be between 0 and 1")
