@@ -349,6 +349,9 @@ func (b *Bus) handle(ctx context.Context, queue string, h bus.Handler, pm *pubsu
 	}
 	pm.Ack()
 	b.log.Warn("message dead-lettered", "queue", queue, "id", m.ID, "attempts", m.DeliveryAttempt, "reason", reason)
+	if b.cfg.OnDeadLetter != nil {
+		b.cfg.OnDeadLetter(queue, reason)
+	}
 }
 
 // deadLetter publishes a copy of pm with the reason to queue's dead-letter topic.

@@ -76,6 +76,12 @@ type Config struct {
 	// Logger receives the bus's structured logs (never message bodies).
 	// Default slog.Default().
 	Logger *slog.Logger
+
+	// OnDeadLetter, when set, is called once for each message this bus
+	// dead-letters (a permanent handler error or the last attempt), with the
+	// queue (bus.QueueIngress or bus.QueueDelivery) and the reason. It must
+	// not block.
+	OnDeadLetter func(queue, reason string)
 }
 
 // Resource ids: a letter first, then letters, digits and - _ . ~ + %,

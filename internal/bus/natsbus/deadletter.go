@@ -140,7 +140,15 @@ func (b *Bus) deadLetterBySeq(ctx context.Context, q *queue, seq uint64, attempt
 		return fmt.Errorf("delete message %d: %w", seq, err)
 	}
 	b.log.Warn("message dead-lettered", "queue", q.name, "id", rm.Header.Get(jetstream.MsgIDHeader), "attempts", attempts, "reason", reason)
+	b.deadLettered(q, reason)
 	return nil
+}
+
+// deadLettered reports one dead-lettered message to Config.OnDeadLetter.
+func (b *Bus) deadLettered(q *queue, reason string) {
+	if b.cfg.OnDeadLetter != nil {
+		b.cfg.OnDeadLetter(q.name, reason)
+	}
 }
 
 func (b *Bus) queue(name string) (*queue, error) {

@@ -102,6 +102,13 @@ type Config struct {
 
 	// Logger receives the adapter's logs; default slog.Default().
 	Logger *slog.Logger
+
+	// OnDeadLetter, when set, is called once for each message the adapter
+	// moves to a dead-letter stream (by a handler's permanent error, on the
+	// last attempt, or through the max-deliveries advisory), with the queue
+	// (bus.QueueIngress or bus.QueueDelivery) and the reason. It must not
+	// block.
+	OnDeadLetter func(queue, reason string)
 }
 
 // FromConfig maps the service's bus configuration onto a Config.
@@ -669,6 +676,7 @@ func (b *Bus) handle(ctx context.Context, q *queue, jm jetstream.Msg, h bus.Hand
 			b.log.Warn("terminating a dead-lettered message failed", "queue", q.name, "id", m.ID, "error", terr)
 		}
 		b.log.Warn("message dead-lettered", "queue", q.name, "id", m.ID, "attempts", attempt, "reason", err.Error())
+		b.deadLettered(q, err.Error())
 	default:
 		if nerr := jm.NakWithDelay(b.backoff(attempt)); nerr != nil {
 			b.log.Warn("nak failed; the message will be redelivered after the ack deadline", "queue", q.name, "id", m.ID, "error", nerr)
