@@ -57,6 +57,7 @@ type Config struct {
 	Pipeline  Pipeline  `yaml:"pipeline"`
 	Push      Push      `yaml:"push"`
 	Telemetry Telemetry `yaml:"telemetry"`
+	Admin     Admin     `yaml:"admin"`
 
 	// From the environment, never from the file.
 	JWTSecret     string `yaml:"-"`
@@ -250,6 +251,26 @@ type Telemetry struct {
 	Traces       string  `yaml:"traces"`
 	OTLPEndpoint string  `yaml:"otlp_endpoint"`
 	SampleRatio  float64 `yaml:"sample_ratio"`
+}
+
+// Admin configures the admin endpoint: an HTTP server on a Unix domain
+// socket (file mode 0600) through which `routingservice dlq` inspects,
+// replays and purges the dead-letter queues of the running service.
+type Admin struct {
+	// Socket is the socket's path: "" means <data_dir>/admin.sock, "-"
+	// disables the admin endpoint.
+	Socket string `yaml:"socket"`
+}
+
+// AdminSocket is the admin socket's path ("" when disabled).
+func (c *Config) AdminSocket() string {
+	switch c.Admin.Socket {
+	case "-":
+		return ""
+	case "":
+		return filepath.Join(c.DataDir, "admin.sock")
+	}
+	return c.Admin.Socket
 }
 
 // Default returns the embedded-default configuration.

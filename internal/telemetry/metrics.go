@@ -30,6 +30,9 @@ type Metrics struct {
 	WSDropped           *prometheus.CounterVec // reason
 	WSAcks              prometheus.Counter
 	MessagesAcked       prometheus.Counter
+	DeadLettered        *prometheus.CounterVec // queue: ingress, delivery
+	DeadReplayed        *prometheus.CounterVec // queue
+	DeadPurged          *prometheus.CounterVec // queue
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -82,6 +85,15 @@ func NewMetrics() *Metrics {
 		MessagesAcked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routing_messages_acked_total", Help: "Messages deleted from the store by acknowledgements.",
 		}),
+		DeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_dead_lettered_total", Help: "Messages this instance moved to a dead-letter queue, by queue (ingress, delivery).",
+		}, []string{"queue"}),
+		DeadReplayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_dead_letter_replayed_total", Help: "Dead-lettered messages put back on their topic through this instance's admin socket, by queue.",
+		}, []string{"queue"}),
+		DeadPurged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_dead_letter_purged_total", Help: "Dead-lettered messages deleted through this instance's admin socket, by queue.",
+		}, []string{"queue"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
@@ -89,7 +101,14 @@ func NewMetrics() *Metrics {
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
+		m.DeadLettered, m.DeadReplayed, m.DeadPurged,
 	)
+	// Both queues show from the start, at zero, so alerts on rate() see them.
+	for _, q := range []string{"ingress", "delivery"} {
+		m.DeadLettered.WithLabelValues(q)
+		m.DeadReplayed.WithLabelValues(q)
+		m.DeadPurged.WithLabelValues(q)
+	}
 	return m
 }
 
