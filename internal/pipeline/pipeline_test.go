@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/push"
+)
+
+type fakeStore struct {
+	mu   sync.Mutex
+	err  error
+	envs []*envelope.Envelope
+}
+
+func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	s.envs = append(s.envs, envs...)
+	return nil
+}
+
+type fakePresence struct {
+	instances []string
+	err       error
+}
+
+func (p fakePresence) Instances(context.Context, string) ([]string, error) { return p.instances, p.err }
+
+type published struct {
+	instance string
+	m        *bus.Message
+}
+
+type fakeBus struct {
+	mu  sync.Mutex
+	out []published
+	err error
+}
+
+func (b *fakeBus) ReceiveIngress(context.Context, bus.Handler) error { return nil }
+func (b *fakeBus) PublishDelivery(_ context.Context, instance string, m *bus.Message) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
+	b.out = append(b.out, published{instance, m})
+	return nil
+}
+
+type fakeNotifier struct{ got []push.Notification }
+
+func (n *fakeNotifier) Notify(x push.Notification) { n.got = append(n.got, x) }
+
+type fakeLocal struct{ got []*envelope.Envelope }
+
+func (l *fakeLocal) Deliver(e *envelope.Envelope) { l.got = append(l.got, e) }
+
+func ingress(t *testing.T, ephemeral bool) *bus.Message {
+	t.Helper()
+	now := envelope.Now()
+	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b",
+		Type: "chat", Payload: []byte("c"), Ephemeral: ephemeral, CreatedAt: now}
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &bus.Message{ID: env.ID, Data: b, DeliveryAttempt: 1}
+}
+
+func TestHandle(t *testing.T) {
+	errDown := errors.New("down")
+	cases := []struct {
+		name      string
+		msg       func(t *testing.T) *bus.Message
+		storeErr  error
+		presence  fakePresence
+		busErr    error
+		wantErr   bool
+		permanent bool
+		stored    int
+		published []string
+		local     int
+		pushed    int
+	}{
+		{name: "offline: stored and pushed", msg: func(t *testing.T) *bus.Message { return ingress(t, false) },
+			stored: 1, pushed: 1},
+		{name: "online elsewhere: stored and addressed to each instance",
+			msg: func(t *testing.T) *bus.Message { return ingress(t, false) }, presence: fakePresence{instances: []string{"b", "c"}},
+			stored: 1, published: []string{"b", "c"}},
+		{name: "online here: delivered in process",
+			msg: func(t *testing.T) *bus.Message { return ingress(t, false) }, presence: fakePresence{instances: []string{"self", "c"}},
+			stored: 1, published: []string{"c"}, local: 1},
+		{name: "ephemeral offline: neither stored nor pushed",
+			msg: func(t *testing.T) *bus.Message { return ingress(t, true) }},
+		{name: "ephemeral online: delivered, not stored",
+			msg: func(t *testing.T) *bus.Message { return ingress(t, true) }, presence: fakePresence{instances: []string{"c"}},
+			published: []string{"c"}},
+		{name: "undecodable: permanent", msg: func(*testing.T) *bus.Message { return &bus.Message{ID: "x", Data: []byte("{")} },
+			wantErr: true, permanent: true},
+		{name: "invalid envelope: permanent", msg: func(*testing.T) *bus.Message {
+			return &bus.Message{ID: "x", Data: []byte(`{"id":"x","sender":"nope","recipient":"urn:a:b:c","created_at":"2026-01-01T00:00:00Z"}`)}
+		}, wantErr: true, permanent: true},
+		{name: "store down: retried", msg: func(t *testing.T) *bus.Message { return ingress(t, false) }, storeErr: errDown, wantErr: true},
+		{name: "presence down: retried after storing", msg: func(t *testing.T) *bus.Message { return ingress(t, false) },
+			presence: fakePresence{err: errDown}, wantErr: true, stored: 1},
+		{name: "bus down: retried", msg: func(t *testing.T) *bus.Message { return ingress(t, false) },
+			presence: fakePresence{instances: []string{"c"}}, busErr: errDown, wantErr: true, stored: 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st, b, n, l := &fakeStore{err: tc.storeErr}, &fakeBus{err: tc.busErr}, &fakeNotifier{}, &fakeLocal{}
+			p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second}, st, tc.presence, b)
+			m := tc.msg(t)
+			err := p.Handle(context.Background(), m)
+			if (err != nil) != tc.wantErr || errors.Is(err, bus.ErrPermanent) != tc.permanent {
+				t.Fatalf("err = %v, want error %v permanent %v", err, tc.wantErr, tc.permanent)
+			}
+			if len(st.envs) != tc.stored || len(n.got) != tc.pushed || len(l.got) != tc.local {
+				t.Fatalf("stored %d pushed %d local %d, want %d %d %d", len(st.envs), len(n.got), len(l.got), tc.stored, tc.pushed, tc.local)
+			}
+			if len(b.out) != len(tc.published) {
+				t.Fatalf("published %d, want %v", len(b.out), tc.published)
+			}
+			for i, pub := range b.out {
+				if pub.instance != tc.published[i] || pub.m.Attributes[bus.AttrInstance] != pub.instance ||
+					pub.m.OrderingKey != "urn:sm:user:b" || string(pub.m.Data) != string(m.Data) {
+					t.Fatalf("delivery %d: %+v", i, pub)
+				}
+			}
+			if tc.pushed == 1 && (n.got[0].MessageID != m.ID || n.got[0].Recipient != "urn:sm:user:b" || n.got[0].Type != "chat") {
+				t.Fatalf("notification %+v", n.got[0])
+			}
+		})
+	}
+}
