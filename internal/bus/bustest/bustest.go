@@ -94,6 +94,8 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"OperationsAfterClose", testOperationsAfterClose},
 		{"CloseStopsReceivers", testCloseStopsReceivers},
 		{"ManyMessagesConcurrentHandlers", testManyMessages},
+		{"OrderingKeysIngress", testOrderingIngress},
+		{"OrderingKeysDelivery", testOrderingDelivery},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -163,7 +165,8 @@ func newCollector() *collector {
 func (c *collector) add(m *bus.Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cp := bus.Message{ID: m.ID, Data: slices.Clone(m.Data), Attributes: maps.Clone(m.Attributes), DeliveryAttempt: m.DeliveryAttempt}
+	cp := bus.Message{ID: m.ID, Data: slices.Clone(m.Data), Attributes: maps.Clone(m.Attributes),
+		OrderingKey: m.OrderingKey, DeliveryAttempt: m.DeliveryAttempt}
 	c.msgs[m.ID] = append(c.msgs[m.ID], cp)
 	c.attempts[m.ID] = append(c.attempts[m.ID], m.DeliveryAttempt)
 	c.total++
@@ -297,6 +300,9 @@ func testPublishReceiveIngress(t *testing.T, h Harness) {
 	}
 	if got.DeliveryAttempt != 1 {
 		t.Errorf("DeliveryAttempt = %d on first delivery, want 1", got.DeliveryAttempt)
+	}
+	if got.OrderingKey != "" {
+		t.Errorf("message published without an ordering key received with OrderingKey %q", got.OrderingKey)
 	}
 	gotEmpty, _ := c.first(empty.ID)
 	if len(gotEmpty.Data) != 0 || len(gotEmpty.Attributes) != 0 {

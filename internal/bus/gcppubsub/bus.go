@@ -126,9 +126,13 @@ func New(ctx context.Context, cfg Config, opts ...option.ClientOption) (*Bus, er
 	return b, nil
 }
 
+// newPublisher returns a publisher of topic with message ordering enabled:
+// messages that carry an ordering key are sent in the order they were
+// published (see publishRaw for what a failure does to the key).
 func (b *Bus) newPublisher(topic string) *pubsub.Publisher {
 	p := b.client.Publisher(topic)
 	p.PublishSettings.DelayThreshold = b.cfg.PublishDelay
+	p.EnableMessageOrdering = true
 	return p
 }
 
@@ -196,12 +200,37 @@ func (b *Bus) publish(ctx context.Context, p *pubsub.Publisher, m *bus.Message, 
 	maps.Copy(attrs, m.Attributes)
 	maps.Copy(attrs, extra)
 	attrs[AttrMessageID] = m.ID
-	return b.publishRaw(ctx, p, &pubsub.Message{Data: m.Data, Attributes: attrs})
+	return b.publishRaw(ctx, p, &pubsub.Message{Data: m.Data, Attributes: attrs, OrderingKey: m.OrderingKey})
 }
 
-// publishRaw publishes pm as is; the read lock keeps Close from stopping
-// the publisher between the closed check and the call.
+// publishRaw publishes pm as is and waits for the result.
+//
+// When a publish with an ordering key fails, the Pub/Sub client pauses the
+// key: every later publish with it fails at once until ResumePublish. The
+// failed publish's error is returned to its caller, who may retry; the key
+// is resumed so that later publishes are not stuck. A publish refused
+// because the key was paused by an earlier failure (whose caller gave up
+// waiting before the failure came back) was never sent: it is resumed and
+// sent once more.
 func (b *Bus) publishRaw(ctx context.Context, p *pubsub.Publisher, pm *pubsub.Message) error {
+	err := b.publishOnce(ctx, p, pm)
+	if pm.OrderingKey == "" || err == nil {
+		return err
+	}
+	if errors.As(err, &pubsub.ErrPublishingPaused{}) {
+		p.ResumePublish(pm.OrderingKey)
+		err = b.publishOnce(ctx, p, pm)
+		if err == nil {
+			return nil
+		}
+	}
+	p.ResumePublish(pm.OrderingKey)
+	return err
+}
+
+// publishOnce publishes pm and waits for the result; the read lock keeps
+// Close from stopping the publisher between the closed check and the call.
+func (b *Bus) publishOnce(ctx context.Context, p *pubsub.Publisher, pm *pubsub.Message) error {
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
@@ -371,8 +400,11 @@ func (b *Bus) deadLetter(ctx context.Context, queue string, pm *pubsub.Message, 
 	// stopping: otherwise the message is retried past its last attempt.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterPublishTimeout)
 	defer cancel()
-	res := p.Publish(dctx, &pubsub.Message{Data: pm.Data, Attributes: attrs})
+	res := p.Publish(dctx, &pubsub.Message{Data: pm.Data, Attributes: attrs, OrderingKey: pm.OrderingKey})
 	if _, err := res.Get(dctx); err != nil {
+		if pm.OrderingKey != "" {
+			p.ResumePublish(pm.OrderingKey) // the message is nacked and dead-lettered again later
+		}
 		return fmt.Errorf("publish to %s dead-letter topic: %w", queue, err)
 	}
 	return nil
@@ -380,7 +412,7 @@ func (b *Bus) deadLetter(ctx context.Context, queue string, pm *pubsub.Message, 
 
 // fromPubSub converts a received message; the ID attribute becomes Message.ID.
 func fromPubSub(pm *pubsub.Message) *bus.Message {
-	m := &bus.Message{ID: pm.Attributes[AttrMessageID], Data: pm.Data, DeliveryAttempt: 1}
+	m := &bus.Message{ID: pm.Attributes[AttrMessageID], Data: pm.Data, OrderingKey: pm.OrderingKey, DeliveryAttempt: 1}
 	if m.ID == "" {
 		m.ID = pm.ID
 	}

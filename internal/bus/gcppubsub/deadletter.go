@@ -134,6 +134,9 @@ func (b *Bus) ReplayDead(ctx context.Context, queue string, ids []string) (int, 
 			}
 			if _, err := r.Get(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("replay %s: %w", chosen[i].dm.ID, err))
+				if key := chosen[i].dm.Message.OrderingKey; key != "" {
+					p.ResumePublish(key) // the message stays dead; later publishes of its key go on
+				}
 				continue
 			}
 			done = append(done, chosen[i])
@@ -197,7 +200,7 @@ func (b *Bus) publishAsync(ctx context.Context, p *pubsub.Publisher, m *bus.Mess
 	if b.closed {
 		return nil, bus.ErrClosed
 	}
-	return p.Publish(ctx, &pubsub.Message{Data: m.Data, Attributes: attrs}), nil
+	return p.Publish(ctx, &pubsub.Message{Data: m.Data, Attributes: attrs, OrderingKey: m.OrderingKey}), nil
 }
 
 // withDead reads queue's dead messages, oldest first, hands them to f, then
@@ -337,7 +340,7 @@ func toDead(queue string, rm *pubsubpb.ReceivedMessage, maxAttempts int) bus.Dea
 	return bus.DeadMessage{
 		ID:       id,
 		Queue:    queue,
-		Message:  bus.Message{ID: id, Data: pm.GetData(), Attributes: attrs},
+		Message:  bus.Message{ID: id, Data: pm.GetData(), Attributes: attrs, OrderingKey: pm.GetOrderingKey()},
 		Reason:   reason,
 		Attempts: attempts,
 		DeadAt:   deadAt,

@@ -90,6 +90,8 @@ func (b *Bus) ingressSubscriptionSpec() *pubsubpb.Subscription {
 		ExpirationPolicy: &pubsubpb.ExpirationPolicy{},
 		DeadLetterPolicy: b.deadLetterPolicy(b.cfg.IngressDeadLetterTopic),
 		RetryPolicy:      b.retryPolicy(),
+		// One recipient's envelopes are stored in the order accepted.
+		EnableMessageOrdering: true,
 	}
 }
 
@@ -112,12 +114,15 @@ func (b *Bus) deliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
 		ExpirationPolicy:   &pubsubpb.ExpirationPolicy{Ttl: durationpb.New(b.cfg.DeliverySubscriptionExpiration)},
 		DeadLetterPolicy:   b.deadLetterPolicy(b.cfg.DeliveryDeadLetterTopic),
 		RetryPolicy:        b.retryPolicy(),
+		// One recipient's envelopes are delivered in the order accepted.
+		EnableMessageOrdering: true,
 	}
 }
 
 // ensureSubscription creates want, or verifies an existing subscription of
 // that name against it: settings Pub/Sub lets us change are updated, the
-// others (topic, filter, detachment) make an error that says what differs.
+// others (topic, filter, detachment, message ordering) make an error that
+// says what differs.
 // It reports whether it created the subscription.
 func (b *Bus) ensureSubscription(ctx context.Context, want *pubsubpb.Subscription) (created bool, err error) {
 	sac := b.client.SubscriptionAdminClient
@@ -166,6 +171,10 @@ func compareSubscription(got, want *pubsubpb.Subscription) (fixed, differs []str
 	}
 	if got.GetDetached() {
 		differs = append(differs, "it is detached from its topic")
+	}
+	if want.GetEnableMessageOrdering() && !got.GetEnableMessageOrdering() {
+		differs = append(differs, "message ordering is not enabled, and Pub/Sub can only enable it when a subscription is created: "+
+			"the subscription must be recreated (delete it, and it is created with ordering on the next start)")
 	}
 	if got.GetAckDeadlineSeconds() != want.GetAckDeadlineSeconds() {
 		fixed = append(fixed, "ack_deadline_seconds")

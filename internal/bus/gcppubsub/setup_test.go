@@ -92,6 +92,9 @@ func checkPolicies(t *testing.T, s *pubsubpb.Subscription, cfg gcppubsub.Config,
 	if got := s.GetExpirationPolicy().GetTtl().AsDuration(); s.GetExpirationPolicy().GetTtl() == nil && ttl != 0 || got != ttl {
 		t.Errorf("%s expiration %v, want TTL %v (0: never)", s.GetName(), s.GetExpirationPolicy(), ttl)
 	}
+	if !s.GetEnableMessageOrdering() {
+		t.Errorf("%s has message ordering disabled", s.GetName())
+	}
 }
 
 func TestNewCreatesResources(t *testing.T) {
@@ -264,10 +267,11 @@ func TestVerifyUpdatesMutableSettings(t *testing.T) {
 	// An ingress subscription made by hand: other ack deadline, no policies,
 	// an expiration.
 	_, err := admin.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name:               subName(cfg.IngressSubscription),
-		Topic:              topicName(cfg.IngressTopic),
-		AckDeadlineSeconds: 60,
-		ExpirationPolicy:   &pubsubpb.ExpirationPolicy{Ttl: durationpb.New(48 * time.Hour)},
+		Name:                  subName(cfg.IngressSubscription),
+		Topic:                 topicName(cfg.IngressTopic),
+		AckDeadlineSeconds:    60,
+		ExpirationPolicy:      &pubsubpb.ExpirationPolicy{Ttl: durationpb.New(48 * time.Hour)},
+		EnableMessageOrdering: true,
 	})
 	if err != nil {
 		t.Fatal(err)
