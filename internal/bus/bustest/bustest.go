@@ -12,6 +12,14 @@
 //
 // The suite is engine-neutral: it only uses the bus.Bus and bus.DeadLetters
 // methods, and asks for engine settings through Options.
+//
+// The ordering tests check bus.Message.OrderingKey on ingress and on the
+// delivery events of one instance: per key, publish order and one handler at
+// a time, for messages handled successfully on their first attempt (the
+// tests never nack: a nacked message is redelivered later, out of order).
+// They wait for progress rather than for a fixed time, since an engine may
+// hand one key's messages over slowly (the Pub/Sub fake passes the next
+// message of a key only once the previous one's ack has reached it).
 package bustest
 
 import (

@@ -20,6 +20,18 @@
 // consumers are idempotent on Message.ID: the pipeline stores envelopes
 // keyed by id and clients deduplicate deliveries by id.
 //
+// Ordering. Messages that carry a bus.Message.OrderingKey are published with
+// it as the Pub/Sub ordering key, and the ingress and delivery subscriptions
+// have message ordering enabled, so the client hands one key's messages to
+// the handler one at a time, in publish order. The order holds for messages
+// handled successfully on their first attempt: a nacked message is
+// redelivered later. Pub/Sub can only enable ordering when a subscription is
+// created: New and ReceiveDelivery refuse an existing subscription without
+// it, saying that it must be recreated. When a publish with an ordering key
+// fails, the client pauses the key; the Bus resumes it at once and returns
+// the error, so that later publishes of the key are not refused. Dead copies
+// keep the ordering key, and replayed messages are published with it.
+//
 // Failures. A handler error that wraps bus.ErrPermanent, and a failure on
 // the last allowed attempt, are dead-lettered by the Bus itself: it publishes
 // a copy carrying bus.AttrDeadReason and bus.AttrDeadAttempts to the

@@ -27,9 +27,10 @@ type fake struct {
 	opts  []option.ClientOption
 }
 
-func newFake(t *testing.T) *fake {
+// newFake starts a fake; reactors, if any, intercept its calls.
+func newFake(t *testing.T, reactors ...pstest.ServerReactorOption) *fake {
 	t.Helper()
-	srv := pstest.NewServer()
+	srv := pstest.NewServer(reactors...)
 	closeSrv := sync.OnceFunc(func() { _ = srv.Close() })
 	t.Cleanup(closeSrv)
 	return &fake{srv: srv, close: closeSrv, opts: []option.ClientOption{

@@ -393,7 +393,8 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 	})
 }
 
-// TestInvalidInput checks the errors for bad names, ids and attributes.
+// TestInvalidInput checks the errors for bad names, ids, ordering keys and
+// attributes.
 func TestInvalidInput(t *testing.T) {
 	t.Parallel()
 	s := startEmbedded(t)
@@ -406,6 +407,8 @@ func TestInvalidInput(t *testing.T) {
 		"id with newline":   b.PublishIngress(ctx, &bus.Message{ID: "a\nb"}),
 		"reserved attr":     b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{"Nats-Msg-Id": "x"}}),
 		"attr with newline": b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{"k": "a\r\nb"}}),
+		"key with newline":  b.PublishIngress(ctx, &bus.Message{ID: "a", OrderingKey: "urn:x\nRouting-Evil: 1"}),
+		"attr as key":       b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{hdrOrderingKey: "k"}}),
 		"bad instance":      b.PublishDelivery(ctx, "a.b", &bus.Message{ID: "a"}),
 		"receive bad inst":  b.ReceiveDelivery(ctx, "*", func(context.Context, *bus.Message) error { return nil }),
 	}
