@@ -43,20 +43,29 @@ type App struct {
 	apiSrv, rtSrv *http.Server
 	apiLn, rtLn   net.Listener
 
+	opts  Options
+	admin *adminServer
+
 	// closers release backends in reverse order of opening.
 	closers []func() error
 }
 
 // New opens the backends the configured roles need and binds the listeners.
 // On error everything opened so far is closed.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (a *App, err error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
+	return NewWithOptions(ctx, cfg, log, Options{})
+}
+
+// NewWithOptions is New with the hooks of opts.
+func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, opts Options) (a *App, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	a = &App{cfg: cfg, log: log.With("instance", cfg.InstanceID), metrics: telemetry.NewMetrics()}
+	self := &App{cfg: cfg, log: log.With("instance", cfg.InstanceID), metrics: telemetry.NewMetrics(), opts: opts}
+	a = self
 	defer func() {
 		if err != nil {
-			a.closeBackends()
+			self.Close() // a is nil by then
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -71,6 +80,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (a *App, err 
 	if err := a.wire(ctx); err != nil {
 		return nil, err
 	}
+	if err := a.listenAdmin(ctx); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -81,8 +93,11 @@ func (a *App) openBackends(ctx context.Context) error {
 	}
 	a.store = st
 	a.closers = append(a.closers, st.Close)
+	if a.opts.WrapStore != nil {
+		a.store = a.opts.WrapStore(st)
+	}
 
-	b, closeBus, err := openBus(ctx, a.cfg, a.log)
+	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered)
 	if err != nil {
 		return err
 	}
@@ -171,6 +186,7 @@ func (a *App) wire(ctx context.Context) error {
 		a.pipeline = pipeline.New(po, a.store, a.presence, a.bus)
 	}
 	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
+	a.addDeadLetterCheck(ctx, checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
 			MaxBodyBytes:      cfg.API.MaxBodyBytes,
@@ -278,6 +294,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
 	}
+	if a.admin != nil {
+		goRole("admin", a.admin.serve)
+	}
 	if a.push != nil {
 		goRole("push", func() error { return a.push.run(work) })
 	}
@@ -294,6 +313,9 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("draining")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	if a.admin != nil {
+		a.admin.shutdown(sctx)
+	}
 	if a.apiSrv != nil {
 		if err := a.apiSrv.Shutdown(sctx); err != nil {
 			a.log.Warn("api shutdown", "err", err)
@@ -322,6 +344,9 @@ func (a *App) Close() {
 	}
 	if a.rtLn != nil {
 		a.rtLn.Close()
+	}
+	if a.admin != nil {
+		a.admin.close()
 	}
 	a.closeBackends()
 }

@@ -15,8 +15,9 @@ import (
 
 // openBus opens the configured bus; the returned func closes it (and stops
 // the embedded server).
-func openBus(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.Bus, func() error, error) {
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (bus.Bus, func() error, error) {
 	nc := natsbus.FromConfig(cfg.Bus)
+	nc.OnDeadLetter = onDeadLetter
 	nc.SubjectPrefix = cfg.Bus.NATS.SubjectPrefix
 	nc.Concurrency = cfg.Pipeline.Concurrency
 	nc.Logger = log.With("bus", cfg.Bus.Type)
@@ -67,7 +68,7 @@ func openBus(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.Bus,
 		}
 		return b, func() error { err := b.Close(); conn.Close(); return err }, nil
 	case "pubsub":
-		return openPubSub(ctx, cfg, log)
+		return openPubSub(ctx, cfg, log, onDeadLetter)
 	default:
 		return nil, nil, fmt.Errorf("config key bus.type: unknown %q", cfg.Bus.Type)
 	}

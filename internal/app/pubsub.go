@@ -14,7 +14,7 @@ import (
 
 // openPubSub opens the Google Cloud Pub/Sub bus. PUBSUB_EMULATOR_HOST,
 // when set, points the client at an emulator.
-func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.Bus, func() error, error) {
+func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (bus.Bus, func() error, error) {
 	ps := cfg.Bus.PubSub
 	var opts []option.ClientOption
 	if ps.Endpoint != "" {
@@ -39,6 +39,7 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (bus.B
 		MaxOutstanding:                 cfg.Bus.MaxOutstanding,
 		Concurrency:                    cfg.Pipeline.Concurrency,
 		Logger:                         log.With("bus", "pubsub"),
+		OnDeadLetter:                   onDeadLetter,
 	}, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bus (pubsub, project %s): %w", ps.ProjectID, err)
