@@ -1,8 +1,0 @@
-package main
-
-import (
-	"errors"
-	"io"
-)
-
-func dlq(args []string, stdout, stderr io.Writer) error { return errors.New("dlq: not available yet") }
