@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,11 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/go-routing-service/routingservice/internal/admin"
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -357,5 +360,52 @@ func TestAdminSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(off.cfg.DataDir, "admin.sock")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file with admin.socket \"-\": %v", err)
+	}
+}
+
+// The app adds the readiness check "dead_letter_setup" for a bus with this
+// method: make sure the Pub/Sub bus keeps it.
+var _ interface {
+	CheckDeadLetterSetup(context.Context) error
+} = (*gcppubsub.Bus)(nil)
+
+// The same on Google Cloud Pub/Sub (the official fake, reached through
+// PUBSUB_EMULATOR_HOST): the poison message is dead-lettered after one
+// attempt and counted, the good ones are stored, /readyz includes the
+// dead-letter setup check, and the admin socket lists and purges it.
+func TestPoisonMessagePubSub(t *testing.T) {
+	srv := pstest.NewServer()
+	t.Cleanup(func() { srv.Close() })
+	t.Setenv("PUBSUB_EMULATOR_HOST", srv.Addr)
+	ta := startAppWith(t, func(c *config.Config) {
+		c.Bus.Type = "pubsub"
+		c.Bus.PubSub.ProjectID = "dlq-test"
+		c.Bus.AckDeadline = 10 * time.Second
+	}, app.Options{})
+	if code := get(t, ta.apiURL+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz: %d", code)
+	}
+	ac := admin.NewClient(ta.app.AdminSocket())
+	metrics := ta.app.Metrics()
+	alice := ta.client(t, "urn:sm:user:alice")
+	bob := ta.client(t, "urn:sm:user:bob-pubsub")
+	sendMany(t, alice, "urn:sm:user:bob-pubsub", 20)
+	if err := ta.app.Bus().PublishIngress(ctxT(t), &bus.Message{ID: "poison-ps", Data: []byte("not an envelope")}); err != nil {
+		t.Fatal(err)
+	}
+	sendMany(t, alice, "urn:sm:user:bob-pubsub", 20)
+	eventually(t, "40 messages stored", func() bool { return pending(t, bob) == 40 })
+	eventually(t, "the poison message dead-lettered", func() bool {
+		return testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(bus.QueueIngress)) == 1
+	})
+	dead := deadList(t, ac, bus.QueueIngress)
+	if len(dead) != 1 || dead[0].MessageID != "poison-ps" || dead[0].Attempts != 1 || dead[0].Reason == "" {
+		t.Fatalf("ingress dead letters: %+v", dead)
+	}
+	if n, err := ac.Purge(ctxT(t), bus.QueueIngress, []string{dead[0].ID}, false); err != nil || n != 1 {
+		t.Fatalf("purge: %d, %v", n, err)
+	}
+	if d := deadList(t, ac, bus.QueueIngress); len(d) != 0 {
+		t.Fatalf("after purge: %+v", d)
 	}
 }
