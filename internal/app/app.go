@@ -174,6 +174,7 @@ func (a *App) wire(ctx context.Context) error {
 		po := pipeline.Options{
 			Instance:       cfg.InstanceID,
 			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
+			MaxBatch:       cfg.Store.MaxBatch,
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
 		}

@@ -74,3 +74,17 @@ type Bus interface {
 	// Close releases the bus's resources. Receivers return.
 	Close() error
 }
+
+// BatchHandler handles a batch of received messages and returns one error
+// per message, in the same order (nil acks that message; errors mean what
+// they mean for Handler). Messages of one OrderingKey appear in bus order.
+type BatchHandler func(ctx context.Context, ms []*Message) []error
+
+// BatchReceiver is implemented by buses that can hand ingress messages to a
+// handler in batches, so that the handler can write them with one store
+// commit while keeping each ordering key's order. ReceiveIngressBatch
+// behaves like ReceiveIngress; a batch holds at most max messages and is
+// formed from what is already waiting, never by delaying a message.
+type BatchReceiver interface {
+	ReceiveIngressBatch(ctx context.Context, max int, h BatchHandler) error
+}

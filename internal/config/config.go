@@ -298,7 +298,7 @@ func Default() Config {
 			PingInterval:    25 * time.Second,
 			PongTimeout:     10 * time.Second,
 			WriteTimeout:    10 * time.Second,
-			SendQueue:       256,
+			SendQueue:       1024,
 			BacklogPage:     100,
 			MaxConnsPerUser: 16,
 		},

@@ -52,8 +52,11 @@ type Options struct {
 	Local          LocalDelivery
 	Notifier       Notifier
 	HandlerTimeout time.Duration
-	Logger         *slog.Logger
-	Metrics        *telemetry.Metrics
+	// MaxBatch bounds the messages handled (and stored) together when the
+	// bus delivers in batches; <= 1 handles one at a time.
+	MaxBatch int
+	Logger   *slog.Logger
+	Metrics  *telemetry.Metrics
 }
 
 // Pipeline is the ingress consumer.
@@ -76,51 +79,108 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	return &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger}
 }
 
-// Run consumes the ingress subscription until ctx is done.
+// Run consumes the ingress subscription until ctx is done: in batches when
+// the bus can (one store commit per batch), else one message at a time.
 func (p *Pipeline) Run(ctx context.Context) error {
+	if br, ok := p.bus.(bus.BatchReceiver); ok && p.o.MaxBatch > 1 {
+		return br.ReceiveIngressBatch(ctx, p.o.MaxBatch, p.HandleBatch)
+	}
 	return p.bus.ReceiveIngress(ctx, p.Handle)
 }
 
 // Handle processes one ingress message. An undecodable or invalid envelope
 // is a permanent failure (dead-lettered at once); a store, presence or bus
 // error is returned for a retry.
-func (p *Pipeline) Handle(ctx context.Context, m *bus.Message) (err error) {
+func (p *Pipeline) Handle(ctx context.Context, m *bus.Message) error {
+	return p.HandleBatch(ctx, []*bus.Message{m})[0]
+}
+
+// HandleBatch processes ingress messages in order: it stores the batch's
+// envelopes with one store call, then routes each. It returns one error per
+// message (see Handle).
+func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	start := time.Now()
+	errs := make([]error, len(ms))
 	defer func() {
 		if p.o.Metrics == nil {
 			return
 		}
-		result := "ok"
-		switch {
-		case err == nil:
-		case isPermanent(err):
-			result = "dead"
-		default:
-			result = "retry"
+		elapsed := time.Since(start).Seconds()
+		for _, err := range errs {
+			result := "ok"
+			switch {
+			case err == nil:
+			case isPermanent(err):
+				result = "dead"
+			default:
+				result = "retry"
+			}
+			p.o.Metrics.PipelineHandled.WithLabelValues(result).Inc()
+			p.o.Metrics.PipelineDuration.Observe(elapsed)
 		}
-		p.o.Metrics.PipelineHandled.WithLabelValues(result).Inc()
-		p.o.Metrics.PipelineDuration.Observe(time.Since(start).Seconds())
 	}()
 	ctx, cancel := context.WithTimeout(ctx, p.o.HandlerTimeout)
 	defer cancel()
 
-	var env envelope.Envelope
-	if err := envelope.Unmarshal(m.Data, &env); err != nil {
-		p.log.Warn("pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
-		return fmt.Errorf("%w: %v", bus.ErrPermanent, err)
-	}
-	if !env.Ephemeral {
-		if err := p.store.PutMessages(ctx, []*envelope.Envelope{&env}); err != nil {
-			return fmt.Errorf("pipeline store %s: %w", env.ID, err)
+	envs := make([]*envelope.Envelope, len(ms))
+	stored := make([]*envelope.Envelope, 0, len(ms))
+	for i, m := range ms {
+		env := new(envelope.Envelope)
+		if err := envelope.Unmarshal(m.Data, env); err != nil {
+			p.log.Warn("pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
+			errs[i] = fmt.Errorf("%w: %v", bus.ErrPermanent, err)
+			continue
+		}
+		envs[i] = env
+		if !env.Ephemeral {
+			stored = append(stored, env)
 		}
 	}
-	instances, err := p.presence.Instances(ctx, env.Recipient)
-	if err != nil {
-		return fmt.Errorf("pipeline presence %s: %w", env.ID, err)
+	if len(stored) > 0 {
+		if err := p.store.PutMessages(ctx, stored); err != nil {
+			for i := range ms {
+				if errs[i] == nil {
+					errs[i] = fmt.Errorf("pipeline store %s: %w", ms[i].ID, err)
+				}
+			}
+			return errs
+		}
+	}
+	// Route in order. Once one message of a recipient fails, the later
+	// ones of that recipient fail too, so that a retry keeps their order.
+	failed := map[string]error{}
+	where := map[string][]string{} // presence, looked up once per recipient per batch
+	for i, env := range envs {
+		if env == nil {
+			continue
+		}
+		if err, ok := failed[env.Recipient]; ok {
+			errs[i] = err
+			continue
+		}
+		if err := p.route(ctx, ms[i], env, where); err != nil {
+			errs[i] = err
+			failed[env.Recipient] = err
+		}
+	}
+	return errs
+}
+
+// route addresses a stored envelope to the instances holding its
+// recipient's connections, or asks for a push when there are none.
+func (p *Pipeline) route(ctx context.Context, m *bus.Message, env *envelope.Envelope, where map[string][]string) error {
+	instances, ok := where[env.Recipient]
+	if !ok {
+		var err error
+		instances, err = p.presence.Instances(ctx, env.Recipient)
+		if err != nil {
+			return fmt.Errorf("pipeline presence %s: %w", env.ID, err)
+		}
+		where[env.Recipient] = instances
 	}
 	for _, inst := range instances {
 		if inst == p.o.Instance && p.o.Local != nil {
-			p.o.Local.Deliver(&env)
+			p.o.Local.Deliver(env)
 			if p.o.Metrics != nil {
 				p.o.Metrics.DeliveriesLocal.Inc()
 			}

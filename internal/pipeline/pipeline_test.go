@@ -143,3 +143,76 @@ func TestHandle(t *testing.T) {
 		})
 	}
 }
+
+type countingStore struct {
+	fakeStore
+	calls int
+}
+
+func (s *countingStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+	s.mu.Lock()
+	s.calls++
+	s.mu.Unlock()
+	return s.fakeStore.PutMessages(ctx, envs)
+}
+
+type perInstanceBus struct {
+	fakeBus
+	failFor string
+}
+
+func (b *perInstanceBus) PublishDelivery(ctx context.Context, instance string, m *bus.Message) error {
+	if instance == b.failFor {
+		return errors.New("down")
+	}
+	return b.fakeBus.PublishDelivery(ctx, instance, m)
+}
+
+type presenceByUser map[string][]string
+
+func (p presenceByUser) Instances(_ context.Context, user string) ([]string, error) { return p[user], nil }
+
+func message(t *testing.T, recipient string) *bus.Message {
+	t.Helper()
+	now := envelope.Now()
+	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a",
+		Recipient: recipient, Payload: []byte("c"), CreatedAt: now}
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &bus.Message{ID: env.ID, Data: b}
+}
+
+// A batch is stored with one store call; a poison message fails alone; once
+// a recipient's delivery fails, its later messages in the batch fail too (so
+// a retry keeps their order) while other recipients' succeed.
+func TestHandleBatch(t *testing.T) {
+	st := &countingStore{}
+	b := &perInstanceBus{failFor: "x"}
+	pr := presenceByUser{"urn:sm:user:b": {"x"}, "urn:sm:user:c": {"y"}}
+	p := New(Options{Instance: "self", MaxBatch: 16, HandlerTimeout: time.Second}, st, pr, b)
+	ms := []*bus.Message{
+		message(t, "urn:sm:user:c"),
+		{ID: "poison", Data: []byte("{")},
+		message(t, "urn:sm:user:b"),
+		message(t, "urn:sm:user:c"),
+		message(t, "urn:sm:user:b"),
+	}
+	errs := p.HandleBatch(context.Background(), ms)
+	if st.calls != 1 || len(st.envs) != 4 {
+		t.Fatalf("store calls %d with %d envelopes, want 1 with 4", st.calls, len(st.envs))
+	}
+	if errs[0] != nil || errs[3] != nil {
+		t.Fatalf("c's messages failed: %v %v", errs[0], errs[3])
+	}
+	if !errors.Is(errs[1], bus.ErrPermanent) {
+		t.Fatalf("poison: %v", errs[1])
+	}
+	if errs[2] == nil || errs[4] == nil || errors.Is(errs[2], bus.ErrPermanent) {
+		t.Fatalf("b's messages: %v %v, want retryable errors", errs[2], errs[4])
+	}
+	if len(b.out) != 2 || b.out[0].instance != "y" || b.out[1].instance != "y" {
+		t.Fatalf("published %+v", b.out)
+	}
+}

@@ -173,7 +173,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		srv:  s,
 		id:   strconv.FormatUint(s.connSeq.Add(1), 36),
 		user: user,
-		live: make(chan frame, s.o.SendQueue),
+		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
 	if !s.hub.add(ss, s.o.MaxConnsPerUser) {
@@ -199,7 +199,11 @@ type session struct {
 	id   string
 	user string
 	conn *websocket.Conn
-	live chan frame
+	// queue holds live frames not yet written (at most SendQueue); it
+	// takes memory only while it holds frames. wake signals the writer.
+	mu    sync.Mutex
+	queue []frame
+	wake  chan struct{}
 
 	stopOnce    sync.Once
 	done        chan struct{}
@@ -211,16 +215,40 @@ func (ss *session) presenceConn(instance string) presence.Conn {
 	return presence.Conn{User: ss.user, Instance: instance, ID: ss.id}
 }
 
-// enqueue queues f without blocking; a full queue stops the session.
+// enqueue queues f without blocking; a full queue stops the session (its
+// messages stay in the store for the next connection).
 func (ss *session) enqueue(f frame) {
-	select {
-	case ss.live <- f:
-	default:
+	ss.mu.Lock()
+	full := len(ss.queue) >= ss.srv.o.SendQueue
+	if !full {
+		ss.queue = append(ss.queue, f)
+	}
+	ss.mu.Unlock()
+	if full {
 		ss.stop(websocket.StatusTryAgainLater, "slow consumer")
 		if ss.srv.m != nil {
 			ss.srv.m.WSDropped.WithLabelValues("slow_consumer").Inc()
 		}
+		return
 	}
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the queued frames and empties the queue, handing back spare
+// (a drained slice of an earlier take) for reuse.
+func (ss *session) take(spare []frame) []frame {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := ss.queue
+	if len(out) == 0 {
+		return spare[:0]
+	}
+	clear(spare)
+	ss.queue = spare[:0]
+	return out
 }
 
 // stop ends the session with a close status (the first one wins).
@@ -287,19 +315,20 @@ func (ss *session) writeLoop(ctx context.Context) {
 		return
 	}
 	backlogDone := time.Now()
+	var batch []frame
 	for {
 		select {
 		case <-ss.done:
 			return
-		case f := <-ss.live:
+		case <-ss.wake:
+		}
+		batch = ss.take(batch)
+		for _, f := range batch {
 			if sent != nil {
 				// A message stored while the backlog was read can arrive
 				// live too: send it once.
 				if _, dup := sent[f.id]; dup {
 					continue
-				}
-				if time.Since(backlogDone) > time.Minute {
-					sent = nil
 				}
 			}
 			if !ss.write(ctx, f.data) {
@@ -308,6 +337,12 @@ func (ss *session) writeLoop(ctx context.Context) {
 			if s.m != nil {
 				s.m.WSMessagesSent.WithLabelValues("live").Inc()
 			}
+		}
+		if sent != nil && time.Since(backlogDone) > time.Minute {
+			sent = nil
+		}
+		if len(batch) > 64 {
+			batch = nil // do not keep a large buffer on an idle connection
 		}
 	}
 }

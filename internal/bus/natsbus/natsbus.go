@@ -517,6 +517,48 @@ func (b *Bus) enter() error {
 // than shutdown (consumer deleted, server restarted) it asks consumer again
 // and resumes.
 func (b *Bus) receive(ctx context.Context, q *queue, consumer func(context.Context) (jetstream.Consumer, error), h bus.Handler) error {
+	return b.receiveBatches(ctx, q, consumer, 1, func(ctx context.Context, jms []jetstream.Msg) {
+		b.handle(ctx, q, jms[0], h)
+	})
+}
+
+// ReceiveIngressBatch is ReceiveIngress with a BatchHandler: each worker
+// hands the handler what is waiting for it (at most max messages; the
+// messages of one ordering key always go to the same worker, in stream
+// order), so that one store commit can cover them.
+func (b *Bus) ReceiveIngressBatch(ctx context.Context, maxBatch int, h bus.BatchHandler) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	maxBatch = min(max(1, maxBatch), b.cfg.MaxOutstanding)
+	return b.receiveBatches(ctx, &b.ingress, func(ctx context.Context) (jetstream.Consumer, error) {
+		return b.ingressCons, nil
+	}, maxBatch, func(ctx context.Context, jms []jetstream.Msg) {
+		ms := make([]*bus.Message, len(jms))
+		metas := make([]msgMeta, len(jms))
+		for i, jm := range jms {
+			metas[i] = meta(jm)
+			ms[i] = decode(jm, metas[i].attempt)
+		}
+		errs := h(ctx, ms)
+		for i, jm := range jms {
+			var err error
+			if i < len(errs) {
+				err = errs[i]
+			} else {
+				err = errors.New("natsbus: batch handler returned too few results")
+			}
+			b.settle(ctx, &b.ingress, jm, ms[i], metas[i], err)
+		}
+	})
+}
+
+// receiveBatches pulls from the consumer that consumer returns and feeds a
+// pool of workers that call run with up to maxBatch messages each. When the
+// pull subscription ends for a reason other than shutdown (consumer
+// deleted, server restarted) it asks consumer again and resumes.
+func (b *Bus) receiveBatches(ctx context.Context, q *queue, consumer func(context.Context) (jetstream.Consumer, error), maxBatch int, run func(context.Context, []jetstream.Msg)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(b.ctx, cancel)
@@ -525,12 +567,15 @@ func (b *Bus) receive(ctx context.Context, q *queue, consumer func(context.Conte
 	// One channel per worker: the messages of one ordering key always go
 	// to the same worker, so they are handled one at a time, in stream
 	// order. Messages without a key go to whichever worker is free.
+	// A worker's own channel holds up to maxBatch waiting messages, which
+	// it takes as one batch.
 	shared := make(chan jetstream.Msg)
 	keyed := make([]chan jetstream.Msg, b.cfg.Concurrency)
 	var workers sync.WaitGroup
 	for i := range keyed {
-		own, sh := make(chan jetstream.Msg), shared
+		own, sh := make(chan jetstream.Msg, maxBatch-1), shared
 		keyed[i] = own
+		batch := make([]jetstream.Msg, 0, maxBatch)
 		workers.Go(func() {
 			for own != nil || sh != nil {
 				select {
@@ -539,13 +584,27 @@ func (b *Bus) receive(ctx context.Context, q *queue, consumer func(context.Conte
 						own = nil
 						continue
 					}
-					b.handle(ctx, q, jm, h)
+					batch = append(batch[:0], jm)
+				drain:
+					for len(batch) < maxBatch {
+						select {
+						case jm, ok := <-own:
+							if !ok {
+								own = nil
+								break drain
+							}
+							batch = append(batch, jm)
+						default:
+							break drain
+						}
+					}
+					run(ctx, batch)
 				case jm, ok := <-sh:
 					if !ok {
 						sh = nil
 						continue
 					}
-					b.handle(ctx, q, jm, h)
+					run(ctx, append(batch[:0], jm))
 				}
 			}
 		})
@@ -644,14 +703,29 @@ func (b *Bus) pull(ctx context.Context, consumer func(context.Context) (jetstrea
 // or on the last attempt; otherwise nak with a delay of MinBackoff doubled
 // per attempt, up to MaxBackoff.
 func (b *Bus) handle(ctx context.Context, q *queue, jm jetstream.Msg, h bus.Handler) {
-	attempt := 1
-	var streamSeq uint64
-	if meta, err := jm.Metadata(); err == nil {
-		attempt = int(meta.NumDelivered)
-		streamSeq = meta.Sequence.Stream
+	md := meta(jm)
+	m := decode(jm, md.attempt)
+	b.settle(ctx, q, jm, m, md, h(ctx, m))
+}
+
+// msgMeta is what settling a message needs of its metadata.
+type msgMeta struct {
+	attempt   int
+	streamSeq uint64
+}
+
+func meta(jm jetstream.Msg) msgMeta {
+	md := msgMeta{attempt: 1}
+	if m, err := jm.Metadata(); err == nil {
+		md.attempt = int(m.NumDelivered)
+		md.streamSeq = m.Sequence.Stream
 	}
-	m := decode(jm, attempt)
-	err := h(ctx, m)
+	return md
+}
+
+// settle acks, naks or dead-letters jm according to its handler's result.
+func (b *Bus) settle(ctx context.Context, q *queue, jm jetstream.Msg, m *bus.Message, md msgMeta, err error) {
+	attempt, streamSeq := md.attempt, md.streamSeq
 	switch {
 	case err == nil:
 		if aerr := jm.Ack(); aerr != nil {
