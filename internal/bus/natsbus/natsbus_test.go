@@ -612,3 +612,13 @@ func TestVanishedInstanceConsumerExpires(t *testing.T) {
 		})
 	})
 }
+
+func TestBatchesEmbedded(t *testing.T) {
+	t.Parallel()
+	bustest.RunBatchTests(t, embeddedHarness(t))
+}
+
+func TestBatchesExternal(t *testing.T) {
+	t.Parallel()
+	bustest.RunBatchTests(t, externalHarness(t))
+}
