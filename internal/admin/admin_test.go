@@ -174,6 +174,8 @@ func TestListShowReplayPurge(t *testing.T) {
 	if len(msgs) != 3 {
 		t.Fatalf("listed %d dead messages, want 3", len(msgs))
 	}
+	// Handlers run concurrently: the dead-letter order is not the publish order.
+	slices.SortFunc(msgs, func(a, b admin.DeadMessage) int { return strings.Compare(a.MessageID, b.MessageID) })
 	for i, m := range msgs {
 		if m.MessageID != fmt.Sprintf("poison-%d", i) || m.Queue != bus.QueueIngress || m.Attempts != 1 ||
 			m.Size != 10+i || !strings.Contains(m.Reason, "undecodable body") || m.DeadAt.IsZero() || m.Attributes["k"] != "v" {
@@ -225,6 +227,7 @@ func TestListShowReplayPurge(t *testing.T) {
 		t.Fatalf("replayed counter %v, want 1", v)
 	}
 	left, err := f.client.List(ctx, bus.QueueIngress, 0)
+	slices.SortFunc(left, func(a, b admin.DeadMessage) int { return strings.Compare(a.MessageID, b.MessageID) })
 	if err != nil || len(left) != 2 || left[0].MessageID != "poison-0" || left[1].MessageID != "poison-2" {
 		t.Fatalf("after replay: %+v, %v", left, err)
 	}
