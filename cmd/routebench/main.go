@@ -3,7 +3,7 @@
 // them; it reports throughput and send-to-receipt latency.
 //
 //	routebench -embedded -duration 10s            # starts an instance in process (temp data dir)
-//	routebench -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085   # a running service (JWT_SECRET)
+//	routebench -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085   # a running service (JWT_SECRET; set api.rate_limit: 0 there)
 //
 // It only targets loopback addresses and stops after -duration.
 package main
@@ -64,6 +64,7 @@ func run() error {
 		cfg.Store.SQLitePath = dir + "/routing.db"
 		cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.Push.WebPush.Enabled = false
+		cfg.API.RateLimit = 0 // the senders are load, not abuse
 		ctx, cancel := context.WithCancel(context.Background())
 		a, err := app.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		if err != nil {

@@ -42,8 +42,12 @@ type Options struct {
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
 	VAPIDPublicKey string
-	Logger         *slog.Logger
-	Metrics        *telemetry.Metrics
+	// RateLimit is each user's average requests per second over the /v1
+	// endpoints (<= 0: none), with bursts of RateBurst.
+	RateLimit float64
+	RateBurst int
+	Logger    *slog.Logger
+	Metrics   *telemetry.Metrics
 }
 
 // Server is the HTTP API.
@@ -55,6 +59,8 @@ type Server struct {
 	ids   *envelope.IDs
 	log   *slog.Logger
 	m     *telemetry.Metrics
+	// limiter is nil without a rate limit.
+	limiter *Limiter
 }
 
 // New returns the API server.
@@ -62,17 +68,18 @@ func New(o Options, st Store, pub Publisher, authenticate Authenticate) *Server 
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{o: o, store: st, bus: pub, auth: authenticate, ids: envelope.NewIDs(), log: o.Logger, m: o.Metrics}
+	return &Server{o: o, store: st, bus: pub, auth: authenticate, ids: envelope.NewIDs(), log: o.Logger, m: o.Metrics,
+		limiter: NewLimiter(o.RateLimit, o.RateBurst)}
 }
 
 // Mount adds the /v1 routes to rt.
 func (s *Server) Mount(rt *Router) {
-	rt.HandleFunc(http.MethodPost, "/v1/messages", RequireAuth(s.auth, s.send))
-	rt.HandleFunc(http.MethodGet, "/v1/messages", RequireAuth(s.auth, s.fetch))
-	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", RequireAuth(s.auth, s.ack))
-	rt.HandleFunc(http.MethodPut, "/v1/devices", RequireAuth(s.auth, s.putDevice))
-	rt.HandleFunc(http.MethodDelete, "/v1/devices", RequireAuth(s.auth, s.deleteDevice))
-	rt.HandleFunc(http.MethodGet, "/v1/push/vapid-public-key", RequireAuth(s.auth, s.vapidKey))
+	rt.HandleFunc(http.MethodPost, "/v1/messages", RequireAuth(s.auth, s.limit(s.send)))
+	rt.HandleFunc(http.MethodGet, "/v1/messages", RequireAuth(s.auth, s.limit(s.fetch)))
+	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", RequireAuth(s.auth, s.limit(s.ack)))
+	rt.HandleFunc(http.MethodPut, "/v1/devices", RequireAuth(s.auth, s.limit(s.putDevice)))
+	rt.HandleFunc(http.MethodDelete, "/v1/devices", RequireAuth(s.auth, s.limit(s.deleteDevice)))
+	rt.HandleFunc(http.MethodGet, "/v1/push/vapid-public-key", RequireAuth(s.auth, s.limit(s.vapidKey)))
 }
 
 type sendRequest struct {

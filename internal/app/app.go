@@ -196,6 +196,8 @@ func (a *App) wire(ctx context.Context) error {
 			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
 			ValidateTarget:    a.push.validateTarget,
 			VAPIDPublicKey:    a.push.vapidPublicKey(),
+			RateLimit:         cfg.API.RateLimit,
+			RateBurst:         cfg.API.RateBurst,
 			Logger:            a.log.With("role", "api"),
 			Metrics:           a.metrics,
 		}, a.store, a.bus, a.authenticate)

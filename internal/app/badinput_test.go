@@ -252,3 +252,22 @@ func TestWebSocketBadInput(t *testing.T) {
 		t.Fatalf("service stopped serving: %d", code)
 	}
 }
+
+// Over the per-user rate limit: 429 with Retry-After; other users are not affected.
+func TestRateLimit(t *testing.T) {
+	ta := startApp(t, func(c *config.Config) { c.API.RateLimit, c.API.RateBurst = 0.5, 3 })
+	mallory := ta.client(t, "urn:sm:user:mallory")
+	for i := 0; i < 3; i++ {
+		if _, err := mallory.Fetch(ctxT(t), "", 1); err != nil {
+			t.Fatalf("request %d within the burst: %v", i, err)
+		}
+	}
+	_, err := mallory.Fetch(ctxT(t), "", 1)
+	e := apiErr(t, err)
+	if e.Status != 429 || e.Code != "rate_limited" || e.RetryAfter < time.Second {
+		t.Fatalf("got %+v, want 429 rate_limited with Retry-After", e)
+	}
+	if _, err := ta.client(t, "urn:sm:user:trent").Fetch(ctxT(t), "", 1); err != nil {
+		t.Fatalf("another user was limited: %v", err)
+	}
+}

@@ -41,6 +41,7 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 	cfg.Bus.MaxBackoff = 200 * time.Millisecond
 	cfg.Bus.AckDeadline = 5 * time.Second
 	cfg.Push.WebPush.Enabled = false
+	cfg.API.RateLimit = 0
 	cfg.JWTSecret = "test-secret-0123456789-0123456789-abcdef"
 	if mutate != nil {
 		mutate(&cfg)

@@ -80,9 +80,13 @@ type API struct {
 	MaxPayloadBytes    int           `yaml:"max_payload_bytes"`
 	IdempotencyWindow  time.Duration `yaml:"idempotency_window"`
 	CORSAllowedOrigins []string      `yaml:"cors_allowed_origins"`
-	ReadTimeout        time.Duration `yaml:"read_timeout"`
-	WriteTimeout       time.Duration `yaml:"write_timeout"`
-	PublishTimeout     time.Duration `yaml:"publish_timeout"`
+	// RateLimit is each user's average requests per second on /v1 (0: no
+	// limit); RateBurst the requests allowed at once.
+	RateLimit      float64       `yaml:"rate_limit"`
+	RateBurst      int           `yaml:"rate_burst"`
+	ReadTimeout    time.Duration `yaml:"read_timeout"`
+	WriteTimeout   time.Duration `yaml:"write_timeout"`
+	PublishTimeout time.Duration `yaml:"publish_timeout"`
 }
 
 // Realtime configures the WebSocket role.
@@ -287,6 +291,8 @@ func Default() Config {
 			MaxPayloadBytes:    64 << 10,
 			IdempotencyWindow:  24 * time.Hour,
 			CORSAllowedOrigins: []string{},
+			RateLimit:          100,
+			RateBurst:          200,
 			ReadTimeout:        10 * time.Second,
 			WriteTimeout:       10 * time.Second,
 			PublishTimeout:     5 * time.Second,
@@ -451,6 +457,12 @@ func (c *Config) Validate() error {
 	}
 	if c.API.MaxPayloadBytes < 1 || int64(c.API.MaxPayloadBytes) > c.API.MaxBodyBytes {
 		bad("api.max_payload_bytes", "must be between 1 and api.max_body_bytes")
+	}
+	if c.API.RateLimit < 0 {
+		bad("api.rate_limit", "must not be negative (0 turns the limit off)")
+	}
+	if c.API.RateLimit > 0 && c.API.RateBurst < 1 {
+		bad("api.rate_burst", "must be at least 1")
 	}
 	if c.API.IdempotencyWindow <= 0 {
 		bad("api.idempotency_window", "must be positive")
