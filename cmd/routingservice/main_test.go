@@ -63,7 +63,7 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	t.Helper()
 	api, ws := freePort(t), freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	cfg := fmt.Sprintf("api: {listen: %q}\nrealtime: {listen: %q}\nlog: {level: warn}\n%s", api, ws, extra)
+	cfg := fmt.Sprintf("api: {listen: %q, rate_limit: 0}\nrealtime: {listen: %q}\nlog: {level: warn}\n%s", api, ws, extra)
 	if !strings.Contains(extra, "push:") {
 		cfg += "push: {webpush: {enabled: false}}\n"
 	}
