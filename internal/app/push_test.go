@@ -1,6 +1,8 @@
 package app_test
 
 import (
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -39,6 +41,22 @@ func TestPushEndToEnd(t *testing.T) {
 	})
 	alice := ta.client(t, "urn:sm:user:alice")
 	judy := ta.client(t, "urn:sm:user:judy")
+
+	// Browsers get the VAPID public key of the configured pair.
+	req, _ := http.NewRequest(http.MethodGet, ta.apiURL+"/v1/push/vapid-public-key", nil)
+	req.Header.Set("Authorization", "Bearer "+judy.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key struct {
+		PublicKey string `json:"public_key"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&key)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || key.PublicKey != wpSrv.VAPIDPublicKey() {
+		t.Fatalf("vapid public key: %d %q %v, want %q", resp.StatusCode, key.PublicKey, err, wpSrv.VAPIDPublicKey())
+	}
 
 	sub := wpSrv.NewSubscription()
 	devices := []client.Device{
