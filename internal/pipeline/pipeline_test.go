@@ -170,7 +170,9 @@ func (b *perInstanceBus) PublishDelivery(ctx context.Context, instance string, m
 
 type presenceByUser map[string][]string
 
-func (p presenceByUser) Instances(_ context.Context, user string) ([]string, error) { return p[user], nil }
+func (p presenceByUser) Instances(_ context.Context, user string) ([]string, error) {
+	return p[user], nil
+}
 
 func message(t *testing.T, recipient string) *bus.Message {
 	t.Helper()

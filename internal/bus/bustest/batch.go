@@ -110,4 +110,3 @@ func RunBatchTests(t *testing.T, h Harness) {
 		}
 	})
 }
-
