@@ -2,9 +2,7 @@ package postgres
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
@@ -29,12 +27,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boo
 ORDER BY ord
 ON CONFLICT (id) DO NOTHING`
 
-// putRequest is one PutMessages call waiting for the writer.
-type putRequest struct {
-	envs []*envelope.Envelope
-	done chan error // buffered (1): the writer never blocks on it
-}
-
 // PutMessages stores envs, idempotently on id, in the order given. It
 // returns once the statement holding them committed, or with ctx's error if
 // ctx ends first, in which case they may or may not have been stored.
@@ -50,20 +42,11 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) erro
 			return fmt.Errorf("postgres put: envelope %d has no id", i)
 		}
 	}
-	req := &putRequest{envs: envs, done: make(chan error, 1)}
-	select {
-	case s.reqs <- req:
-	case <-s.quit:
-		return store.ErrClosed
-	case <-ctx.Done():
-		return fmt.Errorf("postgres put: %w", ctx.Err())
+	err := s.writer.Submit(ctx, envs)
+	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
+		return fmt.Errorf("postgres put: %w", err)
 	}
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("postgres put: %w", ctx.Err())
-	}
+	return err
 }
 
 // batchColumns are the parallel arrays of one insert, reused between batches.
@@ -94,63 +77,15 @@ func (c *batchColumns) add(e *envelope.Envelope) {
 	c.createdAts = append(c.createdAts, storedTime(e.CreatedAt))
 }
 
-// writeLoop is the group-commit writer, owned by the Store (started by Open,
-// stopped by Close). It takes one request, then every request already
-// queued up to maxBatch envelopes, without waiting for more, and commits
-// them with one statement.
-func (s *Store) writeLoop() {
-	defer close(s.writerDone)
-	batch := make([]*putRequest, 0, 64)
-	var cols batchColumns
-	for {
-		var first *putRequest
-		select {
-		case first = <-s.reqs:
-		case <-s.quit:
-			return
-		}
-		batch = append(batch[:0], first)
-		n := len(first.envs)
-	collect:
-		for n < s.maxBatch {
-			select {
-			case req := <-s.reqs:
-				batch = append(batch, req)
-				n += len(req.envs)
-			default:
-				break collect
-			}
-		}
-		s.commitBatch(batch, n, &cols)
-		clear(batch)
-	}
-}
-
-// commitBatch writes batch with one statement and answers every request.
-// If that fails, each request is retried alone so that one request's
-// failure is not every request's.
-func (s *Store) commitBatch(batch []*putRequest, n int, cols *batchColumns) {
-	err := s.insertMessages(batch, cols)
-	if err != nil && len(batch) > 1 {
-		s.log.Warn("store group commit failed, retrying requests one by one", "requests", len(batch), "envelopes", n, "err", err)
-		for _, req := range batch {
-			req.done <- s.insertMessages([]*putRequest{req}, cols)
-		}
-		return
-	}
-	for _, req := range batch {
-		req.done <- err
-	}
-}
-
-func (s *Store) insertMessages(batch []*putRequest, cols *batchColumns) error {
+// insertMessages writes envs with one statement. It is the group-commit
+// writer's CommitFunc: it runs on the writer goroutine only.
+func (s *Store) insertMessages(envs []*envelope.Envelope) error {
 	s.groupCommits.Add(1)
+	cols := &s.cols
 	cols.reset()
 	defer cols.reset()
-	for _, req := range batch {
-		for _, e := range req.envs {
-			cols.add(e)
-		}
+	for _, e := range envs {
+		cols.add(e)
 	}
 	// The batch belongs to several callers: no single caller's context may
 	// abort it.
@@ -169,9 +104,9 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	if s.closed.Load() {
 		return store.Page{}, store.ErrClosed
 	}
-	after, err := decodeCursor(cursor)
+	after, err := store.DecodeCursor(cursor)
 	if err != nil {
-		return store.Page{}, err
+		return store.Page{}, fmt.Errorf("postgres pending: %w", err)
 	}
 	limit = min(max(limit, 1), maxPage)
 	rows, err := s.pool.Query(ctx, `SELECT seq, id, sender, type, payload, ephemeral, created_at
@@ -184,7 +119,7 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	var lastSeq int64
 	for rows.Next() {
 		if len(page.Envelopes) == limit {
-			page.Next = encodeCursor(lastSeq)
+			page.Next = store.EncodeCursor(lastSeq)
 			break
 		}
 		e := &envelope.Envelope{Recipient: recipient}
@@ -249,27 +184,3 @@ func (s *Store) deleteInChunks(ctx context.Context, op, query string, t time.Tim
 
 // storedTime is the stored form of a time: UTC, whole milliseconds.
 func storedTime(t time.Time) time.Time { return t.UTC().Truncate(time.Millisecond) }
-
-// Cursors are the base64url form of "s" followed by the base-36 store
-// sequence of the last envelope of the page.
-const cursorPrefix = 's'
-
-func encodeCursor(seq int64) string {
-	b := strconv.AppendInt([]byte{cursorPrefix}, seq, 36)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeCursor(c string) (int64, error) {
-	if c == "" {
-		return 0, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || len(b) < 2 || b[0] != cursorPrefix {
-		return 0, fmt.Errorf("postgres pending: cursor %.40q: %w", c, store.ErrBadCursor)
-	}
-	seq, err := strconv.ParseInt(string(b[1:]), 36, 64)
-	if err != nil || seq <= 0 {
-		return 0, fmt.Errorf("postgres pending: cursor %.40q: %w", c, store.ErrBadCursor)
-	}
-	return seq, nil
-}

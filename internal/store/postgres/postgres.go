@@ -20,7 +20,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
 // DefaultMaxBatch is the number of envelopes a group-commit statement takes
@@ -50,14 +52,14 @@ type Options struct {
 
 // Store is a store.Store on PostgreSQL. It is safe for concurrent use.
 type Store struct {
-	pool     *pgxpool.Pool
-	schema   string
-	log      *slog.Logger
-	maxBatch int
+	pool   *pgxpool.Pool
+	schema string
+	log    *slog.Logger
 
-	reqs       chan *putRequest // PutMessages -> writer; unbuffered
-	quit       chan struct{}    // closed by Close: the writer stops taking requests
-	writerDone chan struct{}    // closed when the writer goroutine has returned
+	// writer groups concurrent PutMessages calls into one statement.
+	writer *groupcommit.Writer[*envelope.Envelope]
+	// cols is the writer's reusable insert buffer (writer goroutine only).
+	cols batchColumns
 
 	// groupCommits counts the statements the writer ran for PutMessages.
 	groupCommits atomic.Int64
@@ -108,15 +110,11 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("postgres open: ping: %w", err)
 	}
 	s := &Store{
-		pool:       pool,
-		schema:     opts.Schema,
-		log:        log,
-		maxBatch:   opts.MaxBatch,
-		reqs:       make(chan *putRequest),
-		quit:       make(chan struct{}),
-		writerDone: make(chan struct{}),
+		pool:   pool,
+		schema: opts.Schema,
+		log:    log,
 	}
-	go s.writeLoop()
+	s.writer = groupcommit.New(opts.MaxBatch, s.insertMessages, log)
 	return s, nil
 }
 
@@ -137,8 +135,7 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
-		close(s.quit)
-		<-s.writerDone
+		s.writer.Close()
 		s.pool.Close()
 	})
 	return nil

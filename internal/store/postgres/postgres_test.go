@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,31 +153,7 @@ func TestOpenBadURL(t *testing.T) {
 func BenchmarkPutMessages(b *testing.B) {
 	s := openFresh(b, postgres.Options{MaxConns: 8})
 	defer s.Close()
-	payload := make([]byte, 256)
-	ids := envelope.NewIDs()
-	var seq atomic.Int64
-	at := time.Now().UTC().Truncate(time.Millisecond)
-	b.SetParallelism(64)
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			n := seq.Add(1)
-			e := &envelope.Envelope{
-				ID:        ids.New(at),
-				Sender:    "urn:sm:user:sender",
-				Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000),
-				Payload:   payload,
-				CreatedAt: at,
-			}
-			if err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	storetest.RunPutBenchmark(b, s)
 }
 
 // BenchmarkBacklog measures draining a 10,000-envelope backlog (fetch and ack).

@@ -3,11 +3,9 @@ package sqlite
 import (
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
 
 // TestGroupCommit holds the write connection while 32 callers queue up, then
@@ -18,56 +16,23 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-
-	// Taking the only write connection blocks the writer on its first batch.
-	hold, err := s.w.Conn(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	const callers = 32
-	ids := envelope.NewIDs()
-	var wg sync.WaitGroup
-	errs := make(chan error, callers)
-	for i := range callers {
-		wg.Go(func() {
-			e := &envelope.Envelope{ID: ids.New(time.Now()), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b",
-				Payload: []byte(fmt.Sprint(i)), CreatedAt: envelope.Now()}
-			errs <- s.PutMessages(t.Context(), []*envelope.Envelope{e})
-		})
-	}
-	// Wait until the writer is blocked waiting for the connection.
-	poll := time.NewTicker(time.Millisecond)
-	defer poll.Stop()
-	deadline := time.After(10 * time.Second)
-	for s.w.Stats().WaitCount == 0 {
-		select {
-		case <-poll.C:
-		case <-deadline:
-			t.Fatal("writer never waited for the write connection")
-		}
-	}
-	if err := hold.Close(); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatalf("PutMessages: %v", err)
-		}
-	}
-	p, err := s.Pending(t.Context(), "urn:sm:user:b", "", 500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.Envelopes) != callers {
-		t.Fatalf("stored %d envelopes, want %d", len(p.Envelopes), callers)
-	}
-	if n := s.groupCommits.Load(); n >= callers {
-		t.Errorf("%d transactions for %d concurrent calls: no group commit", n, callers)
-	} else {
-		t.Logf("%d concurrent calls committed in %d transactions", callers, n)
-	}
+	storetest.RunGroupCommitTest(t, s, storetest.GroupCommitProbe{
+		// Taking the only write connection blocks the writer on its first batch.
+		Hold: func(t *testing.T) func() {
+			hold, err := s.w.Conn(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() {
+				if err := hold.Close(); err != nil {
+					t.Error(err)
+				}
+			}
+		},
+		Waiting: func(*testing.T) bool { return s.w.Stats().WaitCount > 0 },
+		Commits: s.groupCommits.Load,
+		Unit:    "transactions",
+	})
 }
 
 // TestPragmas checks the settings durability and concurrency rest on.
@@ -111,7 +76,7 @@ func TestPragmas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := all[len(all)-1].version; version != want {
+	if want := all[len(all)-1].Version; version != want {
 		t.Errorf("schema_version %d, want %d", version, want)
 	}
 }

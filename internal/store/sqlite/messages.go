@@ -2,9 +2,7 @@ package sqlite
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -25,12 +23,6 @@ const (
 const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
 
-// putRequest is one PutMessages call waiting for the writer.
-type putRequest struct {
-	envs []*envelope.Envelope
-	done chan error // buffered (1): the writer never blocks on it
-}
-
 // PutMessages stores envs, idempotently on id, in the order given. It
 // returns once the transaction holding them committed (durably), or with
 // ctx's error if ctx ends first, in which case they may or may not have
@@ -47,90 +39,33 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) erro
 			return fmt.Errorf("sqlite put: envelope %d has no id", i)
 		}
 	}
-	req := &putRequest{envs: envs, done: make(chan error, 1)}
-	select {
-	case s.reqs <- req:
-	case <-s.quit:
-		return store.ErrClosed
-	case <-ctx.Done():
-		return fmt.Errorf("sqlite put: %w", ctx.Err())
+	err := s.writer.Submit(ctx, envs)
+	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
+		return fmt.Errorf("sqlite put: %w", err)
 	}
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("sqlite put: %w", ctx.Err())
-	}
+	return err
 }
 
-// writeLoop is the group-commit writer, owned by the Store (started by Open,
-// stopped by Close). It takes one request, then every request already
-// queued up to maxBatch envelopes, without waiting for more, and commits
-// them in one transaction.
-func (s *Store) writeLoop() {
-	defer close(s.writerDone)
-	batch := make([]*putRequest, 0, 64)
-	for {
-		var first *putRequest
-		select {
-		case first = <-s.reqs:
-		case <-s.quit:
-			return
-		}
-		batch = append(batch[:0], first)
-		n := len(first.envs)
-	collect:
-		for n < s.maxBatch {
-			select {
-			case req := <-s.reqs:
-				batch = append(batch, req)
-				n += len(req.envs)
-			default:
-				break collect
-			}
-		}
-		s.commitBatch(batch, n)
-		clear(batch)
-	}
-}
-
-// commitBatch writes batch in one transaction and answers every request.
-// If that transaction fails, each request is retried alone so that one
-// request's failure is not every request's.
-func (s *Store) commitBatch(batch []*putRequest, n int) {
+// insertMessages writes envs in one transaction. It is the group-commit
+// writer's CommitFunc: it runs on the writer goroutine only.
+func (s *Store) insertMessages(envs []*envelope.Envelope) error {
+	s.groupCommits.Add(1)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
 	ctx := context.Background()
-	err := s.insertMessages(ctx, batch)
-	if err != nil && len(batch) > 1 {
-		s.log.Warn("store group commit failed, retrying requests one by one", "requests", len(batch), "envelopes", n, "err", err)
-		for _, req := range batch {
-			req.done <- s.insertMessages(ctx, []*putRequest{req})
-		}
-		return
-	}
-	for _, req := range batch {
-		req.done <- err
-	}
-}
-
-func (s *Store) insertMessages(ctx context.Context, batch []*putRequest) error {
-	s.groupCommits.Add(1)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.wrap("put: begin", err)
 	}
 	defer tx.Rollback()
 	stmt := tx.StmtContext(ctx, s.insert)
-	for _, req := range batch {
-		for _, e := range req.envs {
-			payload := e.Payload
-			if payload == nil {
-				payload = []byte{}
-			}
-			if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
-				return s.wrap("put "+e.ID, err)
-			}
+	for _, e := range envs {
+		payload := e.Payload
+		if payload == nil {
+			payload = []byte{}
+		}
+		if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
+			return s.wrap("put "+e.ID, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -145,9 +80,9 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	if s.closed.Load() {
 		return store.Page{}, store.ErrClosed
 	}
-	after, err := decodeCursor(cursor)
+	after, err := store.DecodeCursor(cursor)
 	if err != nil {
-		return store.Page{}, err
+		return store.Page{}, fmt.Errorf("sqlite pending: %w", err)
 	}
 	limit = min(max(limit, 1), maxPage)
 	rows, err := s.r.QueryContext(ctx, `SELECT seq, id, sender, type, payload, ephemeral, created_at
@@ -160,7 +95,7 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	var lastSeq int64
 	for rows.Next() {
 		if len(page.Envelopes) == limit {
-			page.Next = encodeCursor(lastSeq)
+			page.Next = store.EncodeCursor(lastSeq)
 			break
 		}
 		e := &envelope.Envelope{Recipient: recipient}
@@ -264,28 +199,4 @@ func cutoffMillis(t time.Time) int64 {
 		ms++
 	}
 	return ms
-}
-
-// Cursors are the base64url form of "s" followed by the base-36 store
-// sequence of the last envelope of the page.
-const cursorPrefix = 's'
-
-func encodeCursor(seq int64) string {
-	b := strconv.AppendInt([]byte{cursorPrefix}, seq, 36)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeCursor(c string) (int64, error) {
-	if c == "" {
-		return 0, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || len(b) < 2 || b[0] != cursorPrefix {
-		return 0, fmt.Errorf("sqlite pending: cursor %.40q: %w", c, store.ErrBadCursor)
-	}
-	seq, err := strconv.ParseInt(string(b[1:]), 36, 64)
-	if err != nil || seq <= 0 {
-		return 0, fmt.Errorf("sqlite pending: cursor %.40q: %w", c, store.ErrBadCursor)
-	}
-	return seq, nil
 }

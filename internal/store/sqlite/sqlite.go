@@ -21,7 +21,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -48,16 +50,14 @@ type Options struct {
 
 // Store is a store.Store on an SQLite file. It is safe for concurrent use.
 type Store struct {
-	w        *sql.DB // the single write connection
-	r        *sql.DB // the read pool
-	log      *slog.Logger
-	maxBatch int
+	w   *sql.DB // the single write connection
+	r   *sql.DB // the read pool
+	log *slog.Logger
 
 	insert *sql.Stmt // prepared on w
 
-	reqs       chan *putRequest // PutMessages -> writer; unbuffered
-	quit       chan struct{}    // closed by Close: the writer stops taking requests
-	writerDone chan struct{}    // closed when the writer goroutine has returned
+	// writer groups concurrent PutMessages calls into one transaction.
+	writer *groupcommit.Writer[*envelope.Envelope]
 
 	// groupCommits counts the transactions the writer ran for PutMessages
 	// (for tests and benchmarks: envelopes per commit shows group commit).
@@ -135,16 +135,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 
 	s := &Store{
-		w:          w,
-		r:          r,
-		log:        log,
-		maxBatch:   opts.MaxBatch,
-		insert:     insert,
-		reqs:       make(chan *putRequest),
-		quit:       make(chan struct{}),
-		writerDone: make(chan struct{}),
+		w:      w,
+		r:      r,
+		log:    log,
+		insert: insert,
 	}
-	go s.writeLoop()
+	s.writer = groupcommit.New(opts.MaxBatch, s.insertMessages, log)
 	return s, nil
 }
 
@@ -187,8 +183,7 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
-		close(s.quit)
-		<-s.writerDone
+		s.writer.Close()
 		s.closeErr = errors.Join(s.insert.Close(), s.w.Close(), s.r.Close())
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("sqlite close: %w", s.closeErr)

@@ -1,12 +1,9 @@
 package sqlite_test
 
 import (
-	"fmt"
 	"log/slog"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -86,31 +83,7 @@ func TestOpenRejectsBadPath(t *testing.T) {
 func BenchmarkPutMessages(b *testing.B) {
 	s := openTemp(b, sqlite.Options{})
 	defer s.Close()
-	payload := make([]byte, 256)
-	ids := envelope.NewIDs()
-	var seq atomic.Int64
-	at := time.Now().UTC().Truncate(time.Millisecond)
-	b.SetParallelism(64)
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			n := seq.Add(1)
-			e := &envelope.Envelope{
-				ID:        ids.New(at),
-				Sender:    "urn:sm:user:sender",
-				Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000),
-				Payload:   payload,
-				CreatedAt: at,
-			}
-			if err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	storetest.RunPutBenchmark(b, s)
 }
 
 // BenchmarkBacklog measures draining a 10,000-envelope backlog (fetch and ack).
