@@ -186,7 +186,10 @@ func (p *Pipeline) route(ctx context.Context, m *bus.Message, env *envelope.Enve
 			}
 			continue
 		}
-		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: env.Recipient,
+		// Ordered per recipient within each instance's subscription; the
+		// instance is part of the key so that events for other instances
+		// (which a filtered subscription never sees) cannot hold it up.
+		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient,
 			Attributes: map[string]string{bus.AttrInstance: inst}}
 		if err := p.bus.PublishDelivery(ctx, inst, dm); err != nil {
 			return fmt.Errorf("pipeline deliver %s to %s: %w", env.ID, inst, err)

@@ -133,7 +133,7 @@ func TestHandle(t *testing.T) {
 			}
 			for i, pub := range b.out {
 				if pub.instance != tc.published[i] || pub.m.Attributes[bus.AttrInstance] != pub.instance ||
-					pub.m.OrderingKey != "urn:sm:user:b" || string(pub.m.Data) != string(m.Data) {
+					pub.m.OrderingKey != pub.instance+"/urn:sm:user:b" || string(pub.m.Data) != string(m.Data) {
 					t.Fatalf("delivery %d: %+v", i, pub)
 				}
 			}
