@@ -30,6 +30,12 @@ type testApp struct {
 // fresh data dir; mutate adjusts the configuration. It stops when the test ends.
 func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 	t.Helper()
+	return startAppWith(t, mutate, app.Options{})
+}
+
+// startAppWith is startApp with app.Options.
+func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *testApp {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen = "127.0.0.1:0"
@@ -51,7 +57,7 @@ func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, cfg, log)
+	a, err := app.NewWithOptions(ctx, cfg, log, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -30,43 +30,6 @@ import (
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
-// startAppWith is startApp with app.Options.
-func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *testApp {
-	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.API.Listen = "127.0.0.1:0"
-	cfg.Realtime.Listen = "127.0.0.1:0"
-	cfg.Bus.MinBackoff = 50 * time.Millisecond
-	cfg.Bus.MaxBackoff = 200 * time.Millisecond
-	cfg.Bus.AckDeadline = 5 * time.Second
-	cfg.Push.WebPush.Enabled = false
-	cfg.API.RateLimit = 0
-	cfg.JWTSecret = "test-secret-0123456789-0123456789-abcdef"
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.NewWithOptions(ctx, cfg, log, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	ta := &testApp{cfg: cfg, app: a, cancel: cancel, done: make(chan error, 1)}
-	ta.apiURL = "http://" + a.APIAddr()
-	ta.wsURL = "ws://" + a.WSAddr()
-	go func() { ta.done <- a.Run(ctx) }()
-	t.Cleanup(ta.stop)
-	return ta
-}
-
 // engines are the bus engines the dead-letter tests run on: the embedded
 // server always, the external NATS server when ROUTING_TEST_NATS_URL is set.
 func engines(t *testing.T) map[string]func(*config.Config) {
