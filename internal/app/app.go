@@ -33,7 +33,6 @@ type App struct {
 	bus      bus.Bus
 	presence presence.Presence
 	verifier *auth.Verifier
-	notifier pipeline.Notifier
 	push     *pushRole
 
 	api      *api.Server

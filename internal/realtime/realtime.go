@@ -83,13 +83,6 @@ func (s *Server) Mount(rt *api.Router) {
 // never blocks.
 func (s *Server) Deliver(env *envelope.Envelope) { s.hub.deliver(env) }
 
-// Connections returns how many connections this instance holds.
-func (s *Server) Connections() int {
-	s.hub.mu.RLock()
-	defer s.hub.mu.RUnlock()
-	return s.hub.count
-}
-
 // Run consumes this instance's delivery subscription and refreshes presence
 // until ctx is done.
 func (s *Server) Run(ctx context.Context, rcv Receiver) error {
