@@ -63,7 +63,10 @@ type Server struct {
 	m        *telemetry.Metrics
 	connSeq  atomic.Uint64
 	sessions sync.WaitGroup
-	closing  atomic.Bool
+	// mu orders connection admission against Shutdown: once closing is
+	// set, no session is added (to the hub or to sessions).
+	mu      sync.Mutex
+	closing bool
 }
 
 // New returns a realtime server.
@@ -131,7 +134,9 @@ func (s *Server) heartbeat(ctx context.Context) {
 // Shutdown closes every connection (going away) and waits for their
 // sessions to end, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	for _, ss := range s.hub.all() {
 		ss.stop(websocket.StatusGoingAway, "server shutting down")
 	}
@@ -157,23 +162,33 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if s.closing.Load() {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	ss := &session{
+		srv:    s,
+		id:     strconv.FormatUint(s.connSeq.Add(1), 36),
+		user:   user,
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		ctx:    sctx,
+		cancel: cancel,
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
 		api.WriteError(w, &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeBackendUnavailable,
 			Message: "server shutting down", RetryAfter: 1})
 		return
 	}
-	ss := &session{
-		srv:  s,
-		id:   strconv.FormatUint(s.connSeq.Add(1), 36),
-		user: user,
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
-	}
 	if !s.hub.add(ss, s.o.MaxConnsPerUser) {
+		s.mu.Unlock()
 		api.WriteError(w, &api.Error{Status: http.StatusTooManyRequests, Code: api.CodeRateLimited,
 			Message: "too many connections for this user", RetryAfter: 5})
 		return
 	}
+	s.sessions.Add(1)
+	s.mu.Unlock()
+	defer s.sessions.Done()
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		s.hub.remove(ss)
@@ -181,9 +196,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	c.SetReadLimit(s.o.MaxFrameBytes)
 	ss.conn = c
-	s.sessions.Add(1)
-	defer s.sessions.Done()
-	ss.run(r.Context())
+	ss.run()
 }
 
 // session is one WebSocket connection.
@@ -197,6 +210,11 @@ type session struct {
 	mu    sync.Mutex
 	queue []frame
 	wake  chan struct{}
+
+	// ctx is cancelled when the session stops, so that a blocked write
+	// returns at once.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	stopOnce    sync.Once
 	done        chan struct{}
@@ -249,13 +267,13 @@ func (ss *session) stop(code websocket.StatusCode, reason string) {
 	ss.stopOnce.Do(func() {
 		ss.closeCode, ss.closeReason = code, reason
 		close(ss.done)
+		ss.cancel()
 	})
 }
 
-func (ss *session) run(reqCtx context.Context) {
+func (ss *session) run() {
 	s := ss.srv
-	ctx, cancel := context.WithCancel(context.WithoutCancel(reqCtx))
-	defer cancel()
+	ctx := ss.ctx
 	pc := ss.presenceConn(s.o.Instance)
 	defer func() {
 		s.hub.remove(ss)
@@ -292,8 +310,7 @@ func (ss *session) run(reqCtx context.Context) {
 	go func() { defer wg.Done(); ss.readLoop(ctx) }()
 	go func() { defer wg.Done(); ss.pingLoop(ctx) }()
 	ss.writeLoop(ctx)
-	ss.stop(websocket.StatusNormalClosure, "")
-	cancel()
+	ss.stop(websocket.StatusNormalClosure, "") // cancels ctx: the pinger returns
 	// Closing the connection makes the reader return.
 	code, reason := ss.closeCode, ss.closeReason
 	_ = ss.conn.Close(code, reason)
