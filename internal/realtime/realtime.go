@@ -216,10 +216,13 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	stopOnce    sync.Once
-	done        chan struct{}
-	closeCode   websocket.StatusCode
-	closeReason string
+	stopOnce sync.Once
+	done     chan struct{}
+	// unresponsive is set when the client cannot take a close handshake
+	// (it stopped reading): the connection is dropped without one.
+	unresponsive bool
+	closeCode    websocket.StatusCode
+	closeReason  string
 }
 
 func (ss *session) presenceConn(instance string) presence.Conn {
@@ -236,7 +239,7 @@ func (ss *session) enqueue(f frame) {
 	}
 	ss.mu.Unlock()
 	if full {
-		ss.stop(websocket.StatusTryAgainLater, "slow consumer")
+		ss.drop(websocket.StatusTryAgainLater, "slow consumer")
 		if ss.srv.m != nil {
 			ss.srv.m.WSDropped.WithLabelValues("slow_consumer").Inc()
 		}
@@ -263,12 +266,27 @@ func (ss *session) take(spare []frame) []frame {
 }
 
 // stop ends the session with a close status (the first one wins).
-func (ss *session) stop(code websocket.StatusCode, reason string) {
+func (ss *session) stop(code websocket.StatusCode, reason string) { ss.end(code, reason, false) }
+
+// drop ends the session of a client that stopped reading: no close
+// handshake is waited for.
+func (ss *session) drop(code websocket.StatusCode, reason string) { ss.end(code, reason, true) }
+
+func (ss *session) end(code websocket.StatusCode, reason string, unresponsive bool) {
 	ss.stopOnce.Do(func() {
-		ss.closeCode, ss.closeReason = code, reason
+		ss.closeCode, ss.closeReason, ss.unresponsive = code, reason, unresponsive
 		close(ss.done)
 		ss.cancel()
 	})
+}
+
+// close closes the connection with the session's close status.
+func (ss *session) close() {
+	if ss.unresponsive {
+		_ = ss.conn.CloseNow()
+		return
+	}
+	_ = ss.conn.Close(ss.closeCode, ss.closeReason)
 }
 
 func (ss *session) run() {
@@ -282,13 +300,8 @@ func (ss *session) run() {
 			s.log.Warn("presence remove failed", "err", err)
 		}
 		rcancel()
-		code, reason := websocket.StatusNormalClosure, ""
-		select {
-		case <-ss.done:
-			code, reason = ss.closeCode, ss.closeReason
-		default:
-		}
-		_ = ss.conn.Close(code, reason)
+		ss.stop(websocket.StatusNormalClosure, "")
+		ss.close()
 	}()
 	actx, acancel := context.WithTimeout(ctx, s.o.WriteTimeout)
 	err := s.presence.Add(actx, pc)
@@ -307,13 +320,14 @@ func (ss *session) run() {
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); ss.readLoop(ctx) }()
+	// The reader runs until the connection closes, not until the session
+	// stops, so that it can read the client's answer to our close frame
+	// (and the client gets the close status).
+	go func() { defer wg.Done(); ss.readLoop(context.WithoutCancel(ctx)) }()
 	go func() { defer wg.Done(); ss.pingLoop(ctx) }()
 	ss.writeLoop(ctx)
 	ss.stop(websocket.StatusNormalClosure, "") // cancels ctx: the pinger returns
-	// Closing the connection makes the reader return.
-	code, reason := ss.closeCode, ss.closeReason
-	_ = ss.conn.Close(code, reason)
+	ss.close()                                 // the reader returns
 	wg.Wait()
 }
 
@@ -436,7 +450,7 @@ func (ss *session) pingLoop(ctx context.Context) {
 			if s.m != nil {
 				s.m.WSDropped.WithLabelValues("pong_timeout").Inc()
 			}
-			ss.stop(websocket.StatusPolicyViolation, "pong timeout")
+			ss.drop(websocket.StatusPolicyViolation, "pong timeout")
 			return
 		}
 	}

@@ -142,3 +142,20 @@ func TestConnectionCapPerUser(t *testing.T) {
 		t.Fatalf("fifth connection: %v %v", resp, err)
 	}
 }
+
+// Shutdown closes every connection with 1001 going away.
+func TestShutdownClosesWithGoingAway(t *testing.T) {
+	s, m, url := newServer(t, Options{})
+	c := dial(t, url, "urn:sm:user:leaving")
+	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	read := make(chan error, 1)
+	go func() { _, _, err := c.Read(ctx); read <- err }()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := websocket.CloseStatus(<-read); got != websocket.StatusGoingAway {
+		t.Fatalf("close status %v, want 1001", got)
+	}
+}
