@@ -186,6 +186,10 @@ func (a *App) wire(ctx context.Context) error {
 		a.pipeline = pipeline.New(po, a.store, a.presence, a.bus)
 	}
 	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
+	if cfg.Auth.JWKSURL != "" {
+		// Until the key set has loaded, tokens signed with its keys fail.
+		checks["jwks"] = func(context.Context) error { return a.verifier.Ready() }
+	}
 	a.addDeadLetterCheck(ctx, checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
