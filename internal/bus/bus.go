@@ -88,3 +88,17 @@ type BatchHandler func(ctx context.Context, ms []*Message) []error
 type BatchReceiver interface {
 	ReceiveIngressBatch(ctx context.Context, max int, h BatchHandler) error
 }
+
+// Delivery is one delivery event and the instance it is addressed to.
+type Delivery struct {
+	Instance string
+	Message  *Message
+}
+
+// BatchPublisher is implemented by buses that can publish many delivery
+// events at once (without a round trip each), keeping their order.
+// PublishDeliveries returns nil once the bus durably accepted all of them;
+// on an error, any of them may have been published.
+type BatchPublisher interface {
+	PublishDeliveries(ctx context.Context, ds []Delivery) error
+}

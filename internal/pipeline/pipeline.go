@@ -148,6 +148,12 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	}
 	// Route in order. Once one message of a recipient fails, the later
 	// ones of that recipient fail too, so that a retry keeps their order.
+	// With a bus that publishes in batches, the delivery events of the
+	// whole batch go out together at the end.
+	var batch *[]pending
+	if _, ok := p.bus.(bus.BatchPublisher); ok {
+		batch = new([]pending)
+	}
 	failed := map[string]error{}
 	where := map[string][]string{} // presence, looked up once per recipient per batch
 	for i, env := range envs {
@@ -158,17 +164,41 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			errs[i] = err
 			continue
 		}
-		if err := p.route(ctx, ms[i], env, where); err != nil {
+		if err := p.route(ctx, i, ms[i], env, where, batch); err != nil {
 			errs[i] = err
 			failed[env.Recipient] = err
+		}
+	}
+	if batch != nil && len(*batch) > 0 {
+		ds := make([]bus.Delivery, len(*batch))
+		for j, d := range *batch {
+			ds[j] = d.Delivery
+		}
+		if err := p.bus.(bus.BatchPublisher).PublishDeliveries(ctx, ds); err != nil {
+			err = fmt.Errorf("pipeline deliver: %w", err)
+			for _, d := range *batch {
+				if errs[d.index] == nil {
+					errs[d.index] = err
+				}
+			}
+		} else if p.o.Metrics != nil {
+			p.o.Metrics.DeliveriesPublished.Add(float64(len(ds)))
 		}
 	}
 	return errs
 }
 
+// pending is a delivery event waiting to be published with its batch, and
+// the index of its ingress message.
+type pending struct {
+	bus.Delivery
+	index int
+}
+
 // route addresses a stored envelope to the instances holding its
-// recipient's connections, or asks for a push when there are none.
-func (p *Pipeline) route(ctx context.Context, m *bus.Message, env *envelope.Envelope, where map[string][]string) error {
+// recipient's connections (publishing now, or adding to batch when it is
+// not nil), or asks for a push when there are none.
+func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *envelope.Envelope, where map[string][]string, batch *[]pending) error {
 	instances, ok := where[env.Recipient]
 	if !ok {
 		var err error
@@ -191,6 +221,10 @@ func (p *Pipeline) route(ctx context.Context, m *bus.Message, env *envelope.Enve
 		// (which a filtered subscription never sees) cannot hold it up.
 		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient,
 			Attributes: map[string]string{bus.AttrInstance: inst}}
+		if batch != nil {
+			*batch = append(*batch, pending{Delivery: bus.Delivery{Instance: inst, Message: dm}, index: index})
+			continue
+		}
 		if err := p.bus.PublishDelivery(ctx, inst, dm); err != nil {
 			return fmt.Errorf("pipeline deliver %s to %s: %w", env.ID, inst, err)
 		}

@@ -218,3 +218,45 @@ func TestHandleBatch(t *testing.T) {
 		t.Fatalf("published %+v", b.out)
 	}
 }
+
+type batchBus struct {
+	fakeBus
+	calls [][]bus.Delivery
+	err   error
+}
+
+func (b *batchBus) PublishDeliveries(_ context.Context, ds []bus.Delivery) error {
+	b.calls = append(b.calls, ds)
+	return b.err
+}
+
+// With a bus that publishes in batches, a batch's delivery events go out in
+// one call, in order; if that call fails, exactly the messages that had
+// remote deliveries are retried.
+func TestHandleBatchPublishesDeliveriesTogether(t *testing.T) {
+	pr := presenceByUser{"urn:sm:user:b": {"x"}, "urn:sm:user:c": {"self"}}
+	for _, fail := range []bool{false, true} {
+		b := &batchBus{}
+		if fail {
+			b.err = errors.New("down")
+		}
+		l := &fakeLocal{}
+		p := New(Options{Instance: "self", Local: l, MaxBatch: 16, HandlerTimeout: time.Second}, &fakeStore{}, pr, b)
+		ms := []*bus.Message{message(t, "urn:sm:user:b"), message(t, "urn:sm:user:c"), message(t, "urn:sm:user:b")}
+		errs := p.HandleBatch(context.Background(), ms)
+		if len(b.calls) != 1 || len(b.calls[0]) != 2 || len(b.out) != 0 {
+			t.Fatalf("publish calls %v, single publishes %d", b.calls, len(b.out))
+		}
+		for j, d := range b.calls[0] {
+			if want := []*bus.Message{ms[0], ms[2]}[j]; d.Instance != "x" || string(d.Message.Data) != string(want.Data) {
+				t.Fatalf("delivery %d: %+v", j, d)
+			}
+		}
+		if len(l.got) != 1 {
+			t.Fatalf("local deliveries %d, want 1", len(l.got))
+		}
+		if (errs[0] != nil) != fail || (errs[2] != nil) != fail || errs[1] != nil {
+			t.Fatalf("fail=%v: errs %v", fail, errs)
+		}
+	}
+}

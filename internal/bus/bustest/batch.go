@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -16,6 +17,10 @@ import (
 // failed one is redelivered, its neighbours in the batch are not).
 func RunBatchTests(t *testing.T, h Harness) {
 	t.Helper()
+	t.Run("PublishDeliveriesInOrder", func(t *testing.T) {
+		t.Parallel()
+		testPublishDeliveries(t, h)
+	})
 	t.Run("BatchesKeepOrderAndSettleEachMessage", func(t *testing.T) {
 		t.Parallel()
 		b := h.MakeBus(t, fastRetry)
@@ -109,4 +114,42 @@ func RunBatchTests(t *testing.T, h Harness) {
 			}
 		}
 	})
+}
+
+// testPublishDeliveries publishes delivery events for two instances in one
+// PublishDeliveries call: each instance gets its own, per key in order.
+func testPublishDeliveries(t *testing.T, h Harness) {
+	b := h.MakeBus(t, orderingOptions)
+	bp, ok := b.(bus.BatchPublisher)
+	if !ok {
+		t.Fatalf("%T does not implement bus.BatchPublisher", b)
+	}
+	checkers := map[string]*orderChecker{}
+	for _, inst := range []string{"batch-a", "batch-b"} {
+		c := newOrderChecker("pd-" + inst)
+		checkers[inst] = c
+		probes := newCollector()
+		startDelivery(t, b, inst, func(ctx context.Context, m *bus.Message) error {
+			if strings.HasPrefix(m.ID, "probe-") {
+				return probes.handler(ctx, m)
+			}
+			return c.handler(ctx, m)
+		})
+		awaitDeliverySubscription(t, b, inst, probes)
+	}
+	var ds []bus.Delivery
+	for i := range checkers["batch-a"].msgs {
+		for _, inst := range []string{"batch-a", "batch-b"} {
+			ds = append(ds, bus.Delivery{Instance: inst, Message: checkers[inst].msgs[i]})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := bp.PublishDeliveries(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	for inst, c := range checkers {
+		waitProgress(t, "every delivery event of "+inst, len(c.msgs), c.handledCount)
+		c.check(t)
+	}
 }

@@ -372,31 +372,77 @@ func (b *Bus) deliverySubject(instance string) string {
 }
 
 func (b *Bus) publish(ctx context.Context, subject string, m *bus.Message) error {
+	msg, err := b.natsMsg(subject, m)
+	if err != nil {
+		return err
+	}
+	_, err = b.js.PublishMsg(ctx, msg)
+	return err
+}
+
+// natsMsg builds the JetStream message of m on subject.
+func (b *Bus) natsMsg(subject string, m *bus.Message) (*nats.Msg, error) {
 	if b.isClosed.Load() {
-		return bus.ErrClosed
+		return nil, bus.ErrClosed
 	}
 	if m.ID == "" {
-		return errors.New("message id is empty")
+		return nil, errors.New("message id is empty")
 	}
 	if !validHeaderValue(m.ID) {
-		return errors.New("message id contains a line break")
+		return nil, errors.New("message id contains a line break")
 	}
 	h := make(nats.Header, len(m.Attributes)+2)
 	h[jetstream.MsgIDHeader] = []string{m.ID}
 	if m.OrderingKey != "" {
 		if !validHeaderValue(m.OrderingKey) {
-			return errors.New("ordering key contains a line break")
+			return nil, errors.New("ordering key contains a line break")
 		}
 		h[hdrOrderingKey] = []string{m.OrderingKey}
 	}
 	for k, v := range m.Attributes {
 		if err := checkAttribute(k, v); err != nil {
-			return err
+			return nil, err
 		}
 		h[k] = []string{v}
 	}
-	_, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: m.Data})
-	return err
+	return &nats.Msg{Subject: subject, Header: h, Data: m.Data}, nil
+}
+
+// PublishDeliveries publishes delivery events without waiting for each
+// acknowledgement in turn: they go out in order on one connection, and it
+// returns once JetStream acknowledged all of them (or the first error).
+func (b *Bus) PublishDeliveries(ctx context.Context, ds []bus.Delivery) error {
+	// When too many publishes are in flight, wait (up to the context's
+	// deadline) rather than fail.
+	stall := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		stall = max(time.Until(dl), time.Millisecond)
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(ds))
+	for _, d := range ds {
+		if !validName(d.Instance) {
+			return fmt.Errorf("natsbus: publish delivery: instance %q must be 1-64 characters of [A-Za-z0-9_-]", d.Instance)
+		}
+		msg, err := b.natsMsg(b.deliverySubject(d.Instance), d.Message)
+		if err != nil {
+			return fmt.Errorf("natsbus: publish delivery %s to %s: %w", d.Message.ID, d.Instance, err)
+		}
+		f, err := b.js.PublishMsgAsync(msg, jetstream.WithStallWait(stall))
+		if err != nil {
+			return fmt.Errorf("natsbus: publish delivery %s to %s: %w", d.Message.ID, d.Instance, err)
+		}
+		futures = append(futures, f)
+	}
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("natsbus: publish delivery %s to %s: %w", ds[i].Message.ID, ds[i].Instance, err)
+		case <-ctx.Done():
+			return fmt.Errorf("natsbus: publish deliveries: %w", ctx.Err())
+		}
+	}
+	return nil
 }
 
 func checkAttribute(k, v string) error {
