@@ -107,15 +107,16 @@ func TestUnansweredPingsDisconnect(t *testing.T) {
 
 // A client that reads (and so answers pings) stays connected across many pings.
 func TestAnsweredPingsKeepTheConnection(t *testing.T) {
-	s, m, url := newServer(t, Options{PingInterval: 10 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	s, m, url := newServer(t, Options{PingInterval: 20 * time.Millisecond, PongTimeout: 300 * time.Millisecond})
 	c := dial(t, url, "urn:sm:user:alive")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
-	// Deliver one message after at least ten ping intervals have passed; the
+	// Deliver one message after many ping intervals, and well past the
+	// point where unanswered pings would have closed the connection; the
 	// reader answers pings while it waits for it.
 	go func() {
-		timer := time.NewTimer(150 * time.Millisecond)
+		timer := time.NewTimer(time.Second)
 		defer timer.Stop()
 		<-timer.C
 		s.Deliver(&envelope.Envelope{ID: "late", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:alive",
