@@ -72,6 +72,8 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	}
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
 	cmd.Env = append(append(os.Environ(), "ROUTINGSERVICE_CHILD=1", "JWT_SECRET="+testSecret), env...)
+	// The child dies with the test process, even when that one is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
