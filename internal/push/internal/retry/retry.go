@@ -5,6 +5,7 @@ package retry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -41,9 +42,10 @@ type Temporary struct {
 func (e *Temporary) Error() string { return e.Err.Error() }
 func (e *Temporary) Unwrap() error { return e.Err }
 
-// Do runs attempt until it succeeds, fails with an error that is not a
-// *Temporary, or the retries are spent. It returns the last error (the
-// *Temporary unwrapped).
+// Do runs attempt until it succeeds, fails with an error that has no
+// *Temporary in its chain (errors.As), or the retries are spent. It returns
+// the last error, with a *Temporary at its top unwrapped; a wrapped one
+// stays in the chain under the context the wrapper added.
 func (p Policy) Do(ctx context.Context, attempt func(ctx context.Context) error) error {
 	minDelay, maxDelay := p.MinDelay, p.MaxDelay
 	if minDelay <= 0 {
@@ -59,17 +61,21 @@ func (p Policy) Do(ctx context.Context, attempt func(ctx context.Context) error)
 	backoff := minDelay
 	for n := 0; ; n++ {
 		err := attempt(ctx)
-		tmp, ok := err.(*Temporary)
-		if !ok {
+		var tmp *Temporary
+		if !errors.As(err, &tmp) {
 			return err
 		}
+		cause := err
+		if err == error(tmp) {
+			cause = tmp.Err
+		}
 		if n >= p.MaxRetries {
-			return fmt.Errorf("%w (gave up after %d attempts)", tmp.Err, n+1)
+			return fmt.Errorf("%w (gave up after %d attempts)", cause, n+1)
 		}
 		d := backoff
 		if tmp.RetryAfter > 0 {
 			if tmp.RetryAfter > maxDelay {
-				return fmt.Errorf("%w (retry-after %s exceeds the %s limit)", tmp.Err, tmp.RetryAfter, maxDelay)
+				return fmt.Errorf("%w (retry-after %s exceeds the %s limit)", cause, tmp.RetryAfter, maxDelay)
 			}
 			d = tmp.RetryAfter
 		} else {
@@ -77,10 +83,10 @@ func (p Policy) Do(ctx context.Context, attempt func(ctx context.Context) error)
 			d = d/2 + rand.N(d/2+1)
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-			return fmt.Errorf("%w (no time left to retry in %s)", tmp.Err, d)
+			return fmt.Errorf("%w (no time left to retry in %s)", cause, d)
 		}
 		if err := wait(ctx, d); err != nil {
-			return fmt.Errorf("%w (retry wait: %w)", tmp.Err, err)
+			return fmt.Errorf("%w (retry wait: %w)", cause, err)
 		}
 		backoff = min(backoff*2, maxDelay)
 	}
