@@ -367,7 +367,7 @@ func Default() Config {
 }
 
 // Load reads the file at path ("" for none) over the defaults, applies the
-// environment, and validates the result.
+// environment, fills the derived defaults and validates the result.
 func Load(path string) (Config, error) {
 	cfg := Default()
 	if path != "" {
@@ -380,7 +380,8 @@ func Load(path string) (Config, error) {
 		}
 	}
 	cfg.FromEnv(os.Getenv)
-	if err := cfg.Validate(); err != nil {
+	cfg.FillDefaults()
+	if err := cfg.Check(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
@@ -414,9 +415,37 @@ func (c *Config) FromEnv(getenv func(string) string) {
 // Has reports whether the instance runs role.
 func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
 
-// Validate checks every key and fills the derived defaults (instance id,
-// development secret, SQLite path). Errors name the key.
+// FillDefaults fills the defaults that derive from other keys or from the
+// machine, where they are unset: the instance id (host name and a random
+// suffix), the SQLite path (under the data dir) and, in local mode with
+// HS256 and no JWT_SECRET, the development secret. It leaves set values
+// alone, so calling it again changes nothing. Call it after FromEnv and
+// before Check.
+func (c *Config) FillDefaults() {
+	if c.InstanceID == "" {
+		c.InstanceID = defaultInstanceID()
+	}
+	if c.Store.Type == "sqlite" && c.Store.SQLitePath == "" {
+		c.Store.SQLitePath = filepath.Join(c.DataDir, "routing.db")
+	}
+	if c.JWTSecret == "" && c.RunMode == ModeLocal && slices.Contains(c.Auth.Algorithms, "HS256") {
+		c.JWTSecret = DevJWTSecret
+		c.DevSecret = true
+	}
+}
+
+// Validate fills the derived defaults, then checks every key.
+//
+// Deprecated: Validate changes c. Call FillDefaults, then Check.
 func (c *Config) Validate() error {
+	c.FillDefaults()
+	return c.Check()
+}
+
+// Check reports every invalid key of c, each error naming its key. It
+// changes nothing: the derived defaults must be filled already (see
+// FillDefaults), and an unset one is an error.
+func (c Config) Check() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config key %s: %s", key, fmt.Sprintf(format, args...)))
@@ -433,9 +462,7 @@ func (c *Config) Validate() error {
 			bad("roles", "unknown role %q (api, pipeline, realtime)", r)
 		}
 	}
-	if c.InstanceID == "" {
-		c.InstanceID = defaultInstanceID()
-	} else if !validName(c.InstanceID) {
+	if !validName(c.InstanceID) {
 		bad("instance_id", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.InstanceID)
 	}
 	if c.DataDir == "" {
@@ -566,7 +593,7 @@ func (c *Config) Validate() error {
 			bad("store.type", "sqlite serves one instance; production needs postgres")
 		}
 		if c.Store.SQLitePath == "" {
-			c.Store.SQLitePath = filepath.Join(c.DataDir, "routing.db")
+			bad("store.sqlite_path", "must not be empty when store.type is sqlite")
 		}
 	case "postgres":
 		if c.DatabaseURL == "" {
@@ -602,8 +629,7 @@ func (c *Config) Validate() error {
 		case c.JWTSecret == "" && prod:
 			bad("auth.algorithms", "HS256 needs the JWT_SECRET environment variable in production")
 		case c.JWTSecret == "":
-			c.JWTSecret = DevJWTSecret
-			c.DevSecret = true
+			bad("auth.algorithms", "HS256 needs a secret: set JWT_SECRET (local mode falls back to the development secret)")
 		case c.JWTSecret == DevJWTSecret && prod:
 			bad("auth.algorithms", "JWT_SECRET is the development secret; production refuses it")
 		case len(c.JWTSecret) < 32 && prod:

@@ -24,7 +24,8 @@ func TestShippedConfigIsTheDefault(t *testing.T) {
 
 func TestDefaultIsValidInLocalMode(t *testing.T) {
 	c := Default()
-	if err := c.Validate(); err != nil {
+	c.FillDefaults()
+	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
 	if !c.DevSecret || c.JWTSecret != DevJWTSecret {
@@ -76,7 +77,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.FromEnv(func(k string) string { return tc.env[k] })
-			err := c.Validate()
+			c.FillDefaults()
+			err := c.Check()
 			if err == nil || !strings.Contains(err.Error(), "config key "+tc.key+":") {
 				t.Fatalf("error %v does not name key %s", err, tc.key)
 			}
@@ -105,7 +107,8 @@ push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 	c.FromEnv(func(k string) string {
 		return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "postgres://x"}[k]
 	})
-	if err := c.Validate(); err != nil {
+	c.FillDefaults()
+	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -123,10 +126,131 @@ func TestProductionExampleIsValid(t *testing.T) {
 	c.FromEnv(func(k string) string {
 		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing", "ROUTING_INSTANCE_ID": "pod-1"}[k]
 	})
-	if err := c.Validate(); err != nil {
+	c.FillDefaults()
+	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
 	if c.RunMode != ModeProduction || c.Bus.Type != "pubsub" || c.Store.Type != "postgres" || c.Presence.Type != "redis" {
 		t.Fatalf("not a scale-out setup: %+v", c)
+	}
+}
+
+// deepCopy returns a copy of v that shares no slice, map or pointer with it.
+func deepCopy[T any](v T) T {
+	var out T
+	copyValue(reflect.ValueOf(&out).Elem(), reflect.ValueOf(v))
+	return out
+}
+
+func copyValue(dst, src reflect.Value) {
+	switch src.Kind() {
+	case reflect.Struct:
+		for i := range src.NumField() {
+			copyValue(dst.Field(i), src.Field(i))
+		}
+	case reflect.Slice:
+		if src.IsNil() {
+			return
+		}
+		dst.Set(reflect.MakeSlice(src.Type(), src.Len(), src.Len()))
+		for i := range src.Len() {
+			copyValue(dst.Index(i), src.Index(i))
+		}
+	case reflect.Map:
+		if src.IsNil() {
+			return
+		}
+		dst.Set(reflect.MakeMapWithSize(src.Type(), src.Len()))
+		for it := src.MapRange(); it.Next(); {
+			v := reflect.New(src.Type().Elem()).Elem()
+			copyValue(v, it.Value())
+			dst.SetMapIndex(it.Key(), v)
+		}
+	case reflect.Pointer:
+		if src.IsNil() {
+			return
+		}
+		dst.Set(reflect.New(src.Type().Elem()))
+		copyValue(dst.Elem(), src.Elem())
+	default:
+		dst.Set(src)
+	}
+}
+
+// Check only reads: the derived defaults it finds unset stay unset, and
+// nothing else changes either, valid or not.
+func TestCheckDoesNotChangeTheConfig(t *testing.T) {
+	cases := []struct {
+		name  string
+		yaml  string
+		env   map[string]string
+		valid bool
+	}{
+		{"default with derived defaults unset", "", nil, false},
+		{"production with derived defaults unset", "run_mode: production\nroles: [api]", map[string]string{"JWT_SECRET": strings.Repeat("k", 48)}, false},
+		{"invalid keys", "run_mode: staging\nbus: {type: kafka}\nauth: {algorithms: [none]}", nil, false},
+		{"complete", "instance_id: pod-1\nstore: {sqlite_path: /tmp/x.db}", map[string]string{"JWT_SECRET": strings.Repeat("k", 48)}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			if err := Parse([]byte(tc.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			c.FromEnv(func(k string) string { return tc.env[k] })
+			before := deepCopy(c)
+			err := c.Check()
+			if (err == nil) != tc.valid {
+				t.Fatalf("Check = %v, want valid=%v", err, tc.valid)
+			}
+			if !reflect.DeepEqual(c, before) {
+				t.Fatalf("Check changed the config:\n got %+v\nwant %+v", c, before)
+			}
+		})
+	}
+}
+
+// Check reports a derived default left unset, naming its key.
+func TestCheckReportsUnfilledDefaults(t *testing.T) {
+	c := Default()
+	err := c.Check()
+	for _, key := range []string{"instance_id", "store.sqlite_path", "auth.algorithms"} {
+		if err == nil || !strings.Contains(err.Error(), "config key "+key+":") {
+			t.Errorf("error %v does not name key %s", err, key)
+		}
+	}
+}
+
+func TestFillDefaults(t *testing.T) {
+	c := Default()
+	c.DataDir = "/var/lib/routing"
+	c.FillDefaults()
+	if c.InstanceID == "" || c.Store.SQLitePath != "/var/lib/routing/routing.db" || c.JWTSecret != DevJWTSecret || !c.DevSecret {
+		t.Fatalf("derived defaults not filled: instance %q, sqlite %q, dev secret %v", c.InstanceID, c.Store.SQLitePath, c.DevSecret)
+	}
+	filled := deepCopy(c)
+	c.FillDefaults()
+	if !reflect.DeepEqual(c, filled) {
+		t.Fatal("a second FillDefaults changed the config")
+	}
+
+	// Set values are kept; production never gets the development secret.
+	c = Default()
+	c.RunMode, c.InstanceID, c.Store.SQLitePath = ModeProduction, "pod-1", "/data/r.db"
+	c.FillDefaults()
+	if c.InstanceID != "pod-1" || c.Store.SQLitePath != "/data/r.db" || c.JWTSecret != "" || c.DevSecret {
+		t.Fatalf("FillDefaults overrode set values or gave production the development secret: %+v", c)
+	}
+}
+
+// Validate, kept for its callers, still fills the derived defaults before
+// it checks.
+func TestValidateFillsThenChecks(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.InstanceID == "" || c.Store.SQLitePath == "" || !c.DevSecret {
+		t.Fatal("Validate did not fill the derived defaults")
 	}
 }
