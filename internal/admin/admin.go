@@ -26,9 +26,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // DefaultLimit and MaxLimit bound the limit of a list request.
@@ -104,7 +104,7 @@ func NewHandler(dl bus.DeadLetters, o Options) http.Handler {
 	mux.HandleFunc("/dlq/{queue}", h.queue)
 	mux.HandleFunc("/dlq/{queue}/{id}", h.item)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		api.WriteError(w, api.Errorf(http.StatusNotFound, api.CodeNotFound, "no such admin route: "+r.URL.Path))
+		web.WriteError(w, web.Errorf(http.StatusNotFound, web.CodeNotFound, "no such admin route: "+r.URL.Path))
 	})
 	return mux
 }
@@ -113,14 +113,14 @@ func validQueue(w http.ResponseWriter, q string) bool {
 	if q == bus.QueueIngress || q == bus.QueueDelivery {
 		return true
 	}
-	api.WriteError(w, api.Errorf(http.StatusNotFound, api.CodeNotFound,
+	web.WriteError(w, web.Errorf(http.StatusNotFound, web.CodeNotFound,
 		fmt.Sprintf("unknown queue %q: want %s or %s", q, bus.QueueIngress, bus.QueueDelivery)))
 	return false
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
-	api.WriteError(w, api.Errorf(http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "method not allowed; use "+allow))
+	web.WriteError(w, web.Errorf(http.StatusMethodNotAllowed, web.CodeMethodNotAllowed, "method not allowed; use "+allow))
 }
 
 // queue serves GET /dlq/{queue}.
@@ -137,7 +137,7 @@ func (h *handler) queue(w http.ResponseWriter, r *http.Request) {
 	if s := r.URL.Query().Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > MaxLimit {
-			api.WriteError(w, api.Errorf(http.StatusBadRequest, api.CodeInvalidParameter,
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter,
 				fmt.Sprintf("limit must be an integer from 1 to %d", MaxLimit)))
 			return
 		}
@@ -152,7 +152,7 @@ func (h *handler) queue(w http.ResponseWriter, r *http.Request) {
 	for _, m := range msgs {
 		out.Messages = append(out.Messages, toWire(m))
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	web.WriteJSON(w, http.StatusOK, out)
 }
 
 // item serves GET /dlq/{queue}/{id}, POST /dlq/{queue}/replay and
@@ -176,7 +176,7 @@ func (h *handler) item(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := h.dl.GetDead(r.Context(), q, id)
 	if errors.Is(err, bus.ErrNotFound) {
-		api.WriteError(w, api.Errorf(http.StatusNotFound, api.CodeNotFound,
+		web.WriteError(w, web.Errorf(http.StatusNotFound, web.CodeNotFound,
 			fmt.Sprintf("no dead message %q in the %s queue", id, q)))
 		return
 	}
@@ -184,7 +184,7 @@ func (h *handler) item(w http.ResponseWriter, r *http.Request) {
 		h.backendError(w, "show", q, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, toWire(m))
+	web.WriteJSON(w, http.StatusOK, toWire(m))
 }
 
 // settle serves replay and purge.
@@ -192,24 +192,24 @@ func (h *handler) settle(w http.ResponseWriter, r *http.Request, q, action strin
 	var req IDsRequest
 	if r.ContentLength != 0 {
 		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-			api.WriteError(w, api.Errorf(http.StatusUnsupportedMediaType, api.CodeUnsupportedMedia, "the body must be application/json"))
+			web.WriteError(w, web.Errorf(http.StatusUnsupportedMediaType, web.CodeUnsupportedMedia, "the body must be application/json"))
 			return
 		}
 		dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-			api.WriteError(w, api.Errorf(http.StatusBadRequest, api.CodeBadJSON, "body must be {\"ids\": [...]} or {\"all\": true}: "+err.Error()))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "body must be {\"ids\": [...]} or {\"all\": true}: "+err.Error()))
 			return
 		}
 	}
 	for _, id := range req.IDs {
 		if id == "" {
-			api.WriteError(w, api.Errorf(http.StatusBadRequest, api.CodeInvalidParameter, "ids must not contain an empty id"))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "ids must not contain an empty id"))
 			return
 		}
 	}
 	if req.All && len(req.IDs) > 0 {
-		api.WriteError(w, api.Errorf(http.StatusBadRequest, api.CodeInvalidParameter, "give ids or all, not both"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "give ids or all, not both"))
 		return
 	}
 	var ids []string // nil: every message
@@ -228,7 +228,7 @@ func (h *handler) settle(w http.ResponseWriter, r *http.Request, q, action strin
 		}
 	case "purge":
 		if ids == nil && !req.All {
-			api.WriteError(w, api.Errorf(http.StatusBadRequest, api.CodeInvalidParameter,
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter,
 				"purge needs the ids to delete, or {\"all\": true} to delete every message of the queue"))
 			return
 		}
@@ -245,7 +245,7 @@ func (h *handler) settle(w http.ResponseWriter, r *http.Request, q, action strin
 		h.backendError(w, action, q, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, CountResponse{Count: n})
+	web.WriteJSON(w, http.StatusOK, CountResponse{Count: n})
 }
 
 // requested describes the selection for the log: a count of ids, or "all".
@@ -258,7 +258,7 @@ func requested(ids []string) string {
 
 func (h *handler) backendError(w http.ResponseWriter, op, q string, err error) {
 	h.log.Error("admin dead-letter operation failed", "op", op, "queue", q, "error", err)
-	api.WriteError(w, api.Errorf(http.StatusServiceUnavailable, api.CodeBackendUnavailable,
+	web.WriteError(w, web.Errorf(http.StatusServiceUnavailable, web.CodeBackendUnavailable,
 		fmt.Sprintf("%s %s dead letters: %v", op, q, err)))
 }
 

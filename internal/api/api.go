@@ -18,6 +18,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // Store is what the API needs of the store.
@@ -55,7 +56,7 @@ type Server struct {
 	o     Options
 	store Store
 	bus   Publisher
-	auth  Authenticate
+	auth  web.Authenticate
 	ids   *envelope.IDs
 	log   *slog.Logger
 	m     *telemetry.Metrics
@@ -64,7 +65,7 @@ type Server struct {
 }
 
 // New returns the API server.
-func New(o Options, st Store, pub Publisher, authenticate Authenticate) *Server {
+func New(o Options, st Store, pub Publisher, authenticate web.Authenticate) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -74,12 +75,12 @@ func New(o Options, st Store, pub Publisher, authenticate Authenticate) *Server 
 
 // Mount adds the /v1 routes to rt.
 func (s *Server) Mount(rt *Router) {
-	rt.HandleFunc(http.MethodPost, "/v1/messages", RequireAuth(s.auth, s.limit(s.send)))
-	rt.HandleFunc(http.MethodGet, "/v1/messages", RequireAuth(s.auth, s.limit(s.fetch)))
-	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", RequireAuth(s.auth, s.limit(s.ack)))
-	rt.HandleFunc(http.MethodPut, "/v1/devices", RequireAuth(s.auth, s.limit(s.putDevice)))
-	rt.HandleFunc(http.MethodDelete, "/v1/devices", RequireAuth(s.auth, s.limit(s.deleteDevice)))
-	rt.HandleFunc(http.MethodGet, "/v1/push/vapid-public-key", RequireAuth(s.auth, s.limit(s.vapidKey)))
+	rt.HandleFunc(http.MethodPost, "/v1/messages", web.RequireAuth(s.auth, s.limit(s.send)))
+	rt.HandleFunc(http.MethodGet, "/v1/messages", web.RequireAuth(s.auth, s.limit(s.fetch)))
+	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", web.RequireAuth(s.auth, s.limit(s.ack)))
+	rt.HandleFunc(http.MethodPut, "/v1/devices", web.RequireAuth(s.auth, s.limit(s.putDevice)))
+	rt.HandleFunc(http.MethodDelete, "/v1/devices", web.RequireAuth(s.auth, s.limit(s.deleteDevice)))
+	rt.HandleFunc(http.MethodGet, "/v1/push/vapid-public-key", web.RequireAuth(s.auth, s.limit(s.vapidKey)))
 }
 
 type sendRequest struct {
@@ -98,44 +99,44 @@ type sendResponse struct {
 func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	var req sendRequest
 	if e := s.decode(w, r, &req); e != nil {
-		WriteError(w, e)
+		web.WriteError(w, e)
 		return
 	}
 	if err := envelope.ValidateURN(req.Recipient); err != nil {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidRecipient, "recipient: "+err.Error()))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidRecipient, "recipient: "+err.Error()))
 		return
 	}
 	if req.Payload == nil || *req.Payload == "" {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidPayload, "payload is required (standard base64)"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidPayload, "payload is required (standard base64)"))
 		return
 	}
 	if base64.StdEncoding.DecodedLen(len(*req.Payload)) > s.o.MaxPayloadBytes+2 {
-		WriteError(w, Errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
+		web.WriteError(w, web.Errorf(http.StatusRequestEntityTooLarge, web.CodePayloadTooLarge,
 			"payload is over "+strconv.Itoa(s.o.MaxPayloadBytes)+" bytes"))
 		return
 	}
 	payload, err := base64.StdEncoding.DecodeString(*req.Payload)
 	if err != nil {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidPayload, "payload is not standard base64"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidPayload, "payload is not standard base64"))
 		return
 	}
 	if len(payload) > s.o.MaxPayloadBytes {
-		WriteError(w, Errorf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge,
+		web.WriteError(w, web.Errorf(http.StatusRequestEntityTooLarge, web.CodePayloadTooLarge,
 			"payload is over "+strconv.Itoa(s.o.MaxPayloadBytes)+" bytes"))
 		return
 	}
 	if err := envelope.ValidateType(req.Type); err != nil {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "type: "+err.Error()))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "type: "+err.Error()))
 		return
 	}
 	if req.IdempotencyKey != "" && !validKey(req.IdempotencyKey) {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "idempotency_key must be 1-64 characters of [A-Za-z0-9_-]"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "idempotency_key must be 1-64 characters of [A-Za-z0-9_-]"))
 		return
 	}
 	now := envelope.Now()
 	env := &envelope.Envelope{
 		ID:        s.ids.New(now),
-		Sender:    Subject(r.Context()),
+		Sender:    web.Subject(r.Context()),
 		Recipient: req.Recipient,
 		Type:      req.Type,
 		Payload:   payload,
@@ -148,7 +149,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		rec, fresh, err := s.store.ReserveIdempotency(ctx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey, Envelope: env})
 		if err != nil {
 			s.log.Warn("idempotency reserve failed", "err", err)
-			WriteError(w, unavailable("store"))
+			web.WriteError(w, unavailable("store"))
 			return
 		}
 		if !fresh {
@@ -160,34 +161,42 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 				// publishing (it failed or is still running): publish the same
 				// envelope again; the pipeline is idempotent on its id.
 				if err := s.publish(ctx, rec.Envelope); err != nil {
-					WriteError(w, unavailable("bus"))
+					web.WriteError(w, unavailable("bus"))
 					return
 				}
-				_ = s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey)
+				if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
+					// The message is accepted; the next retry with this key
+					// publishes it again, which the pipeline stores once.
+					s.log.Warn("idempotency mark published failed", "id", rec.Envelope.ID, "err", err)
+				}
 			}
-			WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
+			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
 			return
 		}
 		if err := s.publish(ctx, env); err != nil {
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
-			_ = s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey)
+			if err := s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey); err != nil {
+				// The key stays reserved for an envelope never published: a
+				// retry with it publishes that envelope, with its id.
+				s.log.Warn("idempotency release failed", "id", env.ID, "err", err)
+			}
 			rcancel()
-			WriteError(w, unavailable("bus"))
+			web.WriteError(w, unavailable("bus"))
 			return
 		}
 		if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
 			// The message is accepted; a retry with this key republishes the
 			// same envelope, which the pipeline stores once.
-			s.log.Warn("idempotency mark published failed", "err", err)
+			s.log.Warn("idempotency mark published failed", "id", env.ID, "err", err)
 		}
 	} else if err := s.publish(ctx, env); err != nil {
-		WriteError(w, unavailable("bus"))
+		web.WriteError(w, unavailable("bus"))
 		return
 	}
 	if s.m != nil {
 		s.m.MessagesAccepted.WithLabelValues(strconv.FormatBool(env.Ephemeral)).Inc()
 	}
-	WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
+	web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
 }
 
 func (s *Server) publish(ctx context.Context, env *envelope.Envelope) error {
@@ -202,8 +211,8 @@ func (s *Server) publish(ctx context.Context, env *envelope.Envelope) error {
 	return nil
 }
 
-func unavailable(backend string) *Error {
-	e := Errorf(http.StatusServiceUnavailable, CodeBackendUnavailable, "the "+backend+" is unavailable; nothing was accepted, retry later")
+func unavailable(backend string) *web.Error {
+	e := web.Errorf(http.StatusServiceUnavailable, web.CodeBackendUnavailable, "the "+backend+" is unavailable; nothing was accepted, retry later")
 	e.RetryAfter = 1
 	return e
 }
@@ -219,63 +228,50 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 500 {
-			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "limit must be an integer from 1 to 500"))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "limit must be an integer from 1 to 500"))
 			return
 		}
 		limit = n
 	}
 	after := q.Get("after")
 	if len(after) > 128 {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "after is not a cursor this server made"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "after is not a cursor this server made"))
 		return
 	}
-	page, err := s.store.Pending(r.Context(), Subject(r.Context()), after, limit)
+	page, err := s.store.Pending(r.Context(), web.Subject(r.Context()), after, limit)
 	if errors.Is(err, store.ErrBadCursor) {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "after is not a cursor this server made"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "after is not a cursor this server made"))
 		return
 	}
 	if err != nil {
 		s.log.Warn("fetch pending failed", "err", err)
-		WriteError(w, unavailable("store"))
+		web.WriteError(w, unavailable("store"))
 		return
 	}
 	if page.Envelopes == nil {
 		page.Envelopes = []*envelope.Envelope{}
 	}
-	WriteJSON(w, http.StatusOK, fetchResponse{Messages: page.Envelopes, NextCursor: page.Next})
+	web.WriteJSON(w, http.StatusOK, fetchResponse{Messages: page.Envelopes, NextCursor: page.Next})
 }
 
 type ackRequest struct {
 	IDs []string `json:"ids"`
 }
 
-// ValidateAckIDs checks the ids of an ack: 1-500 ids of at most 64 characters.
-func ValidateAckIDs(ids []string) *Error {
-	if len(ids) < 1 || len(ids) > 500 {
-		return Errorf(http.StatusBadRequest, CodeInvalidParameter, "ids must hold 1 to 500 message ids")
-	}
-	for _, id := range ids {
-		if id == "" || len(id) > 64 {
-			return Errorf(http.StatusBadRequest, CodeInvalidParameter, "each id must be 1-64 characters")
-		}
-	}
-	return nil
-}
-
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 	var req ackRequest
 	if e := s.decode(w, r, &req); e != nil {
-		WriteError(w, e)
+		web.WriteError(w, e)
 		return
 	}
-	if e := ValidateAckIDs(req.IDs); e != nil {
-		WriteError(w, e)
+	if err := envelope.ValidateAckIDs(req.IDs); err != nil {
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, err.Error()))
 		return
 	}
-	n, err := s.store.Ack(r.Context(), Subject(r.Context()), req.IDs)
+	n, err := s.store.Ack(r.Context(), web.Subject(r.Context()), req.IDs)
 	if err != nil {
 		s.log.Warn("ack failed", "err", err)
-		WriteError(w, unavailable("store"))
+		web.WriteError(w, unavailable("store"))
 		return
 	}
 	if s.m != nil {
@@ -299,35 +295,35 @@ type deviceRequest struct {
 func (s *Server) deviceTarget(w http.ResponseWriter, r *http.Request) (store.Target, bool) {
 	var req deviceRequest
 	if e := s.decode(w, r, &req); e != nil {
-		WriteError(w, e)
+		web.WriteError(w, e)
 		return store.Target{}, false
 	}
 	t := store.Target{Platform: req.Platform, Token: req.Token}
 	switch req.Platform {
 	case "android", "ios", "apns":
 		if req.Subscription != nil {
-			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "subscription is only for platform webpush"))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidDevice, "subscription is only for platform webpush"))
 			return t, false
 		}
 	case "webpush":
 		if req.Subscription == nil || req.Token != "" {
-			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "webpush needs subscription {endpoint, keys {p256dh, auth}} and no token"))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidDevice, "webpush needs subscription {endpoint, keys {p256dh, auth}} and no token"))
 			return t, false
 		}
 		t.Token = req.Subscription.Endpoint
 		t.P256DH = req.Subscription.Keys.P256DH
 		t.Auth = req.Subscription.Keys.Auth
 	default:
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "platform must be android, ios, apns or webpush"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidDevice, "platform must be android, ios, apns or webpush"))
 		return t, false
 	}
 	if t.Token == "" {
-		WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, "token is required"))
+		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidDevice, "token is required"))
 		return t, false
 	}
 	if s.o.ValidateTarget != nil {
 		if err := s.o.ValidateTarget(t); err != nil {
-			WriteError(w, Errorf(http.StatusBadRequest, CodeInvalidDevice, err.Error()))
+			web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidDevice, err.Error()))
 			return t, false
 		}
 	}
@@ -339,15 +335,15 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	err := s.store.PutTarget(r.Context(), Subject(r.Context()), t, s.o.MaxTargetsPerUser)
+	err := s.store.PutTarget(r.Context(), web.Subject(r.Context()), t, s.o.MaxTargetsPerUser)
 	if errors.Is(err, store.ErrTooManyTargets) {
-		WriteError(w, Errorf(http.StatusConflict, CodeTooManyDevices,
+		web.WriteError(w, web.Errorf(http.StatusConflict, web.CodeTooManyDevices,
 			"at most "+strconv.Itoa(s.o.MaxTargetsPerUser)+" push targets per user; delete one first"))
 		return
 	}
 	if err != nil {
 		s.log.Warn("put device failed", "err", err)
-		WriteError(w, unavailable("store"))
+		web.WriteError(w, unavailable("store"))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -358,9 +354,9 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.store.DeleteTarget(r.Context(), Subject(r.Context()), t); err != nil {
+	if err := s.store.DeleteTarget(r.Context(), web.Subject(r.Context()), t); err != nil {
 		s.log.Warn("delete device failed", "err", err)
-		WriteError(w, unavailable("store"))
+		web.WriteError(w, unavailable("store"))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -368,14 +364,14 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) vapidKey(w http.ResponseWriter, r *http.Request) {
 	if s.o.VAPIDPublicKey == "" {
-		WriteError(w, Errorf(http.StatusNotFound, CodeNotFound, "web push is not configured"))
+		web.WriteError(w, web.Errorf(http.StatusNotFound, web.CodeNotFound, "web push is not configured"))
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]string{"public_key": s.o.VAPIDPublicKey})
+	web.WriteJSON(w, http.StatusOK, map[string]string{"public_key": s.o.VAPIDPublicKey})
 }
 
 // decode reads a JSON body of at most MaxBodyBytes into v.
-func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *Error {
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *web.Error {
 	if e := CheckJSONContentType(r); e != nil {
 		return e
 	}
@@ -385,29 +381,29 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *Error {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
+			return web.Errorf(http.StatusRequestEntityTooLarge, web.CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
 		case errors.Is(err, io.EOF):
-			return Errorf(http.StatusBadRequest, CodeBadJSON, "request body is empty")
+			return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is empty")
 		default:
-			return Errorf(http.StatusBadRequest, CodeBadJSON, "request body is not valid JSON of the expected shape: "+err.Error())
+			return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is not valid JSON of the expected shape: "+err.Error())
 		}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
+			return web.Errorf(http.StatusRequestEntityTooLarge, web.CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
 		}
-		return Errorf(http.StatusBadRequest, CodeBadJSON, "request body has data after the JSON value")
+		return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body has data after the JSON value")
 	}
 	return nil
 }
 
 // CheckJSONContentType answers 415 unless the request's body is application/json.
-func CheckJSONContentType(r *http.Request) *Error {
+func CheckJSONContentType(r *http.Request) *web.Error {
 	ct := r.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil || mt != "application/json" {
-		return Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMedia, "Content-Type must be application/json")
+		return web.Errorf(http.StatusUnsupportedMediaType, web.CodeUnsupportedMedia, "Content-Type must be application/json")
 	}
 	return nil
 }

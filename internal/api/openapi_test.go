@@ -15,13 +15,11 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/realtime"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 const specPath = "../../api/openapi.yaml"
-
-// realtimePaths are mounted by the realtime package on the WebSocket server,
-// with their methods; this package cannot import it (it imports this one).
-var realtimePaths = map[string][]string{"/v1/connect": {http.MethodGet}}
 
 var httpMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -64,12 +62,13 @@ func specOperations(t *testing.T, spec map[string]any) map[string][]string {
 	return out
 }
 
-// mountedRoutes mounts the API and the operations endpoints as the
-// composition root does and returns their routes, without the HEAD the
-// router adds to every GET.
+// mountedRoutes mounts the API, the WebSocket endpoint and the operations
+// endpoints as the composition root does and returns their routes, without
+// the HEAD the router adds to every GET.
 func mountedRoutes() map[string][]string {
 	rt := NewRouter(nil, nil)
 	New(Options{}, nil, nil, nil).Mount(rt)
+	realtime.New(realtime.Options{}, nil, nil, nil).Mount(rt)
 	MountOps(rt, nil, http.NotFoundHandler())
 	out := map[string][]string{}
 	for path, ms := range rt.Routes() {
@@ -92,13 +91,10 @@ func TestOpenAPIVersion(t *testing.T) {
 func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	spec := specOperations(t, loadSpec(t))
 	mounted := mountedRoutes()
-	for _, p := range []string{"/v1/messages", "/v1/devices", "/healthz", "/metrics"} {
+	for _, p := range []string{"/v1/messages", "/v1/devices", "/v1/connect", "/healthz", "/metrics"} {
 		if _, ok := mounted[p]; !ok {
 			t.Fatalf("router reports no route %s: Routes() does not see what is mounted", p)
 		}
-	}
-	for path, ms := range realtimePaths {
-		mounted[path] = ms
 	}
 	for path, want := range mounted {
 		got, ok := spec[path]
@@ -117,12 +113,15 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	}
 }
 
-// errorCodes returns the values of the Code* constants declared in errors.go.
+// errorsFile declares the Code* constants of the JSON error shape.
+const errorsFile = "../web/errors.go"
+
+// errorCodes returns the values of the Code* constants declared in errorsFile.
 func errorCodes(t *testing.T) map[string]string {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), "errors.go", nil, 0)
+	f, err := parser.ParseFile(token.NewFileSet(), errorsFile, nil, 0)
 	if err != nil {
-		t.Fatalf("parse errors.go: %v", err)
+		t.Fatalf("parse %s: %v", errorsFile, err)
 	}
 	codes := map[string]string{}
 	for _, d := range f.Decls {
@@ -154,8 +153,8 @@ func errorCodes(t *testing.T) map[string]string {
 func TestOpenAPIErrorCodes(t *testing.T) {
 	spec := loadSpec(t)
 	codes := errorCodes(t)
-	if codes["CodeTooManyDevices"] != CodeTooManyDevices || codes["CodeBackendUnavailable"] != CodeBackendUnavailable {
-		t.Fatalf("reading errors.go found %v, which misses known constants", codes)
+	if codes["CodeTooManyDevices"] != web.CodeTooManyDevices || codes["CodeBackendUnavailable"] != web.CodeBackendUnavailable {
+		t.Fatalf("reading %s found %v, which misses known constants", errorsFile, codes)
 	}
 	schemas := obj(t, obj(t, spec["components"], "components")["schemas"], "components.schemas")
 	ec := obj(t, schemas["ErrorCode"], "components.schemas.ErrorCode")
@@ -178,7 +177,7 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 	}
 	for code := range enum {
 		if !values[code] {
-			t.Errorf("ErrorCode.enum has %q, which errors.go does not declare", code)
+			t.Errorf("ErrorCode.enum has %q, which %s does not declare", code, errorsFile)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // Limiter is a per-user token bucket. It keeps one small entry per user
@@ -82,10 +84,10 @@ func (s *Server) limit(h http.HandlerFunc) http.HandlerFunc {
 		return h
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		if ok, wait := s.limiter.Allow(Subject(r.Context()), time.Now()); !ok {
-			e := Errorf(http.StatusTooManyRequests, CodeRateLimited, "too many requests; retry after the Retry-After delay")
+		if ok, wait := s.limiter.Allow(web.Subject(r.Context()), time.Now()); !ok {
+			e := web.Errorf(http.StatusTooManyRequests, web.CodeRateLimited, "too many requests; retry after the Retry-After delay")
 			e.RetryAfter = int(math.Ceil(wait.Seconds()))
-			WriteError(w, e)
+			web.WriteError(w, e)
 			return
 		}
 		h(w, r)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // Router routes exact paths and methods, and answers unknown paths (404) and
@@ -95,7 +96,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			rt.log.Error("panic serving request", "path", r.URL.Path, "method", r.Method, "panic", fmt.Sprint(v))
 			if sw.status == 0 {
-				WriteError(sw, Errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+				web.WriteError(sw, web.Errorf(http.StatusInternalServerError, web.CodeInternal, "internal error"))
 			}
 		}
 		if rt.metrics != nil {
@@ -109,7 +110,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	methods, ok := rt.routes[r.URL.Path]
 	if !ok {
-		WriteError(sw, Errorf(http.StatusNotFound, CodeNotFound, "no such path: "+truncate(r.URL.Path, 100)))
+		web.WriteError(sw, web.Errorf(http.StatusNotFound, web.CodeNotFound, "no such path: "+truncate(r.URL.Path, 100)))
 		return
 	}
 	route = r.URL.Path
@@ -126,7 +127,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		slices.Sort(allow)
 		sw.Header().Set("Allow", strings.Join(allow, ", "))
-		WriteError(sw, Errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed on "+route))
+		web.WriteError(sw, web.Errorf(http.StatusMethodNotAllowed, web.CodeMethodNotAllowed, r.Method+" is not allowed on "+route))
 		return
 	}
 	h.ServeHTTP(sw, r)
@@ -154,7 +155,7 @@ type ReadyFunc func(ctx context.Context) error
 // MountOps adds the operations endpoints (no token): /healthz, /readyz and /metrics.
 func MountOps(rt *Router, checks map[string]ReadyFunc, metrics http.Handler) {
 	rt.HandleFunc(http.MethodGet, "/healthz", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	rt.HandleFunc(http.MethodGet, "/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -166,10 +167,10 @@ func MountOps(rt *Router, checks map[string]ReadyFunc, metrics http.Handler) {
 			}
 		}
 		if len(failed) > 0 {
-			WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "failed": failed})
+			web.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "failed": failed})
 			return
 		}
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	if metrics != nil {
 		rt.Handle(http.MethodGet, "/metrics", metrics)

@@ -31,6 +31,10 @@ type Envelope struct {
 // Limits on envelope fields that are fixed by the client contract.
 const (
 	MaxTypeLen = 64
+	// MaxIDLen bounds a message id named by a client (in an ack).
+	MaxIDLen = 64
+	// MaxAckIDs bounds the ids of one acknowledgement.
+	MaxAckIDs = 500
 )
 
 // Errors returned by validation. They are wrapped with detail; compare with errors.Is.
@@ -86,6 +90,21 @@ func ValidateURN(s string) error {
 func ValidateType(t string) error {
 	if len(t) > MaxTypeLen {
 		return fmt.Errorf("%w: longer than %d characters", ErrInvalidType, MaxTypeLen)
+	}
+	return nil
+}
+
+// ValidateAckIDs checks the ids of an acknowledgement: 1 to MaxAckIDs ids
+// of 1 to MaxIDLen characters each. The error's text says what to fix and
+// is fit to show to the client.
+func ValidateAckIDs(ids []string) error {
+	if len(ids) < 1 || len(ids) > MaxAckIDs {
+		return fmt.Errorf("ids must hold 1 to %d message ids", MaxAckIDs)
+	}
+	for _, id := range ids {
+		if id == "" || len(id) > MaxIDLen {
+			return fmt.Errorf("each id must be 1-%d characters", MaxIDLen)
+		}
 	}
 	return nil
 }

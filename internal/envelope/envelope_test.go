@@ -85,3 +85,38 @@ func TestIDsAreUniqueAndSortable(t *testing.T) {
 		seen[id], prev = true, id
 	}
 }
+
+func TestValidateAckIDs(t *testing.T) {
+	many := func(n int) []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = "id"
+		}
+		return ids
+	}
+	cases := []struct {
+		name string
+		ids  []string
+		want string // "" for valid; else a part of the message
+	}{
+		{"one id", []string{"01J0000000000000000000000A"}, ""},
+		{"the most ids", many(MaxAckIDs), ""},
+		{"the longest id", []string{strings.Repeat("i", MaxIDLen)}, ""},
+		{"nil", nil, "1 to 500 message ids"},
+		{"empty", []string{}, "1 to 500 message ids"},
+		{"too many ids", many(MaxAckIDs + 1), "1 to 500 message ids"},
+		{"empty id", []string{"a", ""}, "1-64 characters"},
+		{"id too long", []string{strings.Repeat("i", MaxIDLen+1)}, "1-64 characters"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateAckIDs(tc.ids)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("rejected: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -52,14 +52,15 @@ func (h *hub) remove(s *session) {
 	}
 }
 
-// deliver queues env on every session of its recipient. It never blocks: a
-// session whose queue is full is closed (its messages stay in the store).
-func (h *hub) deliver(env *envelope.Envelope) int {
+// deliver queues env on every session of its recipient and returns how
+// many. It never blocks: a session whose queue is full is closed (its
+// messages stay in the store). It fails only when env cannot be encoded.
+func (h *hub) deliver(env *envelope.Envelope) (int, error) {
 	h.mu.RLock()
 	set := h.users[env.Recipient]
 	if len(set) == 0 {
 		h.mu.RUnlock()
-		return 0
+		return 0, nil
 	}
 	sessions := make([]*session, 0, len(set))
 	for s := range set {
@@ -68,13 +69,13 @@ func (h *hub) deliver(env *envelope.Envelope) int {
 	h.mu.RUnlock()
 	data, err := encodeMessage(env)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	f := frame{id: env.ID, data: data}
 	for _, s := range sessions {
 		s.enqueue(f)
 	}
-	return len(sessions)
+	return len(sessions), nil
 }
 
 // all returns every session.

@@ -17,12 +17,12 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/presence"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // Store is what realtime needs of the store.
@@ -57,7 +57,7 @@ type Server struct {
 	o        Options
 	store    Store
 	presence presence.Presence
-	auth     api.Authenticate
+	auth     web.Authenticate
 	hub      *hub
 	log      *slog.Logger
 	m        *telemetry.Metrics
@@ -70,21 +70,30 @@ type Server struct {
 }
 
 // New returns a realtime server.
-func New(o Options, st Store, pr presence.Presence, authenticate api.Authenticate) *Server {
+func New(o Options, st Store, pr presence.Presence, authenticate web.Authenticate) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(), log: o.Logger, m: o.Metrics}
 }
 
+// Router is what Mount needs of an HTTP router: exact method and path routes.
+type Router interface {
+	HandleFunc(method, path string, f http.HandlerFunc)
+}
+
 // Mount adds GET /v1/connect to rt.
-func (s *Server) Mount(rt *api.Router) {
+func (s *Server) Mount(rt Router) {
 	rt.HandleFunc(http.MethodGet, "/v1/connect", s.connect)
 }
 
 // Deliver hands env to this instance's connections of its recipient. It
 // never blocks.
-func (s *Server) Deliver(env *envelope.Envelope) { s.hub.deliver(env) }
+func (s *Server) Deliver(env *envelope.Envelope) {
+	if _, err := s.hub.deliver(env); err != nil {
+		s.log.Error("message frame encode failed; not delivered live", "id", env.ID, "err", err)
+	}
+}
 
 // Run consumes this instance's delivery subscription and refreshes presence
 // until ctx is done.
@@ -99,7 +108,7 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 		if err := envelope.Unmarshal(m.Data, &env); err != nil {
 			return fmt.Errorf("%w: %v", bus.ErrPermanent, err)
 		}
-		s.hub.deliver(&env)
+		s.Deliver(&env)
 		return nil
 	})
 	<-hbDone
@@ -154,11 +163,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
-	if !api.OriginAllowed(r, s.o.AllowedOrigins) {
-		api.WriteError(w, api.Errorf(http.StatusForbidden, api.CodeOriginNotAllowed, "origin not allowed"))
+	if !web.OriginAllowed(r, s.o.AllowedOrigins) {
+		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "origin not allowed"))
 		return
 	}
-	user, ok := api.Authorize(w, r, s.auth, true)
+	user, ok := web.Authorize(w, r, s.auth, true)
 	if !ok {
 		return
 	}
@@ -176,13 +185,13 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		api.WriteError(w, &api.Error{Status: http.StatusServiceUnavailable, Code: api.CodeBackendUnavailable,
+		web.WriteError(w, &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
 			Message: "server shutting down", RetryAfter: 1})
 		return
 	}
 	if !s.hub.add(ss, s.o.MaxConnsPerUser) {
 		s.mu.Unlock()
-		api.WriteError(w, &api.Error{Status: http.StatusTooManyRequests, Code: api.CodeRateLimited,
+		web.WriteError(w, &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
 			Message: "too many connections for this user", RetryAfter: 5})
 		return
 	}
@@ -308,7 +317,7 @@ func (ss *session) run() {
 	acancel()
 	if err != nil {
 		s.log.Warn("presence add failed", "err", err)
-		ss.writeError(ctx, api.CodeBackendUnavailable, "presence is unavailable; reconnect later")
+		ss.writeError(ctx, web.CodeBackendUnavailable, "presence is unavailable; reconnect later")
 		ss.stop(websocket.StatusTryAgainLater, "presence unavailable")
 		return
 	}
@@ -386,13 +395,14 @@ func (ss *session) sendBacklog(ctx context.Context) (map[string]struct{}, bool) 
 		cancel()
 		if err != nil {
 			s.log.Warn("backlog read failed", "err", err)
-			ss.writeError(ctx, api.CodeBackendUnavailable, "store is unavailable; reconnect later")
+			ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; reconnect later")
 			ss.stop(websocket.StatusTryAgainLater, "store unavailable")
 			return nil, false
 		}
 		for _, env := range page.Envelopes {
 			data, err := encodeMessage(env)
 			if err != nil {
+				s.log.Error("message frame encode failed; backlog message skipped", "id", env.ID, "err", err)
 				continue
 			}
 			if !ss.write(ctx, data) {
@@ -472,18 +482,18 @@ func (ss *session) readLoop(ctx context.Context) {
 			return
 		}
 		if typ != websocket.MessageText {
-			ss.writeError(ctx, api.CodeBadRequest, "frames must be JSON text")
+			ss.writeError(ctx, web.CodeBadRequest, "frames must be JSON text")
 			continue
 		}
 		var in clientFrame
 		if err := json.Unmarshal(data, &in); err != nil {
-			ss.writeError(ctx, api.CodeBadJSON, "frame is not valid JSON of the expected shape")
+			ss.writeError(ctx, web.CodeBadJSON, "frame is not valid JSON of the expected shape")
 			continue
 		}
 		switch in.Type {
 		case "ack":
-			if e := api.ValidateAckIDs(in.IDs); e != nil {
-				ss.writeError(ctx, e.Code, e.Message)
+			if err := envelope.ValidateAckIDs(in.IDs); err != nil {
+				ss.writeError(ctx, web.CodeInvalidParameter, err.Error())
 				continue
 			}
 			actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
@@ -491,7 +501,7 @@ func (ss *session) readLoop(ctx context.Context) {
 			cancel()
 			if err != nil {
 				s.log.Warn("websocket ack failed", "err", err)
-				ss.writeError(ctx, api.CodeBackendUnavailable, "store is unavailable; ack again later")
+				ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; ack again later")
 				continue
 			}
 			if s.m != nil {
@@ -499,7 +509,7 @@ func (ss *session) readLoop(ctx context.Context) {
 				s.m.MessagesAcked.Add(float64(n))
 			}
 		default:
-			ss.writeError(ctx, api.CodeBadRequest, "unknown frame type (expected \"ack\")")
+			ss.writeError(ctx, web.CodeBadRequest, "unknown frame type (expected \"ack\")")
 		}
 	}
 }

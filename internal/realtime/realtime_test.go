@@ -2,16 +2,18 @@ package realtime
 
 import (
 	"context"
+	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/presence/memory"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -25,7 +27,19 @@ func (emptyStore) Pending(context.Context, string, string, int) (store.Page, err
 }
 func (emptyStore) Ack(context.Context, string, []string) (int, error) { return 0, nil }
 
+// mux routes exact methods and paths on an http.ServeMux.
+type mux struct{ m *http.ServeMux }
+
+func (x mux) HandleFunc(method, path string, f http.HandlerFunc) { x.m.HandleFunc(method+" "+path, f) }
+
 func newServer(t *testing.T, o Options) (*Server, *telemetry.Metrics, string) {
+	t.Helper()
+	return newServerWith(t, o, emptyStore{})
+}
+
+// newServerWith starts a realtime server on st and returns the URL of its
+// WebSocket endpoint.
+func newServerWith(t *testing.T, o Options, st Store) (*Server, *telemetry.Metrics, string) {
 	t.Helper()
 	m := telemetry.NewMetrics()
 	o.Instance, o.Metrics = "self", m
@@ -44,10 +58,10 @@ func newServer(t *testing.T, o Options) (*Server, *telemetry.Metrics, string) {
 	}
 	pr := memory.New(time.Minute)
 	t.Cleanup(func() { pr.Close() })
-	s := New(o, emptyStore{}, pr, func(tok string) (string, error) { return tok, nil })
-	rt := api.NewRouter(m, nil)
+	s := New(o, st, pr, func(tok string) (string, error) { return tok, nil })
+	rt := mux{http.NewServeMux()}
 	s.Mount(rt)
-	hs := httptest.NewServer(rt)
+	hs := httptest.NewServer(rt.m)
 	t.Cleanup(hs.Close)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -159,4 +173,110 @@ func TestShutdownClosesWithGoingAway(t *testing.T) {
 	if got := websocket.CloseStatus(<-read); got != websocket.StatusGoingAway {
 		t.Fatalf("close status %v, want 1001", got)
 	}
+}
+
+// logRecorder is a slog.Handler that keeps every record.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler            { return h }
+
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+// errorsAbout returns the text of every error record whose id attribute is id.
+func (h *logRecorder) errorsAbout(id string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, r := range h.recs {
+		if r.Level != slog.LevelError {
+			continue
+		}
+		var b strings.Builder
+		b.WriteString(r.Message)
+		match := false
+		r.Attrs(func(a slog.Attr) bool {
+			b.WriteString(" " + a.Key + "=" + a.Value.String())
+			match = match || a.Key == "id" && a.Value.String() == id
+			return true
+		})
+		if match {
+			out = append(out, b.String())
+		}
+	}
+	return out
+}
+
+// unencodable cannot be encoded into a frame: JSON times stop at year 9999.
+func unencodable(id, recipient string, payload []byte) *envelope.Envelope {
+	return &envelope.Envelope{ID: id, Sender: "urn:sm:user:a", Recipient: recipient, Payload: payload,
+		CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+// backlogStore holds one page of pending envelopes.
+type backlogStore struct{ envs []*envelope.Envelope }
+
+func (b backlogStore) Pending(context.Context, string, string, int) (store.Page, error) {
+	return store.Page{Envelopes: b.envs}, nil
+}
+func (backlogStore) Ack(context.Context, string, []string) (int, error) { return 0, nil }
+
+// checkEncodeFailureLogged fails unless exactly one error line names id and
+// none carries the payload.
+func checkEncodeFailureLogged(t *testing.T, logs *logRecorder, id string, payload []byte) {
+	t.Helper()
+	lines := logs.errorsAbout(id)
+	if len(lines) != 1 || !strings.Contains(lines[0], "encode") {
+		t.Fatalf("error lines about %s: %q, want one about the encoding", id, lines)
+	}
+	if strings.Contains(lines[0], string(payload)) || strings.Contains(lines[0], base64.StdEncoding.EncodeToString(payload)) {
+		t.Fatalf("the log line carries the payload: %s", lines[0])
+	}
+}
+
+// A live message that cannot be encoded is not sent, and says so in the
+// log (with its id, never its payload); the next one is sent.
+func TestLiveFrameEncodeFailureIsLogged(t *testing.T) {
+	logs := &logRecorder{}
+	s, m, url := newServer(t, Options{Logger: slog.New(logs)})
+	c := dial(t, url, "urn:sm:user:bob")
+	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
+	payload := []byte("live-secret")
+	s.Deliver(unencodable("bad-live", "urn:sm:user:bob", payload))
+	checkEncodeFailureLogged(t, logs, "bad-live", payload)
+	s.Deliver(&envelope.Envelope{ID: "good-live", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:bob",
+		Payload: []byte("x"), CreatedAt: envelope.Now()})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, data, err := c.Read(ctx); err != nil || !strings.Contains(string(data), `"good-live"`) {
+		t.Fatalf("read: %s %v", data, err)
+	}
+}
+
+// A backlog message that cannot be encoded is skipped with an error line
+// (its id, never its payload); the rest of the backlog is sent.
+func TestBacklogFrameEncodeFailureIsLogged(t *testing.T) {
+	logs := &logRecorder{}
+	payload := []byte("backlog-secret")
+	st := backlogStore{envs: []*envelope.Envelope{
+		unencodable("bad-backlog", "urn:sm:user:carol", payload),
+		{ID: "good-backlog", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:carol", Payload: []byte("x"), CreatedAt: envelope.Now()},
+	}}
+	_, _, url := newServerWith(t, Options{Logger: slog.New(logs)}, st)
+	c := dial(t, url, "urn:sm:user:carol")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, data, err := c.Read(ctx); err != nil || !strings.Contains(string(data), `"good-backlog"`) {
+		t.Fatalf("read: %s %v", data, err)
+	}
+	checkEncodeFailureLogged(t, logs, "bad-backlog", payload)
 }

@@ -1,9 +1,8 @@
-package api
+package web
 
 import (
 	"context"
 	"net/http"
-	"slices"
 	"strings"
 )
 
@@ -64,48 +63,4 @@ func RequireAuth(authenticate Authenticate, h http.HandlerFunc) http.HandlerFunc
 		}
 		h(w, r.WithContext(WithSubject(r.Context(), sub)))
 	}
-}
-
-// CORS answers preflights and sets CORS headers for allowed origins only.
-// With no allowed origins, browsers' cross-origin calls are refused (no CORS
-// headers). "*" allows any origin (refused in production by config).
-func CORS(allowed []string, h http.Handler) http.Handler {
-	if len(allowed) == 0 {
-		return h
-	}
-	any := slices.Contains(allowed, "*")
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		origin := r.Header.Get("Origin")
-		if origin != "" && (any || slices.Contains(allowed, origin)) {
-			hd := w.Header()
-			hd.Add("Vary", "Origin")
-			hd.Set("Access-Control-Allow-Origin", origin)
-			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				hd.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
-				hd.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
-				hd.Set("Access-Control-Max-Age", "600")
-				w.WriteHeader(http.StatusNoContent)
-				return
-			}
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// OriginAllowed reports whether a WebSocket upgrade from origin is allowed:
-// no Origin header (a non-browser client), an origin in allowed, or the same
-// host as the request.
-func OriginAllowed(r *http.Request, allowed []string) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	if slices.Contains(allowed, "*") || slices.Contains(allowed, origin) {
-		return true
-	}
-	// Same origin: the Origin's host equals the Host the client connected to.
-	if i := strings.Index(origin, "://"); i >= 0 && origin[i+3:] == r.Host {
-		return true
-	}
-	return false
 }

@@ -1,4 +1,7 @@
-package api
+// Package web holds the HTTP pieces that the service's public servers share:
+// the JSON error shape of the client contract, bearer-token authentication
+// and the WebSocket origin check. It imports nothing of the service's own.
+package web
 
 import (
 	"encoding/json"

@@ -1,0 +1,154 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/store/sqlite"
+)
+
+// logRecorder is a slog.Handler that keeps every record.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler            { return h }
+
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+// find returns the attributes of the first record at level with message msg.
+func (h *logRecorder) find(level slog.Level, msg string) (map[string]string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.recs {
+		if r.Level != level || r.Message != msg {
+			continue
+		}
+		attrs := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool {
+			attrs[a.Key] = a.Value.String()
+			return true
+		})
+		return attrs, true
+	}
+	return nil, false
+}
+
+// all returns every record's message and attributes as text.
+func (h *logRecorder) all() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	for _, r := range h.recs {
+		b.WriteString(r.Message)
+		r.Attrs(func(a slog.Attr) bool {
+			b.WriteString(" " + a.Key + "=" + a.Value.String())
+			return true
+		})
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+var errInjected = errors.New("injected store failure")
+
+// failingIdempotencies is a real SQLite store whose MarkPublished and
+// ReleaseIdempotency fail.
+type failingIdempotencies struct {
+	*sqlite.Store
+}
+
+func (failingIdempotencies) MarkPublished(context.Context, string, string) error { return errInjected }
+func (failingIdempotencies) ReleaseIdempotency(context.Context, string, string) error {
+	return errInjected
+}
+
+// publisher fails its publishes while failing is set.
+type publisher struct {
+	mu      sync.Mutex
+	failing bool
+	ids     []string
+}
+
+func (p *publisher) PublishIngress(_ context.Context, m *bus.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failing {
+		return errors.New("bus down")
+	}
+	p.ids = append(p.ids, m.ID)
+	return nil
+}
+
+// The idempotency bookkeeping that follows a publish can fail without
+// failing the request; each failure is logged at warn with the message id,
+// never the payload.
+func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	logs := &logRecorder{}
+	pub := &publisher{failing: true}
+	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
+		Logger: slog.New(logs)}, failingIdempotencies{st}, pub, func(tok string) (string, error) { return tok, nil })
+	rt := NewRouter(nil, nil)
+	s.Mount(rt)
+	const payload = "c2VjcmV0LWNpcGhlcnRleHQ=" // never logged
+	send := func(key string) *httptest.ResponseRecorder {
+		body := `{"recipient":"urn:sm:user:bob","payload":"` + payload + `","idempotency_key":"` + key + `"}`
+		req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer urn:sm:user:alice")
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		rt.ServeHTTP(w, req)
+		return w
+	}
+
+	// The publish fails and so does releasing the key.
+	if w := send("k1"); w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("send with the bus down: %d %s", w.Code, w.Body)
+	}
+	attrs, ok := logs.find(slog.LevelWarn, "idempotency release failed")
+	if !ok || attrs["id"] == "" || !strings.Contains(attrs["err"], errInjected.Error()) {
+		t.Fatalf("no warning with id and error for the failed release; logs:\n%s", logs.all())
+	}
+	firstID := attrs["id"]
+
+	// A retry with the key finds it reserved but unpublished: it publishes
+	// the first attempt's envelope, then marking it published fails.
+	pub.mu.Lock()
+	pub.failing = false
+	pub.mu.Unlock()
+	if w := send("k1"); w.Code != http.StatusAccepted || !strings.Contains(w.Body.String(), firstID) {
+		t.Fatalf("retry: %d %s, want 202 with id %s", w.Code, w.Body, firstID)
+	}
+	attrs, ok = logs.find(slog.LevelWarn, "idempotency mark published failed")
+	if !ok || attrs["id"] != firstID || !strings.Contains(attrs["err"], errInjected.Error()) {
+		t.Fatalf("no warning with id %s and error for the failed mark; logs:\n%s", firstID, logs.all())
+	}
+	if len(pub.ids) != 1 || pub.ids[0] != firstID {
+		t.Fatalf("published %v, want [%s]", pub.ids, firstID)
+	}
+	if all := logs.all(); strings.Contains(all, payload) || strings.Contains(all, "secret-ciphertext") {
+		t.Fatalf("a log line carries the payload:\n%s", all)
+	}
+}
