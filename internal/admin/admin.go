@@ -16,6 +16,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,15 +88,31 @@ type Options struct {
 	Metrics *telemetry.Metrics
 }
 
+// DeadLetters is what the admin endpoint needs of the bus: its dead-letter
+// queues, by queue name (bus.QueueIngress or bus.QueueDelivery).
+type DeadLetters interface {
+	// ListDead returns up to limit dead messages of queue, oldest first.
+	ListDead(ctx context.Context, queue string, limit int) ([]bus.DeadMessage, error)
+	// GetDead returns one dead message, or bus.ErrNotFound.
+	GetDead(ctx context.Context, queue, id string) (bus.DeadMessage, error)
+	// ReplayDead publishes the dead messages with these ids (all when ids
+	// is nil) back on their topic and removes them from the dead-letter
+	// queue. It returns how many were replayed.
+	ReplayDead(ctx context.Context, queue string, ids []string) (int, error)
+	// PurgeDead deletes the dead messages with these ids (all when ids is
+	// nil). It returns how many were deleted.
+	PurgeDead(ctx context.Context, queue string, ids []string) (int, error)
+}
+
 type handler struct {
-	dl  bus.DeadLetters
+	dl  DeadLetters
 	log *slog.Logger
 	m   *telemetry.Metrics
 }
 
 // NewHandler returns the admin HTTP handler over the bus's dead-letter
 // queues. See the package doc for its routes.
-func NewHandler(dl bus.DeadLetters, o Options) http.Handler {
+func NewHandler(dl DeadLetters, o Options) http.Handler {
 	h := &handler{dl: dl, log: o.Logger, m: o.Metrics}
 	if h.log == nil {
 		h.log = slog.Default()
