@@ -1,214 +1,202 @@
-// Command routebench measures the routing service end to end: senders POST
-// messages to online recipients, who receive them over WebSocket and ack
-// them; it reports throughput and send-to-receipt latency.
+// Command routebench is the routing service's load generator and latency
+// meter. Scenarios (first argument, or -scenario):
 //
-//	routebench -embedded -duration 10s            # starts an instance in process (temp data dir)
-//	routebench -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085   # a running service (JWT_SECRET; set api.rate_limit: 0 there)
+//	online   N recipients hold one WebSocket each; M senders POST one message per
+//	         request, flat out or at -rate; latency is send start to WebSocket receipt
+//	fanout   the same with -conns WebSockets per recipient: each must get every message
+//	offline  recipients stay away; M senders send -messages as fast as they can, then
+//	         every recipient pages through GET /v1/messages and acks each page
+//	idle     open -conns WebSockets, hold them for -duration and report the server's
+//	         resident memory per connection; then check delivery to a sample of them
+//	server   run the embedded instance in this process until stdin closes, a signal
+//	         or -duration (default 10m); prints its addresses, for other routebench
+//	         processes to share it
 //
-// It only targets loopback addresses and stops after -duration.
+// Examples:
+//
+//	routebench online -embedded -duration 10s [-rate 5000]
+//	routebench offline -embedded -messages 10000 [-recipients 1]
+//	routebench fanout -embedded -recipients 100 -conns 4
+//	routebench idle -embedded -conns 10000 -duration 30s
+//	routebench idle -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085 -pid $(pgrep -n routingservice) -conns 10000
+//
+// -embedded starts an instance in process on a temporary data dir with the API
+// rate limit off (idle runs it as a child process, "routebench server", so
+// that the resident memory measured is the server's alone). Without it,
+// routebench targets a running service with tokens signed with JWT_SECRET
+// (set api.rate_limit: 0 there). Every target must be a loopback address;
+// every phase stops by itself (-duration, -messages, -drain).
+//
+// A process may hold about 20,000 descriptors here: for more idle connections
+// run several idle processes against one server, -conns each; only one of
+// them reads the RSS (-pid or -metrics, with -total-conns the sum), see
+// runIdle. WebSockets leave from 127.0.0.2-127.0.0.250 in turn, so that the
+// ephemeral ports of one source address do not run out.
+//
+// Every message answered 202 must arrive: at the end the run reports the
+// missing ones and exits with status 1 if there are any. -json prints the
+// summary as JSON on stdout; progress then goes to stderr.
 package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
-	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/auth"
-	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
+type options struct {
+	scenario   string
+	api, ws    string
+	metrics    string
+	pid        int
+	embedded   bool
+	config     string
+	senders    int
+	recipients int
+	conns      int
+	totalConns int
+	messages   int
+	sample     int
+	page       int
+	rate       float64
+	duration   time.Duration
+	drain      time.Duration
+	payload    int
+	jsonOut    bool
+	cpuProfile string
+	set        map[string]bool // flags given on the command line
+}
+
+var scenarios = []string{"online", "fanout", "offline", "idle", "server"}
+
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "routebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	apiURL := flag.String("api", "http://127.0.0.1:8082", "API base URL (loopback only)")
-	wsURL := flag.String("ws", "ws://127.0.0.1:8085", "WebSocket base URL (loopback only)")
-	embedded := flag.Bool("embedded", false, "start an instance in process on a temporary data dir")
-	configPath := flag.String("config", "", "with -embedded: config file for the instance")
-	senders := flag.Int("senders", 32, "concurrent sending goroutines")
-	recipients := flag.Int("recipients", 1, "online recipients (one WebSocket each)")
-	rate := flag.Float64("rate", 0, "target messages per second in total (0: as fast as possible)")
-	duration := flag.Duration("duration", 10*time.Second, "how long to send")
-	payload := flag.Int("payload", 256, "payload bytes")
-	flag.Parse()
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("routebench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: routebench [%s] [flags]\n", strings.Join(scenarios, "|"))
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.scenario, "scenario", "online", "scenario: "+strings.Join(scenarios, ", ")+" (or the first argument)")
+	fs.StringVar(&o.api, "api", "http://127.0.0.1:8082", "API base URL (loopback only)")
+	fs.StringVar(&o.ws, "ws", "ws://127.0.0.1:8085", "WebSocket base URL (loopback only)")
+	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus URL, e.g. http://127.0.0.1:8082/metrics (loopback only): idle reads process_resident_memory_bytes, offline the pipeline's count")
+	fs.IntVar(&o.pid, "pid", 0, "idle: read the server's resident memory from /proc/<pid>/status (VmRSS)")
+	fs.BoolVar(&o.embedded, "embedded", false, "start an instance on a temporary data dir, rate limit off (in process; idle: as a child process)")
+	fs.StringVar(&o.config, "config", "", "with -embedded: config file for the instance")
+	fs.IntVar(&o.senders, "senders", 16, "concurrent senders (one HTTP request at a time each)")
+	fs.IntVar(&o.recipients, "recipients", 1000, "recipients (online: one WebSocket each; fanout: -conns each)")
+	fs.IntVar(&o.conns, "conns", 0, "fanout: WebSockets per recipient (default 3, at most 64); idle: WebSockets this process holds, one recipient each (default 1000)")
+	fs.IntVar(&o.totalConns, "total-conns", 0, "idle: connections held by all routebench processes together, the divisor of the RSS growth (default -conns)")
+	fs.IntVar(&o.messages, "messages", 10000, "offline: messages to send")
+	fs.IntVar(&o.sample, "sample", 100, "idle: idle connections that get one message each after the hold")
+	fs.IntVar(&o.page, "page", 500, "offline: GET /v1/messages page size (1-500)")
+	fs.Float64Var(&o.rate, "rate", 0, "messages per second offered in total (0: as fast as possible)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "online, fanout: how long to send; idle: how long to hold; server: lifetime (default 10m)")
+	fs.DurationVar(&o.drain, "drain", 10*time.Second, "how long to wait for deliveries still owed after sending (offline: for the backlog to be stored)")
+	fs.IntVar(&o.payload, "payload", 256, "payload bytes (the first 8 carry the send time)")
+	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout (progress on stderr)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		o.scenario, args = args[0], args[1:]
+		if err := fs.Parse(args); err != nil {
+			return o, err
+		}
+	} else {
+		if err := fs.Parse(args); err != nil {
+			return o, err
+		}
+		if fs.NArg() > 0 {
+			o.scenario = fs.Arg(0)
+			if err := fs.Parse(fs.Args()[1:]); err != nil {
+				return o, err
+			}
+		}
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	return o, o.validate()
+}
 
-	secret := os.Getenv("JWT_SECRET")
-	if *embedded {
-		cfg, err := config.Load(*configPath)
-		if err != nil {
-			return err
+func (o *options) validate() error {
+	switch o.scenario {
+	case "online", "offline", "server":
+	case "fanout":
+		if o.conns == 0 {
+			o.conns = 3
 		}
-		dir, err := os.MkdirTemp("", "routebench-")
-		if err != nil {
-			return err
+		if o.conns < 1 || o.conns > maxConnsPerRecipient {
+			return fmt.Errorf("fanout: -conns must be 1-%d", maxConnsPerRecipient)
 		}
-		defer os.RemoveAll(dir)
-		cfg.DataDir = dir
-		cfg.Store.SQLitePath = dir + "/routing.db"
-		cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
-		cfg.Push.WebPush.Enabled = false
-		cfg.API.RateLimit = 0 // the senders are load, not abuse
-		ctx, cancel := context.WithCancel(context.Background())
-		a, err := app.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-		if err != nil {
-			cancel()
-			return err
+	case "idle":
+		if o.conns == 0 {
+			o.conns = 1000
 		}
-		done := make(chan error, 1)
-		go func() { done <- a.Run(ctx) }()
-		defer func() { cancel(); <-done }()
-		*apiURL, *wsURL, secret = "http://"+a.APIAddr(), "ws://"+a.WSAddr(), cfg.JWTSecret
+		if o.totalConns == 0 {
+			o.totalConns = o.conns
+		}
+		if o.conns < 1 || o.totalConns < o.conns {
+			return errors.New("idle: -conns must be positive and -total-conns at least -conns")
+		}
+	default:
+		return fmt.Errorf("unknown scenario %q (want one of %s)", o.scenario, strings.Join(scenarios, ", "))
 	}
-	if secret == "" {
-		secret = config.DevJWTSecret
+	if o.scenario == "server" && !o.set["duration"] {
+		o.duration = 10 * time.Minute
 	}
-	for _, u := range []string{*apiURL, *wsURL} {
+	switch {
+	case o.senders < 1 || o.recipients < 1 || o.messages < 1 || o.sample < 0:
+		return errors.New("-senders, -recipients and -messages must be positive")
+	case o.page < 1 || o.page > 500:
+		return errors.New("-page must be 1-500")
+	case o.rate < 0 || o.duration <= 0 || o.drain < 0:
+		return errors.New("-rate, -duration and -drain must not be negative")
+	case o.payload < 8:
+		return errors.New("-payload must be at least 8 bytes (it carries the send time)")
+	}
+	for _, u := range []string{o.api, o.ws, o.metrics} {
+		if u == "" {
+			continue
+		}
 		if err := loopbackOnly(u); err != nil {
 			return err
 		}
 	}
-	if *payload < 8 {
-		return errors.New("-payload must be at least 8 bytes (it carries the send time)")
-	}
-	tr := &http.Transport{MaxIdleConns: *senders * 2, MaxIdleConnsPerHost: *senders * 2, IdleConnTimeout: time.Minute}
-	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	mk := func(sub string) (*client.Client, error) {
-		tok, err := auth.Sign([]byte(secret), sub, 2*time.Hour, time.Now())
-		return &client.Client{APIURL: *apiURL, WSURL: *wsURL, Token: tok, HTTP: hc}, err
-	}
-
-	ctx := context.Background()
-	var received atomic.Int64
-	var mu sync.Mutex
-	var lat []time.Duration
-	var rwg sync.WaitGroup
-	rctx, stopRecv := context.WithCancel(ctx)
-	defer stopRecv()
-	names := make([]string, *recipients)
-	for i := range names {
-		names[i] = fmt.Sprintf("urn:bench:user:r%d-%d", i, time.Now().UnixNano())
-		c, err := mk(names[i])
-		if err != nil {
-			return err
-		}
-		conn, err := c.Connect(ctx)
-		if err != nil {
-			return fmt.Errorf("connect %s: %w", names[i], err)
-		}
-		rwg.Add(1)
-		go func() {
-			defer rwg.Done()
-			defer conn.Close()
-			local := make([]time.Duration, 0, 1<<16)
-			ids := make([]string, 0, 100)
-			for {
-				env, err := conn.Next(rctx)
-				if err != nil {
-					break
-				}
-				sent := int64(binary.BigEndian.Uint64(env.Payload[:8]))
-				local = append(local, time.Duration(time.Now().UnixNano()-sent))
-				received.Add(1)
-				ids = append(ids, env.ID)
-				if len(ids) == cap(ids) {
-					_ = conn.Ack(rctx, ids...)
-					ids = ids[:0]
-				}
-			}
-			mu.Lock()
-			lat = append(lat, local...)
-			mu.Unlock()
-		}()
-	}
-	// Give the connections' presence a moment to register before sending.
-	time.Sleep(200 * time.Millisecond)
-
-	var sent, failed atomic.Int64
-	var interval time.Duration
-	if *rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(*senders) / *rate)
-	}
-	start := time.Now()
-	end := start.Add(*duration)
-	var swg sync.WaitGroup
-	for s := 0; s < *senders; s++ {
-		c, err := mk(fmt.Sprintf("urn:bench:user:s%d", s))
-		if err != nil {
-			return err
-		}
-		swg.Add(1)
-		go func(s int) {
-			defer swg.Done()
-			buf := make([]byte, *payload)
-			next := time.Now()
-			for i := 0; time.Now().Before(end); i++ {
-				if interval > 0 {
-					next = next.Add(interval)
-					if d := time.Until(next); d > 0 {
-						time.Sleep(d)
-					}
-				}
-				binary.BigEndian.PutUint64(buf, uint64(time.Now().UnixNano()))
-				_, err := c.Send(ctx, client.Message{Recipient: names[(s+i)%len(names)], Payload: buf})
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				sent.Add(1)
-			}
-		}(s)
-	}
-	swg.Wait()
-	sendElapsed := time.Since(start)
-	// Wait for the stragglers (bounded).
-	deadline := time.Now().Add(30 * time.Second)
-	for received.Load() < sent.Load() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	recvElapsed := time.Since(start)
-	stopRecv()
-	rwg.Wait()
-
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
-	}
-	fmt.Printf("senders=%d recipients=%d payload=%dB rate=%v duration=%v\n", *senders, *recipients, *payload, *rate, *duration)
-	fmt.Printf("sent=%d failed=%d received=%d\n", sent.Load(), failed.Load(), received.Load())
-	fmt.Printf("send throughput: %.0f msg/s; end-to-end throughput: %.0f msg/s\n",
-		float64(sent.Load())/sendElapsed.Seconds(), float64(received.Load())/recvElapsed.Seconds())
-	fmt.Printf("latency send->receipt: p50=%v p90=%v p99=%v max=%v\n",
-		pct(.50).Round(10*time.Microsecond), pct(.90).Round(10*time.Microsecond), pct(.99).Round(10*time.Microsecond), pct(1).Round(10*time.Microsecond))
-	if received.Load() < sent.Load() {
-		return fmt.Errorf("%d accepted messages not received live within 30s", sent.Load()-received.Load())
-	}
 	return nil
 }
 
+// loopbackOnly refuses a URL whose host is not a loopback address.
 func loopbackOnly(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return err
+	}
+	if u.Scheme == "" || u.Host == "" {
+		return fmt.Errorf("%q: want an absolute URL", raw)
 	}
 	host := u.Hostname()
 	if host == "localhost" {
@@ -219,4 +207,142 @@ func loopbackOnly(raw string) error {
 		return fmt.Errorf("%s: routebench only targets loopback addresses", raw)
 	}
 	return nil
+}
+
+// raiseFDLimit raises this process's soft RLIMIT_NOFILE to the hard limit.
+func raiseFDLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, err
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			return rl.Cur, err
+		}
+	}
+	return rl.Cur, nil
+}
+
+// env is what a scenario runs with.
+type env struct {
+	o       options
+	t       target
+	fdLimit uint64
+	log     io.Writer    // progress
+	hc      *http.Client // senders and fetchers
+	wsc     *http.Client // WebSocket handshakes (spread source addresses)
+	tag     string       // makes this run's URNs unique
+	ttl     time.Duration
+}
+
+func run(args []string) error {
+	o, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	fdLimit, err := raiseFDLimit()
+	if err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if o.scenario == "server" {
+		return runServer(o)
+	}
+	e := &env{o: o, fdLimit: fdLimit, log: os.Stdout, ttl: o.duration + o.drain + time.Hour,
+		tag: strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.Itoa(os.Getpid())}
+	if o.jsonOut {
+		e.log = os.Stderr
+	}
+	conns := map[string]int{"online": o.recipients, "fanout": o.recipients * o.conns, "idle": o.conns}[o.scenario]
+	need := uint64(conns + o.senders + 64)
+	if o.embedded && o.scenario != "idle" {
+		need += uint64(conns) // the server's end of each connection is in this process too
+	}
+	if need > fdLimit {
+		return fmt.Errorf("%d connections need about %d file descriptors, this process may hold %d: use fewer, or split idle over several processes (-conns each, -total-conns)", conns, need, fdLimit)
+	}
+	e.t, err = newTarget(o)
+	if err != nil {
+		return err
+	}
+	defer e.t.close()
+	e.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConns: o.senders * 2, MaxIdleConnsPerHost: o.senders * 2, IdleConnTimeout: time.Minute,
+	}}
+	e.wsc = wsHTTPClient()
+	fmt.Fprintf(e.log, "routebench %s: api %s, ws %s; fd limit %d (RLIMIT_NOFILE soft raised to hard)\n", o.scenario, e.t.api, e.t.ws, fdLimit)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var s *summary
+	switch o.scenario {
+	case "online":
+		s, err = runDelivery(ctx, e, 1)
+	case "fanout":
+		s, err = runDelivery(ctx, e, o.conns)
+	case "offline":
+		s, err = runOffline(ctx, e)
+	case "idle":
+		s, err = runIdle(ctx, e)
+	}
+	if err != nil {
+		return err
+	}
+	if o.jsonOut {
+		if err := s.writeJSON(os.Stdout); err != nil {
+			return err
+		}
+	} else {
+		s.writeText(os.Stdout)
+	}
+	if s.Accepted == 0 && s.Offered > 0 {
+		return fmt.Errorf("none of %d messages was accepted", s.Offered)
+	}
+	if s.Missing > 0 {
+		return fmt.Errorf("%d accepted messages missing (%d deliveries), e.g. %s", s.Missing, s.MissingDeliv, strings.Join(s.MissingIDs, " "))
+	}
+	return nil
+}
+
+func (e *env) newSummary(conns int) *summary {
+	return &summary{
+		Scenario: e.o.scenario, API: e.t.api, WS: e.t.ws, Embedded: e.o.embedded,
+		Recipients: e.o.recipients, ConnsPerRecipient: conns, Connections: e.o.recipients * conns,
+		Senders: e.o.senders, PayloadBytes: e.o.payload, Rate: e.o.rate, FDLimit: e.fdLimit,
+	}
+}
+
+// users returns n recipient URNs of this run and their tokens.
+func (e *env) users(kind string, n int) (names, tokens []string, err error) {
+	names, tokens = make([]string, n), make([]string, n)
+	now := time.Now()
+	for i := range names {
+		names[i] = fmt.Sprintf("urn:bench:user:%s-%s%d", e.tag, kind, i)
+		if tokens[i], err = auth.Sign([]byte(e.t.secret), names[i], e.ttl, now); err != nil {
+			return nil, nil, err
+		}
+	}
+	return names, tokens, nil
+}
+
+// clients returns n API clients, one per token.
+func (e *env) clients(tokens []string) []*client.Client {
+	cs := make([]*client.Client, len(tokens))
+	for i, tok := range tokens {
+		cs[i] = &client.Client{APIURL: e.t.api, WSURL: e.t.ws, Token: tok, HTTP: e.hc}
+	}
+	return cs
 }

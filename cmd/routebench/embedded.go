@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/app"
+	"github.com/go-routing-service/routingservice/internal/config"
+)
+
+// target is the service under load.
+type target struct {
+	api, ws string
+	secret  string
+	pid     int                                       // the server's process, when known (-pid, child)
+	scrape  func(ctx context.Context) (string, error) // Prometheus text; nil: none
+	close   func()
+}
+
+func newTarget(o options) (target, error) {
+	var t target
+	var err error
+	switch {
+	case o.embedded && o.scenario == "idle":
+		t, err = startChild(o)
+	case o.embedded:
+		t, err = startInProcess(o.config)
+	default:
+		t = target{api: o.api, ws: o.ws, secret: os.Getenv("JWT_SECRET"), close: func() {}}
+		if t.secret == "" {
+			t.secret = config.DevJWTSecret
+		}
+	}
+	if err != nil {
+		return t, err
+	}
+	if o.pid != 0 {
+		t.pid = o.pid
+	}
+	if o.metrics != "" {
+		u := o.metrics
+		t.scrape = func(ctx context.Context) (string, error) { return scrapeURL(ctx, u) }
+	}
+	return t, nil
+}
+
+// startInProcess starts an embedded instance in this process on a temporary
+// data dir, listening on loopback ports of its own, with the rate limit off.
+func startInProcess(configPath string) (target, error) {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return target{}, err
+	}
+	dir, err := os.MkdirTemp("", "routebench-")
+	if err != nil {
+		return target{}, err
+	}
+	cfg.DataDir = dir
+	cfg.Store.SQLitePath = dir + "/routing.db"
+	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Push.WebPush.Enabled = false
+	cfg.API.RateLimit = 0 // the senders are load, not abuse
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := app.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		cancel()
+		os.RemoveAll(dir)
+		return target{}, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	metrics := a.Metrics().Handler()
+	return target{
+		api: "http://" + a.APIAddr(), ws: "ws://" + a.WSAddr(), secret: cfg.JWTSecret, pid: os.Getpid(),
+		scrape: func(context.Context) (string, error) {
+			rec := httptest.NewRecorder()
+			metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			return rec.Body.String(), nil
+		},
+		close: func() {
+			cancel()
+			if err := <-done; err != nil {
+				fmt.Fprintln(os.Stderr, "routebench: embedded instance:", err)
+			}
+			os.RemoveAll(dir)
+		},
+	}, nil
+}
+
+// runServer is the "server" scenario: an embedded instance in this process
+// until stdin closes, SIGINT/SIGTERM or -duration. Its first line on stdout
+// gives its addresses and pid.
+func runServer(o options) error {
+	t, err := startInProcess(o.config)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	fmt.Printf("api=%s ws=%s pid=%d\n", t.api, t.ws, os.Getpid())
+	stdinClosed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	select {
+	case <-stdinClosed:
+	case <-sig:
+	case <-time.After(o.duration):
+	}
+	return nil
+}
+
+// startChild starts "routebench server" as a child process with a fresh
+// secret and returns it as the target; closing its stdin stops it.
+func startChild(o options) (target, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return target{}, err
+	}
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	secret := hex.EncodeToString(b)
+	args := []string{"server", "-duration", (o.duration + o.drain + 5*time.Minute).String()}
+	if o.config != "" {
+		args = append(args, "-config", o.config)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), "JWT_SECRET="+secret)
+	cmd.Stderr = os.Stderr
+	// Its own process group: a ^C reaches routebench alone, which then
+	// closes the child's stdin once it has finished with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return target{}, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return target{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return target{}, err
+	}
+	waited := make(chan error, 1)
+	stopChild := func() {
+		stdin.Close()
+		select {
+		case <-waited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-waited
+		}
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, stdout)
+		waited <- cmd.Wait()
+	}()
+	var line string
+	select {
+	case line = <-lines:
+	case <-time.After(60 * time.Second):
+	}
+	t := target{secret: secret, pid: cmd.Process.Pid, close: stopChild}
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "api":
+			t.api = v
+		case "ws":
+			t.ws = v
+		}
+	}
+	if t.api == "" || t.ws == "" {
+		stopChild()
+		return target{}, fmt.Errorf("embedded server process did not start (its first line: %q)", line)
+	}
+	return t, nil
+}
+
+// procRSS reads VmRSS of a process from /proc.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
