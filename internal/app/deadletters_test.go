@@ -187,18 +187,18 @@ type flakyStore struct {
 
 var errStoreDown = errors.New("store unavailable (injected)")
 
-func (s *flakyStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+func (s *flakyStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	for _, e := range envs {
 		if e.Recipient == s.broken {
 			s.brokenPuts.Add(1)
 			if s.brokenDown.Load() {
-				return errStoreDown
+				return nil, errStoreDown
 			}
 		}
 	}
 	if s.down.Load() {
 		s.failures.Add(1)
-		return errStoreDown
+		return nil, errStoreDown
 	}
 	return s.Store.PutMessages(ctx, envs)
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
@@ -20,7 +21,7 @@ import (
 
 // Store stores envelopes, idempotent on id.
 type Store interface {
-	PutMessages(ctx context.Context, envs []*envelope.Envelope) error
+	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
 }
 
 // Presence tells which instances hold a user's connections.
@@ -137,13 +138,19 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 		}
 	}
 	if len(stored) > 0 {
-		if err := p.store.PutMessages(ctx, stored); err != nil {
+		acked, err := p.store.PutMessages(ctx, stored)
+		if err != nil {
 			for i := range ms {
 				if errs[i] == nil {
 					errs[i] = fmt.Errorf("pipeline store %s: %w", ms[i].ID, err)
 				}
 			}
 			return errs
+		}
+		for j, done := range acked { // acknowledged by the recipient before: handled, nothing to route
+			if done {
+				envs[slices.Index(envs, stored[j])] = nil
+			}
 		}
 	}
 	// Route in order. Once one message of a recipient fails, the later

@@ -18,14 +18,14 @@ type fakeStore struct {
 	envs []*envelope.Envelope
 }
 
-func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) error {
+func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
-		return s.err
+		return nil, s.err
 	}
 	s.envs = append(s.envs, envs...)
-	return nil
+	return nil, nil
 }
 
 type fakePresence struct {
@@ -149,7 +149,7 @@ type countingStore struct {
 	calls int
 }
 
-func (s *countingStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+func (s *countingStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	s.mu.Lock()
 	s.calls++
 	s.mu.Unlock()

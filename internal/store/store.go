@@ -53,21 +53,38 @@ type Target struct {
 	Auth   string
 }
 
-// Messages stores pending envelopes.
+// Messages stores pending envelopes, and remembers the ids their
+// recipients acknowledged (tombstones) so that a copy arriving again (a
+// retried send, a redelivery by an at-least-once bus) is not stored again.
 type Messages interface {
-	// PutMessages stores envelopes. It is idempotent on id: an id already
-	// stored is left as it is. Safe for concurrent use; adapters may group
-	// concurrent calls into one transaction.
-	PutMessages(ctx context.Context, envs []*envelope.Envelope) error
+	// PutMessages stores envelopes, in the order given. It is idempotent on
+	// id: an id already stored is left as it is, and an id that its
+	// recipient acknowledged (see Ack) is not stored again as long as its
+	// tombstone is kept (see DeleteTombstonesBefore).
+	//
+	// acked reports the envelopes not stored for that reason: acked[i] is
+	// true when envs[i]'s id was acknowledged before. acked is nil when no
+	// envelope was (the common case), else it has len(envs). It is nil
+	// whenever err is not nil.
+	//
+	// Safe for concurrent use; adapters may group concurrent calls into one
+	// transaction.
+	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
 	// Pending returns up to limit envelopes of recipient after cursor
 	// ("" for the start), oldest (first stored) first.
 	Pending(ctx context.Context, recipient, cursor string, limit int) (Page, error)
-	// Ack deletes the recipient's envelopes with these ids. Ids unknown or
-	// addressed to someone else are ignored. It returns how many were deleted.
+	// Ack deletes the recipient's envelopes with these ids and, in the same
+	// transaction, records a tombstone (id, recipient, time of the ack) for
+	// each envelope it deleted. Ids unknown or addressed to someone else are
+	// ignored (no tombstone either). It returns how many were deleted.
 	Ack(ctx context.Context, recipient string, ids []string) (int, error)
 	// DeleteBefore deletes envelopes created before t (retention). It
-	// returns how many were deleted.
+	// returns how many were deleted. It records no tombstones.
 	DeleteBefore(ctx context.Context, t time.Time) (int, error)
+	// DeleteTombstonesBefore deletes the tombstones of acks made before t;
+	// PutMessages then stores those ids again. It returns how many were
+	// deleted.
+	DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error)
 }
 
 // Idempotencies stores idempotency records.

@@ -11,9 +11,9 @@ const DefaultSweepInterval = time.Minute
 
 // Sweep enforces retention on s until ctx is done, then returns. It sweeps
 // once at once and then every interval: it deletes envelopes created more
-// than retention ago and idempotency records of envelopes created more than
-// idempotencyWindow ago, and logs how many of each it deleted. A retention
-// or window <= 0 disables that half. A failed sweep is logged and tried
+// than retention ago, and idempotency records of envelopes created and
+// tombstones of acks made more than idempotencyWindow ago, and logs how many
+// of each it deleted. A retention or window <= 0 disables that half. A failed sweep is logged and tried
 // again at the next interval; it never stops Sweep. Several instances may
 // sweep the same store at once.
 func Sweep(ctx context.Context, s Store, retention, idempotencyWindow, interval time.Duration, log *slog.Logger) {
@@ -43,8 +43,13 @@ func sweepOnce(ctx context.Context, s Store, retention, idempotencyWindow time.D
 		logSweep(ctx, log, "messages", n, err)
 	}
 	if idempotencyWindow > 0 {
-		n, err := s.DeleteIdempotencyBefore(ctx, now.Add(-idempotencyWindow))
+		cut := now.Add(-idempotencyWindow)
+		n, err := s.DeleteIdempotencyBefore(ctx, cut)
 		logSweep(ctx, log, "idempotency_records", n, err)
+		// A retried send or a redelivery within the window must find the
+		// ack's tombstone: keep it for the window after the ack.
+		n, err = s.DeleteTombstonesBefore(ctx, cut)
+		logSweep(ctx, log, "ack_tombstones", n, err)
 	}
 }
 

@@ -109,7 +109,7 @@ func TestSweepDeletesExpired(t *testing.T) {
 		return &envelope.Envelope{ID: ids.New(at), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("p"), CreatedAt: at}
 	}
 	old, fresh := mk(3*time.Hour), mk(time.Minute)
-	if err := s.PutMessages(ctx, []*envelope.Envelope{old, fresh}); err != nil {
+	if _, err := s.PutMessages(ctx, []*envelope.Envelope{old, fresh}); err != nil {
 		t.Fatal(err)
 	}
 	// Idempotency records live for 1 h here, messages for 2 h.
@@ -160,12 +160,50 @@ func TestSweepDeletesExpired(t *testing.T) {
 	}
 }
 
+// TestSweepDeletesTombstones checks that the sweep forgets acks older than
+// the idempotency window: the id can then be stored again.
+func TestSweepDeletesTombstones(t *testing.T) {
+	s := openStore(t)
+	ctx := t.Context()
+	at := envelope.Now()
+	e := &envelope.Envelope{ID: envelope.NewIDs().New(at), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("p"), CreatedAt: at}
+	if _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Ack(ctx, e.Recipient, []string{e.ID}); err != nil || n != 1 {
+		t.Fatalf("Ack: %d, %v", n, err)
+	}
+	if acked, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil || len(acked) != 1 || !acked[0] {
+		t.Fatalf("put before the sweep: %v, %v; want [true]", acked, err)
+	}
+
+	// A window of a millisecond: the tombstone is soon older than that.
+	logs := &logBuffer{}
+	stop := runSweep(t, s, 0, time.Millisecond, 5*time.Millisecond, slog.New(slog.NewJSONHandler(logs, nil)))
+	eventually(t, "the tombstone to be deleted", func() bool {
+		for _, rec := range logs.records(t, "store sweep") {
+			if rec["what"] == "ack_tombstones" && rec["deleted"].(float64) == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	stop()
+	if acked, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil || acked != nil {
+		t.Fatalf("put after the sweep: %v, %v; want stored", acked, err)
+	}
+	p, err := s.Pending(ctx, e.Recipient, "", 10)
+	if err != nil || len(p.Envelopes) != 1 || p.Envelopes[0].ID != e.ID {
+		t.Fatalf("pending after the sweep and a put: %v, %v", p.Envelopes, err)
+	}
+}
+
 func TestSweepDisabledHalves(t *testing.T) {
 	s := openStore(t)
 	ctx := t.Context()
 	at := envelope.Now().Add(-100 * time.Hour)
 	e := &envelope.Envelope{ID: "01JKEEP", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte{}, CreatedAt: at}
-	if err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil {
+	if _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil {
 		t.Fatal(err)
 	}
 	rec := store.Idempotency{Sender: "urn:sm:user:a", Key: "k", Envelope: e}

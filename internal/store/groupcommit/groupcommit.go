@@ -14,39 +14,43 @@ import (
 )
 
 // CommitFunc durably writes items, in order, as one unit: all of them or,
-// with an error, as if none. A Writer calls it from its single writer
-// goroutine only, never concurrently, so it may reuse buffers between calls.
-// It must not keep items after it returns.
-type CommitFunc[E any] func(items []E) error
+// with an error, as if none. results holds one zero value per item, in
+// which it may report an outcome of each (results[i] for items[i]); they
+// reach the callers only when it returns nil. A Writer calls it from its
+// single writer goroutine only, never concurrently, so it may reuse buffers
+// between calls. It must not keep items or results after it returns.
+type CommitFunc[E, R any] func(items []E, results []R) error
 
-// Writer is a group-commit writer. Its methods are safe for concurrent use.
-type Writer[E any] struct {
+// Writer is a group-commit writer of items of type E, each with a result of
+// type R. Its methods are safe for concurrent use.
+type Writer[E, R any] struct {
 	maxBatch int
-	commit   CommitFunc[E]
+	commit   CommitFunc[E, R]
 	log      *slog.Logger
 
-	reqs      chan *request[E] // Submit -> writer; unbuffered
-	quit      chan struct{}    // closed by Close: the writer stops taking requests
-	done      chan struct{}    // closed when the writer goroutine has returned
+	reqs      chan *request[E, R] // Submit -> writer; unbuffered
+	quit      chan struct{}       // closed by Close: the writer stops taking requests
+	done      chan struct{}       // closed when the writer goroutine has returned
 	closeOnce sync.Once
 }
 
 // request is one Submit call waiting for the writer.
-type request[E any] struct {
-	items []E
-	done  chan error // buffered (1): the writer never blocks on it
+type request[E, R any] struct {
+	items   []E
+	results []R        // nil, or len(items): where the writer copies the results
+	done    chan error // buffered (1): the writer never blocks on it
 }
 
 // New starts a Writer that commits with commit, taking at most maxBatch
 // items per combined commit (at least one request, however large). log
 // receives a warning when a combined commit fails. The caller must Close
 // the Writer to stop its goroutine.
-func New[E any](maxBatch int, commit CommitFunc[E], log *slog.Logger) *Writer[E] {
-	w := &Writer[E]{
+func New[E, R any](maxBatch int, commit CommitFunc[E, R], log *slog.Logger) *Writer[E, R] {
+	w := &Writer[E, R]{
 		maxBatch: max(maxBatch, 1),
 		commit:   commit,
 		log:      log,
-		reqs:     make(chan *request[E]),
+		reqs:     make(chan *request[E, R]),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -58,10 +62,19 @@ func New[E any](maxBatch int, commit CommitFunc[E], log *slog.Logger) *Writer[E]
 // commit's error (nil once the items are committed), store.ErrClosed if the
 // Writer is closed before it takes the request, or ctx.Err() itself
 // (unwrapped) if ctx ends first, in which case the items may or may not
-// be committed. Submit keeps no reference to items once it returns nil or
-// a commit error.
-func (w *Writer[E]) Submit(ctx context.Context, items []E) error {
-	req := &request[E]{items: items, done: make(chan error, 1)}
+// be committed.
+//
+// results is nil (the results are dropped) or has len(items); once Submit
+// returns nil it holds the commit's result for each item. After any other
+// return its content is unspecified, and after ctx.Err() the writer may
+// still write to it: the caller must then neither read nor reuse it.
+// Submit keeps no reference to items or results once it returns nil or a
+// commit error.
+func (w *Writer[E, R]) Submit(ctx context.Context, items []E, results []R) error {
+	if results != nil && len(results) != len(items) {
+		panic("groupcommit: Submit with len(results) != len(items)")
+	}
+	req := &request[E, R]{items: items, results: results, done: make(chan error, 1)}
 	select {
 	case w.reqs <- req:
 	case <-w.quit:
@@ -80,19 +93,25 @@ func (w *Writer[E]) Submit(ctx context.Context, items []E) error {
 // Close stops taking requests and waits until every request the writer
 // already took is committed and answered. Submit calls racing Close either
 // complete or return store.ErrClosed. Close is idempotent.
-func (w *Writer[E]) Close() {
+func (w *Writer[E, R]) Close() {
 	w.closeOnce.Do(func() { close(w.quit) })
 	<-w.done
 }
 
+// buffers are the writer goroutine's reusable flat items and results.
+type buffers[E, R any] struct {
+	items   []E
+	results []R
+}
+
 // run is the writer goroutine, owned by the Writer (started by New,
 // stopped by Close).
-func (w *Writer[E]) run() {
+func (w *Writer[E, R]) run() {
 	defer close(w.done)
-	batch := make([]*request[E], 0, 64)
-	var flat []E
+	batch := make([]*request[E, R], 0, 64)
+	var buf buffers[E, R]
 	for {
-		var first *request[E]
+		var first *request[E, R]
 		select {
 		case first = <-w.reqs:
 		case <-w.quit:
@@ -110,36 +129,67 @@ func (w *Writer[E]) run() {
 				break collect
 			}
 		}
-		flat = w.commitBatch(batch, n, flat)
+		w.commitBatch(batch, n, &buf)
 		clear(batch)
 	}
 }
 
 // commitBatch commits batch as one unit and answers every request. If that
 // fails, each request is retried alone so that one request's failure is
-// not every request's. It returns flat, the reusable buffer, emptied.
-func (w *Writer[E]) commitBatch(batch []*request[E], n int, flat []E) []E {
+// not every request's. buf is emptied again before it returns.
+func (w *Writer[E, R]) commitBatch(batch []*request[E, R], n int, buf *buffers[E, R]) {
 	var err error
 	if len(batch) == 1 {
-		err = w.commit(batch[0].items)
+		err = w.commitOne(batch[0], buf)
 	} else {
-		flat = flat[:0]
+		buf.items = buf.items[:0]
 		for _, req := range batch {
-			flat = append(flat, req.items...)
+			buf.items = append(buf.items, req.items...)
 		}
-		err = w.commit(flat)
-		clear(flat) // drop references to callers' items
-		flat = flat[:0]
+		results := buf.zeroResults(n)
+		err = w.commit(buf.items, results)
+		clear(buf.items) // drop references to callers' items
+		buf.items = buf.items[:0]
+		if err == nil {
+			for _, req := range batch {
+				if req.results != nil {
+					copy(req.results, results)
+				}
+				results = results[len(req.items):]
+			}
+		}
+		clear(buf.results)
 	}
 	if err != nil && len(batch) > 1 {
 		w.log.Warn("store group commit failed, retrying requests one by one", "requests", len(batch), "items", n, "err", err)
 		for _, req := range batch {
-			req.done <- w.commit(req.items)
+			req.done <- w.commitOne(req, buf)
 		}
-		return flat
+		return
 	}
 	for _, req := range batch {
 		req.done <- err
 	}
-	return flat
+}
+
+// commitOne commits one request's items alone and, on success, copies the
+// results to the request.
+func (w *Writer[E, R]) commitOne(req *request[E, R], buf *buffers[E, R]) error {
+	results := buf.zeroResults(len(req.items))
+	err := w.commit(req.items, results)
+	if err == nil && req.results != nil {
+		copy(req.results, results)
+	}
+	clear(results) // drop references the results may hold
+	return err
+}
+
+// zeroResults returns the reusable results buffer, n zero values long.
+func (b *buffers[E, R]) zeroResults(n int) []R {
+	if cap(b.results) < n {
+		b.results = make([]R, n)
+	}
+	b.results = b.results[:n]
+	clear(b.results)
+	return b.results
 }

@@ -13,17 +13,23 @@ import (
 
 var errBad = errors.New("bad item")
 
-// recorder is a CommitFunc that records every commit's items and fails a
-// commit holding a negative item.
+// recorder is a CommitFunc that records every commit's items, reports ten
+// times each item as its result, and fails a commit holding a negative item.
 type recorder struct {
 	mu      sync.Mutex
 	commits [][]int
 }
 
-func (r *recorder) commit(items []int) error {
+func (r *recorder) commit(items []int, results []int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.commits = append(r.commits, slices.Clone(items))
+	for i, it := range items {
+		if results[i] != 0 {
+			panic("results not zeroed before a commit")
+		}
+		results[i] = 10 * it
+	}
 	if slices.ContainsFunc(items, func(i int) bool { return i < 0 }) {
 		return errBad
 	}
@@ -38,19 +44,19 @@ func (r *recorder) got() [][]int {
 
 // queued builds a Writer whose queue already holds one request per element
 // of reqs, then starts its writer: the batches it forms are deterministic.
-func queued(t *testing.T, maxBatch int, commit CommitFunc[int], reqs ...[]int) (*Writer[int], []*request[int]) {
+func queued(t *testing.T, maxBatch int, commit CommitFunc[int, int], reqs ...[]int) (*Writer[int, int], []*request[int, int]) {
 	t.Helper()
-	w := &Writer[int]{
+	w := &Writer[int, int]{
 		maxBatch: maxBatch,
 		commit:   commit,
 		log:      slog.New(slog.DiscardHandler),
-		reqs:     make(chan *request[int], len(reqs)),
+		reqs:     make(chan *request[int, int], len(reqs)),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	out := make([]*request[int], len(reqs))
+	out := make([]*request[int, int], len(reqs))
 	for i, items := range reqs {
-		out[i] = &request[int]{items: items, done: make(chan error, 1)}
+		out[i] = &request[int, int]{items: items, results: make([]int, len(items)), done: make(chan error, 1)}
 		w.reqs <- out[i]
 	}
 	go w.run()
@@ -72,6 +78,20 @@ func TestBatchesUpToMaxBatch(t *testing.T) {
 	if got := r.got(); !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("commits %v, want %v", got, want)
 	}
+	// Each request gets the results of its own items back.
+	for i, req := range reqs {
+		if want := timesTen(req.items); !slices.Equal(req.results, want) {
+			t.Errorf("request %d: results %v, want %v", i, req.results, want)
+		}
+	}
+}
+
+func timesTen(items []int) []int {
+	out := make([]int, len(items))
+	for i, it := range items {
+		out[i] = 10 * it
+	}
+	return out
 }
 
 func TestFailedBatchRetriesOneByOne(t *testing.T) {
@@ -87,20 +107,30 @@ func TestFailedBatchRetriesOneByOne(t *testing.T) {
 	if got := r.got(); !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("commits %v, want %v", got, want)
 	}
+	// The requests retried alone get their results from their own commit.
+	for _, i := range []int{0, 2} {
+		if want := timesTen(reqs[i].items); !slices.Equal(reqs[i].results, want) {
+			t.Errorf("request %d: results %v, want %v", i, reqs[i].results, want)
+		}
+	}
 }
 
 func TestSubmitAndClose(t *testing.T) {
 	var r recorder
 	w := New(10, r.commit, slog.New(slog.DiscardHandler))
-	if err := w.Submit(t.Context(), []int{1, 2}); err != nil {
+	results := make([]int, 2)
+	if err := w.Submit(t.Context(), []int{1, 2}, results); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Submit(t.Context(), []int{-1}); !errors.Is(err, errBad) {
+	if !slices.Equal(results, []int{10, 20}) {
+		t.Errorf("results %v, want [10 20]", results)
+	}
+	if err := w.Submit(t.Context(), []int{-1}, nil); !errors.Is(err, errBad) {
 		t.Fatalf("Submit of a failing commit: %v, want %v", err, errBad)
 	}
 	w.Close()
 	w.Close() // idempotent
-	if err := w.Submit(t.Context(), []int{3}); !errors.Is(err, store.ErrClosed) {
+	if err := w.Submit(t.Context(), []int{3}, nil); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Submit after Close: %v, want store.ErrClosed", err)
 	}
 	want := [][]int{{1, 2}, {-1}}
@@ -115,7 +145,7 @@ func TestSubmitContextEnds(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
 	var committed []int
-	w := New(10, func(items []int) error {
+	w := New(10, func(items []int, _ []struct{}) error {
 		close(entered)
 		<-release
 		committed = slices.Clone(items)
@@ -124,7 +154,7 @@ func TestSubmitContextEnds(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
-	go func() { errc <- w.Submit(ctx, []int{7}) }()
+	go func() { errc <- w.Submit(ctx, []int{7}, nil) }()
 	<-entered
 	cancel()
 	if err := <-errc; err != context.Canceled {
@@ -142,7 +172,7 @@ func TestSubmitContextEnds(t *testing.T) {
 	}
 
 	// A context that has already ended never reaches a closed or busy writer.
-	if err := w.Submit(ctx, []int{8}); err == nil {
+	if err := w.Submit(ctx, []int{8}, nil); err == nil {
 		t.Error("Submit with an ended context on a closed writer succeeded")
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 // TestGroupCommit blocks the writer's first insert behind a table lock while
 // 32 callers queue up, then releases it: the queued calls must share
-// statements.
+// transactions.
 func TestGroupCommit(t *testing.T) {
 	url := os.Getenv("ROUTING_TEST_POSTGRES_URL")
 	if url == "" {
@@ -72,6 +72,6 @@ func TestGroupCommit(t *testing.T) {
 			return waiting > 0
 		},
 		Commits: s.groupCommits.Load,
-		Unit:    "statements",
+		Unit:    "transactions",
 	})
 }

@@ -3,7 +3,10 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -27,26 +30,55 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boo
 ORDER BY ord
 ON CONFLICT (id) DO NOTHING`
 
-// PutMessages stores envs, idempotently on id, in the order given. It
-// returns once the statement holding them committed, or with ctx's error if
-// ctx ends first, in which case they may or may not have been stored.
-func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+// unstoreTombstonedSQL runs right after insertMessagesSQL, in the same
+// transaction: it deletes again the envelopes of the batch whose id has a
+// tombstone and returns those ids. It is the batch's one tombstone lookup.
+//
+// Looking up before inserting would not do under READ COMMITTED: an
+// insert that meets the row of an Ack still in progress waits for it and,
+// once the Ack commits, inserts the id again although the lookup, made
+// before, saw no tombstone. This statement takes a later snapshot, which
+// holds the tombstone of any Ack that the insert could have waited for.
+const unstoreTombstonedSQL = `WITH gone AS (SELECT id FROM tombstones WHERE id = ANY($1)),
+unstored AS (DELETE FROM messages WHERE id IN (SELECT id FROM gone))
+SELECT id FROM gone`
+
+// ackSQL deletes recipient's envelopes among ids and records a tombstone of
+// each in the same statement (renewing one left by an earlier ack of the
+// id), and returns how many it deleted.
+const ackSQL = `WITH deleted AS (
+	DELETE FROM messages WHERE recipient = $1 AND id = ANY($2) RETURNING id, recipient
+), tombstoned AS (
+	INSERT INTO tombstones (id, recipient, acked_at) SELECT id, recipient, $3 FROM deleted
+	ON CONFLICT (id) DO UPDATE SET acked_at = EXCLUDED.acked_at
+)
+SELECT count(*) FROM deleted`
+
+// PutMessages stores envs, idempotently on id, in the order given, except
+// those whose id has a tombstone (acked[i] true; see store.Messages). It
+// returns once the transaction holding them committed, or with ctx's error
+// if ctx ends first, in which case they may or may not have been stored.
+func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	if s.closed.Load() {
-		return store.ErrClosed
+		return nil, store.ErrClosed
 	}
 	if len(envs) == 0 {
-		return nil
+		return nil, nil
 	}
 	for i, e := range envs {
 		if e == nil || e.ID == "" {
-			return fmt.Errorf("postgres put: envelope %d has no id", i)
+			return nil, fmt.Errorf("postgres put: envelope %d has no id", i)
 		}
 	}
-	err := s.writer.Submit(ctx, envs)
+	acked := make([]bool, len(envs))
+	err := s.writer.Submit(ctx, envs, acked)
 	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
-		return fmt.Errorf("postgres put: %w", err)
+		return nil, fmt.Errorf("postgres put: %w", err)
 	}
-	return err
+	if err != nil || !slices.Contains(acked, true) {
+		return nil, err
+	}
+	return acked, nil
 }
 
 // batchColumns are the parallel arrays of one insert, reused between batches.
@@ -77,9 +109,11 @@ func (c *batchColumns) add(e *envelope.Envelope) {
 	c.createdAts = append(c.createdAts, storedTime(e.CreatedAt))
 }
 
-// insertMessages writes envs with one statement. It is the group-commit
-// writer's CommitFunc: it runs on the writer goroutine only.
-func (s *Store) insertMessages(envs []*envelope.Envelope) error {
+// insertMessages writes envs, except those with a tombstone, which it marks
+// in acked: insertMessagesSQL, then unstoreTombstonedSQL, sent together in
+// one round trip and run as one implicit transaction. It is the
+// group-commit writer's CommitFunc: it runs on the writer goroutine only.
+func (s *Store) insertMessages(envs []*envelope.Envelope, acked []bool) error {
 	s.groupCommits.Add(1)
 	cols := &s.cols
 	cols.reset()
@@ -91,11 +125,52 @@ func (s *Store) insertMessages(envs []*envelope.Envelope) error {
 	// abort it.
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, insertMessagesSQL, cols.ids, cols.senders, cols.recipients, cols.types,
-		cols.payloads, cols.ephemerals, cols.createdAts); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(insertMessagesSQL, cols.ids, cols.senders, cols.recipients, cols.types,
+		cols.payloads, cols.ephemerals, cols.createdAts)
+	b.Queue(unstoreTombstonedSQL, cols.ids)
+	gone, err := s.sendPut(ctx, b)
+	if err != nil {
 		return s.wrap(fmt.Sprintf("put %d envelopes", len(cols.ids)), err)
 	}
+	if len(gone) > 0 {
+		for i, e := range envs {
+			_, acked[i] = gone[e.ID]
+		}
+	}
 	return nil
+}
+
+// sendPut runs the batch queued by insertMessages and returns the ids
+// with a tombstone (nil when none has).
+func (s *Store) sendPut(ctx context.Context, b *pgx.Batch) (map[string]struct{}, error) {
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var gone map[string]struct{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		if gone == nil {
+			gone = make(map[string]struct{})
+		}
+		gone[id] = struct{}{}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	// Close reports an error of the implicit transaction's commit.
+	return gone, br.Close()
 }
 
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
@@ -139,8 +214,9 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	return page, nil
 }
 
-// Ack deletes recipient's envelopes with these ids and returns how many it
-// deleted; other recipients' and unknown ids are ignored.
+// Ack deletes recipient's envelopes with these ids, records a tombstone of
+// each in the same statement, and returns how many it deleted; other
+// recipients' and unknown ids are ignored.
 func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
 	if s.closed.Load() {
 		return 0, store.ErrClosed
@@ -148,11 +224,11 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	tag, err := s.pool.Exec(ctx, "DELETE FROM messages WHERE recipient = $1 AND id = ANY($2)", recipient, ids)
-	if err != nil {
+	var n int
+	if err := s.pool.QueryRow(ctx, ackSQL, recipient, ids, storedTime(time.Now())).Scan(&n); err != nil {
 		return 0, s.wrap("ack", err)
 	}
-	return int(tag.RowsAffected()), nil
+	return n, nil
 }
 
 // DeleteBefore deletes envelopes created before t, in statements of at most
@@ -160,6 +236,13 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 	return s.deleteInChunks(ctx, "retention",
 		`DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE created_at < $1 LIMIT $2)`, t)
+}
+
+// DeleteTombstonesBefore deletes the tombstones of acks made before t, in
+// statements of at most 5000 rows, and returns how many it deleted.
+func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
+	return s.deleteInChunks(ctx, "tombstone retention",
+		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < $1 LIMIT $2)`, t)
 }
 
 // deleteInChunks runs query (with the cut-off and the chunk size as its

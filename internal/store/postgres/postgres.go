@@ -4,8 +4,9 @@
 // All tables live in one schema (Options.Schema), created and migrated on
 // Open under an advisory lock, so that several instances may start at once.
 // Concurrent PutMessages calls are grouped by one writer goroutine into a
-// single multi-row INSERT (group commit): once PutMessages returns nil the
-// envelopes are committed.
+// single multi-row INSERT, with the batch's tombstone check, sent in one
+// round trip (group commit): once PutMessages returns nil the envelopes are
+// committed.
 package postgres
 
 import (
@@ -56,12 +57,13 @@ type Store struct {
 	schema string
 	log    *slog.Logger
 
-	// writer groups concurrent PutMessages calls into one statement.
-	writer *groupcommit.Writer[*envelope.Envelope]
+	// writer groups concurrent PutMessages calls into one transaction; the
+	// result of each envelope is whether it had a tombstone.
+	writer *groupcommit.Writer[*envelope.Envelope, bool]
 	// cols is the writer's reusable insert buffer (writer goroutine only).
 	cols batchColumns
 
-	// groupCommits counts the statements the writer ran for PutMessages.
+	// groupCommits counts the transactions the writer ran for PutMessages.
 	groupCommits atomic.Int64
 
 	closed    atomic.Bool

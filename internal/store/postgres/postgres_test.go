@@ -116,7 +116,7 @@ func TestConcurrentOpen(t *testing.T) {
 	}
 	// Every instance sees what another wrote.
 	e := &envelope.Envelope{ID: "01JCONCURRENTOPEN", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("x"), CreatedAt: envelope.Now()}
-	if err := stores[0].PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+	if _, err := stores[0].PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range stores {

@@ -2,7 +2,9 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,8 +15,11 @@ import (
 const (
 	// maxPage caps Pending's limit (the client contract's maximum).
 	maxPage = 500
-	// ackChunk is the number of ids one DELETE statement of Ack takes.
-	ackChunk = 500
+	// idChunk is the number of ids one statement with an IN list takes (a
+	// DELETE of Ack, a tombstone lookup of PutMessages): more than a full
+	// group-commit batch (DefaultMaxBatch), far fewer than SQLite's limit
+	// of 32766 parameters.
+	idChunk = 1000
 	// retentionChunk is the number of rows one DELETE of DeleteBefore takes,
 	// so that retention never holds the write lock for long.
 	retentionChunk = 5000
@@ -23,32 +28,40 @@ const (
 const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
 
-// PutMessages stores envs, idempotently on id, in the order given. It
+// PutMessages stores envs, idempotently on id, in the order given, except
+// those whose id has a tombstone (acked[i] true; see store.Messages). It
 // returns once the transaction holding them committed (durably), or with
 // ctx's error if ctx ends first, in which case they may or may not have
 // been stored.
-func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) error {
+func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	if s.closed.Load() {
-		return store.ErrClosed
+		return nil, store.ErrClosed
 	}
 	if len(envs) == 0 {
-		return nil
+		return nil, nil
 	}
 	for i, e := range envs {
 		if e == nil || e.ID == "" {
-			return fmt.Errorf("sqlite put: envelope %d has no id", i)
+			return nil, fmt.Errorf("sqlite put: envelope %d has no id", i)
 		}
 	}
-	err := s.writer.Submit(ctx, envs)
+	acked := make([]bool, len(envs))
+	err := s.writer.Submit(ctx, envs, acked)
 	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
-		return fmt.Errorf("sqlite put: %w", err)
+		return nil, fmt.Errorf("sqlite put: %w", err)
 	}
-	return err
+	if err != nil || !slices.Contains(acked, true) {
+		return nil, err
+	}
+	return acked, nil
 }
 
-// insertMessages writes envs in one transaction. It is the group-commit
-// writer's CommitFunc: it runs on the writer goroutine only.
-func (s *Store) insertMessages(envs []*envelope.Envelope) error {
+// insertMessages writes envs in one transaction, except those with a
+// tombstone, which it marks in acked. It is the group-commit writer's
+// CommitFunc: it runs on the writer goroutine only. The transaction is
+// immediate (it takes the database's write lock at BEGIN), so no Ack, of
+// this process or another, can commit between the lookup and the inserts.
+func (s *Store) insertMessages(envs []*envelope.Envelope, acked []bool) error {
 	s.groupCommits.Add(1)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
@@ -58,8 +71,16 @@ func (s *Store) insertMessages(envs []*envelope.Envelope) error {
 		return s.wrap("put: begin", err)
 	}
 	defer tx.Rollback()
+	gone, err := s.tombstoned(ctx, tx, envs)
+	if err != nil {
+		return err
+	}
 	stmt := tx.StmtContext(ctx, s.insert)
-	for _, e := range envs {
+	for i, e := range envs {
+		if _, ok := gone[e.ID]; ok {
+			acked[i] = true
+			continue
+		}
 		payload := e.Payload
 		if payload == nil {
 			payload = []byte{}
@@ -72,6 +93,50 @@ func (s *Store) insertMessages(envs []*envelope.Envelope) error {
 		return s.wrap("put: commit", err)
 	}
 	return nil
+}
+
+// tombstoned returns the ids of envs that have a tombstone (nil when none
+// has), looked up with one statement per idChunk ids.
+func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, envs []*envelope.Envelope) (map[string]struct{}, error) {
+	var gone map[string]struct{}
+	args := s.lookupArgs[:0]
+	for start := 0; start < len(envs); start += idChunk {
+		chunk := envs[start:min(start+idChunk, len(envs))]
+		args = args[:0]
+		for _, e := range chunk {
+			args = append(args, e.ID)
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT id FROM tombstones WHERE id IN ("+placeholders(len(chunk))+")", args...)
+		if err != nil {
+			return nil, s.wrap("put: tombstone lookup", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, s.wrap("put: tombstone lookup", err)
+			}
+			if gone == nil {
+				gone = make(map[string]struct{})
+			}
+			gone[id] = struct{}{}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, s.wrap("put: tombstone lookup", err)
+		}
+	}
+	clear(args[:cap(args)]) // drop references to the ids
+	s.lookupArgs = args[:0]
+	return gone, nil
+}
+
+// placeholders returns n comma-separated '?'s (n >= 1).
+func placeholders(n int) string {
+	if n == 1 {
+		return "?"
+	}
+	return "?" + strings.Repeat(",?", n-1)
 }
 
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
@@ -115,8 +180,9 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	return page, nil
 }
 
-// Ack deletes recipient's envelopes with these ids and returns how many it
-// deleted; other recipients' and unknown ids are ignored.
+// Ack deletes recipient's envelopes with these ids, records a tombstone of
+// each in the same transaction, and returns how many it deleted; other
+// recipients' and unknown ids are ignored.
 func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
 	if s.closed.Load() {
 		return 0, store.ErrClosed
@@ -129,16 +195,25 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 		return 0, s.wrap("ack: begin", err)
 	}
 	defer tx.Rollback()
+	ackedAt := toMillis(time.Now())
 	total := 0
-	for start := 0; start < len(ids); start += ackChunk {
-		chunk := ids[start:min(start+ackChunk, len(ids))]
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, recipient)
+	for start := 0; start < len(ids); start += idChunk {
+		chunk := ids[start:min(start+idChunk, len(ids))]
+		// args is (ackedAt, recipient, ids...); the DELETE takes args[1:].
+		args := make([]any, 0, len(chunk)+2)
+		args = append(args, ackedAt, recipient)
 		for _, id := range chunk {
 			args = append(args, id)
 		}
-		q := "DELETE FROM messages WHERE recipient = ? AND id IN (?" + strings.Repeat(",?", len(chunk)-1) + ")"
-		res, err := tx.ExecContext(ctx, q, args...)
+		in := placeholders(len(chunk))
+		// A tombstone left by an earlier ack of the same id (possible only
+		// once the sweep removed it and the id was stored again) is renewed.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO tombstones (id, recipient, acked_at)
+			SELECT id, recipient, ? FROM messages WHERE recipient = ? AND id IN (`+in+`)
+			ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`, args...); err != nil {
+			return 0, s.wrap("ack: tombstones", err)
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE recipient = ? AND id IN ("+in+")", args[1:]...)
 		if err != nil {
 			return 0, s.wrap("ack", err)
 		}
@@ -159,6 +234,13 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 	return s.deleteInChunks(ctx, "retention",
 		`DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE created_at < ? LIMIT ?)`, t)
+}
+
+// DeleteTombstonesBefore deletes the tombstones of acks made before t, in
+// short transactions of at most 5000 rows, and returns how many it deleted.
+func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
+	return s.deleteInChunks(ctx, "tombstone retention",
+		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < ? LIMIT ?)`, t)
 }
 
 // deleteInChunks runs query (with the cut-off and the chunk size as its

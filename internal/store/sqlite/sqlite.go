@@ -56,8 +56,12 @@ type Store struct {
 
 	insert *sql.Stmt // prepared on w
 
-	// writer groups concurrent PutMessages calls into one transaction.
-	writer *groupcommit.Writer[*envelope.Envelope]
+	// writer groups concurrent PutMessages calls into one transaction; the
+	// result of each envelope is whether it had a tombstone.
+	writer *groupcommit.Writer[*envelope.Envelope, bool]
+	// lookupArgs is the writer's reusable tombstone lookup argument buffer
+	// (writer goroutine only).
+	lookupArgs []any
 
 	// groupCommits counts the transactions the writer ran for PutMessages
 	// (for tests and benchmarks: envelopes per commit shows group commit).

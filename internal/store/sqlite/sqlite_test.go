@@ -44,7 +44,7 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &envelope.Envelope{ID: "01JREOPEN", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte{1, 2}, CreatedAt: envelope.Now()}
-	if err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+	if _, err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

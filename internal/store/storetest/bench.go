@@ -31,7 +31,7 @@ func RunBacklogBenchmark(b *testing.B, s store.Store) {
 			for range min(500, BacklogSize-n) {
 				envs = append(envs, &envelope.Envelope{ID: ids.New(at), Sender: alice, Recipient: recipient, Payload: payload, CreatedAt: at})
 			}
-			if err := s.PutMessages(b.Context(), envs); err != nil {
+			if _, err := s.PutMessages(b.Context(), envs); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -83,7 +83,7 @@ func RunPutBenchmark(b *testing.B, s store.Store) {
 				Payload:   payload,
 				CreatedAt: at,
 			}
-			if err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
+			if _, err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
 				b.Error(err)
 				return
 			}

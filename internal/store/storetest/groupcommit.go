@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,20 +26,50 @@ type GroupCommitProbe struct {
 }
 
 // RunGroupCommitTest stalls s's writer on its first commit while 32
-// callers of PutMessages queue up, then releases it: every envelope must be
-// stored, and the queued calls must share commits.
+// callers of PutMessages queue up, then releases it: the queued calls must
+// share commits, and each must get its own answer: half of them put a new
+// envelope, which must be stored, and half an envelope acknowledged before,
+// which must be reported acknowledged and not stored.
 func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	t.Helper()
-	release := p.Hold(t)
-	const callers = 32
+	const (
+		callers   = 32
+		recipient = "urn:sm:user:b"
+	)
 	ids := envelope.NewIDs()
+	envs := make([]*envelope.Envelope, callers)
+	for i := range envs {
+		envs[i] = &envelope.Envelope{ID: ids.New(time.Now()), Sender: "urn:sm:user:a", Recipient: recipient,
+			Payload: []byte(fmt.Sprint(i)), CreatedAt: envelope.Now()}
+	}
+	// The even callers' envelopes are acknowledged before the stall.
+	var ackedIDs []string
+	for i := 0; i < callers; i += 2 {
+		if _, err := s.PutMessages(t.Context(), envs[i:i+1]); err != nil {
+			t.Fatalf("PutMessages: %v", err)
+		}
+		ackedIDs = append(ackedIDs, envs[i].ID)
+	}
+	if n, err := s.Ack(t.Context(), recipient, ackedIDs); err != nil || n != len(ackedIDs) {
+		t.Fatalf("Ack: %d, %v; want %d", n, err, len(ackedIDs))
+	}
+	commitsBefore := p.Commits()
+
+	release := p.Hold(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, callers)
-	for i := range callers {
+	for i, e := range envs {
 		wg.Go(func() {
-			e := &envelope.Envelope{ID: ids.New(time.Now()), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b",
-				Payload: []byte(fmt.Sprint(i)), CreatedAt: envelope.Now()}
-			errs <- s.PutMessages(t.Context(), []*envelope.Envelope{e})
+			acked, err := s.PutMessages(t.Context(), []*envelope.Envelope{e})
+			wantAcked := i%2 == 0
+			switch {
+			case err != nil:
+				errs <- err
+			case wantAcked && !slices.Equal(acked, []bool{true}):
+				errs <- fmt.Errorf("caller %d (acknowledged id): acked %v, want [true]", i, acked)
+			case !wantAcked && acked != nil:
+				errs <- fmt.Errorf("caller %d (new id): acked %v, want nil", i, acked)
+			}
 		})
 	}
 	// Wait until the writer's first commit waits on the hold.
@@ -57,18 +88,22 @@ func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		if err != nil {
-			t.Fatalf("PutMessages: %v", err)
-		}
+		t.Errorf("PutMessages: %v", err)
 	}
-	page, err := s.Pending(t.Context(), "urn:sm:user:b", "", 500)
+	page, err := s.Pending(t.Context(), recipient, "", 500)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(page.Envelopes) != callers {
-		t.Fatalf("stored %d envelopes, want %d", len(page.Envelopes), callers)
+	var want []string
+	for i := 1; i < callers; i += 2 {
+		want = append(want, envs[i].ID)
 	}
-	if n := p.Commits(); n >= callers {
+	got := idsOf(page.Envelopes)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("stored %d envelopes, want the %d new ones", len(got), len(want))
+	}
+	if n := p.Commits() - commitsBefore; n >= callers {
 		t.Errorf("%d %s for %d concurrent calls: no group commit", n, p.Unit, callers)
 	} else {
 		t.Logf("%d concurrent calls committed in %d %s", callers, n, p.Unit)

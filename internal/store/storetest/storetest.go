@@ -35,6 +35,10 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"EnvelopeRoundTrip", testEnvelopeRoundTrip},
 		{"PutEmpty", testPutEmpty},
 		{"PutIdempotentOnID", testPutIdempotentOnID},
+		{"DuplicateNotYetAckedStoredOnce", testDuplicateNotYetAckedStoredOnce},
+		{"AckedIDNotStoredAgain", testAckedIDNotStoredAgain},
+		{"AckedIDNotStoredAgainRacingAck", testAckedIDRacingAck},
+		{"TombstonesSwept", testTombstonesSwept},
 		{"PendingStoreOrder", testPendingStoreOrder},
 		{"PendingPaging", testPendingPaging},
 		{"PendingLargePages", testPendingLargePages},
@@ -92,11 +96,44 @@ func newEnv(sender, recipient string, at time.Time, payload string) *envelope.En
 	}
 }
 
+// put stores envelopes whose ids were never acknowledged.
 func put(t *testing.T, s store.Store, envs ...*envelope.Envelope) {
 	t.Helper()
-	if err := s.PutMessages(t.Context(), envs); err != nil {
+	acked, err := s.PutMessages(t.Context(), envs)
+	if err != nil {
 		t.Fatalf("PutMessages: %v", err)
 	}
+	if acked != nil {
+		t.Fatalf("PutMessages of ids never acknowledged returned acked %v, want nil", acked)
+	}
+}
+
+// putAcked stores envs and returns which were reported acknowledged
+// before (all false for a nil answer), checking the answer's shape.
+func putAcked(t *testing.T, s store.Store, envs ...*envelope.Envelope) []bool {
+	t.Helper()
+	acked, err := s.PutMessages(t.Context(), envs)
+	if err != nil {
+		t.Fatalf("PutMessages: %v", err)
+	}
+	switch {
+	case acked == nil:
+		return make([]bool, len(envs))
+	case len(acked) != len(envs):
+		t.Fatalf("PutMessages of %d envelopes returned %d acked flags", len(envs), len(acked))
+	case !slices.Contains(acked, true):
+		t.Fatalf("PutMessages returned acked %v: want nil when none was acknowledged", acked)
+	}
+	return acked
+}
+
+func ack(t *testing.T, s store.Store, recipient string, ids ...string) int {
+	t.Helper()
+	n, err := s.Ack(t.Context(), recipient, ids)
+	if err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	return n
 }
 
 // all fetches every pending envelope of recipient, page by page.
@@ -200,11 +237,11 @@ func testEnvelopeRoundTrip(t *testing.T, s store.Store) {
 }
 
 func testPutEmpty(t *testing.T, s store.Store) {
-	if err := s.PutMessages(t.Context(), nil); err != nil {
-		t.Fatalf("PutMessages(nil): %v", err)
+	if acked, err := s.PutMessages(t.Context(), nil); err != nil || acked != nil {
+		t.Fatalf("PutMessages(nil): %v, %v", acked, err)
 	}
-	if err := s.PutMessages(t.Context(), []*envelope.Envelope{}); err != nil {
-		t.Fatalf("PutMessages(empty): %v", err)
+	if acked, err := s.PutMessages(t.Context(), []*envelope.Envelope{}); err != nil || acked != nil {
+		t.Fatalf("PutMessages(empty): %v, %v", acked, err)
 	}
 	if got := all(t, s, bob, 10); len(got) != 0 {
 		t.Fatalf("Pending after empty puts: %d envelopes", len(got))
@@ -233,6 +270,205 @@ func testPutIdempotentOnID(t *testing.T, s store.Store) {
 	}
 	if d := sameEnvelope(got[1], other); d != "" {
 		t.Errorf("second envelope: %s", d)
+	}
+}
+
+// A duplicate of an envelope still pending (a redelivery before the
+// recipient acknowledged it) is stored once and not reported acknowledged,
+// whether it comes in another call, in the same call, or in concurrent calls.
+func testDuplicateNotYetAckedStoredOnce(t *testing.T, s store.Store) {
+	e := newEnv(alice, bob, base, "once")
+	put(t, s, e)
+	put(t, s, e)
+	put(t, s, e, newEnv(alice, carol, base, "other"), e)
+
+	const callers = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Go(func() {
+			acked, err := s.PutMessages(t.Context(), []*envelope.Envelope{e})
+			if err == nil && acked != nil {
+				err = fmt.Errorf("acked %v, want nil", acked)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent put of a pending duplicate: %v", err)
+		}
+	}
+	if got := idsOf(all(t, s, bob, 10)); !slices.Equal(got, []string{e.ID}) {
+		t.Errorf("bob pending %v, want just %s", got, e.ID)
+	}
+}
+
+// Once its recipient acknowledged an envelope, a copy put again (a retried
+// send, a redelivery) is not stored and is reported acknowledged, alone or
+// among new envelopes, and however many times. Acks that deleted nothing
+// (another recipient's, unknown ids) leave no tombstone.
+func testAckedIDNotStoredAgain(t *testing.T, s store.Store) {
+	e1 := newEnv(alice, bob, base, "1")
+	e2 := newEnv(alice, bob, base, "2")
+	put(t, s, e1, e2)
+	if n := ack(t, s, bob, e1.ID); n != 1 {
+		t.Fatalf("ack: %d, want 1", n)
+	}
+
+	if got := putAcked(t, s, e1); !slices.Equal(got, []bool{true}) {
+		t.Errorf("put of an acknowledged id: acked %v, want [true]", got)
+	}
+	e3 := newEnv(alice, bob, base, "3")
+	if got := putAcked(t, s, e3, e1, e2, e1); !slices.Equal(got, []bool{false, true, false, true}) {
+		t.Errorf("put of new, acknowledged, pending, acknowledged: acked %v, want [false true false true]", got)
+	}
+	if got, want := idsOf(all(t, s, bob, 10)), []string{e2.ID, e3.ID}; !slices.Equal(got, want) {
+		t.Fatalf("bob pending %v, want %v", got, want)
+	}
+
+	// Carol cannot acknowledge Bob's envelope, so that leaves no tombstone.
+	if n := ack(t, s, carol, e2.ID); n != 0 {
+		t.Fatalf("carol acks bob's: %d, want 0", n)
+	}
+	if got := putAcked(t, s, e2); !slices.Equal(got, []bool{false}) {
+		t.Errorf("put after another user's ack: acked %v, want [false]", got)
+	}
+	// Nor does an ack of an id never stored: it can be stored later.
+	late := newEnv(alice, bob, base, "late")
+	if n := ack(t, s, bob, late.ID); n != 0 {
+		t.Fatalf("ack of an unknown id: %d, want 0", n)
+	}
+	put(t, s, late)
+
+	// Acking again, or acking an id already acknowledged, changes nothing.
+	if n := ack(t, s, bob, e2.ID, e1.ID, e2.ID); n != 1 {
+		t.Fatalf("ack of pending, acknowledged, duplicate: %d, want 1", n)
+	}
+	if got := putAcked(t, s, e2, e1); !slices.Equal(got, []bool{true, true}) {
+		t.Errorf("put after the second ack: acked %v, want [true true]", got)
+	}
+	if got, want := idsOf(all(t, s, bob, 10)), []string{e3.ID, late.ID}; !slices.Equal(got, want) {
+		t.Errorf("bob pending %v, want %v", got, want)
+	}
+
+	// A whole page acknowledged at once, then put again in one call larger
+	// than any batch.
+	many := make([]*envelope.Envelope, 1001)
+	for i := range many {
+		many[i] = newEnv(alice, carol, base, fmt.Sprint(i))
+	}
+	put(t, s, many...)
+	for start := 0; start < len(many); start += 500 {
+		ack(t, s, carol, idsOf(many[start:min(start+500, len(many))])...)
+	}
+	fresh := newEnv(alice, carol, base, "fresh")
+	got := putAcked(t, s, append([]*envelope.Envelope{fresh}, many...)...)
+	if got[0] || slices.Contains(got[1:], false) {
+		t.Errorf("put of a new and 1001 acknowledged ids: %d acked, want the 1001 after the first", countTrue(got))
+	}
+	if got := idsOf(all(t, s, carol, 500)); !slices.Equal(got, []string{fresh.ID}) {
+		t.Errorf("carol pending %d envelopes, want just the fresh one", len(got))
+	}
+}
+
+func countTrue(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
+// A copy put while its recipient acknowledges the envelope is either
+// stored before the ack (which then deletes it) or not stored: once both
+// are done the envelope is never pending again.
+func testAckedIDRacingAck(t *testing.T, s store.Store) {
+	const (
+		rounds  = 40
+		putters = 4
+	)
+	for round := range rounds {
+		e := newEnv(alice, bob, base, fmt.Sprint(round))
+		put(t, s, e)
+		var wg sync.WaitGroup
+		errs := make(chan error, putters+1)
+		start := make(chan struct{})
+		for range putters {
+			wg.Go(func() {
+				<-start
+				_, err := s.PutMessages(t.Context(), []*envelope.Envelope{e})
+				errs <- err
+			})
+		}
+		wg.Go(func() {
+			<-start
+			n, err := s.Ack(t.Context(), bob, []string{e.ID})
+			if err == nil && n != 1 {
+				err = fmt.Errorf("ack deleted %d, want 1", n)
+			}
+			errs <- err
+		})
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if got := all(t, s, bob, 10); len(got) != 0 {
+			t.Fatalf("round %d: acknowledged envelope pending again: %v", round, idsOf(got))
+		}
+		if got := putAcked(t, s, e); !got[0] {
+			t.Fatalf("round %d: put after the race not reported acknowledged", round)
+		}
+	}
+}
+
+// DeleteTombstonesBefore forgets acks made before its cut-off (the sweep
+// calls it with the idempotency window): an id forgotten is stored again.
+func testTombstonesSwept(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	e1 := newEnv(alice, bob, base, "1")
+	e2 := newEnv(alice, carol, base, "2")
+	put(t, s, e1, e2)
+	before := time.Now()
+	ack(t, s, bob, e1.ID)
+	ack(t, s, carol, e2.ID)
+
+	// Tombstones of acks made after the cut-off stay.
+	n, err := s.DeleteTombstonesBefore(ctx, before.Add(-time.Minute))
+	if err != nil || n != 0 {
+		t.Fatalf("DeleteTombstonesBefore(before the acks): %d, %v; want 0, nil", n, err)
+	}
+	if got := putAcked(t, s, e1, e2); !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("put after a sweep of nothing: acked %v, want [true true]", got)
+	}
+
+	// Older ones go, in any zone; the envelope is then stored again.
+	n, err = s.DeleteTombstonesBefore(ctx, time.Now().Add(time.Minute).In(time.FixedZone("X", -7*3600)))
+	if err != nil || n != 2 {
+		t.Fatalf("DeleteTombstonesBefore(after the acks): %d, %v; want 2, nil", n, err)
+	}
+	n, err = s.DeleteTombstonesBefore(ctx, time.Now().Add(time.Minute))
+	if err != nil || n != 0 {
+		t.Errorf("DeleteTombstonesBefore again: %d, %v; want 0, nil", n, err)
+	}
+	put(t, s, e1)
+	if got := idsOf(all(t, s, bob, 10)); !slices.Equal(got, []string{e1.ID}) {
+		t.Errorf("bob pending after the sweep and a put: %v, want %s", got, e1.ID)
+	}
+	// Acknowledged again, it has a tombstone again.
+	if n := ack(t, s, bob, e1.ID); n != 1 {
+		t.Fatalf("second ack: %d, want 1", n)
+	}
+	if got := putAcked(t, s, e1); !got[0] {
+		t.Errorf("put after the second ack not reported acknowledged")
 	}
 }
 
@@ -831,7 +1067,7 @@ func testConcurrentPut(t *testing.T, s store.Store) {
 		wg.Go(func() {
 			<-start
 			for _, e := range envs {
-				if err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+				if _, err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
 					errs <- err
 					return
 				}
@@ -896,10 +1132,11 @@ func testClose(t *testing.T, s store.Store) {
 		name string
 		call func() error
 	}{
-		{"PutMessages", func() error { return s.PutMessages(ctx, []*envelope.Envelope{e}) }},
+		{"PutMessages", func() error { _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); return err }},
 		{"Pending", func() error { _, err := s.Pending(ctx, bob, "", 10); return err }},
 		{"Ack", func() error { _, err := s.Ack(ctx, bob, []string{e.ID}); return err }},
 		{"DeleteBefore", func() error { _, err := s.DeleteBefore(ctx, base); return err }},
+		{"DeleteTombstonesBefore", func() error { _, err := s.DeleteTombstonesBefore(ctx, base); return err }},
 		{"ReserveIdempotency", func() error { _, _, err := s.ReserveIdempotency(ctx, rec); return err }},
 		{"MarkPublished", func() error { return s.MarkPublished(ctx, alice, "k") }},
 		{"ReleaseIdempotency", func() error { return s.ReleaseIdempotency(ctx, alice, "k") }},
@@ -924,7 +1161,7 @@ func testCloseWithWritesInFlight(t *testing.T, s store.Store) {
 	for w := range writers {
 		wg.Go(func() {
 			for i := 0; ; i++ {
-				err := s.PutMessages(t.Context(), []*envelope.Envelope{newEnv(alice, bob, base, fmt.Sprintf("%d-%d", w, i))})
+				_, err := s.PutMessages(t.Context(), []*envelope.Envelope{newEnv(alice, bob, base, fmt.Sprintf("%d-%d", w, i))})
 				if i == 0 {
 					started <- struct{}{}
 				}
