@@ -23,7 +23,8 @@ func TestSendAndListen(t *testing.T) {
 	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
 	cfg.JWTSecret = "client-test-secret-0123456789-0123456789"
-	if err := cfg.Validate(); err != nil {
+	cfg.FillDefaults()
+	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -22,14 +22,13 @@ import (
 	"github.com/go-routing-service/routingservice/internal/admin"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/bus/natsbus"
-	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
 // fixture is an embedded natsbus bus with the admin handler served on a
 // socket in a temporary directory.
 type fixture struct {
-	bus     *natsbus.Bus
+	bus     *bus.Bus
 	metrics *telemetry.Metrics
 	socket  string
 	client  *admin.Client
@@ -85,14 +84,17 @@ func newFixture(t *testing.T) *fixture {
 	}
 	t.Cleanup(nc.Close)
 	f := &fixture{metrics: telemetry.NewMetrics(), logs: &syncBuffer{}, dead: make(chan string, 100)}
-	bc := natsbus.FromConfig(config.Default().Bus)
-	bc.MinBackoff, bc.MaxBackoff = 10*time.Millisecond, 20*time.Millisecond
-	bc.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	bc.OnDeadLetter = func(queue, _ string) { f.dead <- queue }
-	b, err := natsbus.New(context.Background(), nc, bc)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := natsbus.New(context.Background(), nc, natsbus.Config{Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b := bus.New(d, bus.Options{
+		MinBackoff:   10 * time.Millisecond,
+		MaxBackoff:   20 * time.Millisecond,
+		Logger:       logger,
+		OnDeadLetter: func(queue, _ string) { f.dead <- queue },
+	})
 	t.Cleanup(func() { b.Close() })
 	f.bus = b
 	f.socket = filepath.Join(shortDir(t), "admin.sock")

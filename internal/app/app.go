@@ -30,7 +30,7 @@ type App struct {
 	log      *slog.Logger
 	metrics  *telemetry.Metrics
 	store    store.Store
-	bus      bus.Bus
+	bus      *bus.Bus
 	presence presence.Presence
 	verifier *auth.Verifier
 	push     *pushRole
@@ -147,12 +147,8 @@ func (a *App) wire(ctx context.Context) error {
 		// registers presence, or events addressed here meanwhile are lost
 		// (the message itself is stored; it would wait for the next
 		// connection).
-		if p, ok := a.bus.(interface {
-			PrepareDelivery(ctx context.Context, instance string) error
-		}); ok {
-			if err := p.PrepareDelivery(ctx, cfg.InstanceID); err != nil {
-				return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
-			}
+		if err := a.bus.PrepareDelivery(ctx, cfg.InstanceID); err != nil {
+			return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
 		}
 		a.realtime = realtime.New(realtime.Options{
 			Instance:        cfg.InstanceID,
@@ -328,7 +324,9 @@ func (a *App) Run(ctx context.Context) error {
 		}
 	}
 	if a.rtSrv != nil {
-		_ = a.rtSrv.Shutdown(sctx)
+		if err := a.rtSrv.Shutdown(sctx); err != nil {
+			a.log.Warn("websocket listener shutdown", "err", err)
+		}
 		if err := a.realtime.Shutdown(sctx); err != nil {
 			a.log.Warn("realtime shutdown", "err", err)
 		}

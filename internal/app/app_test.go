@@ -49,7 +49,8 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	cfg.FillDefaults()
+	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -9,18 +9,54 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 	"github.com/go-routing-service/routingservice/internal/bus/natsbus"
 	"github.com/go-routing-service/routingservice/internal/config"
 )
 
-// openBus opens the configured bus; the returned func closes it (and stops
-// the embedded server).
-func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (bus.Bus, func() error, error) {
-	nc := natsbus.FromConfig(cfg.Bus)
-	nc.OnDeadLetter = onDeadLetter
-	nc.SubjectPrefix = cfg.Bus.NATS.SubjectPrefix
-	nc.Concurrency = cfg.Pipeline.Concurrency
-	nc.Logger = log.With("bus", cfg.Bus.Type)
+// openBus opens the configured engine's driver and the portable bus over
+// it; the returned func closes both (and stops the embedded server).
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (*bus.Bus, func() error, error) {
+	d, closeEngine, err := openDriver(ctx, cfg, log.With("bus", cfg.Bus.Type))
+	if err != nil {
+		return nil, nil, err
+	}
+	b := bus.New(d, busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter))
+	return b, func() error { return errors.Join(b.Close(), closeEngine()) }, nil
+}
+
+// busOptions maps the configuration onto the portable bus's delivery policy.
+func busOptions(cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) bus.Options {
+	return bus.Options{
+		MaxDeliveryAttempts: cfg.Bus.MaxDeliveryAttempts,
+		MinBackoff:          cfg.Bus.MinBackoff,
+		MaxBackoff:          cfg.Bus.MaxBackoff,
+		MaxOutstanding:      cfg.Bus.MaxOutstanding,
+		Concurrency:         cfg.Pipeline.Concurrency,
+		Logger:              log,
+		OnDeadLetter:        onDeadLetter,
+	}
+}
+
+// natsConfig maps the configuration onto the NATS driver's.
+func natsConfig(cfg config.Config, log *slog.Logger) natsbus.Config {
+	return natsbus.Config{
+		SubjectPrefix:       cfg.Bus.NATS.SubjectPrefix,
+		MaxDeliveryAttempts: cfg.Bus.MaxDeliveryAttempts,
+		AckDeadline:         cfg.Bus.AckDeadline,
+		Prefetch:            max(1, cfg.Bus.MaxOutstanding-cfg.Pipeline.Concurrency),
+		MaxAckPending:       16 * cfg.Bus.MaxOutstanding,
+		Replicas:            cfg.Bus.NATS.Replicas,
+		DuplicateWindow:     cfg.Bus.NATS.DuplicateWindow,
+		MaxAge:              cfg.Bus.NATS.MaxAge,
+		Logger:              log,
+	}
+}
+
+// openDriver opens the configured engine; the returned func closes what
+// it opened besides the driver (connection, embedded server).
+func openDriver(ctx context.Context, cfg config.Config, log *slog.Logger) (driver.Driver, func() error, error) {
+	nc := natsConfig(cfg, log)
 	switch cfg.Bus.Type {
 	case "embedded":
 		eo := natsbus.EmbeddedOptions{SyncAlways: cfg.Bus.NATS.Sync == "always"}
@@ -41,35 +77,43 @@ func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLet
 			_ = srv.Shutdown(context.Background())
 			return nil, nil, fmt.Errorf("embedded bus: %w", err)
 		}
-		b, err := natsbus.New(ctx, conn, nc)
+		d, err := natsbus.New(ctx, conn, nc)
 		if err != nil {
 			conn.Close()
 			_ = srv.Shutdown(context.Background())
-			return nil, nil, fmt.Errorf("embedded bus: %w", err)
+			return nil, nil, fmt.Errorf("embedded bus: %w", natsKey(err))
 		}
 		log.Info("bus", "type", "embedded", "dir", dir, "sync", cfg.Bus.NATS.Sync)
 		closeAll := func() error {
-			err := b.Close()
 			conn.Close()
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			return errors.Join(err, srv.Shutdown(sctx))
+			return srv.Shutdown(sctx)
 		}
-		return b, closeAll, nil
+		return d, closeAll, nil
 	case "nats":
 		conn, err := natsbus.Connect(cfg.Bus.NATS.URL, cfg.Bus.NATS.CredentialsFile)
 		if err != nil {
 			return nil, nil, fmt.Errorf("bus (config key bus.nats.url): %w", err)
 		}
-		b, err := natsbus.New(ctx, conn, nc)
+		d, err := natsbus.New(ctx, conn, nc)
 		if err != nil {
 			conn.Close()
-			return nil, nil, fmt.Errorf("bus (nats): %w", err)
+			return nil, nil, fmt.Errorf("bus (nats): %w", natsKey(err))
 		}
-		return b, func() error { err := b.Close(); conn.Close(); return err }, nil
+		return d, func() error { conn.Close(); return nil }, nil
 	case "pubsub":
-		return openPubSub(ctx, cfg, log, onDeadLetter)
+		return openPubSub(ctx, cfg, log)
 	default:
 		return nil, nil, fmt.Errorf("config key bus.type: unknown %q", cfg.Bus.Type)
 	}
+}
+
+// natsKey names the configuration key behind a stream of another
+// deployment.
+func natsKey(err error) error {
+	if errors.Is(err, natsbus.ErrForeignStream) {
+		return fmt.Errorf("config key bus.nats.subject_prefix: %w (another deployment on this NATS server uses these stream names; give each deployment its own prefix)", err)
+	}
+	return err
 }

@@ -26,7 +26,7 @@ type Options struct {
 
 // Bus returns the instance's bus (tests publish on it directly, as a
 // misbehaving producer would).
-func (a *App) Bus() bus.Bus { return a.bus }
+func (a *App) Bus() *bus.Bus { return a.bus }
 
 // AdminSocket is the path of the admin socket ("" when there is none: the
 // key admin.socket is "-", or the bus has no dead-letter queues).
@@ -47,16 +47,13 @@ func (a *App) deadLettered(queue, _ string) {
 const deadLetterSetupTTL = 30 * time.Second
 
 // addDeadLetterCheck adds the readiness check "dead_letter_setup" when the
-// bus can verify its dead-letter setup (Pub/Sub), and logs what is missing
-// once at start.
+// engine has a dead-letter setup to verify (Pub/Sub), and logs what is
+// missing once at start.
 func (a *App) addDeadLetterCheck(ctx context.Context, checks map[string]api.ReadyFunc) {
-	c, ok := a.bus.(interface {
-		CheckDeadLetterSetup(ctx context.Context) error
-	})
-	if !ok {
+	if !a.bus.Capabilities().SetupCheck {
 		return
 	}
-	cc := &cachedCheck{check: c.CheckDeadLetterSetup, ttl: deadLetterSetupTTL}
+	cc := &cachedCheck{check: a.bus.CheckSetup, ttl: deadLetterSetupTTL}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := cc.ping(sctx); err != nil {
@@ -99,12 +96,10 @@ type adminServer struct {
 	once sync.Once
 }
 
-// listenAdmin binds the admin socket when it is enabled and the bus has
-// dead-letter queues.
+// listenAdmin binds the admin socket when it is enabled.
 func (a *App) listenAdmin(ctx context.Context) error {
 	path := a.cfg.AdminSocket()
-	dl, ok := a.bus.(bus.DeadLetters)
-	if path == "" || !ok {
+	if path == "" {
 		return nil
 	}
 	ln, err := admin.Listen(ctx, path)
@@ -120,7 +115,7 @@ func (a *App) listenAdmin(ctx context.Context) error {
 		ln:   ln,
 		log:  log,
 		srv: &http.Server{
-			Handler:           admin.NewHandler(dl, admin.Options{Logger: log, Metrics: a.metrics}),
+			Handler:           admin.NewHandler(a.bus, admin.Options{Logger: log, Metrics: a.metrics}),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       time.Minute,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

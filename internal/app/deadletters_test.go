@@ -23,7 +23,6 @@ import (
 	"github.com/go-routing-service/routingservice/internal/admin"
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/bus"
-	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -285,7 +284,8 @@ func TestAdminSocket(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
-	if err := cfg.Validate(); err != nil {
+	cfg.FillDefaults()
+	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -327,12 +327,6 @@ func TestAdminSocket(t *testing.T) {
 	}
 }
 
-// The app adds the readiness check "dead_letter_setup" for a bus with this
-// method: make sure the Pub/Sub bus keeps it.
-var _ interface {
-	CheckDeadLetterSetup(context.Context) error
-} = (*gcppubsub.Bus)(nil)
-
 // The same on Google Cloud Pub/Sub (the official fake, reached through
 // PUBSUB_EMULATOR_HOST): the poison message is dead-lettered after one
 // attempt and counted, the good ones are stored, /readyz includes the
@@ -348,6 +342,9 @@ func TestPoisonMessagePubSub(t *testing.T) {
 	}, app.Options{})
 	if code := get(t, ta.apiURL+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz: %d", code)
+	}
+	if !ta.app.Bus().Capabilities().SetupCheck {
+		t.Fatal("the Pub/Sub driver does not offer its dead-letter setup check, so /readyz would not include it")
 	}
 	ac := admin.NewClient(ta.app.AdminSocket())
 	metrics := ta.app.Metrics()

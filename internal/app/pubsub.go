@@ -7,14 +7,14 @@ import (
 
 	"google.golang.org/api/option"
 
-	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
 	"github.com/go-routing-service/routingservice/internal/config"
 )
 
 // openPubSub opens the Google Cloud Pub/Sub bus. PUBSUB_EMULATOR_HOST,
 // when set, points the client at an emulator.
-func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (bus.Bus, func() error, error) {
+func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (driver.Driver, func() error, error) {
 	ps := cfg.Bus.PubSub
 	var opts []option.ClientOption
 	if ps.Endpoint != "" {
@@ -23,7 +23,7 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger, onDead
 	if ps.CredentialsFile != "" {
 		opts = append(opts, option.WithAuthCredentialsFile(option.ServiceAccount, ps.CredentialsFile))
 	}
-	b, err := gcppubsub.New(ctx, gcppubsub.Config{
+	d, err := gcppubsub.New(ctx, gcppubsub.Config{
 		ProjectID:                      ps.ProjectID,
 		IngressTopic:                   cfg.Bus.IngressTopic,
 		IngressSubscription:            cfg.Bus.IngressSubscription,
@@ -37,12 +37,10 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger, onDead
 		MinBackoff:                     cfg.Bus.MinBackoff,
 		MaxBackoff:                     cfg.Bus.MaxBackoff,
 		MaxOutstanding:                 cfg.Bus.MaxOutstanding,
-		Concurrency:                    cfg.Pipeline.Concurrency,
-		Logger:                         log.With("bus", "pubsub"),
-		OnDeadLetter:                   onDeadLetter,
+		Logger:                         log,
 	}, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("bus (pubsub, project %s): %w", ps.ProjectID, err)
+		return nil, nil, fmt.Errorf("bus (pubsub, project %s; config keys bus.* and bus.pubsub.*): %w", ps.ProjectID, err)
 	}
-	return b, b.Close, nil
+	return d, func() error { return nil }, nil
 }

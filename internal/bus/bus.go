@@ -1,4 +1,4 @@
-// Package bus is the port between the service's roles and a message bus.
+// Package bus is the portable message bus between the service's roles.
 //
 // Two streams flow through it:
 //
@@ -9,29 +9,77 @@
 //     instance consumes only the events addressed to it, through its own
 //     subscription.
 //
-// Delivery to handlers is at-least-once. A handler that returns nil acks the
-// message; one that returns an error nacks it, and the bus redelivers it later
-// (with backoff) until its attempts run out and it is dead-lettered. A handler
-// error that wraps ErrPermanent dead-letters the message at once.
+// Bus is a concrete type over a driver (package driver; engines in natsbus
+// and gcppubsub), the way gocloud.dev's pubsub sits over pubsub/driver. Bus
+// owns the delivery policy, identical on every engine: handler workers and
+// flow control, serial handling per ordering key, batches, retry with
+// backoff, the ack / nack / dead-letter decision with its reason and
+// attempt count, counting, and the attributes written on the way to and
+// from the engine. A driver only speaks its engine.
 //
-// Adapters live in sub-packages (natsbus, gcppubsub) and pass the conformance
-// suite in bustest.
+// Delivery to handlers is at-least-once. A handler that returns nil acks the
+// message; one that returns an error nacks it, and it is redelivered later
+// (MinBackoff doubling per attempt, up to MaxBackoff) until its attempts run
+// out and it is dead-lettered. A handler error that wraps ErrPermanent
+// dead-letters the message at once. A handler interrupted by shutdown (its
+// context cancelled) releases the message for another instance at once,
+// whatever its attempt.
 package bus
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
+
+// The two queues that have a dead-letter queue.
+const (
+	QueueIngress  = driver.QueueIngress
+	QueueDelivery = driver.QueueDelivery
+)
+
+// Attributes that the bus sets.
+const (
+	// AttrDeadReason says why a dead-lettered message was dead-lettered.
+	AttrDeadReason = "dead_letter_reason"
+	// AttrDeadAttempts is how many deliveries a dead-lettered message had.
+	AttrDeadAttempts = "dead_letter_attempts"
+	// AttrInstance names the instance a delivery event is addressed to.
+	AttrInstance = driver.AttrInstance
+)
+
+// ErrPermanent marks a handler error that retrying cannot fix (undecodable or
+// invalid message): the message is dead-lettered without further attempts.
+var ErrPermanent = errors.New("permanent failure")
+
+// ErrClosed is returned by operations on a closed bus.
+var ErrClosed = driver.ErrClosed
+
+// ErrNotFound is returned when a dead-lettered message does not exist.
+var ErrNotFound = driver.ErrNotFound
 
 // Message is one message on the bus.
 type Message struct {
-	// ID identifies the message for deduplication: publishing the same ID
-	// twice within the bus's duplicate window stores it once. Required.
+	// ID identifies the message end to end. Required. Engines with
+	// publish-side deduplication (Capabilities().DedupWindow > 0: NATS
+	// JetStream) store an ID published twice within their window once;
+	// others (Pub/Sub) may deliver it twice. Delivery is at-least-once on
+	// every engine, so consumers are idempotent on ID: the store keeps one
+	// envelope per id and never takes back an acknowledged one, and
+	// clients deduplicate deliveries by id.
 	ID string
 	// Data is the message body.
 	Data []byte
 	// Attributes are small string key/values carried beside the body
-	// (trace context, reason of dead-lettering, ...).
+	// (trace context, ...). Keys are 1-64 of [A-Za-z0-9_.-] starting with
+	// a letter, never starting with "nats-", "routing", "goog" or
+	// "dead_letter_" (any case); values are at most 1024 bytes without line
+	// breaks.
 	Attributes map[string]string
 	// OrderingKey, when not empty, orders messages: a receiver hands the
 	// messages of one key to its handler one at a time, in the order the
@@ -47,47 +95,10 @@ type Message struct {
 // result means. Handlers may be called concurrently.
 type Handler func(ctx context.Context, m *Message) error
 
-// ErrPermanent marks a handler error that retrying cannot fix (undecodable or
-// invalid message): the message is dead-lettered without further attempts.
-var ErrPermanent = errors.New("permanent failure")
-
-// ErrClosed is returned by operations on a closed bus.
-var ErrClosed = errors.New("bus closed")
-
-// Bus publishes and receives the service's two streams.
-type Bus interface {
-	// PublishIngress publishes m to the ingress topic and returns once the
-	// bus has durably accepted it.
-	PublishIngress(ctx context.Context, m *Message) error
-	// PublishDelivery publishes m addressed to the realtime instance named instance.
-	PublishDelivery(ctx context.Context, instance string, m *Message) error
-	// ReceiveIngress calls h for each ingress message, through the shared
-	// ingress subscription, until ctx is done or the bus is closed. It returns
-	// nil when ctx is done.
-	ReceiveIngress(ctx context.Context, h Handler) error
-	// ReceiveDelivery calls h for each delivery event addressed to instance,
-	// through that instance's own subscription (created if needed), until ctx
-	// is done. It returns nil when ctx is done.
-	ReceiveDelivery(ctx context.Context, instance string, h Handler) error
-	// Ping reports whether the bus answers.
-	Ping(ctx context.Context) error
-	// Close releases the bus's resources. Receivers return.
-	Close() error
-}
-
 // BatchHandler handles a batch of received messages and returns one error
 // per message, in the same order (nil acks that message; errors mean what
 // they mean for Handler). Messages of one OrderingKey appear in bus order.
 type BatchHandler func(ctx context.Context, ms []*Message) []error
-
-// BatchReceiver is implemented by buses that can hand ingress messages to a
-// handler in batches, so that the handler can write them with one store
-// commit while keeping each ordering key's order. ReceiveIngressBatch
-// behaves like ReceiveIngress; a batch holds at most max messages and is
-// formed from what is already waiting, never by delaying a message.
-type BatchReceiver interface {
-	ReceiveIngressBatch(ctx context.Context, max int, h BatchHandler) error
-}
 
 // Delivery is one delivery event and the instance it is addressed to.
 type Delivery struct {
@@ -95,10 +106,208 @@ type Delivery struct {
 	Message  *Message
 }
 
-// BatchPublisher is implemented by buses that can publish many delivery
-// events at once (without a round trip each), keeping their order.
-// PublishDeliveries returns nil once the bus durably accepted all of them;
-// on an error, any of them may have been published.
-type BatchPublisher interface {
-	PublishDeliveries(ctx context.Context, ds []Delivery) error
+// Options are the delivery policy. Zero fields take the defaults named on
+// each.
+type Options struct {
+	// MaxDeliveryAttempts before a message is dead-lettered; default 5.
+	MaxDeliveryAttempts int
+	// MinBackoff and MaxBackoff bound the delay before a message whose
+	// handler failed is redelivered: MinBackoff doubling per attempt up to
+	// MaxBackoff; defaults 1s and 60s. Engines that cannot delay a nack
+	// (Capabilities().NackDelay false) apply their own retry policy, which
+	// their driver configures from the same values.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// MaxOutstanding bounds the messages one receive call holds
+	// unsettled (received, waiting or in handlers); default 1000.
+	MaxOutstanding int
+	// Concurrency is the number of handler workers of one receive call;
+	// default MaxOutstanding/2 (at least 1).
+	Concurrency int
+	// Logger receives the bus's logs; default slog.Default().
+	Logger *slog.Logger
+	// OnDeadLetter, when set, is called once for each message moved to a
+	// dead-letter queue (by a permanent error, on the last attempt, or by
+	// the engine itself), with the queue and the reason. It must not block.
+	OnDeadLetter func(queue, reason string)
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxDeliveryAttempts <= 0 {
+		o.MaxDeliveryAttempts = 5
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Minute
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.MaxOutstanding <= 0 {
+		o.MaxOutstanding = 1000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = max(1, o.MaxOutstanding/2)
+	}
+	o.Concurrency = min(o.Concurrency, o.MaxOutstanding)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Bus publishes and receives the service's two streams over one driver. It
+// is safe for concurrent use. It owns the driver: Close closes it.
+type Bus struct {
+	d    driver.Driver
+	caps driver.Capabilities
+	o    Options
+	log  *slog.Logger
+
+	// ctx is cancelled by Close; receivers and handlers derive from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool
+	active sync.WaitGroup // running receive calls
+
+	deadOps sync.Mutex // serialises replays and purges
+}
+
+// New returns a Bus over d with the delivery policy o.
+func New(d driver.Driver, o Options) *Bus {
+	o = o.withDefaults()
+	b := &Bus{d: d, caps: d.Capabilities(), o: o, log: o.Logger.With("component", "bus")}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	d.OnEngineDeadLetter(func(queue string) { b.deadLettered(queue, reasonEngine) })
+	return b
+}
+
+// reasonEngine is the reason of a message the engine dead-lettered by itself.
+const reasonEngine = "delivery attempts exhausted without being settled (dead-lettered by the engine)"
+
+// Capabilities says what the engine under the bus does.
+func (b *Bus) Capabilities() driver.Capabilities { return b.caps }
+
+func (b *Bus) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// PublishIngress publishes m to the ingress queue and returns once the
+// engine has durably accepted it.
+func (b *Bus) PublishIngress(ctx context.Context, m *Message) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	dm, err := outgoing(m, "")
+	if err != nil {
+		return fmt.Errorf("bus: publish ingress: %w", err)
+	}
+	if err := b.d.Publish(ctx, QueueIngress, []*driver.Message{dm}); err != nil {
+		return fmt.Errorf("bus: publish ingress %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// PublishDelivery publishes m addressed to the realtime instance named
+// instance.
+func (b *Bus) PublishDelivery(ctx context.Context, instance string, m *Message) error {
+	return b.PublishDeliveries(ctx, []Delivery{{Instance: instance, Message: m}})
+}
+
+// PublishDeliveries publishes many delivery events at once, keeping their
+// order, and returns once the engine durably accepted all of them; on an
+// error, any of them may have been published.
+func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if len(ds) == 0 {
+		return nil
+	}
+	ms := make([]*driver.Message, len(ds))
+	for i, d := range ds {
+		if d.Instance == "" {
+			return fmt.Errorf("bus: publish delivery %s: no instance", d.Message.ID)
+		}
+		dm, err := outgoing(d.Message, d.Instance)
+		if err != nil {
+			return fmt.Errorf("bus: publish delivery: %w", err)
+		}
+		ms[i] = dm
+	}
+	if err := b.d.Publish(ctx, QueueDelivery, ms); err != nil {
+		if len(ds) == 1 {
+			return fmt.Errorf("bus: publish delivery %s to %s: %w", ds[0].Message.ID, ds[0].Instance, err)
+		}
+		return fmt.Errorf("bus: publish %d deliveries: %w", len(ds), err)
+	}
+	return nil
+}
+
+// PrepareDelivery makes sure instance's delivery subscription exists, so
+// that events published to instance from its return on are kept for it. A
+// realtime instance calls it before it announces its presence.
+func (b *Bus) PrepareDelivery(ctx context.Context, instance string) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if err := b.d.PrepareDelivery(ctx, instance); err != nil {
+		return fmt.Errorf("bus: prepare delivery of %s: %w", instance, err)
+	}
+	return nil
+}
+
+// CheckSetup verifies what the engine needs beyond topology, where the
+// engine has something to verify (Capabilities().SetupCheck).
+func (b *Bus) CheckSetup(ctx context.Context) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	return b.d.CheckSetup(ctx)
+}
+
+// Ping reports whether the engine answers and the ingress publish path is
+// this deployment's.
+func (b *Bus) Ping(ctx context.Context) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	return b.d.Ping(ctx)
+}
+
+// Close stops the receivers, waits for their in-flight handlers, and closes
+// the driver. Closing twice is harmless.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	b.active.Wait()
+	return b.d.Close()
+}
+
+// enter registers a running receiver, or fails once the bus is closed.
+func (b *Bus) enter() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	b.active.Add(1)
+	return nil
+}
+
+// deadLettered counts one dead-lettered message.
+func (b *Bus) deadLettered(queue, reason string) {
+	if b.o.OnDeadLetter != nil {
+		b.o.OnDeadLetter(queue, reason)
+	}
 }

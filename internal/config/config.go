@@ -434,14 +434,6 @@ func (c *Config) FillDefaults() {
 	}
 }
 
-// Validate fills the derived defaults, then checks every key.
-//
-// Deprecated: Validate changes c. Call FillDefaults, then Check.
-func (c *Config) Validate() error {
-	c.FillDefaults()
-	return c.Check()
-}
-
 // Check reports every invalid key of c, each error naming its key. It
 // changes nothing: the derived defaults must be filled already (see
 // FillDefaults), and an unset one is an error.
@@ -533,8 +525,8 @@ func (c Config) Check() error {
 	if c.Realtime.BacklogPage > 500 {
 		bad("realtime.backlog_page", "must be at most 500")
 	}
-	if c.Bus.MaxDeliveryAttempts < 5 || c.Bus.MaxDeliveryAttempts > 100 {
-		bad("bus.max_delivery_attempts", "must be between 5 and 100 (the range Pub/Sub accepts)")
+	if c.Bus.MaxDeliveryAttempts < 1 || c.Bus.MaxDeliveryAttempts > 1000 {
+		bad("bus.max_delivery_attempts", "must be between 1 and 1000 (Pub/Sub accepts 5 to 100)")
 	}
 	for k, v := range map[string]string{
 		"bus.ingress_topic": c.Bus.IngressTopic, "bus.ingress_subscription": c.Bus.IngressSubscription,

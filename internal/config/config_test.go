@@ -242,15 +242,3 @@ func TestFillDefaults(t *testing.T) {
 		t.Fatalf("FillDefaults overrode set values or gave production the development secret: %+v", c)
 	}
 }
-
-// Validate, kept for its callers, still fills the derived defaults before
-// it checks.
-func TestValidateFillsThenChecks(t *testing.T) {
-	c := Default()
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	if c.InstanceID == "" || c.Store.SQLitePath == "" || !c.DevSecret {
-		t.Fatal("Validate did not fill the derived defaults")
-	}
-}

@@ -29,10 +29,11 @@ type Presence interface {
 	Instances(ctx context.Context, user string) ([]string, error)
 }
 
-// Bus receives ingress and publishes delivery events.
+// Bus receives ingress in batches and publishes delivery events in
+// batches (bus.Bus over any driver).
 type Bus interface {
-	ReceiveIngress(ctx context.Context, h bus.Handler) error
-	PublishDelivery(ctx context.Context, instance string, m *bus.Message) error
+	ReceiveIngressBatch(ctx context.Context, max int, h bus.BatchHandler) error
+	PublishDeliveries(ctx context.Context, ds []bus.Delivery) error
 }
 
 // Notifier wakes an offline recipient's devices. Notify must not block.
@@ -80,13 +81,10 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	return &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger}
 }
 
-// Run consumes the ingress subscription until ctx is done: in batches when
-// the bus can (one store commit per batch), else one message at a time.
+// Run consumes the ingress subscription until ctx is done, in batches of
+// what is waiting (one store commit per batch).
 func (p *Pipeline) Run(ctx context.Context) error {
-	if br, ok := p.bus.(bus.BatchReceiver); ok && p.o.MaxBatch > 1 {
-		return br.ReceiveIngressBatch(ctx, p.o.MaxBatch, p.HandleBatch)
-	}
-	return p.bus.ReceiveIngress(ctx, p.Handle)
+	return p.bus.ReceiveIngressBatch(ctx, max(1, p.o.MaxBatch), p.HandleBatch)
 }
 
 // Handle processes one ingress message. An undecodable or invalid envelope
@@ -155,12 +153,8 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	}
 	// Route in order. Once one message of a recipient fails, the later
 	// ones of that recipient fail too, so that a retry keeps their order.
-	// With a bus that publishes in batches, the delivery events of the
-	// whole batch go out together at the end.
-	var batch *[]pending
-	if _, ok := p.bus.(bus.BatchPublisher); ok {
-		batch = new([]pending)
-	}
+	// The delivery events of the whole batch go out together at the end.
+	var batch []pending
 	failed := map[string]error{}
 	where := map[string][]string{} // presence, looked up once per recipient per batch
 	for i, env := range envs {
@@ -171,19 +165,19 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			errs[i] = err
 			continue
 		}
-		if err := p.route(ctx, i, ms[i], env, where, batch); err != nil {
+		if err := p.route(ctx, i, ms[i], env, where, &batch); err != nil {
 			errs[i] = err
 			failed[env.Recipient] = err
 		}
 	}
-	if batch != nil && len(*batch) > 0 {
-		ds := make([]bus.Delivery, len(*batch))
-		for j, d := range *batch {
+	if len(batch) > 0 {
+		ds := make([]bus.Delivery, len(batch))
+		for j, d := range batch {
 			ds[j] = d.Delivery
 		}
-		if err := p.bus.(bus.BatchPublisher).PublishDeliveries(ctx, ds); err != nil {
+		if err := p.bus.PublishDeliveries(ctx, ds); err != nil {
 			err = fmt.Errorf("pipeline deliver: %w", err)
-			for _, d := range *batch {
+			for _, d := range batch {
 				if errs[d.index] == nil {
 					errs[d.index] = err
 				}
@@ -203,8 +197,8 @@ type pending struct {
 }
 
 // route addresses a stored envelope to the instances holding its
-// recipient's connections (publishing now, or adding to batch when it is
-// not nil), or asks for a push when there are none.
+// recipient's connections (adding a delivery event to batch for each other
+// instance), or asks for a push when there are none.
 func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *envelope.Envelope, where map[string][]string, batch *[]pending) error {
 	instances, ok := where[env.Recipient]
 	if !ok {
@@ -226,18 +220,8 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 		// Ordered per recipient within each instance's subscription; the
 		// instance is part of the key so that events for other instances
 		// (which a filtered subscription never sees) cannot hold it up.
-		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient,
-			Attributes: map[string]string{bus.AttrInstance: inst}}
-		if batch != nil {
-			*batch = append(*batch, pending{Delivery: bus.Delivery{Instance: inst, Message: dm}, index: index})
-			continue
-		}
-		if err := p.bus.PublishDelivery(ctx, inst, dm); err != nil {
-			return fmt.Errorf("pipeline deliver %s to %s: %w", env.ID, inst, err)
-		}
-		if p.o.Metrics != nil {
-			p.o.Metrics.DeliveriesPublished.Inc()
-		}
+		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient}
+		*batch = append(*batch, pending{Delivery: bus.Delivery{Instance: inst, Message: dm}, index: index})
 	}
 	if len(instances) == 0 && !env.Ephemeral && p.o.Notifier != nil {
 		p.o.Notifier.Notify(push.Notification{Recipient: env.Recipient, MessageID: env.ID, Type: env.Type})

@@ -46,14 +46,16 @@ type fakeBus struct {
 	err error
 }
 
-func (b *fakeBus) ReceiveIngress(context.Context, bus.Handler) error { return nil }
-func (b *fakeBus) PublishDelivery(_ context.Context, instance string, m *bus.Message) error {
+func (b *fakeBus) ReceiveIngressBatch(context.Context, int, bus.BatchHandler) error { return nil }
+func (b *fakeBus) PublishDeliveries(_ context.Context, ds []bus.Delivery) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
 		return b.err
 	}
-	b.out = append(b.out, published{instance, m})
+	for _, d := range ds {
+		b.out = append(b.out, published{d.Instance, d.Message})
+	}
 	return nil
 }
 
@@ -132,7 +134,7 @@ func TestHandle(t *testing.T) {
 				t.Fatalf("published %d, want %v", len(b.out), tc.published)
 			}
 			for i, pub := range b.out {
-				if pub.instance != tc.published[i] || pub.m.Attributes[bus.AttrInstance] != pub.instance ||
+				if pub.instance != tc.published[i] ||
 					pub.m.OrderingKey != pub.instance+"/urn:sm:user:b" || string(pub.m.Data) != string(m.Data) {
 					t.Fatalf("delivery %d: %+v", i, pub)
 				}
@@ -156,21 +158,12 @@ func (s *countingStore) PutMessages(ctx context.Context, envs []*envelope.Envelo
 	return s.fakeStore.PutMessages(ctx, envs)
 }
 
-type perInstanceBus struct {
-	fakeBus
-	failFor string
-}
-
-func (b *perInstanceBus) PublishDelivery(ctx context.Context, instance string, m *bus.Message) error {
-	if instance == b.failFor {
-		return errors.New("down")
-	}
-	return b.fakeBus.PublishDelivery(ctx, instance, m)
-}
-
 type presenceByUser map[string][]string
 
 func (p presenceByUser) Instances(_ context.Context, user string) ([]string, error) {
+	if ins, ok := p[user]; ok && ins == nil {
+		return nil, errors.New("presence down for " + user)
+	}
 	return p[user], nil
 }
 
@@ -187,12 +180,12 @@ func message(t *testing.T, recipient string) *bus.Message {
 }
 
 // A batch is stored with one store call; a poison message fails alone; once
-// a recipient's delivery fails, its later messages in the batch fail too (so
+// a recipient's routing fails, its later messages in the batch fail too (so
 // a retry keeps their order) while other recipients' succeed.
 func TestHandleBatch(t *testing.T) {
 	st := &countingStore{}
-	b := &perInstanceBus{failFor: "x"}
-	pr := presenceByUser{"urn:sm:user:b": {"x"}, "urn:sm:user:c": {"y"}}
+	b := &fakeBus{}
+	pr := presenceByUser{"urn:sm:user:b": nil, "urn:sm:user:c": {"y"}}
 	p := New(Options{Instance: "self", MaxBatch: 16, HandlerTimeout: time.Second}, st, pr, b)
 	ms := []*bus.Message{
 		message(t, "urn:sm:user:c"),

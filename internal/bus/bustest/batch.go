@@ -11,7 +11,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/bus"
 )
 
-// RunBatchTests checks bus.BatchReceiver on a bus that implements it: every
+// RunBatchTests checks batch receiving and publishing: every
 // message arrives, batches respect their bound, each ordering key's messages
 // arrive in publish order, and each message is settled by its own result (a
 // failed one is redelivered, its neighbours in the batch are not).
@@ -23,11 +23,8 @@ func RunBatchTests(t *testing.T, h Harness) {
 	})
 	t.Run("BatchesKeepOrderAndSettleEachMessage", func(t *testing.T) {
 		t.Parallel()
-		b := h.MakeBus(t, fastRetry)
-		br, ok := b.(bus.BatchReceiver)
-		if !ok {
-			t.Fatalf("%T does not implement bus.BatchReceiver", b)
-		}
+		b := makeBus(t, h, fastRetry)
+		br := b
 		const keys, perKey, maxBatch = 4, 100, 16
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
@@ -119,11 +116,8 @@ func RunBatchTests(t *testing.T, h Harness) {
 // testPublishDeliveries publishes delivery events for two instances in one
 // PublishDeliveries call: each instance gets its own, per key in order.
 func testPublishDeliveries(t *testing.T, h Harness) {
-	b := h.MakeBus(t, orderingOptions)
-	bp, ok := b.(bus.BatchPublisher)
-	if !ok {
-		t.Fatalf("%T does not implement bus.BatchPublisher", b)
-	}
+	b := makeBus(t, h, orderingOptions)
+	bp := b
 	checkers := map[string]*orderChecker{}
 	for _, inst := range []string{"batch-a", "batch-b"} {
 		c := newOrderChecker("pd-" + inst)

@@ -1,17 +1,10 @@
-// Package bustest is the conformance suite that every bus.Bus adapter runs.
-//
-// An adapter's test file supplies a Harness that builds a bus on fresh,
-// isolated topics (or streams) and calls RunConformanceTests, and, when the
-// adapter implements bus.DeadLetters, RunDeadLetterTests:
-//
-//	func TestConformance(t *testing.T) {
-//		bustest.RunConformanceTests(t, bustest.HarnessFunc(func(t *testing.T, o bustest.Options) bus.Bus {
-//			return newTestBus(t, o) // unique names per call; closed by t.Cleanup
-//		}))
-//	}
-//
-// The suite is engine-neutral: it only uses the bus.Bus and bus.DeadLetters
-// methods, and asks for engine settings through Options.
+// Package bustest holds the portable suites: they run the portable bus
+// (bus.Bus) over a driver and check the delivery policy that the bus owns,
+// identical on every engine: publishing and receiving, ordering keys,
+// batches, retries, dead-lettering and replay. Every driver's test file
+// supplies a Harness and calls RunConformanceTests, RunBatchTests and
+// RunDeadLetterTests; the driver's own primitives are checked by
+// drivertest.
 //
 // The ordering tests check bus.Message.OrderingKey on ingress and on the
 // delivery events of one instance: per key, publish order and one handler at
@@ -26,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -35,11 +29,14 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
-// Options are the settings a test asks the harness for. A zero field means
-// "the harness's default". A harness maps each field onto the nearest value
-// its engine accepts.
+// Options are the settings a test asks for. A zero field means "the
+// default". The delivery policy's settings go to the portable bus; the
+// harness maps the engine's (ack deadline, and the attempts and backoff
+// that an engine applies by itself) onto the nearest values its engine
+// accepts.
 type Options struct {
 	// MaxDeliveryAttempts before a message is dead-lettered.
 	MaxDeliveryAttempts int
@@ -55,20 +52,32 @@ type Options struct {
 	MaxOutstanding int
 }
 
-// Harness builds buses for the suite.
+// Harness builds drivers for the suites.
 type Harness interface {
-	// MakeBus returns a bus on fresh topics/streams that no other MakeBus
-	// call shares. The harness closes the bus and removes what it created
-	// when t ends (t.Cleanup); the suite may close it earlier, so Close must
-	// tolerate being called twice.
-	MakeBus(t *testing.T, o Options) bus.Bus
+	// MakeDriver returns a driver on fresh topics/streams that no other
+	// MakeDriver call shares, configured for o. The suite wraps it in a
+	// bus.Bus and closes that (which closes the driver); the harness
+	// removes what it created when t ends (t.Cleanup).
+	MakeDriver(t *testing.T, o Options) driver.Driver
 }
 
-// HarnessFunc adapts a function to Harness.
-type HarnessFunc func(t *testing.T, o Options) bus.Bus
-
-// MakeBus calls f.
-func (f HarnessFunc) MakeBus(t *testing.T, o Options) bus.Bus { return f(t, o) }
+// makeBus returns the portable bus over a new driver of h, closed when t ends.
+func makeBus(t *testing.T, h Harness, o Options) *bus.Bus {
+	t.Helper()
+	b := bus.New(h.MakeDriver(t, o), bus.Options{
+		MaxDeliveryAttempts: o.MaxDeliveryAttempts,
+		MinBackoff:          o.MinBackoff,
+		MaxBackoff:          o.MaxBackoff,
+		MaxOutstanding:      o.MaxOutstanding,
+		Logger:              testLogger(t),
+	})
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
 
 // waitTimeout bounds every wait in the suite. Generous: a failure costs this
 // much time, a pass costs what the engine takes.
@@ -121,7 +130,7 @@ type receiver struct {
 }
 
 // startIngress starts b.ReceiveIngress(h); stop it with stop.
-func startIngress(t *testing.T, b bus.Bus, h bus.Handler) *receiver {
+func startIngress(t *testing.T, b *bus.Bus, h bus.Handler) *receiver {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &receiver{cancel: cancel, done: make(chan error, 1)}
@@ -131,7 +140,7 @@ func startIngress(t *testing.T, b bus.Bus, h bus.Handler) *receiver {
 }
 
 // startDelivery starts b.ReceiveDelivery(instance, h); stop it with stop.
-func startDelivery(t *testing.T, b bus.Bus, instance string, h bus.Handler) *receiver {
+func startDelivery(t *testing.T, b *bus.Bus, instance string, h bus.Handler) *receiver {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &receiver{cancel: cancel, done: make(chan error, 1)}
@@ -273,14 +282,14 @@ func ctxTimeout(t *testing.T) context.Context {
 	return ctx
 }
 
-func publishIngress(t *testing.T, b bus.Bus, m *bus.Message) {
+func publishIngress(t *testing.T, b *bus.Bus, m *bus.Message) {
 	t.Helper()
 	if err := b.PublishIngress(ctxTimeout(t), m); err != nil {
 		t.Fatalf("PublishIngress(%s): %v", m.ID, err)
 	}
 }
 
-func publishDelivery(t *testing.T, b bus.Bus, instance string, m *bus.Message) {
+func publishDelivery(t *testing.T, b *bus.Bus, instance string, m *bus.Message) {
 	t.Helper()
 	if err := b.PublishDelivery(ctxTimeout(t), instance, m); err != nil {
 		t.Fatalf("PublishDelivery(%s, %s): %v", instance, m.ID, err)
@@ -288,7 +297,7 @@ func publishDelivery(t *testing.T, b bus.Bus, instance string, m *bus.Message) {
 }
 
 func testPublishReceiveIngress(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	want := &bus.Message{
 		ID:         "msg-1",
 		Data:       []byte{0, 1, 2, 0xff, 'h', 'i'},
@@ -320,7 +329,7 @@ func testPublishReceiveIngress(t *testing.T, h Harness) {
 
 func testIngressShared(t *testing.T, h Harness) {
 	const n = 200
-	b := h.MakeBus(t, Options{MaxOutstanding: 8, AckDeadline: 10 * time.Second})
+	b := makeBus(t, h, Options{MaxOutstanding: 8, AckDeadline: 10 * time.Second})
 	for i := range n {
 		publishIngress(t, b, &bus.Message{ID: fmt.Sprintf("shared-%d", i), Data: []byte("x")})
 	}
@@ -366,7 +375,7 @@ func testIngressShared(t *testing.T, h Harness) {
 func testHandlerErrorRedelivers(t *testing.T, h Harness) {
 	o := fastRetry
 	o.MaxDeliveryAttempts = 10
-	b := h.MakeBus(t, o)
+	b := makeBus(t, h, o)
 	c := newCollector()
 	var retryDone atomic.Bool
 	var okAcked atomic.Int64 // unix nanos of the ack of "ok"
@@ -401,7 +410,7 @@ func testHandlerErrorRedelivers(t *testing.T, h Harness) {
 
 func testDeliveryTargeting(t *testing.T, h Harness) {
 	const n = 50
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	ca, cb := newCollector(), newCollector()
 	startDelivery(t, b, "instance-a", ca.handler)
 	startDelivery(t, b, "instance-b", cb.handler)
@@ -443,7 +452,7 @@ func countPrefix(ids []string, prefix string) int {
 // awaitDeliverySubscription publishes probe events to instance until c has
 // received one: ReceiveDelivery may create its subscription asynchronously,
 // and events published before it exists may be dropped.
-func awaitDeliverySubscription(t *testing.T, b bus.Bus, instance string, c *collector) {
+func awaitDeliverySubscription(t *testing.T, b *bus.Bus, instance string, c *collector) {
 	t.Helper()
 	prefix := "probe-" + instance + "-"
 	deadline := time.Now().Add(waitTimeout)
@@ -457,7 +466,7 @@ func awaitDeliverySubscription(t *testing.T, b bus.Bus, instance string, c *coll
 }
 
 func testPublishDeliveryBeforeSubscribe(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	publishDelivery(t, b, "not-yet-listening", &bus.Message{ID: "early", Data: []byte("early")})
 	// The instance subscribes later and receives events published from then
 	// on; whether it also gets "early" is up to the engine.
@@ -475,7 +484,7 @@ func waitForUpTo(d time.Duration, cond func() bool) bool {
 }
 
 func testReceiveReturnsOnCancel(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 
 	// Idle receivers return nil on cancel.
 	for _, start := range []func(context.Context) error{
@@ -545,8 +554,11 @@ func testReceiveReturnsOnCancel(t *testing.T, h Harness) {
 	}
 }
 
+// testDuplicateID checks what Capabilities says of publish-side
+// deduplication: an engine with a duplicate window stores an ID published
+// twice once; one without delivers it at least once, each copy with its id.
 func testDuplicateID(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	c := newCollector()
 	publishIngress(t, b, &bus.Message{ID: "dup", Data: []byte("first")})
 	publishIngress(t, b, &bus.Message{ID: "dup", Data: []byte("second")})
@@ -556,6 +568,10 @@ func testDuplicateID(t *testing.T, h Harness) {
 	}
 	startIngress(t, b, c.handler)
 	waitFor(t, "every message", func() bool { return c.distinct() == markers+1 })
+	if b.Capabilities().DedupWindow == 0 {
+		waitFor(t, "both copies of the duplicate", func() bool { return c.count("dup") == 2 })
+		return
+	}
 	if !quiet(300*time.Millisecond, func() bool { return c.count("dup") > 1 }) {
 		t.Fatalf("message published twice with the same id delivered %d times", c.count("dup"))
 	}
@@ -565,14 +581,14 @@ func testDuplicateID(t *testing.T, h Harness) {
 }
 
 func testPing(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	if err := b.Ping(ctxTimeout(t)); err != nil {
 		t.Fatalf("Ping on an open bus: %v", err)
 	}
 }
 
 func testOperationsAfterClose(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	if err := b.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -590,17 +606,15 @@ func testOperationsAfterClose(t *testing.T, h Harness) {
 			t.Errorf("%s after Close returned %v, want bus.ErrClosed", name, err)
 		}
 	}
-	if dl, ok := b.(bus.DeadLetters); ok {
-		if _, err := dl.ListDead(ctx, bus.QueueIngress, 10); !errors.Is(err, bus.ErrClosed) {
-			t.Errorf("ListDead after Close returned %v, want bus.ErrClosed", err)
-		}
+	if _, err := b.ListDead(ctx, bus.QueueIngress, 10); !errors.Is(err, bus.ErrClosed) {
+		t.Errorf("ListDead after Close returned %v, want bus.ErrClosed", err)
 	}
 	// Closing twice is harmless.
 	_ = b.Close()
 }
 
 func testCloseStopsReceivers(t *testing.T, h Harness) {
-	b := h.MakeBus(t, Options{})
+	b := makeBus(t, h, Options{})
 	c := newCollector()
 	done := make(chan error, 2)
 	ctx := ctxTimeout(t)
@@ -631,7 +645,7 @@ func testManyMessages(t *testing.T, h Harness) {
 		publishers = 16
 		parallel   = 4 // handlers that must be seen running at once
 	)
-	b := h.MakeBus(t, Options{MaxOutstanding: 64, AckDeadline: 10 * time.Second})
+	b := makeBus(t, h, Options{MaxOutstanding: 64, AckDeadline: 10 * time.Second})
 	c := newCollector()
 	var inFlight atomic.Int64
 	together := make(chan struct{})
@@ -680,4 +694,16 @@ func testManyMessages(t *testing.T, h Harness) {
 	}
 	waitFor(t, fmt.Sprintf("%d messages", n), func() bool { return c.distinct() == n })
 	t.Logf("%d messages published and received in %v", n, time.Since(start).Round(time.Millisecond))
+}
+
+// testLogger sends the bus's warnings to t.Log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/go-routing-service/routingservice/internal/bus"
 )
 
-// RunDeadLetterTests runs the dead-letter conformance tests against h. Every
-// bus that h makes must implement bus.DeadLetters. The subtests run in
+// RunDeadLetterTests runs the dead-letter tests through the portable bus
+// over h's driver. The subtests run in
 // parallel with each other.
 func RunDeadLetterTests(t *testing.T, h Harness) {
 	t.Helper()
@@ -37,17 +37,8 @@ func RunDeadLetterTests(t *testing.T, h Harness) {
 	}
 }
 
-func deadLetters(t *testing.T, b bus.Bus) bus.DeadLetters {
-	t.Helper()
-	dl, ok := b.(bus.DeadLetters)
-	if !ok {
-		t.Fatalf("%T does not implement bus.DeadLetters", b)
-	}
-	return dl
-}
-
 // waitDead waits until queue holds n dead messages and returns them.
-func waitDead(t *testing.T, dl bus.DeadLetters, queue string, n int) []bus.DeadMessage {
+func waitDead(t *testing.T, dl *bus.Bus, queue string, n int) []bus.DeadMessage {
 	t.Helper()
 	var got []bus.DeadMessage
 	var lastErr error
@@ -61,7 +52,7 @@ func waitDead(t *testing.T, dl bus.DeadLetters, queue string, n int) []bus.DeadM
 	return got
 }
 
-func listDead(t *testing.T, dl bus.DeadLetters, queue string) []bus.DeadMessage {
+func listDead(t *testing.T, dl *bus.Bus, queue string) []bus.DeadMessage {
 	t.Helper()
 	got, err := dl.ListDead(ctxTimeout(t), queue, 1000)
 	if err != nil {
@@ -82,6 +73,9 @@ func checkDead(t *testing.T, d bus.DeadMessage, queue string, orig *bus.Message,
 	if d.Message.ID != orig.ID || string(d.Message.Data) != string(orig.Data) {
 		t.Errorf("dead message carries id %q data %q, want %q %q", d.Message.ID, d.Message.Data, orig.ID, orig.Data)
 	}
+	if d.Message.OrderingKey != orig.OrderingKey {
+		t.Errorf("dead message carries ordering key %q, want %q (a replay must keep its place in the key's order)", d.Message.OrderingKey, orig.OrderingKey)
+	}
 	for k, v := range orig.Attributes {
 		if d.Message.Attributes[k] != v {
 			t.Errorf("dead message attribute %q = %q, want %q", k, d.Message.Attributes[k], v)
@@ -100,8 +94,8 @@ func checkDead(t *testing.T, d bus.DeadMessage, queue string, orig *bus.Message,
 
 func testPoisonAmongGood(t *testing.T, h Harness) {
 	const good = 1000
-	b := h.MakeBus(t, fastRetry)
-	dl := deadLetters(t, b)
+	b := makeBus(t, h, fastRetry)
+	dl := b
 	c := newCollector()
 	startIngress(t, b, func(ctx context.Context, m *bus.Message) error {
 		c.add(m)
@@ -133,8 +127,8 @@ func testPoisonAmongGood(t *testing.T, h Harness) {
 
 func testTransientExhausts(t *testing.T, h Harness) {
 	o := fastRetry
-	b := h.MakeBus(t, o)
-	dl := deadLetters(t, b)
+	b := makeBus(t, h, o)
+	dl := b
 	c := newCollector()
 	var fixed atomic.Bool
 	startIngress(t, b, func(ctx context.Context, m *bus.Message) error {
@@ -144,7 +138,7 @@ func testTransientExhausts(t *testing.T, h Harness) {
 		}
 		return nil
 	})
-	msg := &bus.Message{ID: "flaky", Data: []byte("payload"), Attributes: map[string]string{"k": "v"}}
+	msg := &bus.Message{ID: "flaky", Data: []byte("payload"), Attributes: map[string]string{"k": "v"}, OrderingKey: "key-flaky"}
 	publishIngress(t, b, msg)
 	dead := waitDead(t, dl, bus.QueueIngress, 1)
 	checkDead(t, dead[0], bus.QueueIngress, msg, o.MaxDeliveryAttempts, "store unavailable")
@@ -174,8 +168,8 @@ func testTransientExhausts(t *testing.T, h Harness) {
 	waitFor(t, "the replayed message", func() bool { return c.count("flaky") == o.MaxDeliveryAttempts+1 })
 	all := c.all("flaky")
 	replayed := all[len(all)-1]
-	if string(replayed.Data) != string(msg.Data) || replayed.Attributes["k"] != "v" {
-		t.Errorf("replayed message %+v, want data %q and attribute k=v", replayed, msg.Data)
+	if string(replayed.Data) != string(msg.Data) || replayed.Attributes["k"] != "v" || replayed.OrderingKey != msg.OrderingKey {
+		t.Errorf("replayed message %+v, want data %q, attribute k=v and ordering key %q", replayed, msg.Data, msg.OrderingKey)
 	}
 	for _, k := range []string{bus.AttrDeadReason, bus.AttrDeadAttempts} {
 		if _, ok := replayed.Attributes[k]; ok {
@@ -191,8 +185,8 @@ func testTransientExhausts(t *testing.T, h Harness) {
 }
 
 func testDeliveryDeadLetter(t *testing.T, h Harness) {
-	b := h.MakeBus(t, fastRetry)
-	dl := deadLetters(t, b)
+	b := makeBus(t, h, fastRetry)
+	dl := b
 	c := newCollector()
 	var fixed atomic.Bool
 	startDelivery(t, b, "inst-1", func(ctx context.Context, m *bus.Message) error {
@@ -238,8 +232,8 @@ func testDeliveryDeadLetter(t *testing.T, h Harness) {
 }
 
 func testListGetPurge(t *testing.T, h Harness) {
-	b := h.MakeBus(t, fastRetry)
-	dl := deadLetters(t, b)
+	b := makeBus(t, h, fastRetry)
+	dl := b
 	ctx := ctxTimeout(t)
 	if _, err := dl.GetDead(ctx, bus.QueueIngress, "no-such-id"); !errors.Is(err, bus.ErrNotFound) {
 		t.Errorf("GetDead(unknown) returned %v, want bus.ErrNotFound", err)
@@ -290,8 +284,8 @@ func testListGetPurge(t *testing.T, h Harness) {
 }
 
 func testReplayAll(t *testing.T, h Harness) {
-	b := h.MakeBus(t, fastRetry)
-	dl := deadLetters(t, b)
+	b := makeBus(t, h, fastRetry)
+	dl := b
 	c := newCollector()
 	var fixed atomic.Bool
 	startIngress(t, b, func(ctx context.Context, m *bus.Message) error {

@@ -192,7 +192,7 @@ func waitProgress(t *testing.T, what string, n int, count func() int) {
 // testOrderingIngress publishes every message first, so that the receiver
 // finds many messages of each key at once.
 func testOrderingIngress(t *testing.T, h Harness) {
-	b := h.MakeBus(t, orderingOptions)
+	b := makeBus(t, h, orderingOptions)
 	c := newOrderChecker("ord-in")
 	start := time.Now()
 	for _, m := range c.msgs { // one goroutine: publish order is this order
@@ -208,7 +208,7 @@ func testOrderingIngress(t *testing.T, h Harness) {
 // receives them.
 func testOrderingDelivery(t *testing.T, h Harness) {
 	const instance = "ordered"
-	b := h.MakeBus(t, orderingOptions)
+	b := makeBus(t, h, orderingOptions)
 	c := newOrderChecker("ord-dl")
 	probes := newCollector()
 	startDelivery(t, b, instance, func(ctx context.Context, m *bus.Message) error {

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
 // Roles that grant the Pub/Sub service agent what dead-lettering needs.
@@ -42,11 +42,11 @@ type source struct{ name, deadTopic string }
 // project-level grant) are logged as unverified, not reported. An endpoint
 // without IAM (the emulator) skips the permission checks. It returns nil
 // when nothing is wrong.
-func (b *Bus) CheckDeadLetterSetup(ctx context.Context) error {
+func (b *Driver) CheckDeadLetterSetup(ctx context.Context) error {
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
-		return bus.ErrClosed
+		return driver.ErrClosed
 	}
 	active := slices.Sorted(maps.Keys(b.activeDeliverySubscription))
 	b.mu.RUnlock()
@@ -121,7 +121,7 @@ func (b *Bus) CheckDeadLetterSetup(ctx context.Context) error {
 }
 
 // checkPermissions runs the IAM part of CheckDeadLetterSetup.
-func (b *Bus) checkPermissions(ctx context.Context, deadTopics, holds []string, sources []source,
+func (b *Driver) checkPermissions(ctx context.Context, deadTopics, holds []string, sources []source,
 	report func(string, ...any)) error {
 	unsupported := func(err error) bool { return status.Code(err) == codes.Unimplemented }
 

@@ -10,12 +10,11 @@ import (
 	"strings"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
 // Dead-letter queues on Pub/Sub.
@@ -53,15 +52,15 @@ const (
 // heldDead is one dead message read from a hold subscription, with the ack
 // ids of every copy read.
 type heldDead struct {
-	dm     bus.DeadMessage
+	dm     driver.DeadMessage
 	ackIDs []string
 }
 
 // ListDead returns up to limit dead messages of queue (all that one scan
 // reads when limit <= 0), oldest first by the time they were dead-lettered.
 // It leaves them in the queue.
-func (b *Bus) ListDead(ctx context.Context, queue string, limit int) ([]bus.DeadMessage, error) {
-	var out []bus.DeadMessage
+func (b *Driver) ListDead(ctx context.Context, queue string, limit int) ([]driver.DeadMessage, error) {
+	var out []driver.DeadMessage
 	err := b.withDead(ctx, queue, func(held []*heldDead) ([]*heldDead, error) {
 		for _, h := range held {
 			if limit > 0 && len(out) == limit {
@@ -78,9 +77,9 @@ func (b *Bus) ListDead(ctx context.Context, queue string, limit int) ([]bus.Dead
 }
 
 // GetDead returns the dead message of queue whose ID is id, or an error
-// wrapping bus.ErrNotFound. It leaves it in the queue.
-func (b *Bus) GetDead(ctx context.Context, queue, id string) (bus.DeadMessage, error) {
-	var found *bus.DeadMessage
+// wrapping driver.ErrNotFound. It leaves it in the queue.
+func (b *Driver) GetDead(ctx context.Context, queue, id string) (driver.DeadMessage, error) {
+	var found *driver.DeadMessage
 	err := b.withDead(ctx, queue, func(held []*heldDead) ([]*heldDead, error) {
 		for _, h := range held {
 			if h.dm.ID == id {
@@ -91,84 +90,28 @@ func (b *Bus) GetDead(ctx context.Context, queue, id string) (bus.DeadMessage, e
 		return nil, nil
 	})
 	if err != nil {
-		return bus.DeadMessage{}, fmt.Errorf("gcppubsub: get dead %s %s: %w", queue, id, err)
+		return driver.DeadMessage{}, fmt.Errorf("gcppubsub: get dead %s %s: %w", queue, id, err)
 	}
 	if found == nil {
-		return bus.DeadMessage{}, fmt.Errorf("gcppubsub: get dead %s %s: %w", queue, id, bus.ErrNotFound)
+		return driver.DeadMessage{}, fmt.Errorf("gcppubsub: get dead %s %s: %w", queue, id, driver.ErrNotFound)
 	}
 	return *found, nil
 }
 
-// ReplayDead publishes the dead messages of queue with these ids (all when
-// ids is nil) back on their topic (delivery events keep their instance
-// attribute, so they reach the same instance's subscription), then removes
-// them from the dead-letter queue. Ids not in the queue are ignored. It
-// returns how many were replayed; a message whose publish failed stays in
-// the queue and its error is returned.
-func (b *Bus) ReplayDead(ctx context.Context, queue string, ids []string) (int, error) {
-	p := b.ingress
-	if queue == bus.QueueDelivery {
-		p = b.delivery
-	}
-	replayed := 0
+// DeleteDead deletes the dead messages of queue with these ids (all when
+// ids is nil) and returns how many it deleted. Ids not in the queue are
+// ignored.
+func (b *Driver) DeleteDead(ctx context.Context, queue string, ids []string) (int, error) {
+	deleted := 0
 	err := b.withDead(ctx, queue, func(held []*heldDead) ([]*heldDead, error) {
 		chosen := selectDead(held, ids)
-		results := make([]*pubsub.PublishResult, len(chosen))
-		var errs []error
-		for i, h := range chosen {
-			if queue == bus.QueueDelivery && h.dm.Message.Attributes[attrInstance] == "" {
-				errs = append(errs, fmt.Errorf("dead message %s has no %s attribute: cannot route it", h.dm.ID, attrInstance))
-				continue
-			}
-			r, err := b.publishAsync(ctx, p, &h.dm.Message)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("replay %s: %w", h.dm.ID, err))
-				break
-			}
-			results[i] = r
-		}
-		var done []*heldDead
-		for i, r := range results {
-			if r == nil {
-				continue
-			}
-			if _, err := r.Get(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("replay %s: %w", chosen[i].dm.ID, err))
-				if key := chosen[i].dm.Message.OrderingKey; key != "" {
-					p.ResumePublish(key) // the message stays dead; later publishes of its key go on
-				}
-				continue
-			}
-			done = append(done, chosen[i])
-		}
-		replayed = len(done)
-		return done, errors.Join(errs...)
-	})
-	if replayed > 0 {
-		b.log.Info("replayed dead messages", "queue", queue, "count", replayed)
-	}
-	if err != nil {
-		return replayed, fmt.Errorf("gcppubsub: replay dead %s: %w", queue, err)
-	}
-	return replayed, nil
-}
-
-// PurgeDead deletes the dead messages of queue with these ids (all when ids
-// is nil) and returns how many it deleted. Ids not in the queue are ignored.
-func (b *Bus) PurgeDead(ctx context.Context, queue string, ids []string) (int, error) {
-	purged := 0
-	err := b.withDead(ctx, queue, func(held []*heldDead) ([]*heldDead, error) {
-		chosen := selectDead(held, ids)
-		purged = len(chosen)
+		deleted = len(chosen)
 		return chosen, nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("gcppubsub: purge dead %s: %w", queue, err)
+		return 0, fmt.Errorf("gcppubsub: delete dead %s: %w", queue, err)
 	}
-	if purged > 0 {
-		b.log.Info("purged dead messages", "queue", queue, "count", purged)
-	}
-	return purged, nil
+	return deleted, nil
 }
 
 func selectDead(held []*heldDead, ids []string) []*heldDead {
@@ -188,35 +131,20 @@ func selectDead(held []*heldDead, ids []string) []*heldDead {
 	return chosen
 }
 
-// publishAsync publishes m (with its ID attribute) and returns the pending result.
-func (b *Bus) publishAsync(ctx context.Context, p *pubsub.Publisher, m *bus.Message) (*pubsub.PublishResult, error) {
-	attrs := make(map[string]string, len(m.Attributes)+1)
-	for k, v := range m.Attributes {
-		attrs[k] = v
-	}
-	attrs[AttrMessageID] = m.ID
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return nil, bus.ErrClosed
-	}
-	return p.Publish(ctx, &pubsub.Message{Data: m.Data, Attributes: attrs, OrderingKey: m.OrderingKey}), nil
-}
-
 // withDead reads queue's dead messages, oldest first, hands them to f, then
 // acknowledges those f returns and releases the rest, whatever f's error.
-func (b *Bus) withDead(ctx context.Context, queue string, f func([]*heldDead) ([]*heldDead, error)) error {
+func (b *Driver) withDead(ctx context.Context, queue string, f func([]*heldDead) ([]*heldDead, error)) error {
 	var topic string
 	switch queue {
-	case bus.QueueIngress:
+	case driver.QueueIngress:
 		topic = b.cfg.IngressDeadLetterTopic
-	case bus.QueueDelivery:
+	case driver.QueueDelivery:
 		topic = b.cfg.DeliveryDeadLetterTopic
 	default:
-		return fmt.Errorf("unknown queue %q (want %q or %q)", queue, bus.QueueIngress, bus.QueueDelivery)
+		return fmt.Errorf("unknown queue %q (want %q or %q)", queue, driver.QueueIngress, driver.QueueDelivery)
 	}
 	if b.isClosed() {
-		return bus.ErrClosed
+		return driver.ErrClosed
 	}
 	b.deadOps.Lock()
 	defer b.deadOps.Unlock()
@@ -235,7 +163,7 @@ func (b *Bus) withDead(ctx context.Context, queue string, f func([]*heldDead) ([
 // scanDead pulls the hold subscription until a pull brings nothing new or
 // the scan limit is reached, and returns the dead messages oldest first.
 // On error it still returns what it leased, for release.
-func (b *Bus) scanDead(ctx context.Context, sub, queue string) ([]*heldDead, error) {
+func (b *Driver) scanDead(ctx context.Context, sub, queue string) ([]*heldDead, error) {
 	byID := map[string]*heldDead{}
 	var held []*heldDead
 	for len(held) < b.cfg.DeadLetterScanLimit {
@@ -253,7 +181,7 @@ func (b *Bus) scanDead(ctx context.Context, sub, queue string) ([]*heldDead, err
 		}
 		fresh := 0
 		for _, rm := range resp.GetReceivedMessages() {
-			dm := toDead(queue, rm, b.cfg.MaxDeliveryAttempts)
+			dm := toDead(queue, rm)
 			if h := byID[dm.ID]; h != nil {
 				h.ackIDs = append(h.ackIDs, rm.GetAckId())
 				continue
@@ -274,7 +202,7 @@ func (b *Bus) scanDead(ctx context.Context, sub, queue string) ([]*heldDead, err
 }
 
 // settleDead acknowledges remove and releases the rest of held.
-func (b *Bus) settleDead(ctx context.Context, sub string, held, remove []*heldDead) error {
+func (b *Driver) settleDead(ctx context.Context, sub string, held, remove []*heldDead) error {
 	removing := make(map[*heldDead]bool, len(remove))
 	var ack, release []string
 	for _, h := range remove {
@@ -305,27 +233,19 @@ func (b *Bus) settleDead(ctx context.Context, sub string, held, remove []*heldDe
 }
 
 // toDead converts a message read from a hold subscription. Copies made by
-// the Bus carry the reason and attempts; copies made by Pub/Sub's own
-// dead-letter policy carry its delivery count, or nothing on the emulator.
-func toDead(queue string, rm *pubsubpb.ReceivedMessage, maxAttempts int) bus.DeadMessage {
+// Pub/Sub's own dead-letter policy carry its delivery count, or nothing on
+// the emulator.
+func toDead(queue string, rm *pubsubpb.ReceivedMessage) driver.DeadMessage {
 	pm := rm.GetMessage()
 	src := pm.GetAttributes()
 	id := src[AttrMessageID]
 	if id == "" {
 		id = pm.GetMessageId()
 	}
-	reason := src[bus.AttrDeadReason]
-	attempts, _ := strconv.Atoi(src[bus.AttrDeadAttempts])
-	if reason == "" {
-		reason = "delivery attempts exhausted (dead-lettered by Pub/Sub)"
-		attempts, _ = strconv.Atoi(src[attrPubSubDeadDeliveryCount])
-		if attempts == 0 {
-			attempts = maxAttempts
-		}
-	}
+	attempts, _ := strconv.Atoi(src[attrPubSubDeadDeliveryCount])
 	var attrs map[string]string
 	for k, v := range src {
-		if k == AttrMessageID || k == bus.AttrDeadReason || k == bus.AttrDeadAttempts || strings.HasPrefix(k, attrPubSubDeadPrefix) {
+		if k == AttrMessageID || strings.HasPrefix(k, attrPubSubDeadPrefix) {
 			continue
 		}
 		if attrs == nil {
@@ -337,12 +257,9 @@ func toDead(queue string, rm *pubsubpb.ReceivedMessage, maxAttempts int) bus.Dea
 	if pm.GetPublishTime() != nil {
 		deadAt = pm.GetPublishTime().AsTime()
 	}
-	return bus.DeadMessage{
-		ID:       id,
-		Queue:    queue,
-		Message:  bus.Message{ID: id, Data: pm.GetData(), Attributes: attrs, OrderingKey: pm.GetOrderingKey()},
-		Reason:   reason,
-		Attempts: attempts,
-		DeadAt:   deadAt,
+	m := driver.Message{ID: id, Body: pm.GetData(), Attributes: attrs, OrderingKey: pm.GetOrderingKey()}
+	if queue == driver.QueueDelivery {
+		m.Instance = attrs[attrInstance]
 	}
+	return driver.DeadMessage{ID: id, Message: m, Attempts: attempts, DeadAt: deadAt}
 }

@@ -140,8 +140,8 @@ func TestDeadLettersFromPubSub(t *testing.T) {
 	for _, d := range dead {
 		byID[d.ID] = d
 	}
-	if d := byID["stuck"]; d.Attempts != cfg.MaxDeliveryAttempts || !strings.Contains(d.Reason, "dead-lettered by Pub/Sub") {
-		t.Errorf("stuck: attempts %d reason %q; want %d and a reason naming Pub/Sub", d.Attempts, d.Reason, cfg.MaxDeliveryAttempts)
+	if d := byID["stuck"]; d.Attempts != cfg.MaxDeliveryAttempts || !strings.Contains(d.Reason, "dead-lettered by the engine") {
+		t.Errorf("stuck: attempts %d reason %q; want %d and a reason saying the engine dead-lettered it", d.Attempts, d.Reason, cfg.MaxDeliveryAttempts)
 	}
 	d := byID["counted"]
 	if d.Attempts != 6 {

@@ -21,16 +21,16 @@ const holdAckDeadline = 60 * time.Second
 // the Pub/Sub maximum for a subscription.
 const holdRetention = 7 * 24 * time.Hour
 
-func (b *Bus) topicName(id string) string {
+func (b *Driver) topicName(id string) string {
 	return "projects/" + b.cfg.ProjectID + "/topics/" + id
 }
 
-func (b *Bus) subscriptionName(id string) string {
+func (b *Driver) subscriptionName(id string) string {
 	return "projects/" + b.cfg.ProjectID + "/subscriptions/" + id
 }
 
 // setup creates or verifies every topic and shared subscription the bus uses.
-func (b *Bus) setup(ctx context.Context) error {
+func (b *Driver) setup(ctx context.Context) error {
 	for _, t := range []string{b.cfg.IngressTopic, b.cfg.DeliveryTopic, b.cfg.IngressDeadLetterTopic, b.cfg.DeliveryDeadLetterTopic} {
 		if err := b.ensureTopic(ctx, b.topicName(t)); err != nil {
 			return err
@@ -49,7 +49,7 @@ func (b *Bus) setup(ctx context.Context) error {
 	return nil
 }
 
-func (b *Bus) ensureTopic(ctx context.Context, name string) error {
+func (b *Driver) ensureTopic(ctx context.Context, name string) error {
 	_, err := b.client.TopicAdminClient.GetTopic(ctx, &pubsubpb.GetTopicRequest{Topic: name})
 	if err == nil {
 		return nil
@@ -67,21 +67,21 @@ func (b *Bus) ensureTopic(ctx context.Context, name string) error {
 	return nil
 }
 
-func (b *Bus) retryPolicy() *pubsubpb.RetryPolicy {
+func (b *Driver) retryPolicy() *pubsubpb.RetryPolicy {
 	return &pubsubpb.RetryPolicy{
 		MinimumBackoff: durationpb.New(b.cfg.MinBackoff),
 		MaximumBackoff: durationpb.New(b.cfg.MaxBackoff),
 	}
 }
 
-func (b *Bus) deadLetterPolicy(deadLetterTopic string) *pubsubpb.DeadLetterPolicy {
+func (b *Driver) deadLetterPolicy(deadLetterTopic string) *pubsubpb.DeadLetterPolicy {
 	return &pubsubpb.DeadLetterPolicy{
 		DeadLetterTopic:     b.topicName(deadLetterTopic),
 		MaxDeliveryAttempts: int32(b.cfg.MaxDeliveryAttempts),
 	}
 }
 
-func (b *Bus) ingressSubscriptionSpec() *pubsubpb.Subscription {
+func (b *Driver) ingressSubscriptionSpec() *pubsubpb.Subscription {
 	return &pubsubpb.Subscription{
 		Name:               b.subscriptionName(b.cfg.IngressSubscription),
 		Topic:              b.topicName(b.cfg.IngressTopic),
@@ -95,7 +95,7 @@ func (b *Bus) ingressSubscriptionSpec() *pubsubpb.Subscription {
 	}
 }
 
-func (b *Bus) holdSubscriptionSpec(deadLetterTopic string) *pubsubpb.Subscription {
+func (b *Driver) holdSubscriptionSpec(deadLetterTopic string) *pubsubpb.Subscription {
 	return &pubsubpb.Subscription{
 		Name:                     b.subscriptionName(holdSubscriptionID(deadLetterTopic)),
 		Topic:                    b.topicName(deadLetterTopic),
@@ -105,7 +105,7 @@ func (b *Bus) holdSubscriptionSpec(deadLetterTopic string) *pubsubpb.Subscriptio
 	}
 }
 
-func (b *Bus) deliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
+func (b *Driver) deliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
 	return &pubsubpb.Subscription{
 		Name:               b.subscriptionName(b.cfg.DeliverySubscriptionPrefix + instance),
 		Topic:              b.topicName(b.cfg.DeliveryTopic),
@@ -124,7 +124,7 @@ func (b *Bus) deliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
 // others (topic, filter, detachment, message ordering) make an error that
 // says what differs.
 // It reports whether it created the subscription.
-func (b *Bus) ensureSubscription(ctx context.Context, want *pubsubpb.Subscription) (created bool, err error) {
+func (b *Driver) ensureSubscription(ctx context.Context, want *pubsubpb.Subscription) (created bool, err error) {
 	sac := b.client.SubscriptionAdminClient
 	got, err := sac.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: want.Name})
 	if status.Code(err) == codes.NotFound {
@@ -224,7 +224,7 @@ func deliveryFilter(instance string) string {
 }
 
 // ensureTopicExists reads the topic: a cheap call that proves Pub/Sub answers.
-func (b *Bus) ensureTopicExists(ctx context.Context, name string) error {
+func (b *Driver) ensureTopicExists(ctx context.Context, name string) error {
 	if _, err := b.client.TopicAdminClient.GetTopic(ctx, &pubsubpb.GetTopicRequest{Topic: name}); err != nil {
 		return fmt.Errorf("get topic %s: %w", name, err)
 	}
@@ -232,7 +232,7 @@ func (b *Bus) ensureTopicExists(ctx context.Context, name string) error {
 }
 
 // deleteSubscription deletes the subscription; one already gone is fine.
-func (b *Bus) deleteSubscription(ctx context.Context, name string) error {
+func (b *Driver) deleteSubscription(ctx context.Context, name string) error {
 	err := b.client.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: name})
 	if err != nil && status.Code(err) != codes.NotFound {
 		return fmt.Errorf("delete subscription %s: %w", name, err)

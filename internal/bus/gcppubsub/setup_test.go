@@ -203,7 +203,7 @@ func TestDeliverySubscriptionFilterAndPolicies(t *testing.T) {
 		t.Errorf("delivery subscription on %s, want %s", sub.GetTopic(), topicName(cfg.DeliveryTopic))
 	}
 	checkPolicies(t, sub, cfg, cfg.DeliveryDeadLetterTopic, cfg.DeliverySubscriptionExpiration)
-	if err := b.CheckDeadLetterSetup(ctxT(t)); err != nil {
+	if err := b.CheckSetup(ctxT(t)); err != nil {
 		t.Errorf("CheckDeadLetterSetup with two delivery receivers: %v", err)
 	}
 }
@@ -326,7 +326,7 @@ func TestCheckDeadLetterSetupReportsMissingPolicies(t *testing.T) {
 	admin := f.adminClient(t)
 	ctx := ctxT(t)
 	// The fake has no IAM: the permission checks are skipped, not failed.
-	if err := b.CheckDeadLetterSetup(ctx); err != nil {
+	if err := b.CheckSetup(ctx); err != nil {
 		t.Fatalf("CheckDeadLetterSetup on a fresh setup: %v", err)
 	}
 
@@ -342,7 +342,7 @@ func TestCheckDeadLetterSetupReportsMissingPolicies(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	err = b.CheckDeadLetterSetup(ctx)
+	err = b.CheckSetup(ctx)
 	if err == nil {
 		t.Fatal("CheckDeadLetterSetup reported nothing with policies and a hold subscription missing")
 	}

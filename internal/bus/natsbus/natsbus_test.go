@@ -19,7 +19,8 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/bus/bustest"
-	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
+	"github.com/go-routing-service/routingservice/internal/bus/drivertest"
 )
 
 const natsURLEnv = "ROUTING_TEST_NATS_URL"
@@ -31,21 +32,14 @@ func uniqueName() string {
 	return "t" + hex.EncodeToString(b[:])
 }
 
-// testConfig returns a Config on fresh stream names under a fresh subject prefix.
+// testConfig returns a Config under a fresh subject prefix, so on fresh
+// streams and consumers.
 func testConfig(o bustest.Options) Config {
-	u := uniqueName()
 	return Config{
-		SubjectPrefix:             u,
-		IngressStream:             u + "-ingress",
-		IngressConsumer:           u + "-pipeline",
-		DeliveryStream:            u + "-delivery",
-		IngressDeadLetterStream:   u + "-ingress-dlq",
-		DeliveryDeadLetterStream:  u + "-delivery-dlq",
+		SubjectPrefix:             uniqueName(),
 		MaxDeliveryAttempts:       o.MaxDeliveryAttempts,
 		AckDeadline:               o.AckDeadline,
-		MinBackoff:                o.MinBackoff,
-		MaxBackoff:                o.MaxBackoff,
-		MaxOutstanding:            o.MaxOutstanding,
+		Prefetch:                  max(1, o.MaxOutstanding/2),
 		DuplicateWindow:           time.Minute,
 		MaxAge:                    time.Hour,
 		DeliveryInactiveThreshold: time.Minute,
@@ -53,9 +47,20 @@ func testConfig(o bustest.Options) Config {
 	}
 }
 
-// quietLogger drops the adapter's logs below errors (dead-lettering warns
-// on purpose in many tests).
+// quietLogger drops the logs below errors (dead-lettering warns on purpose
+// in many tests).
 var quietLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+
+// busOptions is the delivery policy of o.
+func busOptions(o bustest.Options) bus.Options {
+	return bus.Options{
+		MaxDeliveryAttempts: o.MaxDeliveryAttempts,
+		MinBackoff:          o.MinBackoff,
+		MaxBackoff:          o.MaxBackoff,
+		MaxOutstanding:      o.MaxOutstanding,
+		Logger:              quietLogger,
+	}
+}
 
 // startEmbedded starts an embedded server in a temporary directory, shut
 // down when t ends.
@@ -101,26 +106,34 @@ func externalConn(t testing.TB) *nats.Conn {
 	return nc
 }
 
-// newTestBus builds a bus on nc with fresh streams; the bus is closed and
+// newTestDriver builds a driver on nc with fresh streams; it is closed and
 // its streams are deleted when t ends.
-func newTestBus(t testing.TB, nc *nats.Conn, cfg Config) *Bus {
+func newTestDriver(t testing.TB, nc *nats.Conn, cfg Config) *Driver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := New(ctx, nc, cfg)
+	d, err := New(ctx, nc, cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
+		if err := d.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		deleteStreams(t, nc, cfg)
+		deleteStreams(t, nc, cfg.SubjectPrefix)
 	})
+	return d
+}
+
+// newTestBus is the portable bus over a new driver, closed when t ends.
+func newTestBus(t testing.TB, nc *nats.Conn, o bustest.Options) *bus.Bus {
+	t.Helper()
+	b := bus.New(newTestDriver(t, nc, testConfig(o)), busOptions(o))
+	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
 
-func deleteStreams(t testing.TB, nc *nats.Conn, cfg Config) {
+func deleteStreams(t testing.TB, nc *nats.Conn, prefix string) {
 	t.Helper()
 	if nc.IsClosed() {
 		return
@@ -132,28 +145,44 @@ func deleteStreams(t testing.TB, nc *nats.Conn, cfg Config) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, s := range []string{cfg.IngressStream, cfg.DeliveryStream, cfg.IngressDeadLetterStream, cfg.DeliveryDeadLetterStream} {
+	for _, s := range []string{prefix + "-ingress", prefix + "-delivery", prefix + "-ingress-dlq", prefix + "-delivery-dlq"} {
 		if err := js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			t.Errorf("delete stream %s: %v", s, err)
 		}
 	}
 }
 
-func harness(nc func(t *testing.T) *nats.Conn) bustest.Harness {
-	return bustest.HarnessFunc(func(t *testing.T, o bustest.Options) bus.Bus {
-		return newTestBus(t, nc(t), testConfig(o))
-	})
+// harness makes drivers on one connection.
+type harness struct{ nc *nats.Conn }
+
+func (h harness) MakeDriver(t *testing.T, o bustest.Options) driver.Driver {
+	return newTestDriver(t, h.nc, testConfig(o))
 }
 
-func embeddedHarness(t *testing.T) bustest.Harness {
-	s := startEmbedded(t)
-	conn := connectEmbedded(t, s)
-	return harness(func(*testing.T) *nats.Conn { return conn })
+func (h harness) MakeTestDriver(t *testing.T, o drivertest.Options) driver.Driver {
+	cfg := testConfig(bustest.Options{AckDeadline: o.AckDeadline, MaxDeliveryAttempts: o.MaxDeliveryAttempts})
+	return newTestDriver(t, h.nc, cfg)
 }
 
-func externalHarness(t *testing.T) bustest.Harness {
-	conn := externalConn(t)
-	return harness(func(*testing.T) *nats.Conn { return conn })
+// Unkept: NATS keeps every promise of the driver suite.
+func (harness) Unkept(drivertest.Promise) string { return "" }
+
+func embeddedHarness(t *testing.T) harness {
+	return harness{connectEmbedded(t, startEmbedded(t))}
+}
+
+func externalHarness(t *testing.T) harness {
+	return harness{externalConn(t)}
+}
+
+func TestDriverEmbedded(t *testing.T) {
+	t.Parallel()
+	drivertest.RunDriverTests(t, embeddedHarness(t))
+}
+
+func TestDriverExternal(t *testing.T) {
+	t.Parallel()
+	drivertest.RunDriverTests(t, externalHarness(t))
 }
 
 func TestConformanceEmbedded(t *testing.T) {
@@ -209,8 +238,7 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 func TestAckTimeoutDeadLetters(t *testing.T) {
 	t.Parallel()
 	engines(t, func(t *testing.T, nc *nats.Conn) {
-		cfg := testConfig(bustest.Options{MaxDeliveryAttempts: 3, AckDeadline: 300 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, MaxOutstanding: 8})
-		b := newTestBus(t, nc, cfg)
+		b := newTestBus(t, nc, bustest.Options{MaxDeliveryAttempts: 3, AckDeadline: 300 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, MaxOutstanding: 8})
 		release := make(chan struct{})
 		var calls atomic.Int64
 		ctx, cancel := context.WithCancel(context.Background())
@@ -238,8 +266,8 @@ func TestAckTimeoutDeadLetters(t *testing.T) {
 		if d.Message.ID != "stuck" || string(d.Message.Data) != "x" || d.Message.Attributes["a"] != "1" {
 			t.Errorf("dead message %+v, want the original", d.Message)
 		}
-		if d.Attempts != 3 || !strings.Contains(d.Reason, "ack deadline") {
-			t.Errorf("dead message attempts %d reason %q, want 3 and an ack deadline reason", d.Attempts, d.Reason)
+		if d.Attempts != 3 || !strings.Contains(d.Reason, "without being settled") {
+			t.Errorf("dead message attempts %d reason %q, want 3 and a reason that says it was never settled", d.Attempts, d.Reason)
 		}
 		if got := calls.Load(); got != 3 {
 			t.Errorf("handler called %d times, want 3", got)
@@ -281,10 +309,11 @@ func TestRestartKeepsMessages(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b1, err := New(ctx, nc1, cfg)
+			d1, err := New(ctx, nc1, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
+			b1 := bus.New(d1, bus.Options{Logger: quietLogger})
 			if err := b1.PublishIngress(ctx, &bus.Message{ID: "survivor", Data: []byte("durable"), Attributes: map[string]string{"k": "v"}}); err != nil {
 				t.Fatal(err)
 			}
@@ -310,10 +339,11 @@ func TestRestartKeepsMessages(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer nc2.Close()
-			b2, err := New(ctx, nc2, cfg)
+			d2, err := New(ctx, nc2, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
+			b2 := bus.New(d2, bus.Options{Logger: quietLogger})
 			defer b2.Close()
 			got := make(chan *bus.Message, 1)
 			rctx, rcancel := context.WithCancel(ctx)
@@ -351,27 +381,27 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cfg := testConfig(bustest.Options{})
-		newTestBus(t, nc, cfg)
+		newTestDriver(t, nc, cfg)
 
 		cfg2 := cfg
 		cfg2.DuplicateWindow = 90 * time.Second
 		cfg2.MaxAge = 2 * time.Hour
 		cfg2.AckDeadline = 45 * time.Second
 		cfg2.MaxDeliveryAttempts = 7
-		b2, err := New(ctx, nc, cfg2)
+		d2, err := New(ctx, nc, cfg2)
 		if err != nil {
 			t.Fatalf("New with changed settings: %v", err)
 		}
-		defer b2.Close()
+		defer d2.Close()
 		js, _ := jetstream.New(nc)
-		s, err := js.Stream(ctx, cfg.IngressStream)
+		s, err := js.Stream(ctx, cfg.SubjectPrefix+"-ingress")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if c := s.CachedInfo().Config; c.Duplicates != 90*time.Second || c.MaxAge != 2*time.Hour {
 			t.Errorf("stream not updated: duplicates %v max age %v", c.Duplicates, c.MaxAge)
 		}
-		ci, err := js.Consumer(ctx, cfg.IngressStream, cfg.IngressConsumer)
+		ci, err := js.Consumer(ctx, cfg.SubjectPrefix+"-ingress", cfg.SubjectPrefix+"-pipeline")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -380,12 +410,12 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 		}
 
 		bad := testConfig(bustest.Options{})
-		t.Cleanup(func() { deleteStreams(t, nc, bad) })
-		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: bad.IngressStream, Subjects: []string{bad.SubjectPrefix + ".ingress"}}); err != nil {
+		t.Cleanup(func() { deleteStreams(t, nc, bad.SubjectPrefix) })
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: bad.SubjectPrefix + "-ingress", Subjects: []string{bad.SubjectPrefix + ".ingress"}}); err != nil {
 			t.Fatal(err)
 		}
-		if b, err := New(ctx, nc, bad); err == nil {
-			b.Close()
+		if d, err := New(ctx, nc, bad); err == nil {
+			d.Close()
 			t.Fatal("New accepted an ingress stream with limits retention")
 		} else if !strings.Contains(err.Error(), "retention") {
 			t.Errorf("New error %q does not name the retention", err)
@@ -393,21 +423,103 @@ func TestNewUpdatesAndVerifiesStreams(t *testing.T) {
 	})
 }
 
-// TestInvalidInput checks the errors for bad names, ids, ordering keys and
-// attributes.
+// TestSubjectPrefixesDoNotCollide runs two deployments with different
+// subject prefixes on one server: each publishes and receives its own
+// messages, neither rewrites the other's streams, a stream that holds
+// another prefix's subjects is refused rather than rebound, and Ping fails
+// when the ingress stream stops being this deployment's.
+func TestSubjectPrefixesDoNotCollide(t *testing.T) {
+	t.Parallel()
+	engines(t, func(t *testing.T, nc *nats.Conn) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		o := bustest.Options{}
+		cfgA := testConfig(o)
+		da := newTestDriver(t, nc, cfgA)
+		a := bus.New(da, busOptions(o))
+		b := bus.New(newTestDriver(t, nc, testConfig(o)), busOptions(o))
+		defer a.Close()
+		defer b.Close()
+		for _, x := range []*bus.Bus{a, b} {
+			if err := x.PublishIngress(ctx, &bus.Message{ID: fmt.Sprintf("%p", x), Data: []byte("x")}); err != nil {
+				t.Fatalf("publish: %v", err)
+			}
+			if err := x.Ping(ctx); err != nil {
+				t.Errorf("Ping: %v", err)
+			}
+		}
+		for _, x := range []*bus.Bus{a, b} {
+			got := make(chan string, 4)
+			rctx, rcancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() {
+				done <- x.ReceiveIngress(rctx, func(_ context.Context, m *bus.Message) error { got <- m.ID; return nil })
+			}()
+			select {
+			case id := <-got:
+				if id != fmt.Sprintf("%p", x) {
+					t.Errorf("deployment received %s, another deployment's message", id)
+				}
+			case <-ctx.Done():
+				t.Fatal("deployment did not receive its own message")
+			}
+			rcancel()
+			<-done
+		}
+
+		// A stream named like this deployment's but holding another
+		// prefix's subjects is refused, and left as it was.
+		js, _ := jetstream.New(nc)
+		mine, other := testConfig(o), uniqueName()
+		t.Cleanup(func() { deleteStreams(t, nc, mine.SubjectPrefix) })
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: mine.SubjectPrefix + "-ingress", Subjects: []string{other + ".ingress"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := New(ctx, nc, mine); err == nil {
+			d.Close()
+			t.Fatal("New accepted a stream that holds another prefix's subjects")
+		} else if !errors.Is(err, ErrForeignStream) {
+			t.Errorf("New error %v, want ErrForeignStream", err)
+		}
+		s, err := js.Stream(ctx, mine.SubjectPrefix+"-ingress")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if subj := s.CachedInfo().Config.Subjects; len(subj) != 1 || subj[0] != other+".ingress" {
+			t.Errorf("refused stream rewritten to subjects %v", subj)
+		}
+
+		// Ping fails once a's ingress stream is taken over.
+		sa, err := js.Stream(ctx, cfgA.SubjectPrefix+"-ingress")
+		if err != nil {
+			t.Fatal(err)
+		}
+		taken := sa.CachedInfo().Config
+		taken.Subjects = []string{uniqueName() + ".ingress"}
+		if _, err := js.UpdateStream(ctx, taken); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Ping(ctx); !errors.Is(err, ErrForeignStream) {
+			t.Errorf("Ping after the ingress stream was taken over returned %v, want ErrForeignStream", err)
+		}
+	})
+}
+
+// TestInvalidInput checks the errors for bad instance names, ids, ordering
+// keys and attributes.
 func TestInvalidInput(t *testing.T) {
 	t.Parallel()
 	s := startEmbedded(t)
 	nc := connectEmbedded(t, s)
-	b := newTestBus(t, nc, testConfig(bustest.Options{}))
+	b := newTestBus(t, nc, bustest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cases := map[string]error{
 		"empty id":          b.PublishIngress(ctx, &bus.Message{Data: []byte("x")}),
 		"id with newline":   b.PublishIngress(ctx, &bus.Message{ID: "a\nb"}),
+		"key with newline":  b.PublishIngress(ctx, &bus.Message{ID: "a", OrderingKey: "urn:x\nRouting-Evil: 1"}),
 		"reserved attr":     b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{"Nats-Msg-Id": "x"}}),
 		"attr with newline": b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{"k": "a\r\nb"}}),
-		"key with newline":  b.PublishIngress(ctx, &bus.Message{ID: "a", OrderingKey: "urn:x\nRouting-Evil: 1"}),
 		"attr as key":       b.PublishIngress(ctx, &bus.Message{ID: "a", Attributes: map[string]string{hdrOrderingKey: "k"}}),
 		"bad instance":      b.PublishDelivery(ctx, "a.b", &bus.Message{ID: "a"}),
 		"receive bad inst":  b.ReceiveDelivery(ctx, "*", func(context.Context, *bus.Message) error { return nil }),
@@ -417,44 +529,8 @@ func TestInvalidInput(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := New(ctx, nc, Config{IngressStream: "bad.name"}); err == nil {
+	if _, err := New(ctx, nc, Config{SubjectPrefix: "bad.name"}); err == nil {
 		t.Error("New accepted an invalid config")
-	}
-}
-
-func TestFromConfig(t *testing.T) {
-	t.Parallel()
-	c := config.Default().Bus
-	got := FromConfig(c)
-	if got.IngressStream != c.IngressTopic || got.IngressConsumer != c.IngressSubscription || got.DeliveryStream != c.DeliveryTopic ||
-		got.IngressDeadLetterStream != c.IngressDeadLetterTopic || got.DeliveryDeadLetterStream != c.DeliveryDeadLetterTopic ||
-		got.MaxDeliveryAttempts != c.MaxDeliveryAttempts || got.AckDeadline != c.AckDeadline || got.MinBackoff != c.MinBackoff ||
-		got.MaxBackoff != c.MaxBackoff || got.MaxOutstanding != c.MaxOutstanding || got.Replicas != c.NATS.Replicas ||
-		got.DuplicateWindow != c.NATS.DuplicateWindow || got.MaxAge != c.NATS.MaxAge {
-		t.Errorf("FromConfig(%+v) = %+v", c, got)
-	}
-	// The defaults make a working bus.
-	s := startEmbedded(t)
-	nc := connectEmbedded(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := New(ctx, nc, got)
-	if err != nil {
-		t.Fatalf("New(FromConfig(defaults)): %v", err)
-	}
-	defer b.Close()
-	if err := b.Ping(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	t.Parallel()
-	b := &Bus{cfg: Config{MinBackoff: time.Second, MaxBackoff: 10 * time.Second}}
-	for attempt, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 60: 10 * time.Second} {
-		if got := b.backoff(attempt); got != want {
-			t.Errorf("backoff(%d) = %v, want %v", attempt, got, want)
-		}
 	}
 }
 
@@ -489,13 +565,13 @@ func BenchmarkIngressEmbedded(b *testing.B) {
 			}
 			b.Cleanup(func() { _ = s.Shutdown(context.Background()) })
 			nc := connectEmbedded(b, s)
-			bs := newTestBus(b, nc, testConfig(bustest.Options{MaxOutstanding: 1000}))
+			bs := newTestBus(b, nc, bustest.Options{MaxOutstanding: 1000})
 			benchIngress(b, bs)
 		})
 	}
 }
 
-func benchIngress(b *testing.B, bs *Bus) {
+func benchIngress(b *testing.B, bs *bus.Bus) {
 	const publishers = 64
 	var received atomic.Int64
 	all := make(chan struct{})
@@ -549,7 +625,7 @@ func benchIngress(b *testing.B, bs *Bus) {
 func TestPrepareDeliveryKeepsEarlyEvents(t *testing.T) {
 	t.Parallel()
 	engines(t, func(t *testing.T, nc *nats.Conn) {
-		b := newTestBus(t, nc, testConfig(bustest.Options{}))
+		b := newTestBus(t, nc, bustest.Options{})
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		if err := b.PrepareDelivery(ctx, "early-bird"); err != nil {
@@ -595,19 +671,19 @@ func TestVanishedInstanceConsumerExpires(t *testing.T) {
 	engines(t, func(t *testing.T, nc *nats.Conn) {
 		cfg := testConfig(bustest.Options{})
 		cfg.DeliveryInactiveThreshold = time.Second
-		b := newTestBus(t, nc, cfg)
+		b := newTestDriver(t, nc, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		if err := b.PrepareDelivery(ctx, "gone"); err != nil {
 			t.Fatal(err)
 		}
 		js, _ := jetstream.New(nc)
-		name := "instance-gone" // the default DeliveryConsumerPrefix and the instance
-		if _, err := js.Consumer(ctx, cfg.DeliveryStream, name); err != nil {
+		name := cfg.SubjectPrefix + "-instance-gone"
+		if _, err := js.Consumer(ctx, cfg.SubjectPrefix+"-delivery", name); err != nil {
 			t.Fatalf("consumer %s not created: %v", name, err)
 		}
 		waitUntil(t, "the inactive consumer to be deleted", 15*time.Second, func() bool {
-			_, err := js.Consumer(ctx, cfg.DeliveryStream, name)
+			_, err := js.Consumer(ctx, cfg.SubjectPrefix+"-delivery", name)
 			return errors.Is(err, jetstream.ErrConsumerNotFound)
 		})
 	})

@@ -1,0 +1,181 @@
+package gcppubsub
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
+)
+
+// Subscribe opens the shared ingress subscription, or instance's delivery
+// subscription (created or verified here, and owned by this Driver). A
+// streaming pull runs until Close, with at most MaxOutstanding messages
+// received and unsettled; the client extends their leases meanwhile.
+func (b *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.Subscription, error) {
+	if b.isClosed() {
+		return nil, driver.ErrClosed
+	}
+	var subID, active string
+	switch queue {
+	case driver.QueueIngress:
+		subID = b.cfg.IngressSubscription
+	case driver.QueueDelivery:
+		var err error
+		if subID, err = b.ownDeliverySubscription(ctx, instance); err != nil {
+			return nil, err
+		}
+		active = b.subscriptionName(subID)
+		b.mu.Lock()
+		b.activeDeliverySubscription[active]++
+		b.mu.Unlock()
+	default:
+		return nil, fmt.Errorf("gcppubsub: subscribe: unknown queue %q", queue)
+	}
+	sub := b.client.Subscriber(subID)
+	sub.ReceiveSettings.MaxOutstandingMessages = b.cfg.MaxOutstanding
+	sub.ReceiveSettings.NumGoroutines = b.cfg.Streams
+	rctx, cancel := context.WithCancel(context.Background())
+	s := &subscription{
+		b:      b,
+		queue:  queue,
+		subID:  subID,
+		active: active,
+		msgs:   make(chan *pubsub.Message, b.cfg.MaxOutstanding),
+		closed: make(chan struct{}),
+		broken: make(chan struct{}),
+		cancel: cancel,
+	}
+	go s.run(rctx, sub)
+	return s, nil
+}
+
+// subscription hands the streaming pull's messages to Receive through a
+// channel. The client calls back one message of an ordering key at a time;
+// the callback returns once the message is queued, so the order of the
+// channel is the key's order.
+type subscription struct {
+	b      *Driver
+	queue  string
+	subID  string
+	active string // the delivery subscription's name, for the setup check
+	msgs   chan *pubsub.Message
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed by Close
+	broken    chan struct{} // closed when the streaming pull has returned
+	err       error         // its error; read after broken
+	cancel    context.CancelFunc
+}
+
+func (s *subscription) run(ctx context.Context, sub *pubsub.Subscriber) {
+	defer close(s.broken)
+	err := sub.Receive(ctx, func(_ context.Context, pm *pubsub.Message) {
+		select {
+		case s.msgs <- pm:
+		case <-s.closed:
+			pm.Nack()
+		}
+	})
+	if err == nil {
+		err = fmt.Errorf("streaming pull on %s returned", s.subID)
+	}
+	s.err = err
+}
+
+// Receive returns what is waiting (at least one message, at most max).
+func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Message, error) {
+	var first *pubsub.Message
+	select {
+	case first = <-s.msgs:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.broken:
+		select {
+		case first = <-s.msgs:
+		default:
+			return nil, fmt.Errorf("gcppubsub: receive %s: %w", s.subID, s.err)
+		}
+	}
+	out := make([]*driver.Message, 1, min(max, 1+len(s.msgs)))
+	out[0] = s.fromPubSub(first)
+	for len(out) < max {
+		select {
+		case pm := <-s.msgs:
+			out = append(out, s.fromPubSub(pm))
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+// Close stops the streaming pull and releases what was received but not
+// taken.
+func (s *subscription) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.cancel()
+		if s.active != "" {
+			s.b.mu.Lock()
+			if s.b.activeDeliverySubscription[s.active]--; s.b.activeDeliverySubscription[s.active] <= 0 {
+				delete(s.b.activeDeliverySubscription, s.active)
+			}
+			s.b.mu.Unlock()
+		}
+	})
+	<-s.broken
+	for {
+		select {
+		case pm := <-s.msgs:
+			pm.Nack()
+		default:
+			return nil
+		}
+	}
+}
+
+// fromPubSub converts a received message; the id attribute becomes the id.
+func (s *subscription) fromPubSub(pm *pubsub.Message) *driver.Message {
+	m := &driver.Message{ID: pm.Attributes[AttrMessageID], Body: pm.Data, OrderingKey: pm.OrderingKey, DeliveryAttempt: 1, Acker: acker{pm}}
+	if m.ID == "" {
+		m.ID = pm.ID
+	}
+	if len(pm.Attributes) > 1 || (len(pm.Attributes) == 1 && pm.Attributes[AttrMessageID] == "") {
+		m.Attributes = make(map[string]string, len(pm.Attributes))
+		for k, v := range pm.Attributes {
+			if k != AttrMessageID {
+				m.Attributes[k] = v
+			}
+		}
+	}
+	if pm.DeliveryAttempt != nil && *pm.DeliveryAttempt > 0 {
+		m.DeliveryAttempt = *pm.DeliveryAttempt
+	}
+	if s.queue == driver.QueueDelivery {
+		m.Instance = m.Attributes[attrInstance]
+	}
+	return m
+}
+
+// acker settles a Pub/Sub message. Nack's delay is the retry policy's.
+type acker struct{ pm *pubsub.Message }
+
+func (a acker) Ack() error               { a.pm.Ack(); return nil }
+func (a acker) Nack(time.Duration) error { a.pm.Nack(); return nil }
+
+// DeadLetter publishes a copy of m (with the attributes given, which carry
+// the reason) to queue's dead-letter topic, keeping its ordering key.
+func (b *Driver) DeadLetter(ctx context.Context, queue string, m *driver.Message) error {
+	p := b.ingressDead
+	if queue == driver.QueueDelivery {
+		p = b.deliveryDead
+	}
+	if err := b.publishAll(ctx, p, []*pubsub.Message{toPubSub(m)}); err != nil {
+		return fmt.Errorf("gcppubsub: publish to %s dead-letter topic: %w", queue, err)
+	}
+	return nil
+}

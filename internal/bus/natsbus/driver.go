@@ -1,0 +1,385 @@
+// Package natsbus is the bus driver for NATS JetStream, on a server embedded
+// in the process (StartEmbedded) or an external cluster (Connect).
+//
+// Layout, for a subject prefix P (one per deployment: several deployments
+// can share a NATS server with different prefixes):
+//
+//   - stream "P-ingress" holds subject "P.ingress" (work-queue retention: a
+//     message is removed once acked) and has one durable pull consumer,
+//     "P-pipeline", shared by every pipeline instance;
+//   - stream "P-delivery" holds "P.delivery.<instance>" (interest retention)
+//     and has one durable pull consumer per instance, "P-instance-<instance>",
+//     filtered to its subject, deleted by the server when the instance has
+//     not pulled for Config.DeliveryInactiveThreshold;
+//   - streams "P-ingress-dlq" and "P-delivery-dlq" hold the dead letters,
+//     on "P.dlq.ingress" and "P.dlq.delivery".
+//
+// A stream of that name whose subjects are not these (another deployment's)
+// is never rewritten: New refuses it with ErrForeignStream, and Ping fails
+// when the ingress stream stops being this deployment's.
+//
+// Message.ID travels as the Nats-Msg-Id header, so JetStream stores a
+// repeated id once within the stream's duplicate window; attributes travel
+// as headers. Consumers have MaxDeliver set to the delivery attempts, and
+// the max-deliveries advisory copies a message whose deliveries ran out
+// unsettled into its dead-letter stream. Only JetStream features present in
+// nats-server 2.9 are used.
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
+)
+
+// ErrForeignStream is returned by New for a stream that has this
+// deployment's name but another deployment's subjects.
+var ErrForeignStream = errors.New("stream belongs to another subject prefix")
+
+// Config configures a Driver. Zero fields take the defaults documented on
+// each.
+type Config struct {
+	// SubjectPrefix names every subject, stream and consumer of one
+	// deployment; default "routing".
+	SubjectPrefix string
+
+	// MaxDeliveryAttempts is the consumers' MaxDeliver: after that many
+	// deliveries the server stops redelivering a message (the portable bus
+	// dead-letters it on its last attempt; the advisory catches those never
+	// settled). Default 5.
+	MaxDeliveryAttempts int
+	// AckDeadline is how long a received message may stay unsettled before
+	// the server redelivers it; default 30s.
+	AckDeadline time.Duration
+	// Prefetch is how many messages one subscription asks the server for
+	// ahead of its receiver; default 256.
+	Prefetch int
+	// MaxAckPending bounds the unacknowledged messages of a consumer across
+	// all instances (JetStream's max_ack_pending); default 16000.
+	MaxAckPending int
+
+	// Replicas of each stream; default 1.
+	Replicas int
+	// DuplicateWindow within which a repeated Message.ID is stored once;
+	// default 2m.
+	DuplicateWindow time.Duration
+	// MaxAge of messages in every stream; default 7 days.
+	MaxAge time.Duration
+	// DeliveryInactiveThreshold is how long an instance's delivery consumer
+	// survives without that instance pulling; default 1h.
+	DeliveryInactiveThreshold time.Duration
+
+	// Logger receives the driver's logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = "routing"
+	}
+	defD := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defD(&c.AckDeadline, 30*time.Second)
+	defD(&c.DuplicateWindow, 2*time.Minute)
+	defD(&c.MaxAge, 7*24*time.Hour)
+	defD(&c.DeliveryInactiveThreshold, time.Hour)
+	if c.MaxDeliveryAttempts <= 0 {
+		c.MaxDeliveryAttempts = 5
+	}
+	if c.Prefetch <= 0 {
+		c.Prefetch = 256
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 16000
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if !validName(c.SubjectPrefix) || len(c.SubjectPrefix) > 32 {
+		return fmt.Errorf("natsbus: subject prefix %q must be 1-32 characters of [A-Za-z0-9_-]", c.SubjectPrefix)
+	}
+	return nil
+}
+
+// validName reports whether s can be a stream, consumer or subject token name.
+func validName(s string) bool {
+	if len(s) < 1 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkInstance(instance string) error {
+	if !validName(instance) {
+		return fmt.Errorf("instance %q must be 1-64 characters of [A-Za-z0-9_-]", instance)
+	}
+	return nil
+}
+
+// queue is one of the two consumed streams with its dead-letter stream.
+type queue struct {
+	name      string // driver.QueueIngress or driver.QueueDelivery
+	stream    string
+	dlqStream string
+	dlqSub    string // subject of the dead-letter stream
+}
+
+// Driver is a driver.Driver on NATS JetStream. It does not own the
+// connection it was given.
+type Driver struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	ingressSubject  string
+	ingressConsumer string
+	ingress         queue
+	delivery        queue
+
+	// ctx is cancelled by Close.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu            sync.Mutex
+	closed        atomic.Bool
+	advisory      []*nats.Subscription
+	onEngineDead  func(queue string)
+	subscriptions sync.WaitGroup
+}
+
+var _ driver.Driver = (*Driver)(nil)
+
+// New creates the streams and the ingress consumer, or verifies them
+// (updating settings other than their subjects), and subscribes to the
+// max-deliveries advisories that feed the dead-letter streams.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Driver, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: jetstream: %w", err)
+	}
+	p := cfg.SubjectPrefix
+	d := &Driver{
+		cfg:             cfg,
+		nc:              nc,
+		js:              js,
+		log:             cfg.Logger.With("component", "natsbus"),
+		ingressSubject:  p + ".ingress",
+		ingressConsumer: p + "-pipeline",
+		ingress:         queue{name: driver.QueueIngress, stream: p + "-ingress", dlqStream: p + "-ingress-dlq", dlqSub: p + ".dlq.ingress"},
+		delivery:        queue{name: driver.QueueDelivery, stream: p + "-delivery", dlqStream: p + "-delivery-dlq", dlqSub: p + ".dlq.delivery"},
+	}
+	streams := []jetstream.StreamConfig{
+		d.streamConfig(d.ingress.stream, d.ingressSubject, jetstream.WorkQueuePolicy),
+		d.streamConfig(d.delivery.stream, p+".delivery.*", jetstream.InterestPolicy),
+		d.streamConfig(d.ingress.dlqStream, d.ingress.dlqSub, jetstream.LimitsPolicy),
+		d.streamConfig(d.delivery.dlqStream, d.delivery.dlqSub, jetstream.LimitsPolicy),
+	}
+	for _, sc := range streams {
+		if err := d.ensureStream(ctx, sc); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := d.ingressCons(ctx); err != nil {
+		return nil, err
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	if err := d.subscribeAdvisories(); err != nil {
+		d.cancel()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Capabilities: JetStream deduplicates by Nats-Msg-Id within the duplicate
+// window and delays a nak as asked.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{DedupWindow: d.cfg.DuplicateWindow, NackDelay: true}
+}
+
+func (d *Driver) streamConfig(name, subject string, retention jetstream.RetentionPolicy) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:       name,
+		Subjects:   []string{subject},
+		Retention:  retention,
+		Storage:    jetstream.FileStorage,
+		Replicas:   d.cfg.Replicas,
+		Duplicates: d.cfg.DuplicateWindow,
+		MaxAge:     d.cfg.MaxAge,
+		Discard:    jetstream.DiscardOld,
+	}
+}
+
+// ensureStream creates the stream, or updates it when the settings this
+// driver owns differ. A stream of that name with other subjects belongs to
+// another deployment: it is refused, never rewritten.
+func (d *Driver) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
+	s, err := d.js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err := d.js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("natsbus: create stream %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("natsbus: stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		return fmt.Errorf("natsbus: stream %s holds subjects %v, not %v: %w", want.Name, have.Subjects, want.Subjects, ErrForeignStream)
+	}
+	if have.Retention != want.Retention {
+		return fmt.Errorf("natsbus: stream %s has retention %s, want %s (a stream's retention cannot change; delete it or use another subject prefix)",
+			want.Name, have.Retention, want.Retention)
+	}
+	if have.Storage != want.Storage {
+		return fmt.Errorf("natsbus: stream %s uses %s storage, want %s", want.Name, have.Storage, want.Storage)
+	}
+	if have.Replicas == want.Replicas && have.Duplicates == want.Duplicates && have.MaxAge == want.MaxAge {
+		return nil
+	}
+	upd := have
+	upd.Replicas, upd.Duplicates, upd.MaxAge = want.Replicas, want.Duplicates, want.MaxAge
+	if _, err := d.js.UpdateStream(ctx, upd); err != nil {
+		return fmt.Errorf("natsbus: update stream %s: %w", want.Name, err)
+	}
+	d.log.Info("stream settings updated", "stream", want.Name)
+	return nil
+}
+
+// ensureConsumer creates or updates a durable pull consumer with the
+// delivery settings of the configuration.
+func (d *Driver) ensureConsumer(ctx context.Context, stream string, cc jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cc.AckPolicy = jetstream.AckExplicitPolicy
+	cc.DeliverPolicy = jetstream.DeliverAllPolicy
+	cc.AckWait = d.cfg.AckDeadline
+	cc.MaxDeliver = d.cfg.MaxDeliveryAttempts
+	cc.MaxAckPending = d.cfg.MaxAckPending
+	c, err := d.js.CreateOrUpdateConsumer(ctx, stream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: consumer %s on stream %s: %w", cc.Durable, stream, err)
+	}
+	return c, nil
+}
+
+func (d *Driver) ingressCons(ctx context.Context) (jetstream.Consumer, error) {
+	return d.ensureConsumer(ctx, d.ingress.stream, jetstream.ConsumerConfig{
+		Durable:       d.ingressConsumer,
+		FilterSubject: d.ingressSubject,
+	})
+}
+
+func (d *Driver) deliveryCons(ctx context.Context, instance string) (jetstream.Consumer, error) {
+	return d.ensureConsumer(ctx, d.delivery.stream, jetstream.ConsumerConfig{
+		Durable:           d.cfg.SubjectPrefix + "-instance-" + instance,
+		FilterSubject:     d.deliverySubject(instance),
+		InactiveThreshold: d.cfg.DeliveryInactiveThreshold,
+	})
+}
+
+func (d *Driver) deliverySubject(instance string) string {
+	return d.cfg.SubjectPrefix + ".delivery." + instance
+}
+
+// PrepareDelivery creates (or updates) instance's delivery consumer without
+// receiving. Events published to instance from its return on are kept for
+// it (until the consumer's inactive threshold passes without a receiver);
+// events published before it are dropped.
+func (d *Driver) PrepareDelivery(ctx context.Context, instance string) error {
+	if d.closed.Load() {
+		return driver.ErrClosed
+	}
+	if err := checkInstance(instance); err != nil {
+		return fmt.Errorf("natsbus: %w", err)
+	}
+	_, err := d.deliveryCons(ctx, instance)
+	return err
+}
+
+// CheckSetup has nothing to check beyond the topology New verified.
+func (d *Driver) CheckSetup(context.Context) error { return nil }
+
+// Ping reports whether the server's JetStream answers and the ingress
+// stream still holds this deployment's ingress subject.
+func (d *Driver) Ping(ctx context.Context) error {
+	if d.closed.Load() {
+		return driver.ErrClosed
+	}
+	if s := d.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("natsbus: ping: connection %s", s)
+	}
+	s, err := d.js.Stream(ctx, d.ingress.stream)
+	if err != nil {
+		return fmt.Errorf("natsbus: ping: ingress stream %s: %w", d.ingress.stream, err)
+	}
+	if subj := s.CachedInfo().Config.Subjects; !slices.Equal(subj, []string{d.ingressSubject}) {
+		return fmt.Errorf("natsbus: ping: ingress stream %s holds subjects %v, not %s: %w", d.ingress.stream, subj, d.ingressSubject, ErrForeignStream)
+	}
+	return nil
+}
+
+// Close unsubscribes from the advisories and waits for the subscriptions'
+// pumps. It leaves the connection open (the caller owns it). Closing twice
+// is harmless.
+func (d *Driver) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	d.cancel()
+	d.mu.Lock()
+	subs := d.advisory
+	d.advisory = nil
+	d.mu.Unlock()
+	var errs []error
+	for _, s := range subs {
+		if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, fmt.Errorf("natsbus: unsubscribe %s: %w", s.Subject, err))
+		}
+	}
+	d.subscriptions.Wait()
+	return errors.Join(errs...)
+}
+
+// redactURL drops the user information from each URL of a comma-separated list.
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = nil
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}

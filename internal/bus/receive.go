@@ -1,0 +1,324 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/bus/driver"
+)
+
+// ReceiveIngress calls h for each ingress message, through the shared
+// ingress subscription, Concurrency handlers at once, until ctx is done (it
+// returns nil) or the bus is closed (it returns ErrClosed). Handlers get a
+// context cancelled at that moment, and ReceiveIngress returns only after
+// they have returned.
+func (b *Bus) ReceiveIngress(ctx context.Context, h Handler) error {
+	return b.receive(ctx, QueueIngress, "", 1, single(h))
+}
+
+// ReceiveIngressBatch is ReceiveIngress with a BatchHandler: each worker
+// hands the handler what is waiting for it (at most max messages; the
+// messages of one ordering key always go to the same worker, in bus
+// order), so that one store commit can cover them. A batch is formed from
+// what is already waiting, never by delaying a message.
+func (b *Bus) ReceiveIngressBatch(ctx context.Context, max int, h BatchHandler) error {
+	return b.receive(ctx, QueueIngress, "", max, h)
+}
+
+// ReceiveDelivery calls h for each delivery event addressed to instance,
+// through that instance's own subscription (created if needed). It behaves
+// as ReceiveIngress otherwise.
+func (b *Bus) ReceiveDelivery(ctx context.Context, instance string, h Handler) error {
+	if instance == "" {
+		return errors.New("bus: receive delivery: no instance")
+	}
+	return b.receive(ctx, QueueDelivery, instance, 1, single(h))
+}
+
+func single(h Handler) BatchHandler {
+	return func(ctx context.Context, ms []*Message) []error {
+		return []error{h(ctx, ms[0])}
+	}
+}
+
+// received is one received message on its way through a worker.
+type received struct {
+	dm *driver.Message
+	m  *Message
+}
+
+// receive subscribes and feeds a pool of workers that call h with up to
+// maxBatch messages each, settling every message by its own result. When
+// the subscription breaks (engine restarted, consumer deleted) it
+// subscribes again with capped backoff, reset by the next success.
+func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int, h BatchHandler) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(b.ctx, cancel)
+	defer stop()
+	end := func() error {
+		if b.ctx.Err() != nil {
+			return ErrClosed
+		}
+		return nil
+	}
+
+	sub, err := b.d.Subscribe(ctx, queue, instance)
+	if err != nil {
+		if ctx.Err() != nil {
+			return end()
+		}
+		return fmt.Errorf("bus: subscribe %s: %w", queue, err)
+	}
+	maxBatch = min(max(1, maxBatch), b.o.MaxOutstanding)
+	// tokens bounds the messages held unsettled: one is taken per message
+	// received and given back once it is settled.
+	tokens := make(chan struct{}, b.o.MaxOutstanding)
+	pool := b.startWorkers(ctx, queue, maxBatch, h, tokens)
+
+	retry := b.o.MinBackoff
+	for ctx.Err() == nil {
+		if sub == nil {
+			if !sleep(ctx, retry) {
+				break
+			}
+			retry = min(2*retry, b.o.MaxBackoff)
+			if sub, err = b.d.Subscribe(ctx, queue, instance); err != nil {
+				sub = nil
+				if ctx.Err() == nil {
+					b.log.Warn("subscribing again failed", "queue", queue, "err", err, "retry_in", retry)
+				}
+				continue
+			}
+		}
+		n := take(ctx, tokens, b.o.MaxOutstanding)
+		if n == 0 {
+			break
+		}
+		ms, err := sub.Receive(ctx, n)
+		for range n - len(ms) {
+			<-tokens
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			b.log.Warn("subscription broke; subscribing again", "queue", queue, "err", err, "retry_in", retry)
+			_ = sub.Close()
+			sub = nil
+			continue
+		}
+		retry = b.o.MinBackoff
+		for _, dm := range ms {
+			pool.dispatch(ctx, received{dm: dm, m: incoming(dm)}, tokens)
+		}
+	}
+	pool.stop()
+	if sub != nil {
+		if err := sub.Close(); err != nil {
+			b.log.Warn("closing subscription", "queue", queue, "err", err)
+		}
+	}
+	return end()
+}
+
+// take waits for one token, then takes as many more as are free, up to
+// limit; it returns how many it took (0 when ctx ended first).
+func take(ctx context.Context, tokens chan struct{}, limit int) int {
+	select {
+	case tokens <- struct{}{}:
+	case <-ctx.Done():
+		return 0
+	}
+	n := 1
+	for n < limit {
+		select {
+		case tokens <- struct{}{}:
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// workers run handlers. The messages of one ordering key always go to the
+// same worker, so they are handled one at a time, in bus order; messages
+// without a key go to whichever worker is free. A worker's own channel
+// holds up to maxBatch-1 waiting messages, which it takes as one batch.
+type workers struct {
+	shared chan received
+	keyed  []chan received
+	wg     sync.WaitGroup
+}
+
+func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, tokens chan struct{}) *workers {
+	p := &workers{shared: make(chan received), keyed: make([]chan received, b.o.Concurrency)}
+	for i := range p.keyed {
+		own, sh := make(chan received, maxBatch-1), p.shared
+		p.keyed[i] = own
+		batch := make([]received, 0, maxBatch)
+		p.wg.Go(func() {
+			for own != nil || sh != nil {
+				select {
+				case r, ok := <-own:
+					if !ok {
+						own = nil
+						continue
+					}
+					batch = append(batch[:0], r)
+				drain:
+					for len(batch) < maxBatch {
+						select {
+						case r, ok := <-own:
+							if !ok {
+								own = nil
+								break drain
+							}
+							batch = append(batch, r)
+						default:
+							break drain
+						}
+					}
+				case r, ok := <-sh:
+					if !ok {
+						sh = nil
+						continue
+					}
+					batch = append(batch[:0], r)
+				}
+				b.run(ctx, queue, h, batch)
+				for range batch {
+					<-tokens
+				}
+				clear(batch)
+			}
+		})
+	}
+	return p
+}
+
+// dispatch hands r to its worker; when ctx ends first, r is released for
+// redelivery.
+func (p *workers) dispatch(ctx context.Context, r received, tokens chan struct{}) {
+	c := p.shared
+	if r.dm.OrderingKey != "" {
+		c = p.keyed[fnv32(r.dm.OrderingKey)%uint32(len(p.keyed))]
+	}
+	select {
+	case c <- r:
+	case <-ctx.Done():
+		_ = r.dm.Acker.Nack(0)
+		<-tokens
+	}
+}
+
+// stop closes the workers' channels and waits for them to finish what they hold.
+func (p *workers) stop() {
+	close(p.shared)
+	for _, c := range p.keyed {
+		close(c)
+	}
+	p.wg.Wait()
+}
+
+// fnv32 is the FNV-1a hash of s.
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// run calls h on a batch and settles each message by its result.
+func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []received) {
+	ms := make([]*Message, len(batch))
+	for i, r := range batch {
+		ms[i] = r.m
+	}
+	errs := h(ctx, ms)
+	for i, r := range batch {
+		var err error
+		if i < len(errs) {
+			err = errs[i]
+		} else {
+			err = errors.New("batch handler returned too few results")
+		}
+		b.settle(ctx, queue, r, err)
+	}
+}
+
+// deadLetterTimeout bounds the copy of a message into a dead-letter queue,
+// which runs even when the receiver is stopping so that the message is not
+// retried past its last attempt.
+const deadLetterTimeout = 30 * time.Second
+
+// settle acks, nacks or dead-letters a message by its handler's result: ack
+// on success; release at once when the handler was interrupted by shutdown
+// (never dead-lettered for that); dead-letter on a permanent error or on
+// the last attempt; otherwise nack with backoff.
+func (b *Bus) settle(ctx context.Context, queue string, r received, err error) {
+	m, ack := r.m, r.dm.Acker
+	permanent := errors.Is(err, ErrPermanent)
+	switch {
+	case err == nil:
+		if aerr := ack.Ack(); aerr != nil {
+			b.log.Warn("ack failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", aerr)
+		}
+	case ctx.Err() != nil && !permanent:
+		if nerr := ack.Nack(0); nerr != nil {
+			b.log.Warn("releasing an interrupted message failed; it will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
+		}
+	case permanent || m.DeliveryAttempt >= b.o.MaxDeliveryAttempts:
+		reason := err.Error()
+		if !permanent {
+			reason = "delivery attempts exhausted: " + reason
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterTimeout)
+		derr := b.d.DeadLetter(dctx, queue, deadCopy(r.dm, reason, m.DeliveryAttempt))
+		cancel()
+		if derr != nil {
+			b.log.Error("dead-lettering failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", derr)
+			_ = ack.Nack(b.backoff(m.DeliveryAttempt))
+			return
+		}
+		if aerr := ack.Ack(); aerr != nil {
+			b.log.Warn("ack of a dead-lettered message failed; it may be dead-lettered twice", "queue", queue, "id", m.ID, "err", aerr)
+		}
+		b.log.Warn("message dead-lettered", "queue", queue, "id", m.ID, "attempts", m.DeliveryAttempt, "reason", reason)
+		b.deadLettered(queue, reason)
+	default:
+		if nerr := ack.Nack(b.backoff(m.DeliveryAttempt)); nerr != nil {
+			b.log.Warn("nack failed; the message will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
+		}
+	}
+}
+
+// backoff is the redelivery delay after the given failed attempt.
+func (b *Bus) backoff(attempt int) time.Duration {
+	d := b.o.MinBackoff
+	for i := 1; i < attempt && d < b.o.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, b.o.MaxBackoff)
+}
