@@ -253,3 +253,34 @@ func TestHandleBatchPublishesDeliveriesTogether(t *testing.T) {
 		}
 	}
 }
+
+// ackedStore reports every envelope as acknowledged before.
+type ackedStore struct{ fakeStore }
+
+func (s *ackedStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([]bool, error) {
+	acked := make([]bool, len(envs))
+	for i := range acked {
+		acked[i] = true
+	}
+	return acked, nil
+}
+
+// A copy of a message its recipient already acknowledged (a redelivery,
+// or a second publish of the same id) is handled without being routed
+// again: no delivery event, no local delivery, no push.
+func TestAcknowledgedCopyNotRoutedAgain(t *testing.T) {
+	for _, online := range []bool{true, false} {
+		b, n, l := &fakeBus{}, &fakeNotifier{}, &fakeLocal{}
+		pr := presenceByUser{}
+		if online {
+			pr["urn:sm:user:b"] = []string{"self", "other"}
+		}
+		p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second}, &ackedStore{}, pr, b)
+		if err := p.Handle(context.Background(), message(t, "urn:sm:user:b")); err != nil {
+			t.Fatalf("online %v: %v", online, err)
+		}
+		if len(b.out) != 0 || len(l.got) != 0 || len(n.got) != 0 {
+			t.Fatalf("online %v: published %d, local %d, pushed %d; want nothing", online, len(b.out), len(l.got), len(n.got))
+		}
+	}
+}

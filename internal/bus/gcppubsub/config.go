@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Config configures a Bus. Zero fields take the defaults named on each field.
+// Config configures a Driver. Zero fields take the defaults named on each field.
 type Config struct {
 	// ProjectID is the Google Cloud project that holds every topic and
 	// subscription. Required.
@@ -37,8 +37,10 @@ type Config struct {
 	// DeliveryDeadLetterTopic is the same for delivery events.
 	// Default "routing-delivery-dlq".
 	DeliveryDeadLetterTopic string
-	// MaxDeliveryAttempts is how many times a message is handed to a handler
-	// before it is dead-lettered: 5 to 100 (Pub/Sub's range). Default 5.
+	// MaxDeliveryAttempts is the subscriptions' dead-letter policy: after
+	// that many deliveries Pub/Sub moves a message to the dead-letter topic
+	// by itself (the portable bus does it on the last failed attempt; this
+	// catches messages never settled). 5 to 100 (Pub/Sub's range). Default 5.
 	MaxDeliveryAttempts int
 
 	// AckDeadline is the subscriptions' ack deadline: 10s to 600s. Default 30s.
@@ -49,13 +51,9 @@ type Config struct {
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
-	// MaxOutstanding is the flow-control limit of each receiver: how many
-	// received messages may be unacknowledged at once. Default 1000.
+	// MaxOutstanding is the flow-control limit of each subscription: how
+	// many received messages may be unsettled at once. Default 1000.
 	MaxOutstanding int
-	// Concurrency bounds how many handler calls one receiver runs at once.
-	// Default (and maximum useful value) MaxOutstanding.
-	Concurrency int
-
 	// Streams is how many StreamingPull streams each receiver opens. One
 	// stream carries several MB/s on Pub/Sub; the emulator delivers about
 	// 100 messages/s per stream. Default 1.
@@ -76,12 +74,6 @@ type Config struct {
 	// Logger receives the bus's structured logs (never message bodies).
 	// Default slog.Default().
 	Logger *slog.Logger
-
-	// OnDeadLetter, when set, is called once for each message this bus
-	// dead-letters (a permanent handler error or the last attempt), with the
-	// queue (bus.QueueIngress or bus.QueueDelivery) and the reason. It must
-	// not block.
-	OnDeadLetter func(queue, reason string)
 }
 
 // Resource ids: a letter first, then letters, digits and - _ . ~ + %,
@@ -121,9 +113,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxOutstanding == 0 {
 		c.MaxOutstanding = 1000
-	}
-	if c.Concurrency == 0 || c.Concurrency > c.MaxOutstanding {
-		c.Concurrency = c.MaxOutstanding
 	}
 	if c.Streams == 0 {
 		c.Streams = 1
@@ -186,9 +175,6 @@ func (c Config) validate() error {
 	}
 	if c.MaxOutstanding < 1 {
 		bad("MaxOutstanding", "must be positive, got %d", c.MaxOutstanding)
-	}
-	if c.Concurrency < 1 {
-		bad("Concurrency", "must be positive, got %d", c.Concurrency)
 	}
 	if c.Streams < 1 || c.Streams > 64 {
 		bad("Streams", "must be between 1 and 64, got %d", c.Streams)
