@@ -57,7 +57,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"postgres needs url", "store:\n  type: postgres", nil, "store.type"},
 		{"bad sync", "bus:\n  nats:\n    sync: sometimes", nil, "bus.nats.sync"},
 		{"heartbeat vs ttl", "presence:\n  heartbeat: 2m", nil, "presence.heartbeat"},
-		{"attempts range", "bus:\n  max_delivery_attempts: 2", nil, "bus.max_delivery_attempts"},
+		{"attempts range", "bus:\n  max_delivery_attempts: 1001", nil, "bus.max_delivery_attempts"},
 		{"payload over body", "api:\n  max_payload_bytes: 999999", nil, "api.max_payload_bytes"},
 		{"jwks needed", "auth:\n  algorithms: [RS256]", nil, "auth.jwks_url"},
 		{"bad algorithm", "auth:\n  algorithms: [none]", nil, "auth.algorithms[0]"},

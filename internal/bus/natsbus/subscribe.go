@@ -45,7 +45,10 @@ func (d *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.
 	if err != nil {
 		return nil, err
 	}
-	it, err := c.Messages(jetstream.PullMaxMessages(d.cfg.Prefetch), jetstream.PullExpiry(pullExpiry))
+	// A missed heartbeat (a busy machine, a reconnect) makes the iterator
+	// pull again rather than end the subscription.
+	it, err := c.Messages(jetstream.PullMaxMessages(d.cfg.Prefetch), jetstream.PullExpiry(pullExpiry),
+		jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: subscribe %s: %w", queue, err)
 	}
