@@ -168,3 +168,36 @@ type Subscription interface {
 	// the caller, before or after Close.
 	Close() error
 }
+
+// ErrEnded is returned by Take when the feed ended with nothing waiting.
+var ErrEnded = errors.New("subscription ended")
+
+// Take is the Receive of a driver that queues received messages on a
+// channel: it returns what waits on msgs, converted, at least one (waiting
+// until there is one) and at most max. It returns ctx.Err() when ctx is
+// done first, and ErrEnded once ended is closed and msgs is empty.
+func Take[T any](ctx context.Context, msgs <-chan T, ended <-chan struct{}, max int, convert func(T) *Message) ([]*Message, error) {
+	var first T
+	select {
+	case first = <-msgs:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-ended:
+		select {
+		case first = <-msgs:
+		default:
+			return nil, ErrEnded
+		}
+	}
+	out := make([]*Message, 1, min(max, 1+len(msgs)))
+	out[0] = convert(first)
+	for len(out) < max {
+		select {
+		case m := <-msgs:
+			out = append(out, convert(m))
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}

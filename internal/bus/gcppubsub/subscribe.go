@@ -2,6 +2,7 @@ package gcppubsub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -88,29 +89,11 @@ func (s *subscription) run(ctx context.Context, sub *pubsub.Subscriber) {
 
 // Receive returns what is waiting (at least one message, at most max).
 func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Message, error) {
-	var first *pubsub.Message
-	select {
-	case first = <-s.msgs:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.broken:
-		select {
-		case first = <-s.msgs:
-		default:
-			return nil, fmt.Errorf("gcppubsub: receive %s: %w", s.subID, s.err)
-		}
+	ms, err := driver.Take(ctx, s.msgs, s.broken, max, s.fromPubSub)
+	if errors.Is(err, driver.ErrEnded) {
+		return nil, fmt.Errorf("gcppubsub: receive %s: %w", s.subID, s.err)
 	}
-	out := make([]*driver.Message, 1, min(max, 1+len(s.msgs)))
-	out[0] = s.fromPubSub(first)
-	for len(out) < max {
-		select {
-		case pm := <-s.msgs:
-			out = append(out, s.fromPubSub(pm))
-		default:
-			return out, nil
-		}
-	}
-	return out, nil
+	return ms, err
 }
 
 // Close stops the streaming pull and releases what was received but not

@@ -107,29 +107,11 @@ func (s *subscription) pump() {
 
 // Receive returns what is waiting (at least one message, at most max).
 func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Message, error) {
-	var first jetstream.Msg
-	select {
-	case first = <-s.msgs:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.broken:
-		select {
-		case first = <-s.msgs:
-		default:
-			return nil, fmt.Errorf("natsbus: subscription on %s ended: %w", s.q.stream, s.err)
-		}
+	ms, err := driver.Take(ctx, s.msgs, s.broken, max, s.decode)
+	if errors.Is(err, driver.ErrEnded) {
+		return nil, fmt.Errorf("natsbus: subscription on %s ended: %w", s.q.stream, s.err)
 	}
-	out := make([]*driver.Message, 1, min(max, 1+len(s.msgs)))
-	out[0] = s.decode(first)
-	for len(out) < max {
-		select {
-		case jm := <-s.msgs:
-			out = append(out, s.decode(jm))
-		default:
-			return out, nil
-		}
-	}
-	return out, nil
+	return ms, err
 }
 
 // Close stops the pulls and releases what was received but not taken.
