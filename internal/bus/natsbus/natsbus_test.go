@@ -106,13 +106,21 @@ func externalConn(t testing.TB) *nats.Conn {
 	return nc
 }
 
+// creating serialises New in tests: a service creates its streams one
+// after another at start, and the embedded server has been seen to fail
+// ("error creating store for stream") when dozens of streams are created
+// at the same moment on a loaded machine.
+var creating sync.Mutex
+
 // newTestDriver builds a driver on nc with fresh streams; it is closed and
 // its streams are deleted when t ends.
 func newTestDriver(t testing.TB, nc *nats.Conn, cfg Config) *Driver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	creating.Lock()
 	d, err := New(ctx, nc, cfg)
+	creating.Unlock()
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
