@@ -56,11 +56,17 @@ type Target struct {
 // Messages stores pending envelopes, and remembers the ids their
 // recipients acknowledged (tombstones) so that a copy arriving again (a
 // retried send, a redelivery by an at-least-once bus) is not stored again.
+//
+// Each stored envelope also carries a routed mark: PutMessages stores it
+// not routed, MarkRouted marks it once it was routed (delivered live or
+// pushed), and Unrouted finds those that never were, so that a sweep can
+// route what a lost routing event left behind.
 type Messages interface {
-	// PutMessages stores envelopes, in the order given. It is idempotent on
-	// id: an id already stored is left as it is, and an id that its
-	// recipient acknowledged (see Ack) is not stored again as long as its
-	// tombstone is kept (see DeleteTombstonesBefore).
+	// PutMessages stores envelopes, in the order given, not routed. It is
+	// idempotent on id: an id already stored is left as it is (routed mark
+	// included), and an id that its recipient acknowledged (see Ack) is not
+	// stored again as long as its tombstone is kept (see
+	// DeleteTombstonesBefore).
 	//
 	// acked reports the envelopes not stored for that reason: acked[i] is
 	// true when envs[i]'s id was acknowledged before. acked is nil when no
@@ -70,6 +76,20 @@ type Messages interface {
 	// Safe for concurrent use; adapters may group concurrent calls into one
 	// transaction.
 	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
+	// MarkRouted marks the stored envelopes with these ids routed. Ids not
+	// stored (never stored, or acknowledged or deleted since) are ignored.
+	// It returns once the marks are committed; if ctx ends first it returns
+	// ctx's error and the marks may or may not be committed.
+	//
+	// Safe for concurrent use; adapters may group concurrent calls, and
+	// PutMessages calls, into one transaction. The order of a MarkRouted and
+	// a PutMessages of the same id that run concurrently is unspecified.
+	MarkRouted(ctx context.Context, ids []string) error
+	// Unrouted returns up to limit stored envelopes (payload included) not
+	// routed and created before before, oldest (first stored) first. It
+	// returns none when limit <= 0. Envelopes stored before the store had
+	// routed marks count as routed.
+	Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error)
 	// Pending returns up to limit envelopes of recipient after cursor
 	// ("" for the start), oldest (first stored) first.
 	Pending(ctx context.Context, recipient, cursor string, limit int) (Page, error)

@@ -1,8 +1,8 @@
 // Package groupcommit groups concurrent writes into shared commits: one
 // writer goroutine takes a queued request, then every request already
 // queued (up to a batch size, without waiting for more), and commits them
-// together. The store adapters use it so that many small PutMessages calls
-// cost one transaction between them.
+// together. The store adapters use it so that many small PutMessages and
+// MarkRouted calls cost one transaction between them.
 package groupcommit
 
 import (

@@ -35,6 +35,12 @@ func migrationLockKey(schema string) int64 {
 // each step is applied exactly once. Closing the connection releases the lock
 // even if unlocking fails.
 func migrate(ctx context.Context, cfg *pgx.ConnConfig, schema string, log *slog.Logger) error {
+	return migrateTo(ctx, cfg, schema, log, 0)
+}
+
+// migrateTo is migrate up to version last only (every version when last
+// is 0): tests make the schemas of earlier versions with it.
+func migrateTo(ctx context.Context, cfg *pgx.ConnConfig, schema string, log *slog.Logger, last int) error {
 	all, err := migrations()
 	if err != nil {
 		return err
@@ -70,7 +76,7 @@ func migrate(ctx context.Context, cfg *pgx.ConnConfig, schema string, log *slog.
 		return fmt.Errorf("migrate: schema %s is at version %d, newer than this program's %d", schema, current, latest)
 	}
 	for _, m := range all {
-		if m.Version <= current {
+		if m.Version <= current || (last > 0 && m.Version > last) {
 			continue
 		}
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {

@@ -3,10 +3,11 @@
 //
 // All tables live in one schema (Options.Schema), created and migrated on
 // Open under an advisory lock, so that several instances may start at once.
-// Concurrent PutMessages calls are grouped by one writer goroutine into a
-// single multi-row INSERT, with the batch's tombstone check, sent in one
-// round trip (group commit): once PutMessages returns nil the envelopes are
-// committed.
+// Concurrent PutMessages and MarkRouted calls are grouped by one writer
+// goroutine into a single multi-row INSERT, with the batch's tombstone
+// check, and a single UPDATE of the routed marks, sent in one round trip as
+// one transaction (group commit): once PutMessages returns nil the
+// envelopes are committed.
 package postgres
 
 import (
@@ -21,13 +22,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
-// DefaultMaxBatch is the number of envelopes a group-commit statement takes
-// at most when Options.MaxBatch is zero.
+// DefaultMaxBatch is the number of items (envelopes to store, ids to mark
+// routed) a group-commit transaction takes at most when Options.MaxBatch is
+// zero.
 const DefaultMaxBatch = 1000
 
 // writeTimeout bounds one group-commit statement, which no single caller's
@@ -36,9 +37,10 @@ const writeTimeout = 30 * time.Second
 
 // Options tunes a Store. The zero value is ready to use.
 type Options struct {
-	// MaxBatch caps the envelopes written by one group-commit statement
-	// (DefaultMaxBatch when <= 0). A single PutMessages call larger than
-	// MaxBatch still commits in one statement of its own.
+	// MaxBatch caps the items (envelopes to store, ids to mark routed)
+	// written by one group-commit transaction (DefaultMaxBatch when <= 0).
+	// A single PutMessages or MarkRouted call larger than MaxBatch still
+	// commits in one transaction of its own.
 	MaxBatch int
 	// MaxConns caps the connection pool (pgxpool's default, or the URL's
 	// pool_max_conns, when <= 0).
@@ -57,13 +59,15 @@ type Store struct {
 	schema string
 	log    *slog.Logger
 
-	// writer groups concurrent PutMessages calls into one transaction; the
-	// result of each envelope is whether it had a tombstone.
-	writer *groupcommit.Writer[*envelope.Envelope, bool]
-	// cols is the writer's reusable insert buffer (writer goroutine only).
+	// writer groups concurrent PutMessages and MarkRouted calls into one
+	// transaction; the result of each envelope put is whether it had a
+	// tombstone.
+	writer *groupcommit.Writer[write, bool]
+	// cols is the writer's reusable statement argument buffer (writer
+	// goroutine only).
 	cols batchColumns
 
-	// groupCommits counts the transactions the writer ran for PutMessages.
+	// groupCommits counts the transactions the writer ran.
 	groupCommits atomic.Int64
 
 	closed    atomic.Bool
@@ -116,7 +120,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		schema: opts.Schema,
 		log:    log,
 	}
-	s.writer = groupcommit.New(opts.MaxBatch, s.insertMessages, log)
+	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
 }
 
@@ -132,7 +136,7 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close stops accepting writes, waits for the writer to commit every
-// PutMessages call it already took, and closes the pool. Calls racing
+// PutMessages and MarkRouted call it already took, and closes the pool. Calls racing
 // Close either complete or return store.ErrClosed. Close is idempotent.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {

@@ -16,23 +16,36 @@ const (
 	// maxPage caps Pending's limit (the client contract's maximum).
 	maxPage = 500
 	// idChunk is the number of ids one statement with an IN list takes (a
-	// DELETE of Ack, a tombstone lookup of PutMessages): more than a full
-	// group-commit batch (DefaultMaxBatch), far fewer than SQLite's limit
-	// of 32766 parameters.
+	// DELETE of Ack, a tombstone lookup of PutMessages, an UPDATE of
+	// MarkRouted): more than a full group-commit batch (DefaultMaxBatch),
+	// far fewer than SQLite's limit of 32766 parameters.
 	idChunk = 1000
 	// retentionChunk is the number of rows one DELETE of DeleteBefore takes,
 	// so that retention never holds the write lock for long.
 	retentionChunk = 5000
 )
 
-const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+// insertMessageSQL stores one envelope, not routed, unless its id is stored.
+const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING`
 
-// PutMessages stores envs, idempotently on id, in the order given, except
-// those whose id has a tombstone (acked[i] true; see store.Messages). It
-// returns once the transaction holding them committed (durably), or with
-// ctx's error if ctx ends first, in which case they may or may not have
-// been stored.
+// markRoutedSQL, followed by an IN list, marks stored envelopes routed. It
+// leaves rows already routed alone, so that a repeated mark writes nothing.
+const markRoutedSQL = `UPDATE messages SET routed = 1 WHERE routed = 0 AND id IN (`
+
+// write is one item of the group-commit writer: an envelope that
+// PutMessages stores or, when env is nil, the id of an envelope that
+// MarkRouted marks routed.
+type write struct {
+	env    *envelope.Envelope
+	routed string
+}
+
+// PutMessages stores envs, not routed, idempotently on id, in the order
+// given, except those whose id has a tombstone (acked[i] true; see
+// store.Messages). It returns once the transaction holding them committed
+// (durably), or with ctx's error if ctx ends first, in which case they may
+// or may not have been stored.
 func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
 	if s.closed.Load() {
 		return nil, store.ErrClosed
@@ -40,13 +53,15 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 	if len(envs) == 0 {
 		return nil, nil
 	}
+	items := make([]write, len(envs))
 	for i, e := range envs {
 		if e == nil || e.ID == "" {
 			return nil, fmt.Errorf("sqlite put: envelope %d has no id", i)
 		}
+		items[i].env = e
 	}
 	acked := make([]bool, len(envs))
-	err := s.writer.Submit(ctx, envs, acked)
+	err := s.writer.Submit(ctx, items, acked)
 	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
 		return nil, fmt.Errorf("sqlite put: %w", err)
 	}
@@ -56,30 +71,64 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 	return acked, nil
 }
 
-// insertMessages writes envs in one transaction, except those with a
-// tombstone, which it marks in acked. It is the group-commit writer's
-// CommitFunc: it runs on the writer goroutine only. The transaction is
-// immediate (it takes the database's write lock at BEGIN), so no Ack, of
-// this process or another, can commit between the lookup and the inserts.
-func (s *Store) insertMessages(envs []*envelope.Envelope, acked []bool) error {
+// MarkRouted marks the stored envelopes with these ids routed, ignoring
+// ids not stored. The group-commit writer commits the marks together with
+// the PutMessages and MarkRouted calls waiting at the same time; it returns
+// once they are committed (durably), or with ctx's error if ctx ends first,
+// in which case they may or may not be.
+func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	items := make([]write, len(ids))
+	for i, id := range ids {
+		items[i].routed = id
+	}
+	err := s.writer.Submit(ctx, items, nil)
+	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
+		return fmt.Errorf("sqlite mark routed: %w", err)
+	}
+	return err
+}
+
+// commit writes items in one transaction: it stores the envelopes, except
+// those with a tombstone, which it marks in acked, then marks the ids to
+// mark routed (after the inserts, so that an id stored and marked in the
+// same batch ends up routed). It is the group-commit writer's CommitFunc:
+// it runs on the writer goroutine only. The transaction is immediate (it
+// takes the database's write lock at BEGIN), so no Ack, of this process or
+// another, can commit between the tombstone lookup and the inserts.
+func (s *Store) commit(items []write, acked []bool) error {
 	s.groupCommits.Add(1)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
 	ctx := context.Background()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return s.wrap("put: begin", err)
+		return s.wrap("write: begin", err)
 	}
 	defer tx.Rollback()
-	gone, err := s.tombstoned(ctx, tx, envs)
+	gone, err := s.tombstoned(ctx, tx, items)
 	if err != nil {
 		return err
 	}
-	stmt := tx.StmtContext(ctx, s.insert)
-	for i, e := range envs {
+	var stmt *sql.Stmt
+	marks := 0
+	for i, w := range items {
+		e := w.env
+		if e == nil {
+			marks++
+			continue
+		}
 		if _, ok := gone[e.ID]; ok {
 			acked[i] = true
 			continue
+		}
+		if stmt == nil {
+			stmt = tx.StmtContext(ctx, s.insert)
 		}
 		payload := e.Payload
 		if payload == nil {
@@ -89,46 +138,90 @@ func (s *Store) insertMessages(envs []*envelope.Envelope, acked []bool) error {
 			return s.wrap("put "+e.ID, err)
 		}
 	}
+	if marks > 0 {
+		if err := s.markRouted(ctx, tx, items); err != nil {
+			return err
+		}
+	}
 	if err := tx.Commit(); err != nil {
-		return s.wrap("put: commit", err)
+		return s.wrap("write: commit", err)
 	}
 	return nil
 }
 
-// tombstoned returns the ids of envs that have a tombstone (nil when none
-// has), looked up with one statement per idChunk ids.
-func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, envs []*envelope.Envelope) (map[string]struct{}, error) {
+// tombstoned returns the ids of the envelopes among items that have a
+// tombstone (nil when none has), looked up with one statement per idChunk
+// ids.
+func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[string]struct{}, error) {
 	var gone map[string]struct{}
-	args := s.lookupArgs[:0]
-	for start := 0; start < len(envs); start += idChunk {
-		chunk := envs[start:min(start+idChunk, len(envs))]
-		args = args[:0]
-		for _, e := range chunk {
-			args = append(args, e.ID)
+	err := s.inChunks(items, func(w write) (string, bool) {
+		if w.env == nil {
+			return "", false
 		}
-		rows, err := tx.QueryContext(ctx, "SELECT id FROM tombstones WHERE id IN ("+placeholders(len(chunk))+")", args...)
+		return w.env.ID, true
+	}, func(args []any) error {
+		rows, err := tx.QueryContext(ctx, "SELECT id FROM tombstones WHERE id IN ("+placeholders(len(args))+")", args...)
 		if err != nil {
-			return nil, s.wrap("put: tombstone lookup", err)
+			return s.wrap("put: tombstone lookup", err)
 		}
+		defer rows.Close()
 		for rows.Next() {
 			var id string
 			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return nil, s.wrap("put: tombstone lookup", err)
+				return s.wrap("put: tombstone lookup", err)
 			}
 			if gone == nil {
 				gone = make(map[string]struct{})
 			}
 			gone[id] = struct{}{}
 		}
-		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, s.wrap("put: tombstone lookup", err)
+			return s.wrap("put: tombstone lookup", err)
+		}
+		return nil
+	})
+	return gone, err
+}
+
+// markRouted marks the ids to mark among items routed, with one statement
+// per idChunk ids.
+func (s *Store) markRouted(ctx context.Context, tx *sql.Tx, items []write) error {
+	return s.inChunks(items, func(w write) (string, bool) {
+		return w.routed, w.env == nil
+	}, func(args []any) error {
+		if _, err := tx.ExecContext(ctx, markRoutedSQL+placeholders(len(args))+")", args...); err != nil {
+			return s.wrap(fmt.Sprintf("mark %d routed", len(args)), err)
+		}
+		return nil
+	})
+}
+
+// inChunks calls run with the ids that id picks from items, idChunk at a
+// time, in the writer's reusable argument buffer. It runs on the writer
+// goroutine only.
+func (s *Store) inChunks(items []write, id func(write) (string, bool), run func(args []any) error) error {
+	args := s.idArgs[:0]
+	defer func() {
+		clear(args[:cap(args)]) // drop references to the ids
+		s.idArgs = args[:0]
+	}()
+	for _, w := range items {
+		v, ok := id(w)
+		if !ok {
+			continue
+		}
+		args = append(args, v)
+		if len(args) == idChunk {
+			if err := run(args); err != nil {
+				return err
+			}
+			args = args[:0]
 		}
 	}
-	clear(args[:cap(args)]) // drop references to the ids
-	s.lookupArgs = args[:0]
-	return gone, nil
+	if len(args) > 0 {
+		return run(args)
+	}
+	return nil
 }
 
 // placeholders returns n comma-separated '?'s (n >= 1).
@@ -178,6 +271,44 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 		return store.Page{}, s.wrap("pending", err)
 	}
 	return page, nil
+}
+
+// Unrouted returns up to limit envelopes not routed and created before
+// before, in store order.
+func (s *Store) Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	// The partial index holds only unrouted rows, in store order: the
+	// planner picks it today, and INDEXED BY keeps it from ever trading it
+	// for messages_created_at, which would walk every routed row too.
+	rows, err := s.r.QueryContext(ctx, `SELECT id, sender, recipient, type, payload, ephemeral, created_at
+		FROM messages INDEXED BY messages_unrouted
+		WHERE routed = 0 AND created_at < ? ORDER BY seq LIMIT ?`, cutoffMillis(before), limit)
+	if err != nil {
+		return nil, s.wrap("unrouted", err)
+	}
+	defer rows.Close()
+	var out []*envelope.Envelope
+	for rows.Next() {
+		e := &envelope.Envelope{}
+		var ms int64
+		if err := rows.Scan(&e.ID, &e.Sender, &e.Recipient, &e.Type, &e.Payload, &e.Ephemeral, &ms); err != nil {
+			return nil, s.wrap("unrouted: scan", err)
+		}
+		if e.Payload == nil {
+			e.Payload = []byte{}
+		}
+		e.CreatedAt = fromMillis(ms)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("unrouted", err)
+	}
+	return out, nil
 }
 
 // Ack deletes recipient's envelopes with these ids, records a tombstone of

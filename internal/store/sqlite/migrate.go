@@ -23,6 +23,12 @@ func migrations() ([]migration.Migration, error) {
 // transaction, so that processes opening the same file at once apply each
 // step exactly once.
 func migrate(ctx context.Context, db *sql.DB, log *slog.Logger) error {
+	return migrateTo(ctx, db, log, 0)
+}
+
+// migrateTo is migrate up to version last only (every version when last
+// is 0): tests make the databases of earlier versions with it.
+func migrateTo(ctx context.Context, db *sql.DB, log *slog.Logger, last int) error {
 	all, err := migrations()
 	if err != nil {
 		return err
@@ -48,7 +54,7 @@ func migrate(ctx context.Context, db *sql.DB, log *slog.Logger) error {
 		return fmt.Errorf("migrate: database schema version %d is newer than this program's %d", current, latest)
 	}
 	for _, m := range all {
-		if m.Version <= current {
+		if m.Version <= current || (last > 0 && m.Version > last) {
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {

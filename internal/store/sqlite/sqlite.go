@@ -4,9 +4,10 @@
 // The database runs in WAL mode with synchronous=FULL: once PutMessages
 // returns nil the envelopes are in the write-ahead log on disk and survive a
 // crash or a power loss. Writes go through a single connection; reads use a
-// separate pool and never wait for a writer. Concurrent PutMessages calls
-// are grouped by one writer goroutine into a single transaction (group
-// commit), so many small sends cost one fsync between them.
+// separate pool and never wait for a writer. Concurrent PutMessages and
+// MarkRouted calls are grouped by one writer goroutine into a single
+// transaction (group commit), so many small sends, and the routed marks of
+// those sent before, cost one fsync between them.
 package sqlite
 
 import (
@@ -21,15 +22,15 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
-// DefaultMaxBatch is the number of envelopes a group-commit transaction
-// takes at most when Options.MaxBatch is zero.
+// DefaultMaxBatch is the number of items (envelopes to store, ids to mark
+// routed) a group-commit transaction takes at most when Options.MaxBatch is
+// zero.
 const DefaultMaxBatch = 512
 
 // busyTimeoutMS bounds how long a connection waits for a lock held by
@@ -39,9 +40,10 @@ const busyTimeoutMS = 10000
 
 // Options tunes a Store. The zero value is ready to use.
 type Options struct {
-	// MaxBatch caps the envelopes written in one group-commit transaction
-	// (DefaultMaxBatch when <= 0). A single PutMessages call larger than
-	// MaxBatch still commits in one transaction of its own.
+	// MaxBatch caps the items (envelopes to store, ids to mark routed)
+	// written in one group-commit transaction (DefaultMaxBatch when <= 0).
+	// A single PutMessages or MarkRouted call larger than MaxBatch still
+	// commits in one transaction of its own.
 	MaxBatch int
 	// Logger receives the store's operational logs (slog.Default() when nil).
 	// Payloads are never logged.
@@ -56,15 +58,16 @@ type Store struct {
 
 	insert *sql.Stmt // prepared on w
 
-	// writer groups concurrent PutMessages calls into one transaction; the
-	// result of each envelope is whether it had a tombstone.
-	writer *groupcommit.Writer[*envelope.Envelope, bool]
-	// lookupArgs is the writer's reusable tombstone lookup argument buffer
-	// (writer goroutine only).
-	lookupArgs []any
+	// writer groups concurrent PutMessages and MarkRouted calls into one
+	// transaction; the result of each envelope put is whether it had a
+	// tombstone.
+	writer *groupcommit.Writer[write, bool]
+	// idArgs is the writer's reusable IN-list argument buffer (writer
+	// goroutine only).
+	idArgs []any
 
-	// groupCommits counts the transactions the writer ran for PutMessages
-	// (for tests and benchmarks: envelopes per commit shows group commit).
+	// groupCommits counts the transactions the writer ran (for tests and
+	// benchmarks: items per commit shows group commit).
 	groupCommits atomic.Int64
 
 	closed    atomic.Bool
@@ -144,7 +147,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		log:    log,
 		insert: insert,
 	}
-	s.writer = groupcommit.New(opts.MaxBatch, s.insertMessages, log)
+	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
 }
 
@@ -182,7 +185,7 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close stops accepting writes, waits for the writer to commit every
-// PutMessages call it already took, and closes the database. Calls racing
+// PutMessages and MarkRouted call it already took, and closes the database. Calls racing
 // Close either complete or return store.ErrClosed. Close is idempotent.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {

@@ -92,3 +92,19 @@ func BenchmarkBacklog(b *testing.B) {
 	defer s.Close()
 	storetest.RunBacklogBenchmark(b, s)
 }
+
+// BenchmarkMarkRouted measures committed MarkRouted calls of 256 ids from
+// several goroutines at once (the pipeline's workers), reporting ids/s.
+func BenchmarkMarkRouted(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunMarkRoutedBenchmark(b, s)
+}
+
+// BenchmarkPutMarkRouted measures BenchmarkPutMessages's load while every
+// stored envelope is marked routed in batches of up to 256, reporting msgs/s.
+func BenchmarkPutMarkRouted(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunPutMarkRoutedBenchmark(b, s)
+}

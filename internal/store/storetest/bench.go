@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,4 +91,114 @@ func RunPutBenchmark(b *testing.B, s store.Store) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// MarkRoutedBatch is the number of ids per MarkRouted call in the
+// benchmarks: a batch of the pipeline.
+const MarkRoutedBatch = 256
+
+// RunMarkRoutedBenchmark measures committed MarkRouted calls of
+// MarkRoutedBatch ids each (envelopes stored unrouted beforehand) from 4
+// goroutines per GOMAXPROCS at once (the pipeline's workers), reporting
+// "ids/s" besides ns/op (one op is one call).
+func RunMarkRoutedBenchmark(b *testing.B, s store.Store) {
+	payload := make([]byte, 256)
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	batches := make([][]string, b.N)
+	envs := make([]*envelope.Envelope, 0, 2*MarkRoutedBatch)
+	for i := 0; i < b.N; i += 2 {
+		envs = envs[:0]
+		for range 2 * MarkRoutedBatch {
+			envs = append(envs, &envelope.Envelope{ID: ids.New(at), Sender: alice,
+				Recipient: fmt.Sprintf("urn:sm:user:r%d", len(envs)%1000), Payload: payload, CreatedAt: at})
+		}
+		if _, err := s.PutMessages(b.Context(), envs); err != nil {
+			b.Fatal(err)
+		}
+		batches[i] = idsOf(envs[:MarkRoutedBatch])
+		if i+1 < b.N {
+			batches[i+1] = idsOf(envs[MarkRoutedBatch:])
+		}
+	}
+	var next atomic.Int64
+	b.SetParallelism(4)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := s.MarkRouted(b.Context(), batches[next.Add(1)-1]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*MarkRoutedBatch)/time.Since(start).Seconds(), "ids/s")
+	b.StopTimer()
+	if left, err := s.Unrouted(b.Context(), at.Add(time.Hour), 2*MarkRoutedBatch); err != nil || len(left) > MarkRoutedBatch {
+		b.Fatalf("after the marks: %d unrouted, %v", len(left), err)
+	}
+}
+
+// RunPutMarkRoutedBenchmark measures the durable path of a send once the
+// API stores it and the pipeline marks it routed: RunPutBenchmark's load
+// (one envelope per PutMessages call from 64 goroutines per GOMAXPROCS),
+// while 4 markers mark the stored ids routed in MarkRouted calls of up to
+// MarkRoutedBatch ids (what is waiting, as a pipeline batch). It reports
+// "msgs/s" stored and marked besides ns/op (one op is one envelope).
+func RunPutMarkRoutedBenchmark(b *testing.B, s store.Store) {
+	payload := make([]byte, 256)
+	ids := envelope.NewIDs()
+	var seq atomic.Int64
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	stored := make(chan string, 4*MarkRoutedBatch)
+	var markers sync.WaitGroup
+	for range 4 {
+		markers.Go(func() {
+			batch := make([]string, 0, MarkRoutedBatch)
+			for id := range stored {
+				batch = append(batch, id)
+				if len(batch) < MarkRoutedBatch && len(stored) > 0 {
+					continue
+				}
+				if err := s.MarkRouted(b.Context(), batch); err != nil {
+					b.Error(err)
+				}
+				batch = batch[:0]
+			}
+			if len(batch) > 0 {
+				if err := s.MarkRouted(b.Context(), batch); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	b.SetParallelism(64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := seq.Add(1)
+			e := &envelope.Envelope{
+				ID:        ids.New(at),
+				Sender:    "urn:sm:user:sender",
+				Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000),
+				Payload:   payload,
+				CreatedAt: at,
+			}
+			if _, err := s.PutMessages(b.Context(), []*envelope.Envelope{e}); err != nil {
+				b.Error(err)
+				return
+			}
+			stored <- e.ID
+		}
+	})
+	close(stored)
+	markers.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	b.StopTimer()
+	if left, err := s.Unrouted(b.Context(), at.Add(time.Hour), 1); err != nil || len(left) > 0 {
+		b.Fatalf("after the marks: %d unrouted, %v", len(left), err)
+	}
 }

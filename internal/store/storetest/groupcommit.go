@@ -26,14 +26,16 @@ type GroupCommitProbe struct {
 }
 
 // RunGroupCommitTest stalls s's writer on its first commit while 32
-// callers of PutMessages queue up, then releases it: the queued calls must
-// share commits, and each must get its own answer: half of them put a new
-// envelope, which must be stored, and half an envelope acknowledged before,
-// which must be reported acknowledged and not stored.
+// callers of PutMessages and 16 of MarkRouted queue up, then releases it:
+// the queued calls must share commits, and each must get its own answer:
+// half of the puts put a new envelope, which must be stored (not routed),
+// and half an envelope acknowledged before, which must be reported
+// acknowledged and not stored; each mark marks its two envelopes routed.
 func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	t.Helper()
 	const (
 		callers   = 32
+		markers   = 16
 		recipient = "urn:sm:user:b"
 	)
 	ids := envelope.NewIDs()
@@ -53,11 +55,27 @@ func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	if n, err := s.Ack(t.Context(), recipient, ackedIDs); err != nil || n != len(ackedIDs) {
 		t.Fatalf("Ack: %d, %v; want %d", n, err, len(ackedIDs))
 	}
+	// The markers' envelopes, two each, are stored before the stall.
+	toMark := make([]*envelope.Envelope, 2*markers)
+	for i := range toMark {
+		toMark[i] = &envelope.Envelope{ID: ids.New(time.Now()), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:c",
+			Payload: []byte(fmt.Sprint(i)), CreatedAt: envelope.Now()}
+	}
+	if _, err := s.PutMessages(t.Context(), toMark); err != nil {
+		t.Fatalf("PutMessages: %v", err)
+	}
 	commitsBefore := p.Commits()
 
 	release := p.Hold(t)
 	var wg sync.WaitGroup
-	errs := make(chan error, callers)
+	errs := make(chan error, callers+markers)
+	for i := range markers {
+		wg.Go(func() {
+			if err := s.MarkRouted(t.Context(), idsOf(toMark[2*i:2*i+2])); err != nil {
+				errs <- fmt.Errorf("MarkRouted %d: %w", i, err)
+			}
+		})
+	}
 	for i, e := range envs {
 		wg.Go(func() {
 			acked, err := s.PutMessages(t.Context(), []*envelope.Envelope{e})
@@ -88,7 +106,7 @@ func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Errorf("PutMessages: %v", err)
+		t.Errorf("PutMessages or MarkRouted: %v", err)
 	}
 	page, err := s.Pending(t.Context(), recipient, "", 500)
 	if err != nil {
@@ -103,9 +121,18 @@ func RunGroupCommitTest(t *testing.T, s store.Store, p GroupCommitProbe) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("stored %d envelopes, want the %d new ones", len(got), len(want))
 	}
-	if n := p.Commits() - commitsBefore; n >= callers {
-		t.Errorf("%d %s for %d concurrent calls: no group commit", n, p.Unit, callers)
+	unrouted, err := s.Unrouted(t.Context(), time.Now().Add(time.Hour), 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = idsOf(unrouted)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("%d envelopes unrouted, want the %d new ones (and none of those marked)", len(got), len(want))
+	}
+	if n := p.Commits() - commitsBefore; n >= callers+markers {
+		t.Errorf("%d %s for %d concurrent calls: no group commit", n, p.Unit, callers+markers)
 	} else {
-		t.Logf("%d concurrent calls committed in %d %s", callers, n, p.Unit)
+		t.Logf("%d concurrent calls committed in %d %s", callers+markers, n, p.Unit)
 	}
 }

@@ -1,0 +1,118 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+)
+
+// preRoutedInsertSQL is how a program before migration 0003 stores an
+// envelope: without the routed column.
+const preRoutedInsertSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`
+
+// TestUpgradeToRouted opens a schema made at version 2 (before routed
+// marks): the envelopes it holds count as routed and stay pending, new
+// ones are stored unrouted, and rows that a program of version 2 still
+// inserts (during a rolling upgrade) count as routed too.
+func TestUpgradeToRouted(t *testing.T) {
+	url := os.Getenv("ROUTING_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("ROUTING_TEST_POSTGRES_URL is not set; set it to a PostgreSQL URL to run this test")
+	}
+	ctx := t.Context()
+	log := slog.New(slog.DiscardHandler)
+	b := make([]byte, 8)
+	rand.Read(b)
+	schema := "storetest_up_" + hex.EncodeToString(b)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Errorf("drop schema: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+	})
+	if err := migrateTo(ctx, cfg, schema, log, 2); err != nil {
+		t.Fatal(err)
+	}
+	old, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(context.Background())
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const recipient = "urn:sm:user:b"
+	var oldIDs []string
+	for i, id := range []string{"01JOLD0", "01JOLD1", "01JOLD2"} {
+		if _, err := old.Exec(ctx, preRoutedInsertSQL, id, "urn:sm:user:a", recipient, "chat", []byte{byte(i)}, false, at); err != nil {
+			t.Fatal(err)
+		}
+		oldIDs = append(oldIDs, id)
+	}
+
+	s, err := Open(ctx, url, Options{Schema: schema, MaxConns: 2, Logger: log})
+	if err != nil {
+		t.Fatalf("Open of a version 2 schema: %v", err)
+	}
+	defer s.Close()
+	future := time.Now().Add(100 * 365 * 24 * time.Hour)
+	if got, err := s.Unrouted(ctx, future, 10); err != nil || len(got) != 0 {
+		t.Fatalf("Unrouted after the upgrade: %d envelopes, %v; want none", len(got), err)
+	}
+	p, err := s.Pending(ctx, recipient, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pageIDs(p.Envelopes); !slices.Equal(got, oldIDs) {
+		t.Fatalf("pending after the upgrade: %v, want %v", got, oldIDs)
+	}
+
+	e := &envelope.Envelope{ID: "01JNEW", Sender: "urn:sm:user:a", Recipient: recipient, Payload: []byte("n"), CreatedAt: at}
+	if _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Exec(ctx, preRoutedInsertSQL, "01JOLDPROGRAM", "urn:sm:user:a", recipient, "", []byte{}, false, at); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Unrouted(ctx, future, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := pageIDs(got); !slices.Equal(ids, []string{e.ID}) {
+		t.Fatalf("Unrouted after a put: %v, want just %s", ids, e.ID)
+	}
+	if err := s.MarkRouted(ctx, append(oldIDs, e.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Unrouted(ctx, future, 10); err != nil || len(got) != 0 {
+		t.Fatalf("Unrouted after MarkRouted: %d envelopes, %v; want none", len(got), err)
+	}
+}
+
+func pageIDs(envs []*envelope.Envelope) []string {
+	out := make([]string, len(envs))
+	for i, e := range envs {
+		out[i] = e.ID
+	}
+	return out
+}

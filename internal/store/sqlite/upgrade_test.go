@@ -1,0 +1,92 @@
+package sqlite
+
+import (
+	"database/sql"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/go-routing-service/routingservice/internal/envelope"
+)
+
+// preRoutedInsertSQL is how a program before migration 0003 stores an
+// envelope: without the routed column.
+const preRoutedInsertSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+
+// TestUpgradeToRouted opens a database made at schema version 2 (before
+// routed marks): the envelopes it holds count as routed and stay pending,
+// new ones are stored unrouted, and rows that a program of version 2 still
+// inserts (during a rolling upgrade) count as routed too.
+func TestUpgradeToRouted(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "store.db")
+	log := slog.New(slog.DiscardHandler)
+	old, err := sql.Open("sqlite", path+"?_pragma=journal_mode(WAL)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, old, log, 2); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const recipient = "urn:sm:user:b"
+	var oldIDs []string
+	for i, id := range []string{"01JOLD0", "01JOLD1", "01JOLD2"} {
+		if _, err := old.ExecContext(ctx, preRoutedInsertSQL, id, "urn:sm:user:a", recipient, "chat", []byte{byte(i)}, false, toMillis(at)); err != nil {
+			t.Fatal(err)
+		}
+		oldIDs = append(oldIDs, id)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(ctx, path, Options{Logger: log})
+	if err != nil {
+		t.Fatalf("Open of a version 2 database: %v", err)
+	}
+	defer s.Close()
+	future := time.Now().Add(100 * 365 * 24 * time.Hour)
+	if got, err := s.Unrouted(ctx, future, 10); err != nil || len(got) != 0 {
+		t.Fatalf("Unrouted after the upgrade: %d envelopes, %v; want none", len(got), err)
+	}
+	p, err := s.Pending(ctx, recipient, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pageIDs(p.Envelopes); !slices.Equal(got, oldIDs) {
+		t.Fatalf("pending after the upgrade: %v, want %v", got, oldIDs)
+	}
+
+	e := &envelope.Envelope{ID: "01JNEW", Sender: "urn:sm:user:a", Recipient: recipient, Payload: []byte("n"), CreatedAt: at}
+	if _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.ExecContext(ctx, preRoutedInsertSQL, "01JOLDPROGRAM", "urn:sm:user:a", recipient, "", []byte{}, false, toMillis(at)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Unrouted(ctx, future, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := pageIDs(got); !slices.Equal(ids, []string{e.ID}) {
+		t.Fatalf("Unrouted after a put: %v, want just %s", ids, e.ID)
+	}
+	if err := s.MarkRouted(ctx, append(oldIDs, e.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Unrouted(ctx, future, 10); err != nil || len(got) != 0 {
+		t.Fatalf("Unrouted after MarkRouted: %d envelopes, %v; want none", len(got), err)
+	}
+}
+
+func pageIDs(envs []*envelope.Envelope) []string {
+	out := make([]string, len(envs))
+	for i, e := range envs {
+		out[i] = e.ID
+	}
+	return out
+}
