@@ -158,39 +158,39 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			}
 			if !rec.Published {
 				// An earlier attempt reserved the key but did not finish
-				// publishing (it failed or is still running): publish the same
-				// envelope again; the pipeline is idempotent on its id.
-				if err := s.publish(ctx, rec.Envelope); err != nil {
-					web.WriteError(w, unavailable("bus"))
+				// accepting (it failed or is still running): accept the same
+				// envelope again; the store keeps one copy of an id.
+				if e := s.accept(ctx, rec.Envelope); e != nil {
+					web.WriteError(w, e)
 					return
 				}
 				if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
 					// The message is accepted; the next retry with this key
-					// publishes it again, which the pipeline stores once.
+					// accepts it again, which stores nothing twice.
 					s.log.Warn("idempotency mark published failed", "id", rec.Envelope.ID, "err", err)
 				}
 			}
 			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
 			return
 		}
-		if err := s.publish(ctx, env); err != nil {
+		if e := s.accept(ctx, env); e != nil {
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
 			if err := s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey); err != nil {
-				// The key stays reserved for an envelope never published: a
-				// retry with it publishes that envelope, with its id.
+				// The key stays reserved for an envelope never accepted: a
+				// retry with it accepts that envelope, with its id.
 				s.log.Warn("idempotency release failed", "id", env.ID, "err", err)
 			}
 			rcancel()
-			web.WriteError(w, unavailable("bus"))
+			web.WriteError(w, e)
 			return
 		}
 		if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
-			// The message is accepted; a retry with this key republishes the
-			// same envelope, which the pipeline stores once.
+			// The message is accepted; a retry with this key accepts the
+			// same envelope again, which stores nothing twice.
 			s.log.Warn("idempotency mark published failed", "id", env.ID, "err", err)
 		}
-	} else if err := s.publish(ctx, env); err != nil {
-		web.WriteError(w, unavailable("bus"))
+	} else if e := s.accept(ctx, env); e != nil {
+		web.WriteError(w, e)
 		return
 	}
 	if s.m != nil {
@@ -199,14 +199,48 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
 }
 
-func (s *Server) publish(ctx context.Context, env *envelope.Envelope) error {
+// storedAttrs mark a routing event whose envelope is in the store already.
+// Read only: shared by every publish.
+var storedAttrs = map[string]string{bus.AttrStored: "1"}
+
+// accept makes env durable and publishes its routing event; an error means
+// nothing was accepted. The durable point is the store: concurrent accepts
+// share one commit (and one fsync) through the store's group commit, and
+// the answer waits for it. The routing event then goes on the ingress
+// queue; if that publish fails the message is still accepted, and the
+// pipeline's sweep of unrouted envelopes routes it. An ephemeral envelope
+// is never stored: it is accepted once the bus holds it.
+func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error {
 	data, err := envelope.Marshal(env)
 	if err != nil {
-		return err
+		s.log.Error("encode envelope", "id", env.ID, "err", err)
+		return web.Errorf(http.StatusInternalServerError, web.CodeInternal, "the message could not be encoded")
 	}
-	if err := s.bus.PublishIngress(ctx, &bus.Message{ID: env.ID, Data: data, OrderingKey: env.Recipient}); err != nil {
-		s.log.Warn("publish ingress failed", "id", env.ID, "err", err)
-		return err
+	m := &bus.Message{ID: env.ID, Data: data, OrderingKey: env.Recipient}
+	if !env.Ephemeral {
+		// Wait for the commit's outcome even if the client goes away, so
+		// that the answer says what happened.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.PublishTimeout)
+		acked, err := s.store.PutMessages(cctx, []*envelope.Envelope{env})
+		cancel()
+		if err != nil {
+			s.log.Warn("store accepted message failed", "id", env.ID, "err", err)
+			return unavailable("store")
+		}
+		if len(acked) == 1 && acked[0] {
+			return nil // a retry of a message its recipient already acknowledged
+		}
+		m.Attributes = storedAttrs
+	}
+	if err := s.bus.PublishIngress(ctx, m); err != nil {
+		if env.Ephemeral {
+			s.log.Warn("publish ingress failed", "id", env.ID, "err", err)
+			return unavailable("bus")
+		}
+		s.log.Warn("routing event not published; the stored message is routed by the pipeline's sweep", "id", env.ID, "err", err)
+		if s.m != nil {
+			s.m.RoutingDeferred.Inc()
+		}
 	}
 	return nil
 }

@@ -9,10 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
+	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 )
 
@@ -70,9 +72,17 @@ func (h *logRecorder) all() string {
 var errInjected = errors.New("injected store failure")
 
 // failingIdempotencies is a real SQLite store whose MarkPublished and
-// ReleaseIdempotency fail.
+// ReleaseIdempotency fail, and whose PutMessages fails while putFails is set.
 type failingIdempotencies struct {
 	*sqlite.Store
+	putFails *atomic.Bool
+}
+
+func (f failingIdempotencies) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
+	if f.putFails.Load() {
+		return nil, errInjected
+	}
+	return f.Store.PutMessages(ctx, envs)
 }
 
 func (failingIdempotencies) MarkPublished(context.Context, string, string) error { return errInjected }
@@ -97,7 +107,7 @@ func (p *publisher) PublishIngress(_ context.Context, m *bus.Message) error {
 	return nil
 }
 
-// The idempotency bookkeeping that follows a publish can fail without
+// The idempotency bookkeeping around accepting a message can fail without
 // failing the request; each failure is logged at warn with the message id,
 // never the payload.
 func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
@@ -107,9 +117,11 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	logs := &logRecorder{}
-	pub := &publisher{failing: true}
+	pub := &publisher{}
+	putFails := new(atomic.Bool)
+	putFails.Store(true)
 	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
-		Logger: slog.New(logs)}, failingIdempotencies{st}, pub, func(tok string) (string, error) { return tok, nil })
+		Logger: slog.New(logs)}, failingIdempotencies{st, putFails}, pub, func(tok string) (string, error) { return tok, nil })
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	const payload = "c2VjcmV0LWNpcGhlcnRleHQ=" // never logged
@@ -123,9 +135,9 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 		return w
 	}
 
-	// The publish fails and so does releasing the key.
+	// Storing fails and so does releasing the key.
 	if w := send("k1"); w.Code != http.StatusServiceUnavailable {
-		t.Fatalf("send with the bus down: %d %s", w.Code, w.Body)
+		t.Fatalf("send with the store down: %d %s", w.Code, w.Body)
 	}
 	attrs, ok := logs.find(slog.LevelWarn, "idempotency release failed")
 	if !ok || attrs["id"] == "" || !strings.Contains(attrs["err"], errInjected.Error()) {
@@ -133,11 +145,9 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	}
 	firstID := attrs["id"]
 
-	// A retry with the key finds it reserved but unpublished: it publishes
+	// A retry with the key finds it reserved but not accepted: it accepts
 	// the first attempt's envelope, then marking it published fails.
-	pub.mu.Lock()
-	pub.failing = false
-	pub.mu.Unlock()
+	putFails.Store(false)
 	if w := send("k1"); w.Code != http.StatusAccepted || !strings.Contains(w.Body.String(), firstID) {
 		t.Fatalf("retry: %d %s, want 202 with id %s", w.Code, w.Body, firstID)
 	}
@@ -150,5 +160,44 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	}
 	if all := logs.all(); strings.Contains(all, payload) || strings.Contains(all, "secret-ciphertext") {
 		t.Fatalf("a log line carries the payload:\n%s", all)
+	}
+}
+
+// The store is where a message becomes durable: once it is stored, the
+// message is accepted (202) even when its routing event cannot be
+// published, and it waits as pending (and unrouted, for the sweep). An
+// ephemeral message is never stored, so with the bus down it is refused.
+func TestAcceptedOnceStoredEvenWithTheBusDown(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	pub := &publisher{failing: true}
+	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second},
+		st, pub, func(tok string) (string, error) { return tok, nil })
+	rt := NewRouter(nil, nil)
+	s.Mount(rt)
+	send := func(body string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer urn:sm:user:alice")
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		rt.ServeHTTP(w, req)
+		return w
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk="}`); w.Code != http.StatusAccepted {
+		t.Fatalf("send with the bus down: %d %s, want 202", w.Code, w.Body)
+	}
+	page, err := st.Pending(t.Context(), "urn:sm:user:bob", "", 10)
+	if err != nil || len(page.Envelopes) != 1 {
+		t.Fatalf("pending after the send: %d, %v; want 1", len(page.Envelopes), err)
+	}
+	unrouted, err := st.Unrouted(t.Context(), time.Now().Add(time.Minute), 10)
+	if err != nil || len(unrouted) != 1 || unrouted[0].ID != page.Envelopes[0].ID {
+		t.Fatalf("unrouted after the send: %v, %v; want the message", unrouted, err)
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk=","ephemeral":true}`); w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("ephemeral send with the bus down: %d %s, want 503", w.Code, w.Body)
 	}
 }

@@ -295,6 +295,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
+		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
 	}
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)

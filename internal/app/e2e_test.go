@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
@@ -310,5 +314,41 @@ func TestBacklogThenLiveSendsOnce(t *testing.T) {
 		if seen[id] != 1 {
 			t.Fatalf("live message %s not received", id)
 		}
+	}
+}
+
+// An instance that dies between storing a message and publishing its
+// routing event leaves it stored and unrouted: the sweep of unrouted
+// messages routes it, live to a connected recipient, once it is
+// pipeline.reroute_after old, and only once.
+func TestSweepRoutesStoredButUnroutedMessage(t *testing.T) {
+	var st store.Store
+	ta := startAppWith(t, func(c *config.Config) { c.Pipeline.RerouteAfter = 300 * time.Millisecond },
+		app.Options{WrapStore: func(s store.Store) store.Store { st = s; return s }})
+	bob := ta.client(t, "urn:sm:user:bob-sweep")
+	conn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+
+	// What the API does before its publish, and no more.
+	now := envelope.Now()
+	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bob-sweep", Payload: []byte("lost"), CreatedAt: now}
+	if _, err := st.PutMessages(ctxT(t), []*envelope.Envelope{env}); err != nil {
+		t.Fatal(err)
+	}
+	got := next(t, conn)
+	if got.ID != env.ID || string(got.Payload) != "lost" {
+		t.Fatalf("received %+v, want the stored message", got)
+	}
+	if got.CreatedAt.Before(now) {
+		t.Fatalf("received with created_at %v, want %v", got.CreatedAt, now)
+	}
+	eventually(t, "the rerouted count", func() bool { return testutil.ToFloat64(ta.app.Metrics().Rerouted) == 1 })
+	unrouted, err := st.Unrouted(ctxT(t), time.Now().Add(time.Hour), 10)
+	if err != nil || len(unrouted) != 0 {
+		t.Fatalf("unrouted after the sweep: %d, %v; want none", len(unrouted), err)
 	}
 }

@@ -51,6 +51,9 @@ const (
 	AttrDeadAttempts = "dead_letter_attempts"
 	// AttrInstance names the instance a delivery event is addressed to.
 	AttrInstance = driver.AttrInstance
+	// AttrStored marks an ingress message whose envelope the API has
+	// stored already: the pipeline only routes it.
+	AttrStored = "stored"
 )
 
 // ErrPermanent marks a handler error that retrying cannot fix (undecodable or

@@ -139,7 +139,10 @@ type NATS struct {
 	SubjectPrefix string `yaml:"subject_prefix"`
 	// Sync is the embedded server's fsync policy: "always" (every write is
 	// fsynced before the publish is acknowledged) or a duration such as
-	// "2m" (fsync at that interval).
+	// "1s" (fsync at that interval). The store, not the bus, is where an
+	// accepted message is durable: this only bounds how many routing
+	// events a power loss can take (the sweep of unrouted messages routes
+	// them again).
 	Sync string `yaml:"sync"`
 	// Replicas of each stream (external cluster).
 	Replicas int `yaml:"replicas"`
@@ -196,6 +199,9 @@ type Redis struct {
 type Pipeline struct {
 	Concurrency    int           `yaml:"concurrency"`
 	HandlerTimeout time.Duration `yaml:"handler_timeout"`
+	// RerouteAfter is how long a stored message may wait for its routing
+	// event before the sweep of unrouted messages routes it.
+	RerouteAfter time.Duration `yaml:"reroute_after"`
 }
 
 // Push configures push notifications.
@@ -326,7 +332,7 @@ func Default() Config {
 			MaxBackoff:              60 * time.Second,
 			MaxOutstanding:          1000,
 			NATS: NATS{
-				Sync:            "always",
+				Sync:            "1s",
 				SubjectPrefix:   "routing",
 				Replicas:        1,
 				DuplicateWindow: 2 * time.Minute,
@@ -351,7 +357,7 @@ func Default() Config {
 			Heartbeat: 20 * time.Second,
 			Redis:     Redis{Addr: "127.0.0.1:6379", KeyPrefix: "routing:"},
 		},
-		Pipeline: Pipeline{Concurrency: 64, HandlerTimeout: 10 * time.Second},
+		Pipeline: Pipeline{Concurrency: 64, HandlerTimeout: 10 * time.Second, RerouteAfter: 30 * time.Second},
 		Push: Push{
 			CoalesceWindow:    5 * time.Second,
 			Concurrency:       16,
@@ -494,6 +500,7 @@ func (c Config) Check() error {
 		"store.retention": c.Store.Retention, "store.sweep_interval": c.Store.SweepInterval,
 		"presence.ttl": c.Presence.TTL, "presence.heartbeat": c.Presence.Heartbeat,
 		"pipeline.handler_timeout": c.Pipeline.HandlerTimeout, "push.timeout": c.Push.Timeout,
+		"pipeline.reroute_after": c.Pipeline.RerouteAfter,
 		"push.coalesce_window": c.Push.CoalesceWindow,
 	}
 	for k, v := range positive {

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
@@ -19,9 +18,12 @@ import (
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
-// Store stores envelopes, idempotent on id.
+// Store stores envelopes (idempotent on id) and keeps track of which were
+// routed.
 type Store interface {
 	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
+	MarkRouted(ctx context.Context, ids []string) error
+	Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error)
 }
 
 // Presence tells which instances hold a user's connections.
@@ -121,8 +123,12 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	ctx, cancel := context.WithTimeout(ctx, p.o.HandlerTimeout)
 	defer cancel()
 
+	// Envelopes the API stored already (the routing events it publishes
+	// say so) are only routed; others (published by an older version, or
+	// by hand) are stored first, with one store call for the batch.
 	envs := make([]*envelope.Envelope, len(ms))
-	stored := make([]*envelope.Envelope, 0, len(ms))
+	var toStore []*envelope.Envelope
+	var toStoreAt []int
 	for i, m := range ms {
 		env := new(envelope.Envelope)
 		if err := envelope.Unmarshal(m.Data, env); err != nil {
@@ -131,12 +137,13 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			continue
 		}
 		envs[i] = env
-		if !env.Ephemeral {
-			stored = append(stored, env)
+		if !env.Ephemeral && m.Attributes[bus.AttrStored] == "" {
+			toStore = append(toStore, env)
+			toStoreAt = append(toStoreAt, i)
 		}
 	}
-	if len(stored) > 0 {
-		acked, err := p.store.PutMessages(ctx, stored)
+	if len(toStore) > 0 {
+		acked, err := p.store.PutMessages(ctx, toStore)
 		if err != nil {
 			for i := range ms {
 				if errs[i] == nil {
@@ -147,7 +154,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 		}
 		for j, done := range acked { // acknowledged by the recipient before: handled, nothing to route
 			if done {
-				envs[slices.Index(envs, stored[j])] = nil
+				envs[toStoreAt[j]] = nil
 			}
 		}
 	}
@@ -186,7 +193,30 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			p.o.Metrics.DeliveriesPublished.Add(float64(len(ds)))
 		}
 	}
+	p.markRouted(ctx, envs, errs)
 	return errs
+}
+
+// markRouted records, with one store call, that the stored envelopes of
+// the batch that were routed are: the sweep of unrouted envelopes leaves
+// them alone. A failure is logged, not returned: the envelopes were routed,
+// and the worst it costs is a second routing by the sweep.
+func (p *Pipeline) markRouted(ctx context.Context, envs []*envelope.Envelope, errs []error) {
+	var ids []string
+	for i, env := range envs {
+		if env != nil && !env.Ephemeral && errs[i] == nil {
+			ids = append(ids, env.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	if err := p.store.MarkRouted(ctx, ids); err != nil {
+		p.log.Warn("pipeline: marking routed envelopes failed; the sweep may route them again", "count", len(ids), "err", err)
+		if p.o.Metrics != nil {
+			p.o.Metrics.RouteMarkFailed.Inc()
+		}
+	}
 }
 
 // pending is a delivery event waiting to be published with its batch, and

@@ -13,9 +13,10 @@ import (
 )
 
 type fakeStore struct {
-	mu   sync.Mutex
-	err  error
-	envs []*envelope.Envelope
+	mu     sync.Mutex
+	err    error
+	envs   []*envelope.Envelope
+	routed map[string]bool
 }
 
 func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([]bool, error) {
@@ -26,6 +27,36 @@ func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([
 	}
 	s.envs = append(s.envs, envs...)
 	return nil, nil
+}
+
+func (s *fakeStore) MarkRouted(_ context.Context, ids []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.routed == nil {
+		s.routed = map[string]bool{}
+	}
+	for _, id := range ids {
+		s.routed[id] = true
+	}
+	return nil
+}
+
+func (s *fakeStore) Unrouted(_ context.Context, before time.Time, limit int) ([]*envelope.Envelope, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*envelope.Envelope
+	for _, e := range s.envs {
+		if !s.routed[e.ID] && e.CreatedAt.Before(before) && len(out) < limit {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (s *fakeStore) isRouted(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.routed[id]
 }
 
 type fakePresence struct {
@@ -282,5 +313,56 @@ func TestAcknowledgedCopyNotRoutedAgain(t *testing.T) {
 		if len(b.out) != 0 || len(l.got) != 0 || len(n.got) != 0 {
 			t.Fatalf("online %v: published %d, local %d, pushed %d; want nothing", online, len(b.out), len(l.got), len(n.got))
 		}
+	}
+}
+
+// An ingress message the API stored already (AttrStored) is routed
+// without a second store call, and marked routed.
+func TestStoredMessageOnlyRouted(t *testing.T) {
+	st := &countingStore{}
+	n := &fakeNotifier{}
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, st, presenceByUser{}, &fakeBus{})
+	m := message(t, "urn:sm:user:b")
+	m.Attributes = map[string]string{bus.AttrStored: "1"}
+	if err := p.Handle(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	if st.calls != 0 {
+		t.Fatalf("stored again: %d store calls", st.calls)
+	}
+	if !st.isRouted(m.ID) || len(n.got) != 1 {
+		t.Fatalf("routed mark %v, pushes %d; want marked and one push", st.isRouted(m.ID), len(n.got))
+	}
+}
+
+// The sweep routes envelopes stored long enough ago whose routing event
+// never came (a push for an offline recipient, live for an online one),
+// marks them routed, and leaves recent ones to their routing event.
+func TestRerouteSweepsUnroutedEnvelopes(t *testing.T) {
+	old := time.Now().Add(-time.Minute)
+	mk := func(id, to string, at time.Time) *envelope.Envelope {
+		return &envelope.Envelope{ID: id, Sender: "urn:sm:user:a", Recipient: to, Payload: []byte("c"), CreatedAt: at}
+	}
+	st := &fakeStore{envs: []*envelope.Envelope{
+		mk("lost-offline", "urn:sm:user:off", old),
+		mk("lost-online", "urn:sm:user:on", old),
+		mk("recent", "urn:sm:user:off", time.Now()),
+	}}
+	n, b := &fakeNotifier{}, &fakeBus{}
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, st, presenceByUser{"urn:sm:user:on": {"other"}}, b)
+	if got := p.rerouteOnce(context.Background(), 30*time.Second); got != 2 {
+		t.Fatalf("first sweep found %d, want 2", got)
+	}
+	if !st.isRouted("lost-offline") || !st.isRouted("lost-online") || st.isRouted("recent") {
+		t.Fatalf("routed marks %v", st.routed)
+	}
+	if len(n.got) != 1 || n.got[0].MessageID != "lost-offline" {
+		t.Fatalf("pushes %+v, want one for lost-offline", n.got)
+	}
+	if len(b.out) != 1 || b.out[0].instance != "other" || b.out[0].m.ID != "lost-online.other" {
+		t.Fatalf("deliveries %+v, want one for lost-online to other", b.out)
+	}
+	if got := p.rerouteOnce(context.Background(), 30*time.Second); got != 0 {
+		t.Fatalf("second sweep found %d, want 0", got)
 	}
 }

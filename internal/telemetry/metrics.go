@@ -20,6 +20,9 @@ type Metrics struct {
 	HTTPDuration        *prometheus.HistogramVec // route
 	MessagesAccepted    *prometheus.CounterVec   // ephemeral
 	IdempotentHits      prometheus.Counter
+	RoutingDeferred     prometheus.Counter // accepted, routing event not published: left to the sweep
+	Rerouted            prometheus.Counter // routed by the sweep of unrouted envelopes
+	RouteMarkFailed     prometheus.Counter
 	PipelineHandled     *prometheus.CounterVec // result: ok, retry, dead
 	PipelineDuration    prometheus.Histogram
 	DeliveriesPublished prometheus.Counter
@@ -53,6 +56,15 @@ func NewMetrics() *Metrics {
 		}, []string{"ephemeral"}),
 		IdempotentHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routing_idempotent_replays_total", Help: "Sends answered from an earlier send with the same idempotency key.",
+		}),
+		RoutingDeferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_routing_deferred_total", Help: "Messages stored and accepted whose routing event could not be published; the sweep of unrouted messages routes them.",
+		}),
+		Rerouted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_rerouted_total", Help: "Stored messages routed by the sweep because their routing event was lost or never published.",
+		}),
+		RouteMarkFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_route_mark_failed_total", Help: "Batches routed whose routed mark could not be stored (the sweep may route them again).",
 		}),
 		PipelineHandled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_pipeline_messages_total", Help: "Ingress messages handled by the pipeline, by result.",
@@ -99,6 +111,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
+		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged,
