@@ -501,7 +501,7 @@ func (c Config) Check() error {
 		"presence.ttl": c.Presence.TTL, "presence.heartbeat": c.Presence.Heartbeat,
 		"pipeline.handler_timeout": c.Pipeline.HandlerTimeout, "push.timeout": c.Push.Timeout,
 		"pipeline.reroute_after": c.Pipeline.RerouteAfter,
-		"push.coalesce_window": c.Push.CoalesceWindow,
+		"push.coalesce_window":   c.Push.CoalesceWindow,
 	}
 	for k, v := range positive {
 		if v <= 0 {
