@@ -43,6 +43,9 @@ type Options struct {
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
 	VAPIDPublicKey string
+	// Backpressure, when set, refuses sends while the ingress backlog is
+	// over its limit.
+	Backpressure *Backpressure
 	// RateLimit is each user's average requests per second over the /v1
 	// endpoints (<= 0: none), with bursts of RateBurst.
 	RateLimit float64
@@ -97,6 +100,15 @@ type sendResponse struct {
 }
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request) {
+	if s.o.Backpressure.Overloaded() {
+		e := web.Errorf(http.StatusServiceUnavailable, web.CodeBackendUnavailable, "the routing pipeline is behind; nothing was accepted, retry later")
+		e.RetryAfter = 1
+		if s.m != nil {
+			s.m.SendsRefused.WithLabelValues("backlog").Inc()
+		}
+		web.WriteError(w, e)
+		return
+	}
 	var req sendRequest
 	if e := s.decode(w, r, &req); e != nil {
 		web.WriteError(w, e)

@@ -36,6 +36,7 @@ type App struct {
 	push     *pushRole
 
 	api      *api.Server
+	backlog  *api.Backpressure // nil without a limit or an engine that reports its backlog
 	realtime *realtime.Server
 	pipeline *pipeline.Pipeline
 
@@ -197,6 +198,7 @@ func (a *App) wire(ctx context.Context) error {
 			VAPIDPublicKey:    a.push.vapidPublicKey(),
 			RateLimit:         cfg.API.RateLimit,
 			RateBurst:         cfg.API.RateBurst,
+			Backpressure:      a.backpressure(),
 			Logger:            a.log.With("role", "api"),
 			Metrics:           a.metrics,
 		}, a.store, a.bus, a.authenticate)
@@ -238,6 +240,23 @@ func (a *App) wire(ctx context.Context) error {
 		a.rtLn = ln
 	}
 	return nil
+}
+
+// backpressure watches the ingress backlog when there is a limit and the
+// engine reports it.
+func (a *App) backpressure() *api.Backpressure {
+	if a.cfg.API.MaxIngressBacklog <= 0 || !a.bus.Capabilities().Backlog {
+		return nil
+	}
+	read := func(ctx context.Context) (int64, error) {
+		n, err := a.bus.IngressBacklog(ctx)
+		if err == nil {
+			a.metrics.IngressBacklog.Set(float64(n))
+		}
+		return n, err
+	}
+	a.backlog = api.NewBackpressure(read, a.cfg.API.MaxIngressBacklog, 100*time.Millisecond, a.log.With("role", "api"))
+	return a.backlog
 }
 
 // APIAddr is the API listener's address ("" without the api role).
@@ -292,6 +311,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.log.Info("websocket listening", "addr", a.WSAddr())
 		goRole("realtime", func() error { return a.rtSrv.Serve(a.rtLn) })
 		goRole("delivery", func() error { return a.realtime.Run(work, a.bus) })
+	}
+	if a.backlog != nil {
+		goRole("backpressure", func() error { a.backlog.Run(work); return nil })
 	}
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bytes"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -350,5 +351,43 @@ func TestSweepRoutesStoredButUnroutedMessage(t *testing.T) {
 	unrouted, err := st.Unrouted(ctxT(t), time.Now().Add(time.Hour), 10)
 	if err != nil || len(unrouted) != 0 {
 		t.Fatalf("unrouted after the sweep: %d, %v; want none", len(unrouted), err)
+	}
+}
+
+// With no pipeline to drain the ingress queue, the API accepts messages
+// until the backlog passes api.max_ingress_backlog, then refuses them with
+// 503 and Retry-After; every 202 is stored, nothing refused is.
+func TestBackpressureRefusesPastTheBacklogLimit(t *testing.T) {
+	ta := startAppWith(t, func(c *config.Config) {
+		c.Roles = []string{config.RoleAPI}
+		c.API.MaxIngressBacklog = 10
+	}, app.Options{})
+	alice := ta.client(t, "urn:sm:user:alice")
+	bob := ta.client(t, "urn:sm:user:bob-backlog")
+	accepted, refused := 0, 0
+	deadline := time.Now().Add(10 * time.Second)
+	for refused == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no send refused after %d accepted with a backlog limit of 10", accepted)
+		}
+		_, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:bob-backlog", Payload: []byte("x")})
+		var apiErr *client.Error
+		switch {
+		case err == nil:
+			accepted++
+		case errors.As(err, &apiErr) && apiErr.Status == http.StatusServiceUnavailable && apiErr.Code == "backend_unavailable" && apiErr.RetryAfter > 0:
+			refused++
+		default:
+			t.Fatalf("send: %v", err)
+		}
+	}
+	if accepted < 10 {
+		t.Fatalf("refused after %d accepted, want at least the limit of 10", accepted)
+	}
+	if n := pending(t, bob); n != accepted {
+		t.Fatalf("%d messages stored, want the %d accepted", n, accepted)
+	}
+	if v := testutil.ToFloat64(ta.app.Metrics().SendsRefused.WithLabelValues("backlog")); v != float64(refused) {
+		t.Fatalf("refused counter %v, want %d", v, refused)
 	}
 }

@@ -264,6 +264,15 @@ func (b *Bus) PrepareDelivery(ctx context.Context, instance string) error {
 	return nil
 }
 
+// IngressBacklog is how many ingress messages wait or are being handled,
+// where the engine knows it cheaply (Capabilities().Backlog).
+func (b *Bus) IngressBacklog(ctx context.Context) (int64, error) {
+	if b.isClosed() {
+		return 0, ErrClosed
+	}
+	return b.d.IngressBacklog(ctx)
+}
+
 // CheckSetup verifies what the engine needs beyond topology, where the
 // engine has something to verify (Capabilities().SetupCheck).
 func (b *Bus) CheckSetup(ctx context.Context) error {

@@ -87,6 +87,10 @@ type API struct {
 	ReadTimeout    time.Duration `yaml:"read_timeout"`
 	WriteTimeout   time.Duration `yaml:"write_timeout"`
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	// MaxIngressBacklog is how many accepted messages may wait for the
+	// pipeline before sends are refused (503, Retry-After) until it catches
+	// up; 0: no limit. Read from engines that report it (NATS).
+	MaxIngressBacklog int64 `yaml:"max_ingress_backlog"`
 }
 
 // Realtime configures the WebSocket role.
@@ -302,6 +306,7 @@ func Default() Config {
 			ReadTimeout:        10 * time.Second,
 			WriteTimeout:       10 * time.Second,
 			PublishTimeout:     5 * time.Second,
+			MaxIngressBacklog:  50000,
 		},
 		Realtime: Realtime{
 			Listen:          ":8085",
@@ -485,6 +490,9 @@ func (c Config) Check() error {
 	}
 	if c.API.RateLimit < 0 {
 		bad("api.rate_limit", "must not be negative (0 turns the limit off)")
+	}
+	if c.API.MaxIngressBacklog < 0 {
+		bad("api.max_ingress_backlog", "must not be negative (0: no limit)")
 	}
 	if c.API.RateLimit > 0 && c.API.RateBurst < 1 {
 		bad("api.rate_burst", "must be at least 1")

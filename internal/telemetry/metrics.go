@@ -21,6 +21,8 @@ type Metrics struct {
 	MessagesAccepted    *prometheus.CounterVec   // ephemeral
 	IdempotentHits      prometheus.Counter
 	RoutingDeferred     prometheus.Counter // accepted, routing event not published: left to the sweep
+	SendsRefused        *prometheus.CounterVec // reason: backlog
+	IngressBacklog      prometheus.Gauge
 	Rerouted            prometheus.Counter // routed by the sweep of unrouted envelopes
 	RouteMarkFailed     prometheus.Counter
 	PipelineHandled     *prometheus.CounterVec // result: ok, retry, dead
@@ -56,6 +58,12 @@ func NewMetrics() *Metrics {
 		}, []string{"ephemeral"}),
 		IdempotentHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routing_idempotent_replays_total", Help: "Sends answered from an earlier send with the same idempotency key.",
+		}),
+		SendsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_sends_refused_total", Help: "Sends refused with 503 before anything was stored, by reason (backlog: the pipeline is behind).",
+		}, []string{"reason"}),
+		IngressBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_ingress_backlog", Help: "Ingress messages waiting for the pipeline or being handled, as last read by this API instance.",
 		}),
 		RoutingDeferred: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routing_routing_deferred_total", Help: "Messages stored and accepted whose routing event could not be published; the sweep of unrouted messages routes them.",
@@ -111,7 +119,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
-		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed,
+		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged,

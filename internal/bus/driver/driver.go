@@ -107,6 +107,9 @@ type Capabilities struct {
 	// SetupCheck reports that CheckSetup verifies something (permissions
 	// of the engine's own dead-lettering); when false it returns nil.
 	SetupCheck bool
+	// Backlog reports that IngressBacklog answers cheaply; when false it
+	// returns an error wrapping errors.ErrUnsupported.
+	Backlog bool
 }
 
 // Driver is one engine's primitives. Methods are safe for concurrent use.
@@ -145,6 +148,9 @@ type Driver interface {
 	// returned). Drivers whose engine does this silently never call it.
 	OnEngineDeadLetter(fn func(queue string))
 
+	// IngressBacklog is how many ingress messages wait or are being
+	// handled (see Capabilities.Backlog).
+	IngressBacklog(ctx context.Context) (int64, error)
 	// CheckSetup verifies what the engine needs beyond topology (see
 	// Capabilities.SetupCheck).
 	CheckSetup(ctx context.Context) error

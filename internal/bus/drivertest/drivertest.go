@@ -64,6 +64,7 @@ func RunDriverTests(t *testing.T, h Harness) {
 		{"Deduplication", testDedup},
 		{"DeadLetterCopies", testDeadLetter},
 		{"ReceiveCancelled", testReceiveCancelled},
+		{"IngressBacklog", testBacklog},
 		{"Closed", testClosed},
 	}
 	for _, tc := range tests {
@@ -382,5 +383,43 @@ func testClosed(t *testing.T, h Harness) {
 	}
 	if err := d.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+func testBacklog(t *testing.T, h Harness) {
+	d := h.MakeTestDriver(t, Options{})
+	ctx := ctxTimeout(t)
+	if !d.Capabilities().Backlog {
+		if _, err := d.IngressBacklog(ctx); !errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("IngressBacklog without the capability returned %v, want ErrUnsupported", err)
+		}
+		return
+	}
+	if n, err := d.IngressBacklog(ctx); err != nil || n != 0 {
+		t.Fatalf("IngressBacklog of a fresh queue = %d, %v; want 0", n, err)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("b-%d", i)
+		publish(t, d, driver.QueueIngress, &driver.Message{ID: id, DedupID: id, Body: []byte("x")})
+	}
+	if n, err := d.IngressBacklog(ctx); err != nil || n != 5 {
+		t.Fatalf("IngressBacklog after 5 publishes = %d, %v; want 5", n, err)
+	}
+	s := subscribe(t, d, driver.QueueIngress, "")
+	ms := receiveN(t, s, 5)
+	if n, err := d.IngressBacklog(ctx); err != nil || n != 5 {
+		t.Fatalf("IngressBacklog with 5 received, unsettled = %d, %v; want 5", n, err)
+	}
+	ackAll(t, ms)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		n, err := d.IngressBacklog(ctx)
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("IngressBacklog after acking everything = %d, %v; want 0", n, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -293,6 +293,12 @@ func (b *Driver) ownDeliverySubscription(ctx context.Context, instance string) (
 // silently, so fn is never called.
 func (b *Driver) OnEngineDeadLetter(func(queue string)) {}
 
+// IngressBacklog is not known cheaply on Pub/Sub (it is a Cloud
+// Monitoring metric): unsupported.
+func (b *Driver) IngressBacklog(context.Context) (int64, error) {
+	return 0, fmt.Errorf("gcppubsub: ingress backlog: %w", errors.ErrUnsupported)
+}
+
 // CheckSetup is CheckDeadLetterSetup.
 func (b *Driver) CheckSetup(ctx context.Context) error { return b.CheckDeadLetterSetup(ctx) }
 

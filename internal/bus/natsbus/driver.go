@@ -226,7 +226,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Driver, error) {
 // Capabilities: JetStream deduplicates by Nats-Msg-Id within the duplicate
 // window and delays a nak as asked.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{DedupWindow: d.cfg.DuplicateWindow, NackDelay: true}
+	return driver.Capabilities{DedupWindow: d.cfg.DuplicateWindow, NackDelay: true, Backlog: true}
 }
 
 func (d *Driver) streamConfig(name, subject string, retention jetstream.RetentionPolicy) jetstream.StreamConfig {
@@ -326,6 +326,20 @@ func (d *Driver) PrepareDelivery(ctx context.Context, instance string) error {
 	}
 	_, err := d.deliveryCons(ctx, instance)
 	return err
+}
+
+// IngressBacklog is the ingress consumer's pending plus unacknowledged
+// messages (one consumer-info request).
+func (d *Driver) IngressBacklog(ctx context.Context) (int64, error) {
+	if d.closed.Load() {
+		return 0, driver.ErrClosed
+	}
+	c, err := d.js.Consumer(ctx, d.ingress.stream, d.ingressConsumer)
+	if err != nil {
+		return 0, fmt.Errorf("natsbus: ingress backlog: %w", err)
+	}
+	info := c.CachedInfo()
+	return int64(info.NumPending) + int64(info.NumAckPending), nil
 }
 
 // CheckSetup has nothing to check beyond the topology New verified.
