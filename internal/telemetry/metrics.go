@@ -20,7 +20,7 @@ type Metrics struct {
 	HTTPDuration        *prometheus.HistogramVec // route
 	MessagesAccepted    *prometheus.CounterVec   // ephemeral
 	IdempotentHits      prometheus.Counter
-	RoutingDeferred     prometheus.Counter // accepted, routing event not published: left to the sweep
+	RoutingDeferred     prometheus.Counter     // accepted, routing event not published: left to the sweep
 	SendsRefused        *prometheus.CounterVec // reason: backlog
 	IngressBacklog      prometheus.Gauge
 	Rerouted            prometheus.Counter // routed by the sweep of unrouted envelopes
