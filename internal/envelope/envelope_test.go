@@ -120,3 +120,36 @@ func TestValidateAckIDs(t *testing.T) {
 		})
 	}
 }
+
+func benchEnvelope() *Envelope {
+	now := Now()
+	return &Envelope{ID: NewIDs().New(now), Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bob",
+		Type: "chat", Payload: make([]byte, 256), CreatedAt: now}
+}
+
+// BenchmarkMarshal encodes an envelope with a 256-byte payload (the API's
+// bus message and the store's row).
+func BenchmarkMarshal(b *testing.B) {
+	e := benchEnvelope()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Marshal(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnmarshal decodes it (the pipeline, per ingress message).
+func BenchmarkUnmarshal(b *testing.B) {
+	data, err := Marshal(benchEnvelope())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var e Envelope
+		if err := Unmarshal(data, &e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -365,4 +366,49 @@ func TestRerouteSweepsUnroutedEnvelopes(t *testing.T) {
 	if got := p.rerouteOnce(context.Background(), 30*time.Second); got != 0 {
 		t.Fatalf("second sweep found %d, want 0", got)
 	}
+}
+
+// nopLocal takes local deliveries and drops them.
+type nopLocal struct{}
+
+func (nopLocal) Deliver(*envelope.Envelope) {}
+
+// BenchmarkHandleBatch routes batches of 64 stored messages (the API's
+// routing events) to recipients connected to this instance: decode,
+// presence, in-process hand-off, one routed mark per batch.
+func BenchmarkHandleBatch(b *testing.B) {
+	const size = 64
+	pr := presenceByUser{}
+	ms := make([]*bus.Message, size)
+	for i := range ms {
+		to := fmt.Sprintf("urn:sm:user:u%d", i)
+		pr[to] = []string{"self"}
+		now := envelope.Now()
+		env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a", Recipient: to, Payload: make([]byte, 256), CreatedAt: now}
+		data, err := envelope.Marshal(env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ms[i] = &bus.Message{ID: env.ID, Data: data, OrderingKey: to, Attributes: map[string]string{bus.AttrStored: "1"}}
+	}
+	p := New(Options{Instance: "self", Local: nopLocal{}, HandlerTimeout: time.Second}, nopStore{}, pr, &fakeBus{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, err := range p.HandleBatch(ctx, ms) {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// nopStore stores nothing.
+type nopStore struct{}
+
+func (nopStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) { return nil, nil }
+func (nopStore) MarkRouted(context.Context, []string) error                        { return nil }
+func (nopStore) Unrouted(context.Context, time.Time, int) ([]*envelope.Envelope, error) {
+	return nil, nil
 }

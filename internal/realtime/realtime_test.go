@@ -280,3 +280,17 @@ func TestBacklogFrameEncodeFailureIsLogged(t *testing.T) {
 	}
 	checkEncodeFailureLogged(t, logs, "bad-backlog", payload)
 }
+
+// BenchmarkEncodeMessage encodes one live message frame (256-byte
+// payload), once per delivered message.
+func BenchmarkEncodeMessage(b *testing.B) {
+	now := envelope.Now()
+	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bob",
+		Type: "chat", Payload: make([]byte, 256), CreatedAt: now}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := encodeMessage(env); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
