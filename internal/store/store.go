@@ -96,7 +96,14 @@ type Messages interface {
 	// Ack deletes the recipient's envelopes with these ids and, in the same
 	// transaction, records a tombstone (id, recipient, time of the ack) for
 	// each envelope it deleted. Ids unknown or addressed to someone else are
-	// ignored (no tombstone either). It returns how many were deleted.
+	// ignored (no tombstone either). It returns how many were deleted. It
+	// returns once the ack is committed; if ctx ends first it returns ctx's
+	// error and the ack may or may not be committed.
+	//
+	// Safe for concurrent use; adapters may group concurrent calls, and
+	// PutMessages and MarkRouted calls, into one transaction, with the
+	// effect of running the acks and puts one at a time (each call gets its
+	// own count).
 	Ack(ctx context.Context, recipient string, ids []string) (int, error)
 	// DeleteBefore deletes envelopes created before t (retention). It
 	// returns how many were deleted. It records no tombstones.

@@ -4,19 +4,21 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
 
-// TestGroupCommit blocks the writer's first insert behind a table lock while
-// 32 callers queue up, then releases it: the queued calls must share
-// transactions.
-func TestGroupCommit(t *testing.T) {
+// openProbed opens a store in a new schema and a probe of its writer: a
+// table lock on messages blocks the writer's next insert or delete.
+func openProbed(t *testing.T) (*Store, storetest.GroupCommitProbe) {
+	t.Helper()
 	url := os.Getenv("ROUTING_TEST_POSTGRES_URL")
 	if url == "" {
 		t.Skip("ROUTING_TEST_POSTGRES_URL is not set; set it to a PostgreSQL URL to run this test")
@@ -36,19 +38,18 @@ func TestGroupCommit(t *testing.T) {
 		}
 		admin.Close(ctx)
 	})
-	s, err := Open(t.Context(), url, Options{Schema: schema, MaxConns: 4})
+	s, err := Open(t.Context(), url, Options{Schema: schema, MaxConns: 4, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() }) // before the schema is dropped
 	probe, err := pgx.Connect(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer probe.Close(context.Background())
+	t.Cleanup(func() { probe.Close(context.Background()) })
 
-	storetest.RunGroupCommitTest(t, s, storetest.GroupCommitProbe{
-		// A table lock blocks the writer's first insert.
+	return s, storetest.GroupCommitProbe{
 		Hold: func(t *testing.T) func() {
 			lock, err := admin.Begin(t.Context())
 			if err != nil {
@@ -73,5 +74,56 @@ func TestGroupCommit(t *testing.T) {
 		},
 		Commits: s.groupCommits.Load,
 		Unit:    "transactions",
+	}
+}
+
+// TestGroupCommit blocks the writer's first insert behind a table lock while
+// 48 callers queue up, then releases it: the queued calls must share
+// transactions.
+func TestGroupCommit(t *testing.T) {
+	s, probe := openProbed(t)
+	storetest.RunGroupCommitTest(t, s, probe)
+}
+
+// TestAckGroupCommit blocks the writer's first delete behind a table lock
+// while 80 Ack callers queue up, then releases it: the acks must share
+// transactions, each with its own count.
+func TestAckGroupCommit(t *testing.T) {
+	s, probe := openProbed(t)
+	storetest.RunAckGroupCommitTest(t, s, probe)
+}
+
+// TestGroupCommitFallback puts an envelope PostgreSQL refuses (a NUL byte
+// in a text column) in a batch with acks: only the put may fail.
+func TestGroupCommitFallback(t *testing.T) {
+	s, probe := openProbed(t)
+	bad := &envelope.Envelope{ID: "01JBADENVELOPE", Sender: "urn:sm:user:a\x00", Recipient: "urn:sm:user:b",
+		Payload: []byte("x"), CreatedAt: envelope.Now()}
+	storetest.RunGroupCommitFallbackTest(t, s, probe, bad)
+}
+
+// TestCommitOrder runs batches of puts, acks and marks through the
+// writer's CommitFunc directly, in a chosen order.
+func TestCommitOrder(t *testing.T) {
+	s, _ := openProbed(t)
+	storetest.RunCommitOrderTest(t, s, func(t *testing.T, ws []storetest.Write) []bool {
+		items := make([]write, len(ws))
+		for i, w := range ws {
+			switch {
+			case w.Put != nil:
+				items[i] = write{kind: putWrite, env: w.Put}
+			case w.Ack != "":
+				items[i] = write{kind: ackWrite, id: w.Ack, recipient: w.Recipient}
+			default:
+				items[i] = write{kind: markWrite, id: w.Mark}
+			}
+		}
+		results := make([]bool, len(items))
+		// The writer is idle between the test's calls, which each return
+		// only after their commit: this call is its only user.
+		if err := s.commit(items, results); err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+		return results
 	})
 }

@@ -52,23 +52,39 @@ const markRoutedSQL = `UPDATE messages SET routed = true WHERE id = ANY($1) AND 
 const unroutedSQL = `SELECT id, sender, recipient, type, payload, ephemeral, created_at
 FROM messages WHERE NOT routed AND created_at < $1 ORDER BY seq LIMIT $2`
 
-// ackSQL deletes recipient's envelopes among ids and records a tombstone of
-// each in the same statement (renewing one left by an earlier ack of the
-// id), and returns how many it deleted.
+// ackSQL deletes the envelopes among the (id, recipient) pairs given as
+// parallel arrays ($1 ids, $2 recipients) and records a tombstone of each,
+// stamped $3, in the same statement (renewing one left by an earlier ack of
+// the id), and returns the ids and recipients it deleted.
 const ackSQL = `WITH deleted AS (
-	DELETE FROM messages WHERE recipient = $1 AND id = ANY($2) RETURNING id, recipient
+	DELETE FROM messages m USING unnest($1::text[], $2::text[]) AS a(id, recipient)
+	WHERE m.id = a.id AND m.recipient = a.recipient
+	RETURNING m.id, m.recipient
 ), tombstoned AS (
 	INSERT INTO tombstones (id, recipient, acked_at) SELECT id, recipient, $3 FROM deleted
 	ON CONFLICT (id) DO UPDATE SET acked_at = EXCLUDED.acked_at
 )
-SELECT count(*) FROM deleted`
+SELECT id, recipient FROM deleted`
 
-// write is one item of the group-commit writer: an envelope that
-// PutMessages stores or, when env is nil, the id of an envelope that
-// MarkRouted marks routed.
+// writeKind says what one item of the group-commit writer does.
+type writeKind uint8
+
+const (
+	putWrite  writeKind = iota // store env (PutMessages)
+	ackWrite                   // delete recipient's envelope id, with a tombstone (Ack)
+	markWrite                  // mark the envelope id routed (MarkRouted)
+)
+
+// write is one item of the group-commit writer: one envelope of a
+// PutMessages call, one id of an Ack call, or one id of a MarkRouted call.
+// Its result (the writer's R) is, for a put, whether the id had a
+// tombstone (so the envelope was not stored) and, for an ack, whether this
+// item deleted the envelope.
 type write struct {
-	env    *envelope.Envelope
-	routed string
+	kind      writeKind
+	env       *envelope.Envelope // putWrite
+	id        string             // ackWrite, markWrite
+	recipient string             // ackWrite
 }
 
 // PutMessages stores envs, not routed, idempotently on id, in the order
@@ -88,7 +104,7 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 		if e == nil || e.ID == "" {
 			return nil, fmt.Errorf("postgres put: envelope %d has no id", i)
 		}
-		items[i].env = e
+		items[i] = write{kind: putWrite, env: e}
 	}
 	acked := make([]bool, len(envs))
 	err := s.writer.Submit(ctx, items, acked)
@@ -103,9 +119,9 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 
 // MarkRouted marks the stored envelopes with these ids routed, ignoring
 // ids not stored. The group-commit writer commits the marks together with
-// the PutMessages and MarkRouted calls waiting at the same time; it returns
-// once they are committed, or with ctx's error if ctx ends first, in which
-// case they may or may not be.
+// the PutMessages, Ack and MarkRouted calls waiting at the same time; it
+// returns once they are committed, or with ctx's error if ctx ends first,
+// in which case they may or may not be.
 func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	if s.closed.Load() {
 		return store.ErrClosed
@@ -115,7 +131,7 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	}
 	items := make([]write, len(ids))
 	for i, id := range ids {
-		items[i].routed = id
+		items[i] = write{kind: markWrite, id: id}
 	}
 	err := s.writer.Submit(ctx, items, nil)
 	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
@@ -124,14 +140,54 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	return err
 }
 
-// batchColumns are the parallel arrays of one insert, and the ids of one
-// routed mark, reused between batches.
+// Ack deletes recipient's envelopes with these ids, records a tombstone of
+// each in the same transaction, and returns how many it deleted; other
+// recipients' and unknown ids are ignored, and an id given twice is counted
+// once. The group-commit writer commits the ack together with the
+// PutMessages, Ack and MarkRouted calls waiting at the same time, as if
+// each ran alone in the order they reached it; it returns once the ack is
+// committed, or with ctx's error if ctx ends first, in which case it may
+// or may not be.
+func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	items := make([]write, len(ids))
+	for i, id := range ids {
+		items[i] = write{kind: ackWrite, id: id, recipient: recipient}
+	}
+	deleted := make([]bool, len(ids))
+	err := s.writer.Submit(ctx, items, deleted)
+	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
+		return 0, fmt.Errorf("postgres ack: %w", err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range deleted {
+		if d {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// batchColumns are the statement arguments of one commit, reused between
+// commits: the parallel arrays of the envelopes to insert, those of the
+// (id, recipient) pairs to ack, and the ids to mark routed. A segment's
+// puts and acks are contiguous ranges of them.
 type batchColumns struct {
 	ids, senders, recipients, types []string
 	payloads                        [][]byte
 	ephemerals                      []bool
 	createdAts                      []time.Time
+	ackIDs, ackRecipients           []string
 	routed                          []string
+	segments                        []segment
 }
 
 func (c *batchColumns) reset() {
@@ -139,11 +195,15 @@ func (c *batchColumns) reset() {
 	clear(c.senders)
 	clear(c.recipients)
 	clear(c.types)
+	clear(c.ackIDs)
+	clear(c.ackRecipients)
 	clear(c.routed)
 	c.ids, c.senders, c.recipients, c.types = c.ids[:0], c.senders[:0], c.recipients[:0], c.types[:0]
 	clear(c.payloads) // drop references to callers' payloads
 	c.payloads, c.ephemerals, c.createdAts = c.payloads[:0], c.ephemerals[:0], c.createdAts[:0]
+	c.ackIDs, c.ackRecipients = c.ackIDs[:0], c.ackRecipients[:0]
 	c.routed = c.routed[:0]
+	c.segments = c.segments[:0]
 }
 
 func (c *batchColumns) add(e *envelope.Envelope) {
@@ -160,74 +220,130 @@ func (c *batchColumns) add(e *envelope.Envelope) {
 	c.createdAts = append(c.createdAts, storedTime(e.CreatedAt))
 }
 
-// commit writes items as one implicit transaction, in one round trip: it
-// stores the envelopes (insertMessagesSQL), unstores those with a
-// tombstone (unstoreTombstonedSQL), which it marks in acked, then marks
-// the ids to mark routed (markRoutedSQL; after the insert, so that an id
-// stored and marked in the same batch ends up routed). It is the
-// group-commit writer's CommitFunc: it runs on the writer goroutine only.
-func (s *Store) commit(items []write, acked []bool) error {
+// segment is a run items[start:end] of a batch that commit writes as all
+// its puts, in order, then all its acks, in order: that has the effect of
+// the order of items because no put in it stores an id that an ack before
+// it in the run acknowledges (the only put and ack that do not commute).
+// Its puts are columns [p0:p1] of batchColumns' envelope arrays, its acks
+// [a0:a1] of the ack arrays.
+type segment struct {
+	start, end int
+	p0, p1     int
+	a0, a1     int
+}
+
+// split fills c from items: their arguments, and their segments, each the
+// longest run that starts where the one before ends. In the common batch
+// (no put of an id acknowledged earlier in the batch) there is one.
+func (c *batchColumns) split(items []write, segAcks map[string]struct{}) {
+	seg := segment{}
+	for i, w := range items {
+		switch w.kind {
+		case putWrite:
+			if _, ok := segAcks[w.env.ID]; ok {
+				seg.end, seg.p1, seg.a1 = i, len(c.ids), len(c.ackIDs)
+				c.segments = append(c.segments, seg)
+				seg = segment{start: i, p0: len(c.ids), a0: len(c.ackIDs)}
+				clear(segAcks)
+			}
+			c.add(w.env)
+		case ackWrite:
+			segAcks[w.id] = struct{}{}
+			c.ackIDs = append(c.ackIDs, w.id)
+			c.ackRecipients = append(c.ackRecipients, w.recipient)
+		case markWrite:
+			c.routed = append(c.routed, w.id)
+		}
+	}
+	clear(segAcks)
+	seg.end, seg.p1, seg.a1 = len(items), len(c.ids), len(c.ackIDs)
+	c.segments = append(c.segments, seg)
+}
+
+// commit writes items as one implicit transaction, in one round trip,
+// with the effect of running the puts and acks one at a time in the order
+// of items, and the routed marks last (so that an id stored and marked in
+// the same batch ends up routed). For each segment (see split) it stores
+// the envelopes (insertMessagesSQL), unstores those with a tombstone
+// (unstoreTombstonedSQL), which it marks in results, then deletes what the
+// acks acknowledge (ackSQL), marking in results the ack items that deleted
+// an envelope; then it marks the ids to mark routed (markRoutedSQL). It is
+// the group-commit writer's CommitFunc: it runs on the writer goroutine
+// only.
+func (s *Store) commit(items []write, results []bool) error {
 	s.groupCommits.Add(1)
 	cols := &s.cols
 	cols.reset()
 	defer cols.reset()
-	for _, w := range items {
-		if w.env != nil {
-			cols.add(w.env)
-		} else {
-			cols.routed = append(cols.routed, w.routed)
-		}
+	if s.segAcks == nil {
+		s.segAcks = make(map[string]struct{})
 	}
+	cols.split(items, s.segAcks)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it.
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
 	b := &pgx.Batch{}
-	if len(cols.ids) > 0 {
-		b.Queue(insertMessagesSQL, cols.ids, cols.senders, cols.recipients, cols.types,
-			cols.payloads, cols.ephemerals, cols.createdAts)
-		b.Queue(unstoreTombstonedSQL, cols.ids)
+	ackedAt := storedTime(time.Now())
+	for _, seg := range cols.segments {
+		if seg.p1 > seg.p0 {
+			p0, p1 := seg.p0, seg.p1
+			b.Queue(insertMessagesSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
+				cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1])
+			b.Queue(unstoreTombstonedSQL, cols.ids[p0:p1])
+		}
+		if seg.a1 > seg.a0 {
+			b.Queue(ackSQL, cols.ackIDs[seg.a0:seg.a1], cols.ackRecipients[seg.a0:seg.a1], ackedAt)
+		}
 	}
 	if len(cols.routed) > 0 {
 		b.Queue(markRoutedSQL, cols.routed)
 	}
-	gone, err := s.sendWrite(ctx, b, len(cols.ids) > 0, len(cols.routed) > 0)
-	if err != nil {
-		return s.wrap(fmt.Sprintf("write %d envelopes, %d routed marks", len(cols.ids), len(cols.routed)), err)
-	}
-	if len(gone) > 0 {
-		for i, w := range items {
-			if w.env != nil {
-				_, acked[i] = gone[w.env.ID]
-			}
-		}
+	if err := s.sendWrite(ctx, b, items, results); err != nil {
+		return s.wrap(fmt.Sprintf("write %d envelopes, %d acks, %d routed marks",
+			len(cols.ids), len(cols.ackIDs), len(cols.routed)), err)
 	}
 	return nil
 }
 
-// sendWrite runs the batch queued by commit (the insert and the tombstone
-// lookup if put, the routed mark if mark) and returns the ids with a
-// tombstone (nil when none has).
-func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, put, mark bool) (map[string]struct{}, error) {
+// sendWrite runs the batch queued by commit and reads its results into
+// results.
+func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, results []bool) error {
+	cols := &s.cols
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	var gone map[string]struct{}
-	if put {
-		var err error
-		if gone, err = readPut(br); err != nil {
-			return nil, err
+	for _, seg := range cols.segments {
+		segItems, segResults := items[seg.start:seg.end], results[seg.start:seg.end]
+		if seg.p1 > seg.p0 {
+			gone, err := readPut(br)
+			if err != nil {
+				return err
+			}
+			if len(gone) > 0 {
+				for i, w := range segItems {
+					if w.kind == putWrite {
+						_, segResults[i] = gone[w.env.ID]
+					}
+				}
+			}
+		}
+		if seg.a1 > seg.a0 {
+			if err := readAck(br, segItems, segResults); err != nil {
+				return err
+			}
 		}
 	}
-	if mark {
+	if len(cols.routed) > 0 {
 		if _, err := br.Exec(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// Close reports an error of the implicit transaction's commit.
-	return gone, br.Close()
+	return br.Close()
 }
 
-// readPut reads the results of insertMessagesSQL and unstoreTombstonedSQL.
+// readPut reads the results of insertMessagesSQL and unstoreTombstonedSQL:
+// the ids with a tombstone (nil when none has).
 func readPut(br pgx.BatchResults) (map[string]struct{}, error) {
 	if _, err := br.Exec(); err != nil {
 		return nil, err
@@ -250,6 +366,43 @@ func readPut(br pgx.BatchResults) (map[string]struct{}, error) {
 	}
 	rows.Close()
 	return gone, rows.Err()
+}
+
+// readAck reads the result of ackSQL, the ids it deleted and their
+// recipients, and marks in deleted the ack items among items that deleted
+// one: the first, in order, of the items that ack a deleted id for its
+// recipient (so an id acked twice counts once).
+func readAck(br pgx.BatchResults, items []write, deleted []bool) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var owners map[string]string
+	for rows.Next() {
+		var id, recipient string
+		if err := rows.Scan(&id, &recipient); err != nil {
+			return err
+		}
+		if owners == nil {
+			owners = make(map[string]string)
+		}
+		owners[id] = recipient
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for i, w := range items {
+		if w.kind != ackWrite {
+			continue
+		}
+		if r, ok := owners[w.id]; ok && r == w.recipient {
+			deleted[i] = true
+			delete(owners, w.id) // a later ack of the same id deleted nothing
+		}
+	}
+	return nil
 }
 
 // Unrouted returns up to limit envelopes not routed and created before
@@ -324,23 +477,6 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 		return store.Page{}, s.wrap("pending", err)
 	}
 	return page, nil
-}
-
-// Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each in the same statement, and returns how many it deleted; other
-// recipients' and unknown ids are ignored.
-func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
-	if s.closed.Load() {
-		return 0, store.ErrClosed
-	}
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	var n int
-	if err := s.pool.QueryRow(ctx, ackSQL, recipient, ids, storedTime(time.Now())).Scan(&n); err != nil {
-		return 0, s.wrap("ack", err)
-	}
-	return n, nil
 }
 
 // DeleteBefore deletes envelopes created before t, in statements of at most

@@ -3,11 +3,12 @@
 //
 // All tables live in one schema (Options.Schema), created and migrated on
 // Open under an advisory lock, so that several instances may start at once.
-// Concurrent PutMessages and MarkRouted calls are grouped by one writer
-// goroutine into a single multi-row INSERT, with the batch's tombstone
-// check, and a single UPDATE of the routed marks, sent in one round trip as
-// one transaction (group commit): once PutMessages returns nil the
-// envelopes are committed.
+// Concurrent PutMessages, Ack and MarkRouted calls are grouped by one
+// writer goroutine into a single multi-row INSERT, with the batch's
+// tombstone check, a single DELETE of the acknowledged envelopes, with
+// their tombstones, and a single UPDATE of the routed marks, sent in one
+// round trip as one transaction (group commit): once PutMessages or Ack
+// returns nil its writes are committed.
 package postgres
 
 import (
@@ -26,9 +27,9 @@ import (
 	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
-// DefaultMaxBatch is the number of items (envelopes to store, ids to mark
-// routed) a group-commit transaction takes at most when Options.MaxBatch is
-// zero.
+// DefaultMaxBatch is the number of items (envelopes to store, ids to ack,
+// ids to mark routed) a group-commit transaction takes at most when
+// Options.MaxBatch is zero.
 const DefaultMaxBatch = 1000
 
 // writeTimeout bounds one group-commit statement, which no single caller's
@@ -37,10 +38,10 @@ const writeTimeout = 30 * time.Second
 
 // Options tunes a Store. The zero value is ready to use.
 type Options struct {
-	// MaxBatch caps the items (envelopes to store, ids to mark routed)
-	// written by one group-commit transaction (DefaultMaxBatch when <= 0).
-	// A single PutMessages or MarkRouted call larger than MaxBatch still
-	// commits in one transaction of its own.
+	// MaxBatch caps the items (envelopes to store, ids to ack, ids to mark
+	// routed) written by one group-commit transaction (DefaultMaxBatch when
+	// <= 0). A single PutMessages, Ack or MarkRouted call larger than
+	// MaxBatch still commits in one transaction of its own.
 	MaxBatch int
 	// MaxConns caps the connection pool (pgxpool's default, or the URL's
 	// pool_max_conns, when <= 0).
@@ -59,13 +60,15 @@ type Store struct {
 	schema string
 	log    *slog.Logger
 
-	// writer groups concurrent PutMessages and MarkRouted calls into one
-	// transaction; the result of each envelope put is whether it had a
-	// tombstone.
+	// writer groups concurrent PutMessages, Ack and MarkRouted calls into
+	// one transaction; the result of each envelope put is whether it had a
+	// tombstone, that of each id acked whether it deleted the envelope.
 	writer *groupcommit.Writer[write, bool]
-	// cols is the writer's reusable statement argument buffer (writer
-	// goroutine only).
-	cols batchColumns
+	// cols is the writer's reusable statement argument buffer, and segAcks
+	// its set of the ids acked in the current segment (writer goroutine
+	// only).
+	cols    batchColumns
+	segAcks map[string]struct{}
 
 	// groupCommits counts the transactions the writer ran.
 	groupCommits atomic.Int64
@@ -136,8 +139,9 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close stops accepting writes, waits for the writer to commit every
-// PutMessages and MarkRouted call it already took, and closes the pool. Calls racing
-// Close either complete or return store.ErrClosed. Close is idempotent.
+// PutMessages, Ack and MarkRouted call it already took, and closes the
+// pool. Calls racing Close either complete or return store.ErrClosed.
+// Close is idempotent.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)

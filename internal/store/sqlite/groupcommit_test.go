@@ -2,22 +2,23 @@ package sqlite
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"testing"
 
 	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
 
-// TestGroupCommit holds the write connection while 32 callers queue up, then
-// releases it: the queued calls must share transactions.
-func TestGroupCommit(t *testing.T) {
-	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), Options{})
+// openProbed opens a store in a new file and a probe of its writer: taking
+// the only write connection blocks the writer on its next commit.
+func openProbed(t *testing.T) (*Store, storetest.GroupCommitProbe) {
+	t.Helper()
+	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	storetest.RunGroupCommitTest(t, s, storetest.GroupCommitProbe{
-		// Taking the only write connection blocks the writer on its first batch.
+	t.Cleanup(func() { s.Close() })
+	return s, storetest.GroupCommitProbe{
 		Hold: func(t *testing.T) func() {
 			hold, err := s.w.Conn(t.Context())
 			if err != nil {
@@ -29,9 +30,51 @@ func TestGroupCommit(t *testing.T) {
 				}
 			}
 		},
+		// WaitCount only grows: a store is probed once.
 		Waiting: func(*testing.T) bool { return s.w.Stats().WaitCount > 0 },
 		Commits: s.groupCommits.Load,
 		Unit:    "transactions",
+	}
+}
+
+// TestGroupCommit holds the write connection while 32 callers queue up, then
+// releases it: the queued calls must share transactions.
+func TestGroupCommit(t *testing.T) {
+	s, probe := openProbed(t)
+	storetest.RunGroupCommitTest(t, s, probe)
+}
+
+// TestAckGroupCommit holds the write connection while 80 Ack callers queue
+// up, then releases it: the acks must share transactions, each with its
+// own count.
+func TestAckGroupCommit(t *testing.T) {
+	s, probe := openProbed(t)
+	storetest.RunAckGroupCommitTest(t, s, probe)
+}
+
+// TestCommitOrder runs batches of puts, acks and marks through the
+// writer's CommitFunc directly, in a chosen order.
+func TestCommitOrder(t *testing.T) {
+	s, _ := openProbed(t)
+	storetest.RunCommitOrderTest(t, s, func(t *testing.T, ws []storetest.Write) []bool {
+		items := make([]write, len(ws))
+		for i, w := range ws {
+			switch {
+			case w.Put != nil:
+				items[i] = write{kind: putWrite, env: w.Put}
+			case w.Ack != "":
+				items[i] = write{kind: ackWrite, id: w.Ack, recipient: w.Recipient}
+			default:
+				items[i] = write{kind: markWrite, id: w.Mark}
+			}
+		}
+		results := make([]bool, len(items))
+		// The writer is idle between the test's calls, which each return
+		// only after their commit: this call is its only user.
+		if err := s.commit(items, results); err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+		return results
 	})
 }
 

@@ -16,9 +16,10 @@ const (
 	// maxPage caps Pending's limit (the client contract's maximum).
 	maxPage = 500
 	// idChunk is the number of ids one statement with an IN list takes (a
-	// DELETE of Ack, a tombstone lookup of PutMessages, an UPDATE of
-	// MarkRouted): more than a full group-commit batch (DefaultMaxBatch),
-	// far fewer than SQLite's limit of 32766 parameters.
+	// tombstone lookup of PutMessages; a recipient lookup, tombstone insert
+	// or DELETE of Ack; an UPDATE of MarkRouted): more than a full
+	// group-commit batch (DefaultMaxBatch), far fewer than SQLite's limit
+	// of 32766 parameters.
 	idChunk = 1000
 	// retentionChunk is the number of rows one DELETE of DeleteBefore takes,
 	// so that retention never holds the write lock for long.
@@ -33,12 +34,25 @@ VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING`
 // leaves rows already routed alone, so that a repeated mark writes nothing.
 const markRoutedSQL = `UPDATE messages SET routed = 1 WHERE routed = 0 AND id IN (`
 
-// write is one item of the group-commit writer: an envelope that
-// PutMessages stores or, when env is nil, the id of an envelope that
-// MarkRouted marks routed.
+// writeKind says what one item of the group-commit writer does.
+type writeKind uint8
+
+const (
+	putWrite  writeKind = iota // store env (PutMessages)
+	ackWrite                   // delete recipient's envelope id, with a tombstone (Ack)
+	markWrite                  // mark the envelope id routed (MarkRouted)
+)
+
+// write is one item of the group-commit writer: one envelope of a
+// PutMessages call, one id of an Ack call, or one id of a MarkRouted call.
+// Its result (the writer's R) is, for a put, whether the id had a
+// tombstone (so the envelope was not stored) and, for an ack, whether this
+// item deleted the envelope.
 type write struct {
-	env    *envelope.Envelope
-	routed string
+	kind      writeKind
+	env       *envelope.Envelope // putWrite
+	id        string             // ackWrite, markWrite
+	recipient string             // ackWrite
 }
 
 // PutMessages stores envs, not routed, idempotently on id, in the order
@@ -58,7 +72,7 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 		if e == nil || e.ID == "" {
 			return nil, fmt.Errorf("sqlite put: envelope %d has no id", i)
 		}
-		items[i].env = e
+		items[i] = write{kind: putWrite, env: e}
 	}
 	acked := make([]bool, len(envs))
 	err := s.writer.Submit(ctx, items, acked)
@@ -73,9 +87,9 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 
 // MarkRouted marks the stored envelopes with these ids routed, ignoring
 // ids not stored. The group-commit writer commits the marks together with
-// the PutMessages and MarkRouted calls waiting at the same time; it returns
-// once they are committed (durably), or with ctx's error if ctx ends first,
-// in which case they may or may not be.
+// the PutMessages, Ack and MarkRouted calls waiting at the same time; it
+// returns once they are committed (durably), or with ctx's error if ctx
+// ends first, in which case they may or may not be.
 func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	if s.closed.Load() {
 		return store.ErrClosed
@@ -85,7 +99,7 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	}
 	items := make([]write, len(ids))
 	for i, id := range ids {
-		items[i].routed = id
+		items[i] = write{kind: markWrite, id: id}
 	}
 	err := s.writer.Submit(ctx, items, nil)
 	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
@@ -94,14 +108,52 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	return err
 }
 
-// commit writes items in one transaction: it stores the envelopes, except
-// those with a tombstone, which it marks in acked, then marks the ids to
-// mark routed (after the inserts, so that an id stored and marked in the
-// same batch ends up routed). It is the group-commit writer's CommitFunc:
-// it runs on the writer goroutine only. The transaction is immediate (it
-// takes the database's write lock at BEGIN), so no Ack, of this process or
-// another, can commit between the tombstone lookup and the inserts.
-func (s *Store) commit(items []write, acked []bool) error {
+// Ack deletes recipient's envelopes with these ids, records a tombstone of
+// each in the same transaction, and returns how many it deleted; other
+// recipients' and unknown ids are ignored, and an id given twice is counted
+// once. The group-commit writer commits the ack together with the
+// PutMessages, Ack and MarkRouted calls waiting at the same time, as if
+// each ran alone in the order they reached it; it returns once the ack is
+// committed (durably), or with ctx's error if ctx ends first, in which case
+// it may or may not be.
+func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	items := make([]write, len(ids))
+	for i, id := range ids {
+		items[i] = write{kind: ackWrite, id: id, recipient: recipient}
+	}
+	deleted := make([]bool, len(ids))
+	err := s.writer.Submit(ctx, items, deleted)
+	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
+		return 0, fmt.Errorf("sqlite ack: %w", err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range deleted {
+		if d {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// commit writes items in one transaction, with the effect of running the
+// puts and acks one at a time in the order of items, and the routed marks
+// last (so that an id stored and marked in the same batch ends up routed).
+// It takes items in segments (see segment): each segment's puts, then
+// its acks. It is the group-commit writer's CommitFunc: it runs on the
+// writer goroutine only. The transaction is immediate (it takes the
+// database's write lock at BEGIN), so no other process's write can commit
+// between the tombstone lookup and the inserts, nor between an ack's
+// lookup of the recipients and its delete.
+func (s *Store) commit(items []write, results []bool) error {
 	s.groupCommits.Add(1)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
@@ -111,34 +163,28 @@ func (s *Store) commit(items []write, acked []bool) error {
 		return s.wrap("write: begin", err)
 	}
 	defer tx.Rollback()
-	gone, err := s.tombstoned(ctx, tx, items)
-	if err != nil {
-		return err
+	var ackedAt int64
+	marks := false
+	for start := 0; start < len(items); {
+		seg := s.segment(items, start)
+		end := seg.end
+		if seg.puts > 0 {
+			if err := s.put(ctx, tx, items[start:end], results[start:end]); err != nil {
+				return err
+			}
+		}
+		if seg.acks > 0 {
+			if ackedAt == 0 {
+				ackedAt = toMillis(time.Now())
+			}
+			if err := s.ack(ctx, tx, items[start:end], results[start:end], ackedAt); err != nil {
+				return err
+			}
+		}
+		marks = marks || seg.marks > 0
+		start = end
 	}
-	var stmt *sql.Stmt
-	marks := 0
-	for i, w := range items {
-		e := w.env
-		if e == nil {
-			marks++
-			continue
-		}
-		if _, ok := gone[e.ID]; ok {
-			acked[i] = true
-			continue
-		}
-		if stmt == nil {
-			stmt = tx.StmtContext(ctx, s.insert)
-		}
-		payload := e.Payload
-		if payload == nil {
-			payload = []byte{}
-		}
-		if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
-			return s.wrap("put "+e.ID, err)
-		}
-	}
-	if marks > 0 {
+	if marks {
 		if err := s.markRouted(ctx, tx, items); err != nil {
 			return err
 		}
@@ -149,13 +195,78 @@ func (s *Store) commit(items []write, acked []bool) error {
 	return nil
 }
 
+// segment is a run items[start:end] of a batch that commit writes as all
+// its puts, in order, then all its acks, in order: that has the effect of
+// the order of items because no put in it stores an id that an ack before
+// it in the run acknowledges (the only put and ack that do not commute).
+type segment struct {
+	end               int
+	puts, acks, marks int
+}
+
+// segment returns the longest segment of items that starts at start. In
+// the common batch (no put of an id acknowledged earlier in the batch) it
+// is the whole batch.
+func (s *Store) segment(items []write, start int) segment {
+	seg := segment{end: len(items)}
+	clear(s.segAcks)
+	for i := start; i < len(items); i++ {
+		switch w := items[i]; w.kind {
+		case putWrite:
+			if _, ok := s.segAcks[w.env.ID]; ok {
+				seg.end = i
+				return seg
+			}
+			seg.puts++
+		case ackWrite:
+			if s.segAcks == nil {
+				s.segAcks = make(map[string]struct{})
+			}
+			s.segAcks[w.id] = struct{}{}
+			seg.acks++
+		case markWrite:
+			seg.marks++
+		}
+	}
+	return seg
+}
+
+// put stores the envelopes among items, except those with a tombstone,
+// which it marks in acked.
+func (s *Store) put(ctx context.Context, tx *sql.Tx, items []write, acked []bool) error {
+	gone, err := s.tombstoned(ctx, tx, items)
+	if err != nil {
+		return err
+	}
+	stmt := tx.StmtContext(ctx, s.insert)
+	for i, w := range items {
+		if w.kind != putWrite {
+			continue
+		}
+		e := w.env
+		if _, ok := gone[e.ID]; ok {
+			acked[i] = true
+			continue
+		}
+		payload := e.Payload
+		if payload == nil {
+			payload = []byte{}
+		}
+		if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
+			return s.wrap("put "+e.ID, err)
+		}
+	}
+	return nil
+}
+
 // tombstoned returns the ids of the envelopes among items that have a
 // tombstone (nil when none has), looked up with one statement per idChunk
 // ids.
 func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[string]struct{}, error) {
 	var gone map[string]struct{}
-	err := s.inChunks(items, func(w write) (string, bool) {
-		if w.env == nil {
+	err := s.inChunks(len(items), func(i int) (string, bool) {
+		w := items[i]
+		if w.kind != putWrite {
 			return "", false
 		}
 		return w.env.ID, true
@@ -183,11 +294,82 @@ func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[
 	return gone, err
 }
 
+// ack deletes the envelopes that the acks among items acknowledge, with a
+// tombstone of each stamped ackedAt, and marks in deleted the ack items
+// that deleted one: the first, in order, of the items that ack a stored
+// id for its recipient (so an id acked twice counts once, and an id acked
+// by someone else not at all). It looks up the recipients of the ids,
+// records the tombstones and deletes the rows with one statement each per
+// idChunk ids.
+func (s *Store) ack(ctx context.Context, tx *sql.Tx, items []write, deleted []bool, ackedAt int64) error {
+	if s.owners == nil {
+		s.owners = make(map[string]string)
+	}
+	owners := s.owners
+	defer clear(owners)
+	err := s.inChunks(len(items), func(i int) (string, bool) {
+		return items[i].id, items[i].kind == ackWrite
+	}, func(args []any) error {
+		rows, err := tx.QueryContext(ctx, "SELECT id, recipient FROM messages WHERE id IN ("+placeholders(len(args))+")", args...)
+		if err != nil {
+			return s.wrap("ack: lookup", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id, recipient string
+			if err := rows.Scan(&id, &recipient); err != nil {
+				return s.wrap("ack: lookup", err)
+			}
+			owners[id] = recipient
+		}
+		if err := rows.Err(); err != nil {
+			return s.wrap("ack: lookup", err)
+		}
+		return nil
+	})
+	if err != nil || len(owners) == 0 {
+		return err
+	}
+	matched := s.ackIDs[:0]
+	defer func() {
+		clear(matched) // drop references to the ids
+		s.ackIDs = matched[:0]
+	}()
+	for i, w := range items {
+		if w.kind != ackWrite {
+			continue
+		}
+		if r, ok := owners[w.id]; ok && r == w.recipient {
+			deleted[i] = true
+			delete(owners, w.id) // a later ack of the same id deletes nothing
+			matched = append(matched, w.id)
+		}
+	}
+	return s.inChunks(len(matched), func(i int) (string, bool) {
+		return matched[i], true
+	}, func(args []any) error {
+		in := placeholders(len(args))
+		// A tombstone left by an earlier ack of the same id (possible only
+		// once the sweep removed it and the id was stored again) is renewed.
+		withTime := append(make([]any, 0, len(args)+1), ackedAt)
+		withTime = append(withTime, args...)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO tombstones (id, recipient, acked_at)
+			SELECT id, recipient, ? FROM messages WHERE id IN (`+in+`)
+			ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`, withTime...); err != nil {
+			return s.wrap("ack: tombstones", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE id IN ("+in+")", args...); err != nil {
+			return s.wrap("ack", err)
+		}
+		return nil
+	})
+}
+
 // markRouted marks the ids to mark among items routed, with one statement
 // per idChunk ids.
 func (s *Store) markRouted(ctx context.Context, tx *sql.Tx, items []write) error {
-	return s.inChunks(items, func(w write) (string, bool) {
-		return w.routed, w.env == nil
+	return s.inChunks(len(items), func(i int) (string, bool) {
+		return items[i].id, items[i].kind == markWrite
 	}, func(args []any) error {
 		if _, err := tx.ExecContext(ctx, markRoutedSQL+placeholders(len(args))+")", args...); err != nil {
 			return s.wrap(fmt.Sprintf("mark %d routed", len(args)), err)
@@ -196,17 +378,17 @@ func (s *Store) markRouted(ctx context.Context, tx *sql.Tx, items []write) error
 	})
 }
 
-// inChunks calls run with the ids that id picks from items, idChunk at a
-// time, in the writer's reusable argument buffer. It runs on the writer
-// goroutine only.
-func (s *Store) inChunks(items []write, id func(write) (string, bool), run func(args []any) error) error {
+// inChunks calls run with the ids that id picks from the indexes 0 to n-1
+// (those for which it returns true), idChunk at a time, in the writer's
+// reusable argument buffer. It runs on the writer goroutine only.
+func (s *Store) inChunks(n int, id func(i int) (string, bool), run func(args []any) error) error {
 	args := s.idArgs[:0]
 	defer func() {
 		clear(args[:cap(args)]) // drop references to the ids
 		s.idArgs = args[:0]
 	}()
-	for _, w := range items {
-		v, ok := id(w)
+	for i := range n {
+		v, ok := id(i)
 		if !ok {
 			continue
 		}
@@ -309,55 +491,6 @@ func (s *Store) Unrouted(ctx context.Context, before time.Time, limit int) ([]*e
 		return nil, s.wrap("unrouted", err)
 	}
 	return out, nil
-}
-
-// Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each in the same transaction, and returns how many it deleted; other
-// recipients' and unknown ids are ignored.
-func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
-	if s.closed.Load() {
-		return 0, store.ErrClosed
-	}
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, s.wrap("ack: begin", err)
-	}
-	defer tx.Rollback()
-	ackedAt := toMillis(time.Now())
-	total := 0
-	for start := 0; start < len(ids); start += idChunk {
-		chunk := ids[start:min(start+idChunk, len(ids))]
-		// args is (ackedAt, recipient, ids...); the DELETE takes args[1:].
-		args := make([]any, 0, len(chunk)+2)
-		args = append(args, ackedAt, recipient)
-		for _, id := range chunk {
-			args = append(args, id)
-		}
-		in := placeholders(len(chunk))
-		// A tombstone left by an earlier ack of the same id (possible only
-		// once the sweep removed it and the id was stored again) is renewed.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO tombstones (id, recipient, acked_at)
-			SELECT id, recipient, ? FROM messages WHERE recipient = ? AND id IN (`+in+`)
-			ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`, args...); err != nil {
-			return 0, s.wrap("ack: tombstones", err)
-		}
-		res, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE recipient = ? AND id IN ("+in+")", args[1:]...)
-		if err != nil {
-			return 0, s.wrap("ack", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return 0, s.wrap("ack", err)
-		}
-		total += int(n)
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, s.wrap("ack: commit", err)
-	}
-	return total, nil
 }
 
 // DeleteBefore deletes envelopes created before t, in short transactions

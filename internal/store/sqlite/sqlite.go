@@ -4,10 +4,11 @@
 // The database runs in WAL mode with synchronous=FULL: once PutMessages
 // returns nil the envelopes are in the write-ahead log on disk and survive a
 // crash or a power loss. Writes go through a single connection; reads use a
-// separate pool and never wait for a writer. Concurrent PutMessages and
-// MarkRouted calls are grouped by one writer goroutine into a single
-// transaction (group commit), so many small sends, and the routed marks of
-// those sent before, cost one fsync between them.
+// separate pool and never wait for a writer. Concurrent PutMessages, Ack
+// and MarkRouted calls are grouped by one writer goroutine into a single
+// transaction (group commit), so many small sends, the acks of those
+// delivered and the routed marks of those sent before cost one fsync
+// between them.
 package sqlite
 
 import (
@@ -28,9 +29,9 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
-// DefaultMaxBatch is the number of items (envelopes to store, ids to mark
-// routed) a group-commit transaction takes at most when Options.MaxBatch is
-// zero.
+// DefaultMaxBatch is the number of items (envelopes to store, ids to ack,
+// ids to mark routed) a group-commit transaction takes at most when
+// Options.MaxBatch is zero.
 const DefaultMaxBatch = 512
 
 // busyTimeoutMS bounds how long a connection waits for a lock held by
@@ -40,10 +41,10 @@ const busyTimeoutMS = 10000
 
 // Options tunes a Store. The zero value is ready to use.
 type Options struct {
-	// MaxBatch caps the items (envelopes to store, ids to mark routed)
-	// written in one group-commit transaction (DefaultMaxBatch when <= 0).
-	// A single PutMessages or MarkRouted call larger than MaxBatch still
-	// commits in one transaction of its own.
+	// MaxBatch caps the items (envelopes to store, ids to ack, ids to mark
+	// routed) written in one group-commit transaction (DefaultMaxBatch when
+	// <= 0). A single PutMessages, Ack or MarkRouted call larger than
+	// MaxBatch still commits in one transaction of its own.
 	MaxBatch int
 	// Logger receives the store's operational logs (slog.Default() when nil).
 	// Payloads are never logged.
@@ -58,13 +59,17 @@ type Store struct {
 
 	insert *sql.Stmt // prepared on w
 
-	// writer groups concurrent PutMessages and MarkRouted calls into one
-	// transaction; the result of each envelope put is whether it had a
-	// tombstone.
+	// writer groups concurrent PutMessages, Ack and MarkRouted calls into
+	// one transaction; the result of each envelope put is whether it had a
+	// tombstone, that of each id acked whether it deleted the envelope.
 	writer *groupcommit.Writer[write, bool]
-	// idArgs is the writer's reusable IN-list argument buffer (writer
-	// goroutine only).
-	idArgs []any
+	// The writer's reusable buffers (writer goroutine only): the IN-list
+	// arguments, the ids acked in the current segment, the recipients of
+	// the ids acked, and the ids an ack deletes.
+	idArgs  []any
+	segAcks map[string]struct{}
+	owners  map[string]string
+	ackIDs  []string
 
 	// groupCommits counts the transactions the writer ran (for tests and
 	// benchmarks: items per commit shows group commit).
@@ -185,8 +190,9 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close stops accepting writes, waits for the writer to commit every
-// PutMessages and MarkRouted call it already took, and closes the database. Calls racing
-// Close either complete or return store.ErrClosed. Close is idempotent.
+// PutMessages, Ack and MarkRouted call it already took, and closes the
+// database. Calls racing Close either complete or return store.ErrClosed.
+// Close is idempotent.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)

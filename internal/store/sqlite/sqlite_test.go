@@ -108,3 +108,11 @@ func BenchmarkPutMarkRouted(b *testing.B) {
 	defer s.Close()
 	storetest.RunPutMarkRoutedBenchmark(b, s)
 }
+
+// BenchmarkAck measures committed Ack calls of 5 ids from 64 goroutines at
+// once (the WebSocket read loops of as many connections), reporting acks/s.
+func BenchmarkAck(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunAckBenchmark(b, s)
+}

@@ -202,3 +202,72 @@ func RunPutMarkRoutedBenchmark(b *testing.B, s store.Store) {
 		b.Fatalf("after the marks: %d unrouted, %v", len(left), err)
 	}
 }
+
+const (
+	// AckCallers is the number of goroutines calling Ack at once in
+	// RunAckBenchmark: connections whose clients acknowledge at the same time.
+	AckCallers = 64
+	// AckBatch is the number of ids per Ack call in RunAckBenchmark.
+	AckBatch = 5
+)
+
+// RunAckBenchmark measures committed Ack calls of AckBatch ids each (the
+// envelopes stored beforehand, AckBatch per recipient and call) from
+// AckCallers goroutines at once (the WebSocket read loops of as many
+// connections), reporting "acks/s" (calls) and "ids/s" besides ns/op (one
+// op is one call). Every call must delete its AckBatch envelopes.
+func RunAckBenchmark(b *testing.B, s store.Store) {
+	payload := make([]byte, 256)
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	calls := make([][]string, b.N)
+	envs := make([]*envelope.Envelope, 0, 500)
+	flush := func() {
+		if _, err := s.PutMessages(b.Context(), envs); err != nil {
+			b.Fatal(err)
+		}
+		envs = envs[:0]
+	}
+	for i := range calls {
+		recipient := fmt.Sprintf("urn:sm:user:r%d", i%1000)
+		calls[i] = make([]string, AckBatch)
+		for j := range calls[i] {
+			e := &envelope.Envelope{ID: ids.New(at), Sender: alice, Recipient: recipient, Payload: payload, CreatedAt: at}
+			calls[i][j] = e.ID
+			envs = append(envs, e)
+		}
+		if len(envs)+AckBatch > cap(envs) {
+			flush()
+		}
+	}
+	if len(envs) > 0 {
+		flush()
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range AckCallers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(calls) {
+					return
+				}
+				n, err := s.Ack(b.Context(), fmt.Sprintf("urn:sm:user:r%d", i%1000), calls[i])
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if n != AckBatch {
+					b.Errorf("Ack of call %d deleted %d, want %d", i, n, AckBatch)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "acks/s")
+	b.ReportMetric(float64(b.N*AckBatch)/elapsed.Seconds(), "ids/s")
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"DuplicateNotYetAckedStoredOnce", testDuplicateNotYetAckedStoredOnce},
 		{"AckedIDNotStoredAgain", testAckedIDNotStoredAgain},
 		{"AckedIDNotStoredAgainRacingAck", testAckedIDRacingAck},
+		{"AckPutInterleaved", testAckPutInterleaved},
 		{"TombstonesSwept", testTombstonesSwept},
 		{"PendingStoreOrder", testPendingStoreOrder},
 		{"PendingPaging", testPendingPaging},
@@ -435,6 +437,96 @@ func testAckedIDRacingAck(t *testing.T, s store.Store) {
 		}
 		if got := putAcked(t, s, e); !got[0] {
 			t.Fatalf("round %d: put after the race not reported acknowledged", round)
+		}
+	}
+}
+
+// Acks and puts of the same ids interleaved across goroutines, as when
+// clients acknowledge envelopes while the bus redelivers them. In round i,
+// for each recipient at once, two putters put envelope i (with envelope
+// i-1, acknowledged in the round before, again) while an acker acks
+// envelope i (with envelope i-1 again) until the ack deletes it. An ack
+// made after a put of the id returned must delete it, each id is deleted
+// once, and once acknowledged no id is stored or pending again.
+func testAckPutInterleaved(t *testing.T, s store.Store) {
+	const (
+		recipients = 8
+		rounds     = 12
+	)
+	envs := make([][]*envelope.Envelope, recipients)
+	for r := range envs {
+		recipient := fmt.Sprintf("urn:sm:user:interleaved%d", r)
+		envs[r] = make([]*envelope.Envelope, rounds)
+		for i := range envs[r] {
+			envs[r][i] = newEnv(alice, recipient, base, fmt.Sprint(i))
+		}
+	}
+	for i := range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, 3*recipients)
+		start := make(chan struct{})
+		for r := range envs {
+			e := envs[r][i]
+			batch := []*envelope.Envelope{e}
+			ids := []string{e.ID}
+			if i > 0 {
+				batch = append(batch, envs[r][i-1])
+				ids = append(ids, envs[r][i-1].ID)
+			}
+			// stored is set once a put returned e stored (or already
+			// stored, not acknowledged).
+			var stored atomic.Bool
+			putter := func() {
+				<-start
+				acked, err := s.PutMessages(t.Context(), batch)
+				switch {
+				case err != nil:
+					errs <- err
+				case i > 0 && (acked == nil || !acked[1]):
+					errs <- fmt.Errorf("%s round %d: put of the envelope acknowledged in the round before: acked %v", e.Recipient, i, acked)
+				case acked == nil || !acked[0]:
+					stored.Store(true)
+				}
+			}
+			acker := func() {
+				<-start
+				for {
+					wasStored := stored.Load()
+					n, err := s.Ack(t.Context(), e.Recipient, ids)
+					switch {
+					case err != nil:
+						errs <- err
+					case n > 1:
+						errs <- fmt.Errorf("%s round %d: ack counted %d, want at most 1", e.Recipient, i, n)
+					case n == 0 && wasStored:
+						errs <- fmt.Errorf("%s round %d: ack after a put returned the envelope stored deleted nothing", e.Recipient, i)
+					case n == 0:
+						continue // not stored yet: ack again
+					}
+					return
+				}
+			}
+			// Goroutines tend to reach the store in the order they start:
+			// the acker starts first, second or last, by recipient and round.
+			calls := []func(){putter, putter}
+			calls = slices.Insert(calls, (r+i)%3, acker)
+			for _, call := range calls {
+				wg.Go(call)
+			}
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	for r := range envs {
+		if got := all(t, s, envs[r][0].Recipient, 500); len(got) != 0 {
+			t.Errorf("%s: %d acknowledged envelopes pending", envs[r][0].Recipient, len(got))
+		}
+		if got := putAcked(t, s, envs[r]...); countTrue(got) != rounds {
+			t.Errorf("%s: put again after the acks, %d of %d reported acknowledged", envs[r][0].Recipient, countTrue(got), rounds)
 		}
 	}
 }
