@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
@@ -158,6 +157,9 @@ func (s *Store) commit(items []write, results []bool) error {
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
 	ctx := context.Background()
+	if err := s.prepareBatch(ctx, items); err != nil {
+		return err
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.wrap("write: begin", err)
@@ -191,6 +193,38 @@ func (s *Store) commit(items []write, results []bool) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return s.wrap("write: commit", err)
+	}
+	return nil
+}
+
+// prepareBatch prepares the IN-list statements that commit may run for
+// items and are not prepared yet (see prepareIn): it must run before the
+// transaction begins, as preparing takes the write connection.
+func (s *Store) prepareBatch(ctx context.Context, items []write) error {
+	var puts, acks, marks int
+	for _, w := range items {
+		switch w.kind {
+		case putWrite:
+			puts++
+		case ackWrite:
+			acks++
+		case markWrite:
+			marks++
+		}
+	}
+	for _, p := range [...]struct {
+		q inQuery
+		n int
+	}{
+		{tombstoneLookup, puts},
+		{ackLookup, acks},
+		{tombstoneInsert, acks},
+		{ackDelete, acks},
+		{markRoutedUpdate, marks},
+	} {
+		if err := s.prepareIn(ctx, p.q, p.n); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -271,7 +305,8 @@ func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[
 		}
 		return w.env.ID, true
 	}, func(args []any) error {
-		rows, err := tx.QueryContext(ctx, "SELECT id FROM tombstones WHERE id IN ("+placeholders(len(args))+")", args...)
+		stmt, args := s.inStmt(ctx, tx, tombstoneLookup, args)
+		rows, err := stmt.QueryContext(ctx, args...)
 		if err != nil {
 			return s.wrap("put: tombstone lookup", err)
 		}
@@ -310,7 +345,8 @@ func (s *Store) ack(ctx context.Context, tx *sql.Tx, items []write, deleted []bo
 	err := s.inChunks(len(items), func(i int) (string, bool) {
 		return items[i].id, items[i].kind == ackWrite
 	}, func(args []any) error {
-		rows, err := tx.QueryContext(ctx, "SELECT id, recipient FROM messages WHERE id IN ("+placeholders(len(args))+")", args...)
+		stmt, args := s.inStmt(ctx, tx, ackLookup, args)
+		rows, err := stmt.QueryContext(ctx, args...)
 		if err != nil {
 			return s.wrap("ack: lookup", err)
 		}
@@ -348,17 +384,17 @@ func (s *Store) ack(ctx context.Context, tx *sql.Tx, items []write, deleted []bo
 	return s.inChunks(len(matched), func(i int) (string, bool) {
 		return matched[i], true
 	}, func(args []any) error {
-		in := placeholders(len(args))
-		// A tombstone left by an earlier ack of the same id (possible only
-		// once the sweep removed it and the id was stored again) is renewed.
-		withTime := append(make([]any, 0, len(args)+1), ackedAt)
-		withTime = append(withTime, args...)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO tombstones (id, recipient, acked_at)
-			SELECT id, recipient, ? FROM messages WHERE id IN (`+in+`)
-			ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`, withTime...); err != nil {
+		insert, padded := s.inStmt(ctx, tx, tombstoneInsert, args)
+		withTime := append(append(s.timeArgs[:0], ackedAt), padded...)
+		defer func() {
+			clear(withTime) // drop references to the ids
+			s.timeArgs = withTime[:0]
+		}()
+		if _, err := insert.ExecContext(ctx, withTime...); err != nil {
 			return s.wrap("ack: tombstones", err)
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE id IN ("+in+")", args...); err != nil {
+		del, padded := s.inStmt(ctx, tx, ackDelete, args)
+		if _, err := del.ExecContext(ctx, padded...); err != nil {
 			return s.wrap("ack", err)
 		}
 		return nil
@@ -371,8 +407,10 @@ func (s *Store) markRouted(ctx context.Context, tx *sql.Tx, items []write) error
 	return s.inChunks(len(items), func(i int) (string, bool) {
 		return items[i].id, items[i].kind == markWrite
 	}, func(args []any) error {
-		if _, err := tx.ExecContext(ctx, markRoutedSQL+placeholders(len(args))+")", args...); err != nil {
-			return s.wrap(fmt.Sprintf("mark %d routed", len(args)), err)
+		n := len(args)
+		stmt, args := s.inStmt(ctx, tx, markRoutedUpdate, args)
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+			return s.wrap(fmt.Sprintf("mark %d routed", n), err)
 		}
 		return nil
 	})
@@ -380,8 +418,12 @@ func (s *Store) markRouted(ctx context.Context, tx *sql.Tx, items []write) error
 
 // inChunks calls run with the ids that id picks from the indexes 0 to n-1
 // (those for which it returns true), idChunk at a time, in the writer's
-// reusable argument buffer. It runs on the writer goroutine only.
+// reusable argument buffer, which has room for idChunk ids (so run can pad
+// them in place). It runs on the writer goroutine only.
 func (s *Store) inChunks(n int, id func(i int) (string, bool), run func(args []any) error) error {
+	if cap(s.idArgs) < idChunk {
+		s.idArgs = make([]any, 0, idChunk)
+	}
 	args := s.idArgs[:0]
 	defer func() {
 		clear(args[:cap(args)]) // drop references to the ids
@@ -404,14 +446,6 @@ func (s *Store) inChunks(n int, id func(i int) (string, bool), run func(args []a
 		return run(args)
 	}
 	return nil
-}
-
-// placeholders returns n comma-separated '?'s (n >= 1).
-func placeholders(n int) string {
-	if n == 1 {
-		return "?"
-	}
-	return "?" + strings.Repeat(",?", n-1)
 }
 
 // Pending returns up to limit (at most 500) of recipient's envelopes stored

@@ -58,6 +58,7 @@ type Store struct {
 	log *slog.Logger
 
 	insert *sql.Stmt // prepared on w
+	in     inStmts   // prepared on w as the writer needs them
 
 	// writer groups concurrent PutMessages, Ack and MarkRouted calls into
 	// one transaction; the result of each envelope put is whether it had a
@@ -65,11 +66,13 @@ type Store struct {
 	writer *groupcommit.Writer[write, bool]
 	// The writer's reusable buffers (writer goroutine only): the IN-list
 	// arguments, the ids acked in the current segment, the recipients of
-	// the ids acked, and the ids an ack deletes.
-	idArgs  []any
-	segAcks map[string]struct{}
-	owners  map[string]string
-	ackIDs  []string
+	// the ids acked, the ids an ack deletes, and the arguments of a
+	// tombstone insert.
+	idArgs   []any
+	segAcks  map[string]struct{}
+	owners   map[string]string
+	ackIDs   []string
+	timeArgs []any
 
 	// groupCommits counts the transactions the writer ran (for tests and
 	// benchmarks: items per commit shows group commit).
@@ -197,7 +200,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.writer.Close()
-		s.closeErr = errors.Join(s.insert.Close(), s.w.Close(), s.r.Close())
+		s.closeErr = errors.Join(s.insert.Close(), s.closeIn(), s.w.Close(), s.r.Close())
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("sqlite close: %w", s.closeErr)
 		}
