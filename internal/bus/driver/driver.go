@@ -134,7 +134,8 @@ type Driver interface {
 	// m (which carry the reason), into queue's dead-letter queue. The
 	// portable bus then acks the original.
 	DeadLetter(ctx context.Context, queue string, m *Message) error
-	// ListDead returns up to limit dead messages of queue, oldest first.
+	// ListDead returns up to limit dead messages of queue (all when limit
+	// <= 0), oldest first.
 	ListDead(ctx context.Context, queue string, limit int) ([]DeadMessage, error)
 	// GetDead returns one dead message, or an error wrapping ErrNotFound.
 	GetDead(ctx context.Context, queue, id string) (DeadMessage, error)
@@ -170,8 +171,8 @@ type Subscription interface {
 	// may subscribe again).
 	Receive(ctx context.Context, max int) ([]*Message, error)
 	// Close stops receiving. Messages received but not yet returned by
-	// Receive are released for redelivery; those returned are settled by
-	// the caller, before or after Close.
+	// Receive are released for redelivery; those returned must be settled
+	// by the caller, and Close may wait until they are.
 	Close() error
 }
 
