@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -74,6 +75,33 @@ type Verifier struct {
 	hsKey   any // the secret, boxed once so key lookups do not allocate
 	keyfunc jwt.Keyfunc
 	jwks    *keySet // nil without JWKS algorithms
+	leeway  time.Duration
+	now     func() time.Time // the parser's clock too
+
+	// verified remembers tokens that passed verification, so that a client
+	// sending many requests with one token pays for its signature once per
+	// verifiedTTL. Keyed by the whole token: any other bytes (another
+	// signature) are verified in full.
+	mu       sync.Mutex
+	verified map[string]verifiedToken
+}
+
+// verifiedTTL bounds how long a verified token is taken on trust before it
+// is verified again; a new load of the key set ends the trust at once (a
+// key withdrawn from the set stops its tokens at the next refresh).
+// maxVerified bounds the memory that takes.
+const (
+	verifiedTTL = time.Minute
+	maxVerified = 4096
+)
+
+// verifiedToken is a token that passed verification: its claims, the
+// window in which its time claims hold, and when it must be verified again.
+type verifiedToken struct {
+	claims    Claims
+	notBefore time.Time
+	recheck   time.Time
+	keys      *keys // the key set it was verified with (nil without JWKS)
 }
 
 // NewVerifier checks o and returns a Verifier. When o configures a JWKS
@@ -111,10 +139,12 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 	if o.Leeway < 0 {
 		return nil, fmt.Errorf("auth: negative leeway %v", o.Leeway)
 	}
+	v := &Verifier{leeway: o.Leeway, now: time.Now, verified: map[string]verifiedToken{}}
 	popts := []jwt.ParserOption{
 		jwt.WithValidMethods(slices.Clone(o.Algorithms)),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(o.Leeway),
+		jwt.WithTimeFunc(func() time.Time { return v.now() }),
 	}
 	if o.Issuer != "" {
 		popts = append(popts, jwt.WithIssuer(o.Issuer))
@@ -122,7 +152,7 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 	if o.Audience != "" {
 		popts = append(popts, jwt.WithAudience(o.Audience))
 	}
-	v := &Verifier{parser: jwt.NewParser(popts...)}
+	v.parser = jwt.NewParser(popts...)
 	if hs {
 		v.hsKey = slices.Clone(o.HS256Secret)
 	}
@@ -146,6 +176,14 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 // is not in the key set fails, and asks for a (rate-limited) fetch of the
 // key set in the background so that a rotated key is soon known.
 func (v *Verifier) Verify(token string) (Claims, error) {
+	now := v.now()
+	var ks *keys
+	if v.jwks != nil {
+		ks = v.jwks.current.Load()
+	}
+	if c, ok := v.trusted(token, now, ks); ok {
+		return c, nil
+	}
 	var rc jwt.RegisteredClaims
 	if _, err := v.parser.ParseWithClaims(token, &rc, v.keyfunc); err != nil {
 		return Claims{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
@@ -154,7 +192,32 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w: sub: %w", ErrInvalidToken, err)
 	}
 	// exp is required by the parser, so rc.ExpiresAt is set here.
-	return Claims{Subject: rc.Subject, ExpiresAt: rc.ExpiresAt.Time}, nil
+	c := Claims{Subject: rc.Subject, ExpiresAt: rc.ExpiresAt.Time}
+	vt := verifiedToken{claims: c, recheck: now.Add(verifiedTTL), keys: ks}
+	if rc.NotBefore != nil {
+		vt.notBefore = rc.NotBefore.Time
+	}
+	v.mu.Lock()
+	if len(v.verified) >= maxVerified {
+		clear(v.verified)
+	}
+	v.verified[token] = vt
+	v.mu.Unlock()
+	return c, nil
+}
+
+// trusted returns the claims of a token verified less than verifiedTTL ago
+// with the key set ks, whose time claims still hold (with the leeway, as the
+// parser checks them).
+func (v *Verifier) trusted(token string, now time.Time, ks *keys) (Claims, bool) {
+	v.mu.Lock()
+	vt, ok := v.verified[token]
+	v.mu.Unlock()
+	if !ok || vt.keys != ks || !now.Before(vt.recheck) || !now.Before(vt.claims.ExpiresAt.Add(v.leeway)) ||
+		(!vt.notBefore.IsZero() && now.Before(vt.notBefore.Add(-v.leeway))) {
+		return Claims{}, false
+	}
+	return vt.claims, true
 }
 
 // key is the jwt.Keyfunc: it hands each algorithm only a key of its own kind.

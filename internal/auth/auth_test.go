@@ -564,6 +564,8 @@ func TestCloseStopsRefresh(t *testing.T) {
 	v.Close() // idempotent
 }
 
+// BenchmarkVerifyHS256 verifies one token again and again, as a client's
+// requests do: after the first, a lookup of the verified token.
 func BenchmarkVerifyHS256(b *testing.B) {
 	v, err := NewVerifier(b.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: 30 * time.Second})
 	if err != nil {
@@ -599,5 +601,89 @@ func BenchmarkVerifyES256(b *testing.B) {
 		if _, err := v.Verify(tok); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A token verified once is taken on trust for a while, but never past its
+// expiry (plus the leeway), never for other bytes (a changed signature),
+// and not after verifiedTTL without being verified again.
+func TestVerifiedTokensStillExpire(t *testing.T) {
+	v, err := NewVerifier(t.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	start := time.Now()
+	now := start
+	v.now = func() time.Time { return now }
+	tok, err := Sign(testSecret, testSub, 10*time.Second, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := v.Verify(tok); err != nil || c.Subject != testSub {
+		t.Fatalf("first Verify = %+v, %v", c, err)
+	}
+	if _, ok := v.trusted(tok, now, nil); !ok {
+		t.Fatal("a verified token is not remembered")
+	}
+	// Other bytes: one character of the signature changed.
+	c := byte('A')
+	if tok[len(tok)-2] == 'A' {
+		c = 'B'
+	}
+	forged := tok[:len(tok)-2] + string(c) + tok[len(tok)-1:]
+	if _, err := v.Verify(forged); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a token with another signature was accepted: %v", err)
+	}
+	now = start.Add(10*time.Second + 500*time.Millisecond) // past exp, within the leeway
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("within the leeway: %v", err)
+	}
+	now = start.Add(11*time.Second + time.Millisecond) // past exp plus the leeway
+	if _, err := v.Verify(tok); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a remembered token was accepted past its expiry: %v", err)
+	}
+
+	long, err := Sign(testSecret, testSub, time.Hour, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = start
+	if _, err := v.Verify(long); err != nil {
+		t.Fatal(err)
+	}
+	now = start.Add(verifiedTTL)
+	if _, ok := v.trusted(long, now, nil); ok {
+		t.Fatal("a token is taken on trust past verifiedTTL")
+	}
+	if _, err := v.Verify(long); err != nil {
+		t.Fatalf("verifying again after verifiedTTL: %v", err)
+	}
+}
+
+// BenchmarkVerifyHS256Fresh verifies tokens never seen before: the whole
+// signature check.
+func BenchmarkVerifyHS256Fresh(b *testing.B) {
+	v, err := NewVerifier(b.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: 30 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.Close()
+	toks := make([]string, 1024)
+	for i := range toks {
+		if toks[i], err = Sign(testSecret, testSub, time.Hour+time.Duration(i)*time.Second, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		v.mu.Lock()
+		clear(v.verified)
+		v.mu.Unlock()
+		if _, err := v.Verify(toks[i%len(toks)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
