@@ -4,11 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
 const (
@@ -63,25 +63,9 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 	if s.closed.Load() {
 		return nil, store.ErrClosed
 	}
-	if len(envs) == 0 {
-		return nil, nil
-	}
-	items := make([]write, len(envs))
-	for i, e := range envs {
-		if e == nil || e.ID == "" {
-			return nil, fmt.Errorf("sqlite put: envelope %d has no id", i)
-		}
-		items[i] = write{kind: putWrite, env: e}
-	}
-	acked := make([]bool, len(envs))
-	err := s.writer.Submit(ctx, items, acked)
-	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
-		return nil, fmt.Errorf("sqlite put: %w", err)
-	}
-	if err != nil || !slices.Contains(acked, true) {
-		return nil, err
-	}
-	return acked, nil
+	return groupcommit.PutMessages(ctx, s.writer, "sqlite", envs, func(e *envelope.Envelope) write {
+		return write{kind: putWrite, env: e}
+	})
 }
 
 // MarkRouted marks the stored envelopes with these ids routed, ignoring
@@ -93,18 +77,9 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	if len(ids) == 0 {
-		return nil
-	}
-	items := make([]write, len(ids))
-	for i, id := range ids {
-		items[i] = write{kind: markWrite, id: id}
-	}
-	err := s.writer.Submit(ctx, items, nil)
-	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
-		return fmt.Errorf("sqlite mark routed: %w", err)
-	}
-	return err
+	return groupcommit.MarkRouted(ctx, s.writer, "sqlite", ids, func(id string) write {
+		return write{kind: markWrite, id: id}
+	})
 }
 
 // Ack deletes recipient's envelopes with these ids, records a tombstone of
@@ -119,28 +94,9 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 	if s.closed.Load() {
 		return 0, store.ErrClosed
 	}
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	items := make([]write, len(ids))
-	for i, id := range ids {
-		items[i] = write{kind: ackWrite, id: id, recipient: recipient}
-	}
-	deleted := make([]bool, len(ids))
-	err := s.writer.Submit(ctx, items, deleted)
-	if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr { // Submit returns ctx.Err() itself
-		return 0, fmt.Errorf("sqlite ack: %w", err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, d := range deleted {
-		if d {
-			n++
-		}
-	}
-	return n, nil
+	return groupcommit.Ack(ctx, s.writer, "sqlite", ids, func(id string) write {
+		return write{kind: ackWrite, id: id, recipient: recipient}
+	})
 }
 
 // commit writes items in one transaction, with the effect of running the
