@@ -395,31 +395,31 @@ func testBacklog(t *testing.T, h Harness) {
 		}
 		return
 	}
-	if n, err := d.IngressBacklog(ctx); err != nil || n != 0 {
-		t.Fatalf("IngressBacklog of a fresh queue = %d, %v; want 0", n, err)
+	// The engine's counts follow publishes and acks a moment later: wait
+	// for each expected value.
+	backlogReaches := func(what string, want int64) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for {
+			n, err := d.IngressBacklog(ctx)
+			if err == nil && n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IngressBacklog %s = %d, %v; want %d", what, n, err, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
+	backlogReaches("of a fresh queue", 0)
 	for i := range 5 {
 		id := fmt.Sprintf("b-%d", i)
 		publish(t, d, driver.QueueIngress, &driver.Message{ID: id, DedupID: id, Body: []byte("x")})
 	}
-	if n, err := d.IngressBacklog(ctx); err != nil || n != 5 {
-		t.Fatalf("IngressBacklog after 5 publishes = %d, %v; want 5", n, err)
-	}
+	backlogReaches("after 5 publishes", 5)
 	s := subscribe(t, d, driver.QueueIngress, "")
 	ms := receiveN(t, s, 5)
-	if n, err := d.IngressBacklog(ctx); err != nil || n != 5 {
-		t.Fatalf("IngressBacklog with 5 received, unsettled = %d, %v; want 5", n, err)
-	}
+	backlogReaches("with 5 received, unsettled", 5)
 	ackAll(t, ms)
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		n, err := d.IngressBacklog(ctx)
-		if err == nil && n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("IngressBacklog after acking everything = %d, %v; want 0", n, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	backlogReaches("after acking everything", 0)
 }
