@@ -60,7 +60,15 @@ pipeline: {reroute_after: 1h}
 		return acc.ID
 	}
 
-	t.Run("OnlineDelivery", func(t *testing.T) {
+	// The stages run on this goroutine: a child process started by a
+	// subtest's goroutine may be killed when that goroutine's thread ends
+	// (its parent-death signal follows the thread).
+	stage := func(name string, f func(t *testing.T)) {
+		t.Log("stage:", name)
+		f(t)
+	}
+
+	stage("OnlineDelivery", func(t *testing.T) {
 		conn, err := user("bob").Connect(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -77,7 +85,7 @@ pipeline: {reroute_after: 1h}
 		expectInOrder(t, ctx, conn, want)
 	})
 
-	t.Run("OfflineFetchInOrder", func(t *testing.T) {
+	stage("OfflineFetchInOrder", func(t *testing.T) {
 		var want []string
 		for i := range 150 {
 			want = append(want, send("carol", fmt.Sprint("offline ", i)))
@@ -99,7 +107,7 @@ pipeline: {reroute_after: 1h}
 		}
 	})
 
-	t.Run("Kill9NothingLostNoRecipientBlocked", func(t *testing.T) {
+	stage("Kill9NothingLostNoRecipientBlocked", func(t *testing.T) {
 		// Concurrent sends to one offline recipient, so that the pipeline
 		// is behind when the instance dies right after the last 202.
 		var (
@@ -167,7 +175,7 @@ pipeline: {reroute_after: 1h}
 		}
 	})
 
-	t.Run("PoisonDeadLetteredOthersFlow", func(t *testing.T) {
+	stage("PoisonDeadLetteredOthersFlow", func(t *testing.T) {
 		conn, err := user("frank").Connect(ctx)
 		if err != nil {
 			t.Fatal(err)
