@@ -129,6 +129,7 @@ pipeline: {reroute_after: 1h}
 			})
 		}
 		wg.Wait()
+		killed := time.Now()
 		if err := inst.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -156,6 +157,7 @@ pipeline: {reroute_after: 1h}
 			after = append(after, send("dave", fmt.Sprint("after restart ", i)))
 		}
 		expectAll(t, lctx, conn, after)
+		t.Logf("messages sent after the restart delivered live %s after the kill", time.Since(killed).Round(100*time.Millisecond))
 		// And other recipients flow as before.
 		conn2, err := user("erin").Connect(ctx)
 		if err != nil {
