@@ -35,8 +35,9 @@ type aheadSubscriber struct {
 	topic        string // full name
 
 	mu    sync.Mutex
-	sent  map[string]bool
-	acked map[string]bool
+	sent   map[string]bool
+	acked  map[string]bool
+	leased map[string]bool
 }
 
 func (a *aheadSubscriber) StreamingPull(st pubsubpb.Subscriber_StreamingPullServer) error {
@@ -96,8 +97,21 @@ func (a *aheadSubscriber) Acknowledge(_ context.Context, req *pubsubpb.Acknowled
 	return &emptypb.Empty{}, nil
 }
 
-func (a *aheadSubscriber) ModifyAckDeadline(context.Context, *pubsubpb.ModifyAckDeadlineRequest) (*emptypb.Empty, error) {
+// ModifyAckDeadline records the leased messages: the client leases each
+// message it has received (its receipt modack) before handing it over.
+func (a *aheadSubscriber) ModifyAckDeadline(_ context.Context, req *pubsubpb.ModifyAckDeadlineRequest) (*emptypb.Empty, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, id := range req.AckIds {
+		a.leased[id] = true
+	}
 	return &emptypb.Empty{}, nil
+}
+
+func (a *aheadSubscriber) leasedCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.leased)
 }
 
 func (a *aheadSubscriber) ackedCount() int {
@@ -119,6 +133,7 @@ func newAheadBus(t testing.TB) (*bus.Bus, *aheadSubscriber) {
 		topic:        "projects/" + testProject + "/topics/" + cfg.IngressTopic,
 		sent:         map[string]bool{},
 		acked:        map[string]bool{},
+		leased:       map[string]bool{},
 	}
 	gs := grpc.NewServer()
 	pubsubpb.RegisterPublisherServer(gs, &ps.GServer)
@@ -144,6 +159,7 @@ func newAheadBus(t testing.TB) (*bus.Bus, *aheadSubscriber) {
 func TestReceivedMessagesOfAKeyFormOneBatch(t *testing.T) {
 	t.Parallel()
 	b, ahead := newAheadBus(t)
+	holds := testConfig(t).MaxOutstanding
 	ctx := ctxT(t)
 
 	const n, maxBatch, key = 200, 256, "urn:sm:user:hot"
@@ -167,6 +183,14 @@ func TestReceivedMessagesOfAKeyFormOneBatch(t *testing.T) {
 			defer mu.Unlock()
 			batches++
 			largest = max(largest, len(ms))
+			if batches == 1 {
+				// Hold the first batch until the client has received as
+				// many as it may hold (MaxOutstanding): those it hands
+				// over meanwhile wait for the worker together.
+				for deadline := time.Now().Add(waitTimeout); ahead.leasedCount() < min(n, holds) && time.Now().Before(deadline); {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
 			for _, m := range ms {
 				order = append(order, m.ID)
 			}
