@@ -157,7 +157,7 @@ func newAheadBus(t testing.TB) (*bus.Bus, *aheadSubscriber) {
 // in the pipeline) instead of one message per acknowledgement round trip,
 // in publish order.
 func TestReceivedMessagesOfAKeyFormOneBatch(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it runs before the parallel suites and adds no load to them.
 	b, ahead := newAheadBus(t)
 	holds := testConfig(t).MaxOutstanding
 	ctx := ctxT(t)

@@ -15,7 +15,7 @@ import (
 // the client's own choice (60s on the stream, then the 99th percentile of
 // processing times, up to 10 minutes).
 func TestLeaseIsAckDeadline(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it runs before the parallel suites and adds no load to them.
 	f := newFake(t)
 	cfg := testConfig(t)
 	cfg.AckDeadline = 20 * time.Second // neither the client's 10s minimum nor its 60s stream lease
