@@ -107,7 +107,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Message,
 }
 
 // Close stops the streaming pull and releases what was received but not
-// taken.
+// taken; it waits until the streaming pull has returned.
 func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -120,13 +120,21 @@ func (s *subscription) Close() error {
 			s.b.mu.Unlock()
 		}
 	})
-	<-s.broken
+	// The streaming pull returns once every message it handed over is
+	// settled: release those still queued while waiting for it.
 	for {
 		select {
 		case pm := <-s.msgs:
 			pm.Nack()
-		default:
-			return nil
+		case <-s.broken:
+			for {
+				select {
+				case pm := <-s.msgs:
+					pm.Nack()
+				default:
+					return nil
+				}
+			}
 		}
 	}
 }
