@@ -39,10 +39,13 @@ func newTarget(o options) (target, error) {
 	case o.embedded:
 		t, err = startInProcess(o.config)
 	default:
-		t = target{api: o.api, ws: o.ws, secret: os.Getenv("JWT_SECRET"), close: func() {}}
-		if t.secret == "" {
-			t.secret = config.DevJWTSecret
+		// JWT_SECRET, else the server's generated secret, found like
+		// `routingservice token` finds it (-config, ROUTING_DATA_DIR).
+		cfg, cerr := config.Load(o.config)
+		if cerr != nil {
+			return target{}, cerr
 		}
+		t = target{api: o.api, ws: o.ws, secret: cfg.JWTSecret, close: func() {}}
 	}
 	if err != nil {
 		return t, err
@@ -72,7 +75,12 @@ func startInProcess(configPath string) (target, error) {
 	cfg.Store.SQLitePath = dir + "/routing.db"
 	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
-	cfg.API.RateLimit = 0 // the senders are load, not abuse
+	cfg.Ops.Listen = "127.0.0.1:0"
+	// The senders and connections are load, not abuse: no rate limits, no
+	// caps on connections from one address (all are from loopback).
+	cfg.API.RateLimit = 0
+	cfg.Realtime.MaxConns, cfg.Realtime.MaxConnsPerIP = 1<<30, 0
+	cfg.Realtime.ConnectRatePerIP, cfg.Realtime.ConnectRatePerUser = 0, 0
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {

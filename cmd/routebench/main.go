@@ -101,7 +101,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.scenario, "scenario", "online", "scenario: "+strings.Join(scenarios, ", ")+" (or the first argument)")
 	fs.StringVar(&o.api, "api", "http://127.0.0.1:8082", "API base URL (loopback only)")
 	fs.StringVar(&o.ws, "ws", "ws://127.0.0.1:8085", "WebSocket base URL (loopback only)")
-	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus URL, e.g. http://127.0.0.1:8082/metrics (loopback only): idle reads process_resident_memory_bytes, offline the pipeline's count")
+	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus URL, e.g. http://127.0.0.1:9090/metrics, the operations listener (loopback only): idle reads process_resident_memory_bytes, offline the pipeline's count")
 	fs.IntVar(&o.pid, "pid", 0, "idle: read the server's resident memory from /proc/<pid>/status (VmRSS)")
 	fs.BoolVar(&o.embedded, "embedded", false, "start an instance on a temporary data dir, rate limit off (in process; idle: as a child process)")
 	fs.StringVar(&o.config, "config", "", "with -embedded: config file for the instance")

@@ -28,7 +28,7 @@ func dlqApp(t *testing.T) (*app.App, string) {
 	t.Helper()
 	dir := t.TempDir()
 	cfgFile := filepath.Join(dir, "config.yaml")
-	yaml := "data_dir: " + filepath.Join(dir, "data") + "\napi: {listen: \"127.0.0.1:0\"}\nrealtime: {listen: \"127.0.0.1:0\"}\n" +
+	yaml := "data_dir: " + filepath.Join(dir, "data") + "\napi: {listen: \"127.0.0.1:0\"}\nrealtime: {listen: \"127.0.0.1:0\"}\nops: {listen: \"127.0.0.1:0\"}\n" +
 		"push: {webpush: {enabled: false}}\nbus: {min_backoff: 50ms, max_backoff: 200ms}\n"
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)

@@ -380,7 +380,7 @@ func TestPoisonMessagePubSub(t *testing.T) {
 		c.Bus.PubSub.ProjectID = "dlq-test"
 		c.Bus.AckDeadline = 10 * time.Second
 	}, app.Options{})
-	if code := get(t, ta.apiURL+"/readyz"); code != http.StatusOK {
+	if code := get(t, ta.opsURL+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz: %d", code)
 	}
 	if !ta.app.Bus().Capabilities().SetupCheck {
