@@ -63,6 +63,21 @@ func TestReadyzReportsPassFailWithoutErrorText(t *testing.T) {
 		t.Fatalf("a check ran with %v left, want at most the check timeout", deadlineLeft)
 	}
 
+	// A check that ignores its context fails at the timeout too.
+	stuck := make(chan struct{})
+	defer close(stuck)
+	rt = NewRouter(nil, nil)
+	MountOps(rt, Ops{CheckTimeout: 100 * time.Millisecond, Checks: map[string]ReadyFunc{
+		"store": func(context.Context) error { <-stuck; return nil },
+		"bus":   func(context.Context) error { return nil },
+	}})
+	w = httptest.NewRecorder()
+	rt.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), `"store":"fail"`) ||
+		!strings.Contains(w.Body.String(), `"bus":"pass"`) {
+		t.Fatalf("a stuck check: %d %s", w.Code, w.Body)
+	}
+
 	rt = NewRouter(nil, nil)
 	MountOps(rt, Ops{Checks: map[string]ReadyFunc{"store": func(context.Context) error { return nil }}})
 	w = httptest.NewRecorder()

@@ -191,13 +191,27 @@ func MountOps(rt *Router, o Ops) {
 			}()
 		}
 		checks := make(map[string]string, len(o.Checks))
+		for name := range o.Checks {
+			checks[name] = "fail" // until it answers
+		}
 		ready := true
+		// A check that ignores its context fails at the timeout all the same.
+		late := time.NewTimer(o.CheckTimeout + 100*time.Millisecond)
+		defer late.Stop()
+	collect:
 		for range o.Checks {
-			res := <-results
-			checks[res.name] = "pass"
-			if res.err != nil {
-				checks[res.name], ready = "fail", false
-				o.Logger.Warn("readiness check failed", "check", res.name, "err", res.err)
+			select {
+			case res := <-results:
+				if res.err != nil {
+					ready = false
+					o.Logger.Warn("readiness check failed", "check", res.name, "err", res.err)
+					continue
+				}
+				checks[res.name] = "pass"
+			case <-late.C:
+				ready = false
+				o.Logger.Warn("readiness checks did not answer in time")
+				break collect
 			}
 		}
 		if !ready {
