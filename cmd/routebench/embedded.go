@@ -39,13 +39,10 @@ func newTarget(o options) (target, error) {
 	case o.embedded:
 		t, err = startInProcess(o.config)
 	default:
-		// JWT_SECRET, else the server's generated secret, found like
-		// `routingservice token` finds it (-config, ROUTING_DATA_DIR).
-		cfg, cerr := config.Load(o.config)
-		if cerr != nil {
-			return target{}, cerr
+		t = target{api: o.api, ws: o.ws, secret: os.Getenv("JWT_SECRET"), close: func() {}}
+		if t.secret == "" {
+			t.secret, err = localSecret(o.config)
 		}
-		t = target{api: o.api, ws: o.ws, secret: cfg.JWTSecret, close: func() {}}
 	}
 	if err != nil {
 		return t, err
@@ -217,4 +214,26 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// localSecret reads the secret a local server generated into its data dir
+// (data_dir of the config file, or ROUTING_DATA_DIR), as `routingservice
+// token` does.
+func localSecret(configPath string) (string, error) {
+	cfg := config.Default()
+	if configPath != "" {
+		b, err := os.ReadFile(configPath)
+		if err != nil {
+			return "", err
+		}
+		if err := config.Parse(b, &cfg); err != nil {
+			return "", fmt.Errorf("%s: %w", configPath, err)
+		}
+	}
+	cfg.FromEnv(os.Getenv)
+	s, err := config.ExistingLocalSecret(cfg.DataDir)
+	if err != nil {
+		return "", fmt.Errorf("JWT_SECRET is unset and the server's generated secret is not readable (give -config or ROUTING_DATA_DIR): %w", err)
+	}
+	return s, nil
 }

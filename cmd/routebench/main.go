@@ -104,7 +104,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus URL, e.g. http://127.0.0.1:9090/metrics, the operations listener (loopback only): idle reads process_resident_memory_bytes, offline the pipeline's count")
 	fs.IntVar(&o.pid, "pid", 0, "idle: read the server's resident memory from /proc/<pid>/status (VmRSS)")
 	fs.BoolVar(&o.embedded, "embedded", false, "start an instance on a temporary data dir, rate limit off (in process; idle: as a child process)")
-	fs.StringVar(&o.config, "config", "", "with -embedded: config file for the instance")
+	fs.StringVar(&o.config, "config", "", "with -embedded: config file for the instance; else the server's config file, whose data dir holds its generated secret when JWT_SECRET is unset")
 	fs.IntVar(&o.senders, "senders", 16, "concurrent senders (one HTTP request at a time each)")
 	fs.IntVar(&o.recipients, "recipients", 1000, "recipients (online: one WebSocket each; fanout: -conns each)")
 	fs.IntVar(&o.conns, "conns", 0, "fanout: WebSockets per recipient (default 3, at most 64); idle: WebSockets this process holds, one recipient each (default 1000)")

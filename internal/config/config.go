@@ -516,6 +516,12 @@ func (c *Config) LoadLocalSecret() error {
 	return nil
 }
 
+// ExistingLocalSecret returns the secret an earlier start generated into
+// dataDir, without making one.
+func ExistingLocalSecret(dataDir string) (string, error) {
+	return readSecret(filepath.Join(dataDir, LocalSecretFile))
+}
+
 func loadOrCreateSecret(path string) (string, error) {
 	if s, err := readSecret(path); err == nil || !errors.Is(err, os.ErrNotExist) {
 		return s, err
