@@ -221,7 +221,7 @@ func TestDLQUsageErrors(t *testing.T) {
 		t.Fatalf("no subcommand: %v", err)
 	}
 	off := filepath.Join(dir, "off.yaml")
-	if err := os.WriteFile(off, []byte("admin: {socket: \"-\"}\n"), 0o600); err != nil {
+	if err := os.WriteFile(off, []byte("data_dir: "+filepath.Join(dir, "data")+"\nadmin: {socket: \"-\"}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := runDLQ(t, "list", "ingress", "--config", off); err == nil || !strings.Contains(err.Error(), "disabled") {
