@@ -143,6 +143,25 @@ func (a *App) wire(ctx context.Context) error {
 		return err
 	}
 	a.push = pr
+	if cfg.Has(config.RoleAPI) {
+		ln, err := net.Listen("tcp", cfg.API.Listen)
+		if err != nil {
+			return fmt.Errorf("config key api.listen: %w", err)
+		}
+		a.apiLn = ln
+	}
+	if cfg.Has(config.RoleRealtime) {
+		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
+		if err != nil {
+			return fmt.Errorf("config key realtime.listen: %w", err)
+		}
+		a.rtLn = ln
+	}
+	demoOn := a.demoEnabled()
+	rtOrigins := cfg.Realtime.AllowedOrigins
+	if demoOn {
+		rtOrigins = append(demoOrigins(a.apiLn.Addr()), rtOrigins...)
+	}
 	if cfg.Has(config.RoleRealtime) {
 		// The delivery subscription must exist before a connection
 		// registers presence, or events addressed here meanwhile are lost
@@ -153,7 +172,7 @@ func (a *App) wire(ctx context.Context) error {
 		}
 		a.realtime = realtime.New(realtime.Options{
 			Instance:        cfg.InstanceID,
-			AllowedOrigins:  cfg.Realtime.AllowedOrigins,
+			AllowedOrigins:  rtOrigins,
 			MaxFrameBytes:   cfg.Realtime.MaxFrameBytes,
 			PingInterval:    cfg.Realtime.PingInterval,
 			PongTimeout:     cfg.Realtime.PongTimeout,
@@ -205,6 +224,11 @@ func (a *App) wire(ctx context.Context) error {
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
 		api.MountOps(rt, checks, a.metrics.Handler())
+		if demoOn {
+			if err := a.mountDemo(rt); err != nil {
+				return err
+			}
+		}
 		a.apiSrv = &http.Server{
 			Handler:           api.CORS(cfg.API.CORSAllowedOrigins, rt),
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
@@ -214,11 +238,6 @@ func (a *App) wire(ctx context.Context) error {
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
-		ln, err := net.Listen("tcp", cfg.API.Listen)
-		if err != nil {
-			return fmt.Errorf("config key api.listen: %w", err)
-		}
-		a.apiLn = ln
 	}
 	if a.realtime != nil {
 		rt := api.NewRouter(a.metrics, a.log)
@@ -230,14 +249,6 @@ func (a *App) wire(ctx context.Context) error {
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
-		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
-		if err != nil {
-			if a.apiLn != nil {
-				a.apiLn.Close()
-			}
-			return fmt.Errorf("config key realtime.listen: %w", err)
-		}
-		a.rtLn = ln
 	}
 	return nil
 }
