@@ -14,6 +14,7 @@ let client = null;
 let sub = null;
 let openedAt = 0;
 let online = true;
+let generation = 0; // callbacks of a closed subscription are ignored
 /** @type {Map<string, HTMLLIElement>} */
 const shown = new Map();
 
@@ -62,9 +63,11 @@ function markAcked(ids) {
 
 function connect() {
   const autoAck = $('autoack').checked;
+  const gen = ++generation;
   sub = client.subscribe({
     autoAck,
     onState: (state, info) => {
+      if (gen !== generation) return;
       if (state === 'open') openedAt = Date.now();
       setStatus(state);
       log(state + (info && info.code ? ` (${info.code}${info.reason ? ' ' + info.reason : ''})` : ''));
@@ -91,6 +94,7 @@ $('signin-btn').onclick = async () => {
   const me = urn($('user').value);
   try {
     const first = await devToken(me);
+    generation++;
     if (sub) sub.close();
     shown.clear();
     $('inbox').replaceChildren();
@@ -120,6 +124,7 @@ $('online-btn').onclick = () => {
     connect();
     $('online-btn').textContent = 'Go offline';
   } else {
+    generation++;
     sub.close();
     sub = null;
     setStatus('offline');
@@ -129,7 +134,7 @@ $('online-btn').onclick = () => {
 };
 
 $('autoack').onchange = () => {
-  if (online && sub) { sub.close(); connect(); }
+  if (online && sub) { generation++; sub.close(); connect(); }
 };
 
 $('fetch-btn').onclick = async () => {
