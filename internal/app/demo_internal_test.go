@@ -20,7 +20,10 @@ func TestDemoEnabledOnlyInLocalMode(t *testing.T) {
 		want   bool
 	}{
 		{"local default", func(*config.Config) {}, true},
-		{"production", func(c *config.Config) { c.RunMode = config.ModeProduction; c.JWTSecret = "a-real-secret-0123456789-0123456789" }, false},
+		{"production", func(c *config.Config) {
+			c.RunMode = config.ModeProduction
+			c.JWTSecret = "a-real-secret-0123456789-0123456789"
+		}, false},
 		{"no HS256", func(c *config.Config) { c.Auth.Algorithms = []string{"ES256"} }, false},
 		{"api role only", func(c *config.Config) { c.Roles = []string{config.RoleAPI} }, false},
 		{"realtime role only", func(c *config.Config) { c.Roles = []string{config.RoleRealtime} }, false},

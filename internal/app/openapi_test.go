@@ -371,4 +371,3 @@ func truncateBytes(b []byte) string {
 	}
 	return string(b)
 }
-
