@@ -12,6 +12,7 @@ func TestDemoEnabledOnlyInLocalMode(t *testing.T) {
 	local := func() config.Config {
 		c := config.Default()
 		c.FillDefaults()
+		c.JWTSecret = "local-secret-0123456789-0123456789-abcdef"
 		return c
 	}
 	for _, tc := range []struct {
@@ -25,6 +26,7 @@ func TestDemoEnabledOnlyInLocalMode(t *testing.T) {
 			c.JWTSecret = "a-real-secret-0123456789-0123456789"
 		}, false},
 		{"no HS256", func(c *config.Config) { c.Auth.Algorithms = []string{"ES256"} }, false},
+		{"no secret", func(c *config.Config) { c.JWTSecret = "" }, false},
 		{"api role only", func(c *config.Config) { c.Roles = []string{config.RoleAPI} }, false},
 		{"realtime role only", func(c *config.Config) { c.Roles = []string{config.RoleRealtime} }, false},
 	} {

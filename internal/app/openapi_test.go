@@ -80,6 +80,7 @@ type exchange struct {
 	name    string
 	on      *testApp // default: the main instance
 	ws      bool     // sent to the WebSocket listener
+	ops     bool     // sent to the operations listener
 	method  string
 	path    string // with the query
 	header  map[string]string
@@ -213,15 +214,15 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 
 		{name: "connect bad version", ws: true, method: "GET", path: "/v1/connect", header: with(upgrade, "Sec-WebSocket-Version", "12"), want: 400},
 		{name: "connect without upgrade", ws: true, method: "GET", path: "/v1/connect", want: 426},
+		{name: "connect bad origin", ws: true, method: "GET", path: "/v1/connect", header: with(upgrade, "Origin", "https://evil.example"), want: 403},
 		{name: "connect", ws: true, method: "GET", path: "/v1/connect", header: upgrade, want: 101},
 		{name: "connect second connection", ws: true, method: "GET", path: "/v1/connect", header: upgrade, want: 429},
 		{name: "connect no token", ws: true, method: "GET", path: "/v1/connect", header: upgrade, noToken: true, want: 401},
-		{name: "connect bad origin", ws: true, method: "GET", path: "/v1/connect", header: with(upgrade, "Origin", "https://evil.example"), want: 403},
 
-		{name: "healthz", ws: true, method: "GET", path: "/healthz", noToken: true, want: 200},
-		{name: "readyz", ws: true, method: "GET", path: "/readyz", noToken: true, want: 200},
-		{name: "readyz store down", ws: true, method: "GET", path: "/readyz", noToken: true, outage: true, want: 503},
-		{name: "metrics", ws: true, method: "GET", path: "/metrics", noToken: true, want: 200},
+		{name: "healthz", ops: true, method: "GET", path: "/healthz", noToken: true, want: 200},
+		{name: "readyz", ops: true, method: "GET", path: "/readyz", noToken: true, want: 200},
+		{name: "readyz store down", ops: true, method: "GET", path: "/readyz", noToken: true, outage: true, want: 503},
+		{name: "metrics", ops: true, method: "GET", path: "/metrics", noToken: true, want: 200},
 	}
 
 	covered := map[string]bool{}
@@ -239,6 +240,9 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		base := ta.apiURL
 		if tc.ws {
 			base = "http" + strings.TrimPrefix(ta.wsURL, "ws")
+		}
+		if tc.ops {
+			base = ta.opsURL
 		}
 		var body io.Reader
 		if tc.body != "" {

@@ -37,6 +37,7 @@ func startService(t *testing.T) service {
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Realtime.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
 	cfg.API.RateLimit = 0
 	cfg.JWTSecret = secret

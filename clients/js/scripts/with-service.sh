@@ -24,6 +24,8 @@ api:
   rate_limit: 0
 realtime:
   listen: "127.0.0.1:$ws_port"
+ops:
+  listen: "127.0.0.1:0"
 push:
   webpush:
     enabled: true
