@@ -38,6 +38,7 @@ func startService(t *testing.T) service {
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Realtime.Listen = "127.0.0.1:0"
 	cfg.Ops.Listen = "127.0.0.1:0"
+	cfg.Auth.Leeway = 0
 	cfg.Push.WebPush.Enabled = false
 	cfg.API.RateLimit = 0
 	cfg.JWTSecret = secret
@@ -373,5 +374,55 @@ func TestBackoffBounds(t *testing.T) {
 		if len(distinct) < 50 {
 			t.Fatalf("Backoff(%d) gave %d distinct waits in 200: no jitter", tc.attempt, len(distinct))
 		}
+	}
+}
+
+// Against the service: a session whose token expires is closed by the
+// server (1008 "token expired"); the stream renews the token and goes on.
+func TestStreamRenewsWhenTheServiceEndsTheSession(t *testing.T) {
+	svc := startService(t)
+	alice := &client.Client{APIURL: svc.api, Token: token(t, "urn:sm:user:alice")}
+	short, err := auth.Sign([]byte(secret), "urn:sm:user:bob", 2*time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var renewals atomic.Int64
+	var expired atomic.Bool
+	bob := &client.Client{APIURL: svc.api, WSURL: svc.ws, Token: short,
+		RenewToken: func(context.Context) (string, error) { renewals.Add(1); return token(t, "urn:sm:user:bob"), nil }}
+	st := bob.Stream(client.StreamOptions{AutoAck: true, MinBackoff: 10 * time.Millisecond, OnState: func(connected bool, err error) {
+		var ce websocket.CloseError
+		if !connected && errors.As(err, &ce) && ce.Code == websocket.StatusPolicyViolation && ce.Reason == "token expired" {
+			expired.Store(true)
+		}
+	}})
+	defer st.Close()
+	id1 := send(t, alice, "urn:sm:user:bob", "before expiry")
+	if got := nextT(t, st); got.ID != id1 {
+		t.Fatalf("got %s, want %s", got.ID, id1)
+	}
+	// Next blocks through the expiry: the server ends the session, the
+	// stream renews and reconnects, and the message sent meanwhile arrives.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		deadline := time.Now().Add(15 * time.Second)
+		for !expired.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		_, _ = alice.Send(ctx, client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("after expiry")})
+	}()
+	got, err := st.Next(ctx)
+	if err != nil {
+		t.Fatalf("next after expiry: %v", err)
+	}
+	if string(got.Payload) != "after expiry" {
+		t.Fatalf("got %q, want the message sent after the expiry", got.Payload)
+	}
+	if !expired.Load() {
+		t.Fatal("the session did not end with 1008 token expired")
+	}
+	if renewals.Load() != 1 {
+		t.Fatalf("RenewToken called %d times, want 1", renewals.Load())
 	}
 }
