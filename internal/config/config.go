@@ -254,8 +254,10 @@ type WebPush struct {
 	TTL                 time.Duration `yaml:"ttl"`
 	Urgency             string        `yaml:"urgency"`
 	// AllowLocalEndpoints accepts subscriptions whose endpoint is on
-	// localhost or a loopback address (a push service run locally);
-	// refused in production.
+	// localhost or a loopback address, and lets push egress (Web Push, FCM
+	// and APNs alike) connect to loopback addresses: for local setups with
+	// stand-in push services only; refused in production. Every other
+	// address that is not public unicast is refused either way.
 	AllowLocalEndpoints bool `yaml:"allow_local_endpoints"`
 }
 

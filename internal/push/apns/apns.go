@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/internal/retry"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -71,8 +71,9 @@ type Config struct {
 	MaxRetries    int
 	MinRetryDelay time.Duration
 	MaxRetryDelay time.Duration
-	// HTTPClient must speak HTTP/2 (nil: net/http with ForceAttemptHTTP2,
-	// trusting RootCAs, or the system roots when RootCAs is nil).
+	// HTTPClient must speak HTTP/2 (nil: an egress client, which refuses
+	// non-public addresses and redirects, trusting RootCAs, or the system
+	// roots when RootCAs is nil).
 	HTTPClient *http.Client
 	RootCAs    *x509.CertPool
 	// Wait waits between retries (nil: a timer); Now is the clock of the
@@ -146,14 +147,7 @@ func New(cfg Config) (*Sender, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{
-			Timeout: 30 * time.Second,
-			Transport: &http.Transport{
-				ForceAttemptHTTP2: true,
-				TLSClientConfig:   &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
-				IdleConnTimeout:   5 * time.Minute,
-			},
-		}
+		client = egress.NewClient(egress.Options{RootCAs: cfg.RootCAs})
 	}
 	return &Sender{
 		cfg:    cfg,
