@@ -190,17 +190,18 @@ func (a *App) wire(ctx context.Context) error {
 	a.addDeadLetterCheck(ctx, checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
-			MaxBodyBytes:      cfg.API.MaxBodyBytes,
-			MaxPayloadBytes:   cfg.API.MaxPayloadBytes,
-			PublishTimeout:    cfg.API.PublishTimeout,
-			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
-			ValidateTarget:    a.push.validateTarget,
-			VAPIDPublicKey:    a.push.vapidPublicKey(),
-			RateLimit:         cfg.API.RateLimit,
-			RateBurst:         cfg.API.RateBurst,
-			Backpressure:      a.backpressure(),
-			Logger:            a.log.With("role", "api"),
-			Metrics:           a.metrics,
+			MaxBodyBytes:           cfg.API.MaxBodyBytes,
+			MaxPayloadBytes:        cfg.API.MaxPayloadBytes,
+			PublishTimeout:         cfg.API.PublishTimeout,
+			MaxTargetsPerUser:      cfg.Push.MaxTargetsPerUser,
+			MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
+			ValidateTarget:         a.push.validateTarget,
+			VAPIDPublicKey:         a.push.vapidPublicKey(),
+			RateLimit:              cfg.API.RateLimit,
+			RateBurst:              cfg.API.RateBurst,
+			Backpressure:           a.backpressure(),
+			Logger:                 a.log.With("role", "api"),
+			Metrics:                a.metrics,
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)

@@ -180,6 +180,10 @@ type Store struct {
 	SweepInterval  time.Duration `yaml:"sweep_interval"`
 	MaxBatch       int           `yaml:"max_batch"`
 	MaxConns       int           `yaml:"max_conns"`
+	// MaxPendingPerRecipient caps a recipient's pending (stored, not yet
+	// acknowledged) messages: sends to a recipient at the cap are refused
+	// with 429 recipient_queue_full.
+	MaxPendingPerRecipient int `yaml:"max_pending_per_recipient"`
 }
 
 // Presence configures the presence registry.
@@ -357,6 +361,8 @@ func Default() Config {
 			SweepInterval:  time.Hour,
 			MaxBatch:       256,
 			MaxConns:       16,
+
+			MaxPendingPerRecipient: 10000,
 		},
 		Presence: Presence{
 			Type:      "memory",
@@ -532,7 +538,8 @@ func (c Config) Check() error {
 		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser,
 		"bus.max_outstanding":         c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
 		"store.max_conns": c.Store.MaxConns, "pipeline.concurrency": c.Pipeline.Concurrency,
-		"push.concurrency": c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
+		"store.max_pending_per_recipient": c.Store.MaxPendingPerRecipient,
+		"push.concurrency":                c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
 	}
 	for k, v := range ints {
 		if v < 1 {
