@@ -131,6 +131,8 @@ func (a *App) openBackends(ctx context.Context) error {
 func (a *App) authenticate(token string) (string, error) {
 	c, err := a.verifier.Verify(token)
 	if err != nil {
+		// The reason (expired, bad signature, ...) is for the operator only.
+		a.log.Debug("token refused", "reason", err)
 		return "", err
 	}
 	return c.Subject, nil

@@ -56,7 +56,8 @@ type Options struct {
 	Audience string
 	// Leeway tolerated on exp, nbf and iat for clock skew.
 	Leeway time.Duration
-	// HTTPClient fetches the key set; default http.DefaultClient.
+	// HTTPClient fetches the key set (default: a zero http.Client); a
+	// copy is used that follows no redirect.
 	HTTPClient *http.Client
 }
 
@@ -162,11 +163,15 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 		if refresh <= 0 {
 			refresh = time.Hour
 		}
-		client := o.HTTPClient
-		if client == nil {
-			client = http.DefaultClient
+		var client http.Client
+		if o.HTTPClient != nil {
+			client = *o.HTTPClient
 		}
-		v.jwks = startKeySet(ctx, o.JWKSURL, client, refresh, tune, slog.Default().With("component", "auth"))
+		// The key set is fetched from the configured URL only: a redirect
+		// (to an internal address, or to keys an attacker controls) is an
+		// error, never followed.
+		client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		v.jwks = startKeySet(ctx, o.JWKSURL, &client, refresh, tune, slog.Default().With("component", "auth"))
 	}
 	return v, nil
 }

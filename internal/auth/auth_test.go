@@ -689,3 +689,32 @@ func BenchmarkVerifyHS256Fresh(b *testing.B) {
 		i++
 	}
 }
+
+// A JWKS URL that redirects is not followed: keys served at the redirect's
+// target (an attacker's, or an internal address) are never loaded.
+func TestJWKSRedirectNotFollowed(t *testing.T) {
+	testKeys(t)
+	target := newJWKSServer(t, rsaKey)
+	redirects := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL, http.StatusFound)
+	}))
+	t.Cleanup(redirects.Close)
+	v := newTestVerifier(t, Options{
+		HS256Secret: testSecret, Algorithms: []string{HS256, RS256}, JWKSURL: redirects.URL, JWKSRefresh: time.Hour,
+	}, fastTuning())
+	rs := sign(t, rsaKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
+	// Each unknown key id asks for a refetch: let a few happen.
+	for range 3 {
+		_, _ = v.Verify(rs)
+		v.jwks.requestFetch()
+	}
+	if err := v.Ready(); err == nil {
+		t.Fatal("Ready: a key set was loaded through a redirect")
+	}
+	if _, err := v.Verify(rs); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("RS256 signed with the redirect target's key: %v, want ErrInvalidToken", err)
+	}
+	if n := target.requests.Load(); n != 0 {
+		t.Fatalf("the redirect target got %d requests", n)
+	}
+}
