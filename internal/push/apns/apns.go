@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -226,7 +227,7 @@ func (s *Sender) Send(ctx context.Context, t store.Target, n push.Notification) 
 		for {
 			status, header, rsn, err := s.post(ctx, url, token, collapse, raw)
 			if err != nil {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || errors.Is(err, egress.ErrForbiddenAddress) {
 					return err
 				}
 				return &retry.Temporary{Err: err}
@@ -268,7 +269,12 @@ func (s *Sender) post(ctx context.Context, url, token, collapse string, raw []by
 	req.Header.Set("content-type", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, nil, "", fmt.Errorf("apns: post: %w", err)
+		// The URL's path holds the device token: name the endpoint only.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, nil, "", fmt.Errorf("apns: post to %s: %w", s.cfg.Endpoint, err)
 	}
 	defer resp.Body.Close()
 	var r reason
