@@ -119,6 +119,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		Issuer:      a.cfg.Auth.Issuer,
 		Audience:    a.cfg.Auth.Audience,
 		Leeway:      a.cfg.Auth.Leeway,
+		MaxTokenAge: a.cfg.Auth.MaxTokenAge,
 	})
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)

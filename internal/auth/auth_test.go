@@ -718,3 +718,31 @@ func TestJWKSRedirectNotFollowed(t *testing.T) {
 		t.Fatalf("the redirect target got %d requests", n)
 	}
 }
+
+// With a maximum token age, a token issued longer ago is refused even
+// though its exp is far away (also once it was taken on trust), and a
+// token without iat is refused.
+func TestMaxTokenAge(t *testing.T) {
+	now := time.Now()
+	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}, MaxTokenAge: time.Hour}, fastTuning())
+	clock := now
+	v.now = func() time.Time { return clock }
+	exp := now.Add(24 * time.Hour).Unix()
+	fresh := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp, "iat": now.Add(-30 * time.Minute).Unix()})
+	if _, err := v.Verify(fresh); err != nil {
+		t.Fatalf("a token 30 minutes old: %v", err)
+	}
+	old := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp, "iat": now.Add(-2 * time.Hour).Unix()})
+	if _, err := v.Verify(old); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a token 2 hours old: %v, want ErrInvalidToken", err)
+	}
+	noIAT := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp})
+	if _, err := v.Verify(noIAT); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a token without iat: %v, want ErrInvalidToken", err)
+	}
+	// The token accepted above stops at its maximum age, not at its exp.
+	clock = now.Add(31 * time.Minute)
+	if _, err := v.Verify(fresh); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("the first token once over an hour old: %v, want ErrInvalidToken", err)
+	}
+}

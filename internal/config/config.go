@@ -115,6 +115,9 @@ type Auth struct {
 	Issuer      string        `yaml:"issuer"`
 	Audience    string        `yaml:"audience"`
 	Leeway      time.Duration `yaml:"leeway"`
+	// MaxTokenAge, when set, refuses tokens issued (iat) longer ago than
+	// this, and tokens without iat; 0: no limit beyond exp.
+	MaxTokenAge time.Duration `yaml:"max_token_age"`
 }
 
 // Bus configures the message bus.
@@ -660,6 +663,9 @@ func (c Config) Check() error {
 	}
 	if c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute {
 		bad("auth.leeway", "must be between 0 and 5m")
+	}
+	if c.Auth.MaxTokenAge < 0 {
+		bad("auth.max_token_age", "must not be negative (0: no limit beyond exp)")
 	}
 	for _, o := range c.API.CORSAllowedOrigins {
 		if o == "*" && prod {
