@@ -470,7 +470,9 @@ func TestBreakerOpensPerHost(t *testing.T) {
 	// After the cooldown, one push probes the host.
 	clock.Advance(time.Minute)
 	d.Notify(note(user(3), 3))
-	eventually(t, "u3 served", func() bool { return d.Count(push.OutcomeSent, "webpush") == 4 && d.Count(push.OutcomeFailed, "webpush") == 4 })
+	eventually(t, "u3 served", func() bool {
+		return d.Count(push.OutcomeSent, "webpush") == 4 && d.Count(push.OutcomeFailed, "webpush") == 4
+	})
 	if calls, _ := s.count("slow"); calls != 3 {
 		t.Fatalf("slow host got %d sends after the cooldown, want 3 (one probe)", calls)
 	}
