@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -34,18 +36,33 @@ func Listen(ctx context.Context, path string) (net.Listener, error) {
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "unix", path)
+	ln, err := listenOwnerOnly(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	// The data dir is 0700 already; this closes the socket to other users
-	// wherever it lives.
+	// The socket is created 0600 (listenOwnerOnly); this also fixes the
+	// mode should a file system ignore the umask.
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// umaskMu serializes the umask changes of listenOwnerOnly.
+var umaskMu sync.Mutex
+
+// listenOwnerOnly binds a Unix socket at path under the umask 0177, so
+// that it is created with mode 0600: there is no moment at which another
+// user could connect to it. The umask is the process's: files other
+// goroutines create meanwhile get at most mode 0600 too, never more.
+func listenOwnerOnly(ctx context.Context, path string) (net.Listener, error) {
+	umaskMu.Lock()
+	defer umaskMu.Unlock()
+	old := syscall.Umask(0o177)
+	defer syscall.Umask(old)
+	var lc net.ListenConfig
+	return lc.Listen(ctx, "unix", path)
 }
 
 // live reports whether a process accepts connections on the socket at path.

@@ -24,6 +24,7 @@ import (
 // Store is what the API needs of the store.
 type Store interface {
 	store.Messages
+	store.PendingCounts
 	store.Idempotencies
 	store.Targets
 }
@@ -39,6 +40,9 @@ type Options struct {
 	MaxPayloadBytes   int
 	PublishTimeout    time.Duration
 	MaxTargetsPerUser int
+	// MaxPendingPerRecipient refuses stored sends to a recipient with that
+	// many pending messages (<= 0: no cap).
+	MaxPendingPerRecipient int
 	// ValidateTarget checks a push target's form; nil accepts any non-empty target.
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
@@ -185,7 +189,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
 			return
 		}
-		if e := s.accept(ctx, env); e != nil {
+		if e := s.acceptNew(ctx, env); e != nil {
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
 			if err := s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey); err != nil {
 				// The key stays reserved for an envelope never accepted: a
@@ -201,7 +205,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			// same envelope again, which stores nothing twice.
 			s.log.Warn("idempotency mark published failed", "id", env.ID, "err", err)
 		}
-	} else if e := s.accept(ctx, env); e != nil {
+	} else if e := s.acceptNew(ctx, env); e != nil {
 		web.WriteError(w, e)
 		return
 	}
@@ -209,6 +213,40 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		s.m.MessagesAccepted.WithLabelValues(strconv.FormatBool(env.Ephemeral)).Inc()
 	}
 	web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
+}
+
+// acceptNew accepts a message not accepted before (a retry with an
+// idempotency key goes to accept directly: its message may be stored
+// already): a stored one only while its recipient's queue has room.
+func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope) *web.Error {
+	if !env.Ephemeral && s.o.MaxPendingPerRecipient > 0 {
+		if e := s.checkQueue(ctx, env.Recipient); e != nil {
+			return e
+		}
+	}
+	return s.accept(ctx, env)
+}
+
+// checkQueue refuses a send to a recipient whose pending messages reached
+// the cap. It reads the store's maintained count (one row). Sends racing
+// each other may pass the cap by as many as run at once; it bounds what
+// one recipient's queue can hold, it is not an exact count.
+func (s *Server) checkQueue(ctx context.Context, recipient string) *web.Error {
+	ctx, cancel := context.WithTimeout(ctx, s.o.PublishTimeout)
+	defer cancel()
+	n, err := s.store.PendingCount(ctx, recipient)
+	if err != nil {
+		s.log.Warn("pending count failed", "err", err)
+		return unavailable("store")
+	}
+	if n < s.o.MaxPendingPerRecipient {
+		return nil
+	}
+	if s.m != nil {
+		s.m.SendsRefused.WithLabelValues("recipient_queue_full").Inc()
+	}
+	return web.Errorf(http.StatusTooManyRequests, web.CodeRecipientQueueFull,
+		"the recipient has "+strconv.Itoa(s.o.MaxPendingPerRecipient)+" pending messages, the most it may have; nothing was accepted")
 }
 
 // storedAttrs mark a routing event whose envelope is in the store already.

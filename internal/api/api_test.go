@@ -13,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
+	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
 // logRecorder is a slog.Handler that keeps every record.
@@ -228,5 +231,83 @@ func BenchmarkSend(b *testing.B) {
 		if w.Code != http.StatusAccepted {
 			b.Fatalf("%d %s", w.Code, w.Body)
 		}
+	}
+}
+
+// A recipient whose queue holds store.max_pending_per_recipient messages
+// gets no more: sends answer 429 recipient_queue_full without Retry-After,
+// store nothing and are counted; an idempotent retry of a message accepted
+// before the queue filled still gets its 202; once the recipient
+// acknowledges, sends are accepted again; ephemeral messages (never
+// stored) are not capped.
+func TestRecipientQueueFull(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m := telemetry.NewMetrics()
+	const max = 3
+	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
+		MaxPendingPerRecipient: max, Metrics: m},
+		st, &publisher{}, func(tok string) (string, error) { return tok, nil })
+	rt := NewRouter(nil, nil)
+	s.Mount(rt)
+	send := func(body string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer urn:sm:user:mallory")
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		rt.ServeHTTP(w, req)
+		return w
+	}
+	var first string
+	for i := range max {
+		body := `{"recipient":"urn:sm:user:bob","payload":"aGk="}`
+		if i == 0 {
+			body = `{"recipient":"urn:sm:user:bob","payload":"aGk=","idempotency_key":"k0"}`
+		}
+		w := send(body)
+		if w.Code != http.StatusAccepted {
+			t.Fatalf("send %d: %d %s, want 202", i, w.Code, w.Body)
+		}
+		if i == 0 {
+			first = w.Body.String()
+		}
+	}
+	w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk="}`)
+	if w.Code != http.StatusTooManyRequests || !strings.Contains(w.Body.String(), `"code":"recipient_queue_full"`) {
+		t.Fatalf("send to a full queue: %d %s, want 429 recipient_queue_full", w.Code, w.Body)
+	}
+	if ra := w.Header().Get("Retry-After"); ra != "" {
+		t.Fatalf("Retry-After %q on recipient_queue_full, want none", ra)
+	}
+	if n, err := st.PendingCount(t.Context(), "urn:sm:user:bob"); err != nil || n != max {
+		t.Fatalf("bob has %d pending (%v), want %d: the refused send stored something", n, err, max)
+	}
+	if got := testutil.ToFloat64(m.SendsRefused.WithLabelValues("recipient_queue_full")); got != 1 {
+		t.Fatalf("routing_sends_refused_total{reason=recipient_queue_full} = %v, want 1", got)
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk=","idempotency_key":"k0"}`); w.Code != http.StatusAccepted || w.Body.String() != first {
+		t.Fatalf("idempotent retry: %d %s, want 202 %s", w.Code, w.Body, first)
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk=","idempotency_key":"k1"}`); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("new key to a full queue: %d %s, want 429", w.Code, w.Body)
+	}
+	if w := send(`{"recipient":"urn:sm:user:carol","payload":"aGk="}`); w.Code != http.StatusAccepted {
+		t.Fatalf("send to another recipient: %d %s, want 202", w.Code, w.Body)
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk=","ephemeral":true}`); w.Code != http.StatusAccepted {
+		t.Fatalf("ephemeral send to a full queue: %d %s, want 202", w.Code, w.Body)
+	}
+	page, err := st.Pending(t.Context(), "urn:sm:user:bob", "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Ack(t.Context(), "urn:sm:user:bob", []string{page.Envelopes[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk="}`); w.Code != http.StatusAccepted {
+		t.Fatalf("send after an ack: %d %s, want 202", w.Code, w.Body)
 	}
 }

@@ -121,6 +121,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		Issuer:      a.cfg.Auth.Issuer,
 		Audience:    a.cfg.Auth.Audience,
 		Leeway:      a.cfg.Auth.Leeway,
+		MaxTokenAge: a.cfg.Auth.MaxTokenAge,
 	})
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
@@ -133,6 +134,8 @@ func (a *App) openBackends(ctx context.Context) error {
 func (a *App) authenticate(token string) (string, error) {
 	c, err := a.verifier.Verify(token)
 	if err != nil {
+		// The reason (expired, bad signature, ...) is for the operator only.
+		a.log.Debug("token refused", "reason", err)
 		return "", err
 	}
 	return c.Subject, nil
@@ -232,17 +235,18 @@ func (a *App) wire(ctx context.Context) error {
 	a.addDeadLetterCheck(ctx, checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
-			MaxBodyBytes:      cfg.API.MaxBodyBytes,
-			MaxPayloadBytes:   cfg.API.MaxPayloadBytes,
-			PublishTimeout:    cfg.API.PublishTimeout,
-			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
-			ValidateTarget:    a.push.validateTarget,
-			VAPIDPublicKey:    a.push.vapidPublicKey(),
-			RateLimit:         cfg.API.RateLimit,
-			RateBurst:         cfg.API.RateBurst,
-			Backpressure:      a.backpressure(),
-			Logger:            a.log.With("role", "api"),
-			Metrics:           a.metrics,
+			MaxBodyBytes:           cfg.API.MaxBodyBytes,
+			MaxPayloadBytes:        cfg.API.MaxPayloadBytes,
+			PublishTimeout:         cfg.API.PublishTimeout,
+			MaxTargetsPerUser:      cfg.Push.MaxTargetsPerUser,
+			MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
+			ValidateTarget:         a.push.validateTarget,
+			VAPIDPublicKey:         a.push.vapidPublicKey(),
+			RateLimit:              cfg.API.RateLimit,
+			RateBurst:              cfg.API.RateBurst,
+			Backpressure:           a.backpressure(),
+			Logger:                 a.log.With("role", "api"),
+			Metrics:                a.metrics,
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)

@@ -2,18 +2,16 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/apns"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/fcm"
 	"github.com/go-routing-service/routingservice/internal/push/webpush"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -33,15 +31,17 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{
-		Timeout: pc.Timeout,
-		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-			ForceAttemptHTTP2:   true,
-			MaxIdleConnsPerHost: pc.Concurrency,
-			IdleConnTimeout:     90 * time.Second,
-		},
-	}
+	// Every provider is reached through the egress client: connections to
+	// addresses that are not public unicast are refused when they are made
+	// (Web Push endpoints are chosen by users), redirects are not followed,
+	// response bodies are bounded. allow_local_endpoints (refused in
+	// production) lets local setups reach stand-ins on loopback.
+	hc := egress.NewClient(egress.Options{
+		AllowLoopback:       pc.WebPush.AllowLocalEndpoints,
+		RootCAs:             roots,
+		Timeout:             pc.Timeout,
+		MaxIdleConnsPerHost: pc.Concurrency,
+	})
 	p := &pushRole{validate: push.ValidateOptions{AllowInsecureLocalEndpoints: pc.WebPush.AllowLocalEndpoints}}
 	var senders []push.Sender
 	if pc.FCM.Enabled {
@@ -69,6 +69,7 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 			Priority:   pc.APNs.Priority,
 			MaxRetries: pc.MaxRetries,
 			RootCAs:    roots,
+			HTTPClient: hc,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("push.apns: %w", err)

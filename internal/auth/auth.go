@@ -56,7 +56,11 @@ type Options struct {
 	Audience string
 	// Leeway tolerated on exp, nbf and iat for clock skew.
 	Leeway time.Duration
-	// HTTPClient fetches the key set; default http.DefaultClient.
+	// MaxTokenAge, when positive, requires an iat claim and refuses tokens
+	// issued longer ago than that (plus Leeway), whatever their exp says.
+	MaxTokenAge time.Duration
+	// HTTPClient fetches the key set (default: a zero http.Client); a
+	// copy is used that follows no redirect.
 	HTTPClient *http.Client
 }
 
@@ -76,6 +80,7 @@ type Verifier struct {
 	keyfunc jwt.Keyfunc
 	jwks    *keySet // nil without JWKS algorithms
 	leeway  time.Duration
+	maxAge  time.Duration
 	now     func() time.Time // the parser's clock too
 
 	// verified remembers tokens that passed verification, so that a client
@@ -139,7 +144,10 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 	if o.Leeway < 0 {
 		return nil, fmt.Errorf("auth: negative leeway %v", o.Leeway)
 	}
-	v := &Verifier{leeway: o.Leeway, now: time.Now, verified: map[string]verifiedToken{}}
+	if o.MaxTokenAge < 0 {
+		return nil, fmt.Errorf("auth: negative max token age %v", o.MaxTokenAge)
+	}
+	v := &Verifier{leeway: o.Leeway, maxAge: o.MaxTokenAge, now: time.Now, verified: map[string]verifiedToken{}}
 	popts := []jwt.ParserOption{
 		jwt.WithValidMethods(slices.Clone(o.Algorithms)),
 		jwt.WithExpirationRequired(),
@@ -162,11 +170,15 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 		if refresh <= 0 {
 			refresh = time.Hour
 		}
-		client := o.HTTPClient
-		if client == nil {
-			client = http.DefaultClient
+		var client http.Client
+		if o.HTTPClient != nil {
+			client = *o.HTTPClient
 		}
-		v.jwks = startKeySet(ctx, o.JWKSURL, client, refresh, tune, slog.Default().With("component", "auth"))
+		// The key set is fetched from the configured URL only: a redirect
+		// (to an internal address, or to keys an attacker controls) is an
+		// error, never followed.
+		client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		v.jwks = startKeySet(ctx, o.JWKSURL, &client, refresh, tune, slog.Default().With("component", "auth"))
 	}
 	return v, nil
 }
@@ -193,6 +205,19 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	}
 	// exp is required by the parser, so rc.ExpiresAt is set here.
 	c := Claims{Subject: rc.Subject, ExpiresAt: rc.ExpiresAt.Time}
+	if v.maxAge > 0 {
+		if rc.IssuedAt == nil {
+			return Claims{}, fmt.Errorf("%w: iat is required (auth.max_token_age)", ErrInvalidToken)
+		}
+		// The token is good until it is maxAge old or expires, whichever
+		// comes first; the trust cache checks the same bound.
+		if tooOld := rc.IssuedAt.Add(v.maxAge); tooOld.Before(c.ExpiresAt) {
+			c.ExpiresAt = tooOld
+		}
+		if !now.Before(c.ExpiresAt.Add(v.leeway)) {
+			return Claims{}, fmt.Errorf("%w: token is older than the maximum age %v", ErrInvalidToken, v.maxAge)
+		}
+	}
 	vt := verifiedToken{claims: c, recheck: now.Add(verifiedTTL), keys: ks}
 	if rc.NotBefore != nil {
 		vt.notBefore = rc.NotBefore.Time

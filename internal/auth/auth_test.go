@@ -689,3 +689,60 @@ func BenchmarkVerifyHS256Fresh(b *testing.B) {
 		i++
 	}
 }
+
+// A JWKS URL that redirects is not followed: keys served at the redirect's
+// target (an attacker's, or an internal address) are never loaded.
+func TestJWKSRedirectNotFollowed(t *testing.T) {
+	testKeys(t)
+	target := newJWKSServer(t, rsaKey)
+	redirects := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL, http.StatusFound)
+	}))
+	t.Cleanup(redirects.Close)
+	v := newTestVerifier(t, Options{
+		HS256Secret: testSecret, Algorithms: []string{HS256, RS256}, JWKSURL: redirects.URL, JWKSRefresh: time.Hour,
+	}, fastTuning())
+	rs := sign(t, rsaKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
+	// Each unknown key id asks for a refetch: let a few happen.
+	for range 3 {
+		_, _ = v.Verify(rs)
+		v.jwks.requestFetch()
+	}
+	if err := v.Ready(); err == nil {
+		t.Fatal("Ready: a key set was loaded through a redirect")
+	}
+	if _, err := v.Verify(rs); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("RS256 signed with the redirect target's key: %v, want ErrInvalidToken", err)
+	}
+	if n := target.requests.Load(); n != 0 {
+		t.Fatalf("the redirect target got %d requests", n)
+	}
+}
+
+// With a maximum token age, a token issued longer ago is refused even
+// though its exp is far away (also once it was taken on trust), and a
+// token without iat is refused.
+func TestMaxTokenAge(t *testing.T) {
+	now := time.Now()
+	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}, MaxTokenAge: time.Hour}, fastTuning())
+	clock := now
+	v.now = func() time.Time { return clock }
+	exp := now.Add(24 * time.Hour).Unix()
+	fresh := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp, "iat": now.Add(-30 * time.Minute).Unix()})
+	if _, err := v.Verify(fresh); err != nil {
+		t.Fatalf("a token 30 minutes old: %v", err)
+	}
+	old := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp, "iat": now.Add(-2 * time.Hour).Unix()})
+	if _, err := v.Verify(old); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a token 2 hours old: %v, want ErrInvalidToken", err)
+	}
+	noIAT := signHS(t, testSecret, "", jwt.MapClaims{"sub": testSub, "exp": exp})
+	if _, err := v.Verify(noIAT); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a token without iat: %v, want ErrInvalidToken", err)
+	}
+	// The token accepted above stops at its maximum age, not at its exp.
+	clock = now.Add(31 * time.Minute)
+	if _, err := v.Verify(fresh); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("the first token once over an hour old: %v, want ErrInvalidToken", err)
+	}
+}

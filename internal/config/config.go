@@ -157,6 +157,9 @@ type Auth struct {
 	Issuer      string        `yaml:"issuer"`
 	Audience    string        `yaml:"audience"`
 	Leeway      time.Duration `yaml:"leeway"`
+	// MaxTokenAge, when set, refuses tokens issued (iat) longer ago than
+	// this, and tokens without iat; 0: no limit beyond exp.
+	MaxTokenAge time.Duration `yaml:"max_token_age"`
 }
 
 // Bus configures the message bus.
@@ -222,6 +225,10 @@ type Store struct {
 	SweepInterval  time.Duration `yaml:"sweep_interval"`
 	MaxBatch       int           `yaml:"max_batch"`
 	MaxConns       int           `yaml:"max_conns"`
+	// MaxPendingPerRecipient caps a recipient's pending (stored, not yet
+	// acknowledged) messages: sends to a recipient at the cap are refused
+	// with 429 recipient_queue_full.
+	MaxPendingPerRecipient int `yaml:"max_pending_per_recipient"`
 }
 
 // Presence configures the presence registry.
@@ -296,8 +303,10 @@ type WebPush struct {
 	TTL                 time.Duration `yaml:"ttl"`
 	Urgency             string        `yaml:"urgency"`
 	// AllowLocalEndpoints accepts subscriptions whose endpoint is on
-	// localhost or a loopback address (a push service run locally);
-	// refused in production.
+	// localhost or a loopback address, and lets push egress (Web Push, FCM
+	// and APNs alike) connect to loopback addresses: for local setups with
+	// stand-in push services only; refused in production. Every other
+	// address that is not public unicast is refused either way.
 	AllowLocalEndpoints bool `yaml:"allow_local_endpoints"`
 }
 
@@ -410,6 +419,8 @@ func Default() Config {
 			SweepInterval:  time.Hour,
 			MaxBatch:       256,
 			MaxConns:       16,
+
+			MaxPendingPerRecipient: 10000,
 		},
 		Presence: Presence{
 			Type:      "memory",
@@ -659,7 +670,8 @@ func (c Config) Check() error {
 		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser,
 		"bus.max_outstanding":         c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
 		"store.max_conns": c.Store.MaxConns, "pipeline.concurrency": c.Pipeline.Concurrency,
-		"push.concurrency": c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
+		"store.max_pending_per_recipient": c.Store.MaxPendingPerRecipient,
+		"push.concurrency":                c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
 	}
 	for k, v := range ints {
 		if v < 1 {
@@ -802,6 +814,9 @@ func (c Config) Check() error {
 	}
 	if c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute {
 		bad("auth.leeway", "must be between 0 and 5m")
+	}
+	if c.Auth.MaxTokenAge < 0 {
+		bad("auth.max_token_age", "must not be negative (0: no limit beyond exp)")
 	}
 	for _, o := range c.API.CORSAllowedOrigins {
 		if o == "*" && prod {

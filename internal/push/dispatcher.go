@@ -45,9 +45,18 @@ type DispatcherOptions struct {
 	// Concurrency is the number of recipients served at once, hence the
 	// bound on concurrent Send calls (default 16).
 	Concurrency int
-	// Timeout bounds each target lookup, each Send (provider retries
-	// included) and each target deletion (default 10s).
+	// Timeout bounds each target lookup, the sends to one recipient's
+	// targets (made in parallel, provider retries included, all within the
+	// one budget) and each target deletion (default 10s).
 	Timeout time.Duration
+	// BreakerFailures consecutive failed sends to one host (a Web Push
+	// service's host; FCM; APNs) open its circuit for BreakerCooldown:
+	// sends to that host then fail at once, without a request, so that a
+	// slow or failing host cannot hold the workers that other recipients'
+	// pushes need. After the cooldown one send probes the host; a success
+	// closes the circuit. Defaults: 5 failures, 30s.
+	BreakerFailures int
+	BreakerCooldown time.Duration
 	// QueueSize is the number of notifications waiting for the dispatcher
 	// before Notify drops (default 1024).
 	QueueSize int
@@ -78,6 +87,7 @@ type Dispatcher struct {
 	queue    chan Notification
 	outcomes *prometheus.CounterVec
 	running  atomic.Bool
+	breaker  *breaker
 
 	// Owned by the Run goroutine.
 	windows map[string]*window
@@ -116,6 +126,12 @@ func NewDispatcher(targets store.Targets, senders []Sender, o DispatcherOptions)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.BreakerFailures <= 0 {
+		o.BreakerFailures = 5
+	}
+	if o.BreakerCooldown <= 0 {
+		o.BreakerCooldown = 30 * time.Second
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -127,6 +143,7 @@ func NewDispatcher(targets store.Targets, senders []Sender, o DispatcherOptions)
 		log:     log.With("component", "push"),
 		queue:   make(chan Notification, o.QueueSize),
 		windows: make(map[string]*window),
+		breaker: newBreaker(o.BreakerFailures, o.BreakerCooldown),
 	}
 	for _, s := range senders {
 		for _, p := range s.Platforms() {
@@ -279,7 +296,8 @@ func (d *Dispatcher) pendingTrailing() int {
 	return n
 }
 
-// deliver looks up the recipient's targets and sends n to each in turn.
+// deliver looks up the recipient's targets and sends n to all of them at
+// once, within one Timeout, skipping those whose host's circuit is open.
 func (d *Dispatcher) deliver(ctx context.Context, j job) {
 	n := j.n
 	lctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
@@ -294,6 +312,9 @@ func (d *Dispatcher) deliver(ctx context.Context, j job) {
 		j.w.noTargets.Store(true)
 		return
 	}
+	sctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
+	defer cancel()
+	var wg sync.WaitGroup
 	for _, t := range targets {
 		platform := platformLabel(t.Platform)
 		s := d.senders[t.Platform]
@@ -302,24 +323,35 @@ func (d *Dispatcher) deliver(ctx context.Context, j job) {
 			d.log.Debug("no push sender for platform", "platform", platform)
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
-		err := s.Send(sctx, t, n)
-		cancel()
-		switch {
-		case err == nil:
-			d.count(OutcomeSent, platform)
-		case errors.Is(err, ErrTargetGone):
-			if derr := d.remove(ctx, n.Recipient, t); derr != nil {
-				d.count(OutcomeFailed, platform)
-				d.log.Warn("push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
-				continue
-			}
-			d.count(OutcomeRemoved, platform)
-			d.log.Info("push target gone, removed", "recipient", n.Recipient, "platform", platform, "reason", err)
-		default:
+		host := targetHost(t)
+		if !d.breaker.allow(host, d.o.Now()) {
 			d.count(OutcomeFailed, platform)
-			d.log.Warn("push send failed", "recipient", n.Recipient, "platform", platform, "err", err)
+			d.log.Debug("push skipped: circuit open", "recipient", n.Recipient, "platform", platform, "host", host)
+			continue
 		}
+		wg.Go(func() { d.send(ctx, sctx, s, t, n, platform, host) })
+	}
+	wg.Wait()
+}
+
+// send sends n to one target within sctx and acts on the outcome.
+func (d *Dispatcher) send(ctx, sctx context.Context, s Sender, t store.Target, n Notification, platform, host string) {
+	err := s.Send(sctx, t, n)
+	d.breaker.record(host, err == nil || errors.Is(err, ErrTargetGone), d.o.Now())
+	switch {
+	case err == nil:
+		d.count(OutcomeSent, platform)
+	case errors.Is(err, ErrTargetGone):
+		if derr := d.remove(ctx, n.Recipient, t); derr != nil {
+			d.count(OutcomeFailed, platform)
+			d.log.Warn("push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
+			return
+		}
+		d.count(OutcomeRemoved, platform)
+		d.log.Info("push target gone, removed", "recipient", n.Recipient, "platform", platform, "host", host, "reason", err)
+	default:
+		d.count(OutcomeFailed, platform)
+		d.log.Warn("push send failed", "recipient", n.Recipient, "platform", platform, "host", host, "err", err)
 	}
 }
 

@@ -371,3 +371,109 @@ func TestRunTwiceRefused(t *testing.T) {
 		t.Fatalf("running Run returned %v", err)
 	}
 }
+
+// hostSender is a webpush sender whose sends to https://slow.example/...
+// block until their context ends (or release is closed); others succeed.
+// It counts sends per host.
+type hostSender struct {
+	release  chan struct{}
+	mu       sync.Mutex
+	calls    map[string]int
+	inflight int
+	maxSlow  int
+}
+
+func (h *hostSender) Platforms() []string { return []string{"webpush"} }
+
+func (h *hostSender) Send(ctx context.Context, t store.Target, _ push.Notification) error {
+	slow := strings.HasPrefix(t.Token, "https://slow.example/")
+	h.mu.Lock()
+	if h.calls == nil {
+		h.calls = map[string]int{}
+	}
+	host := "fast"
+	if slow {
+		host = "slow"
+		h.inflight++
+		h.maxSlow = max(h.maxSlow, h.inflight)
+	}
+	h.calls[host]++
+	h.mu.Unlock()
+	if !slow {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+	case <-h.release:
+	}
+	h.mu.Lock()
+	h.inflight--
+	h.mu.Unlock()
+	return errors.New("slow host did not answer")
+}
+
+func (h *hostSender) count(host string) (calls, maxSlow int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls[host], h.maxSlow
+}
+
+// A recipient's targets are sent at once, under one time budget: two
+// slow targets are in flight together, and the fast one is not held back.
+func TestTargetsSentInParallel(t *testing.T) {
+	t.Parallel()
+	st := newMemTargets()
+	const bob = "urn:sm:user:bob"
+	for _, tok := range []string{"https://slow.example/a", "https://slow.example/b", "https://fast.example/c"} {
+		_ = st.PutTarget(context.Background(), bob, store.Target{Platform: "webpush", Token: tok}, 0)
+	}
+	s := &hostSender{release: make(chan struct{})}
+	d := push.NewDispatcher(st, []push.Sender{s}, push.DispatcherOptions{Timeout: time.Minute, BreakerFailures: 100})
+	run(t, d)
+	t.Cleanup(func() { close(s.release) }) // before Run's drain
+	d.Notify(note(bob, 0))
+	eventually(t, "the fast target sent while both slow ones are in flight", func() bool {
+		_, maxSlow := s.count("slow")
+		return d.Count(push.OutcomeSent, "webpush") == 1 && maxSlow == 2
+	})
+}
+
+// A host that keeps failing gets its circuit opened: later pushes to it
+// fail at once without a request (other hosts are still served), until
+// the cooldown ends and one push probes it.
+func TestBreakerOpensPerHost(t *testing.T) {
+	t.Parallel()
+	st := newMemTargets()
+	clock := newFakeClock()
+	user := func(i int) string { return fmt.Sprintf("urn:sm:user:u%d", i) }
+	for i := range 5 {
+		_ = st.PutTarget(context.Background(), user(i), store.Target{Platform: "webpush", Token: fmt.Sprintf("https://slow.example/%d", i)}, 0)
+		_ = st.PutTarget(context.Background(), user(i), store.Target{Platform: "webpush", Token: fmt.Sprintf("https://fast.example/%d", i)}, 0)
+	}
+	s := &hostSender{release: make(chan struct{})}
+	d := push.NewDispatcher(st, []push.Sender{s}, push.DispatcherOptions{
+		Timeout: 20 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: time.Minute, Now: clock.Now,
+	})
+	run(t, d)
+	for i := range 2 {
+		d.Notify(note(user(i), i))
+		eventually(t, "a failure counted", func() bool { return d.Count(push.OutcomeFailed, "webpush") == float64(i+1) })
+	}
+	// Open: u2's push to the slow host fails without a request.
+	d.Notify(note(user(2), 2))
+	eventually(t, "u2 served", func() bool {
+		return d.Count(push.OutcomeSent, "webpush") == 3 && d.Count(push.OutcomeFailed, "webpush") == 3
+	})
+	if calls, _ := s.count("slow"); calls != 2 {
+		t.Fatalf("slow host got %d sends with its circuit open, want 2", calls)
+	}
+	// After the cooldown, one push probes the host.
+	clock.Advance(time.Minute)
+	d.Notify(note(user(3), 3))
+	eventually(t, "u3 served", func() bool {
+		return d.Count(push.OutcomeSent, "webpush") == 4 && d.Count(push.OutcomeFailed, "webpush") == 4
+	})
+	if calls, _ := s.count("slow"); calls != 3 {
+		t.Fatalf("slow host got %d sends after the cooldown, want 3 (one probe)", calls)
+	}
+}

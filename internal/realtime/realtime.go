@@ -630,33 +630,40 @@ func (ss *session) readLoop(ctx context.Context) {
 			ss.writeError(ctx, web.CodeBadRequest, "frames must be JSON text")
 			continue
 		}
-		var in clientFrame
-		if err := json.Unmarshal(data, &in); err != nil {
-			ss.writeError(ctx, web.CodeBadJSON, "frame is not valid JSON of the expected shape")
+		ids, code, msg := decodeClientFrame(data)
+		if code != "" {
+			ss.writeError(ctx, code, msg)
 			continue
 		}
-		switch in.Type {
-		case "ack":
-			if err := envelope.ValidateAckIDs(in.IDs); err != nil {
-				ss.writeError(ctx, web.CodeInvalidParameter, err.Error())
-				continue
-			}
-			actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
-			n, err := s.store.Ack(actx, ss.user, in.IDs)
-			cancel()
-			if err != nil {
-				s.log.Warn("websocket ack failed", "err", err)
-				ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; ack again later")
-				continue
-			}
-			if s.m != nil {
-				s.m.WSAcks.Inc()
-				s.m.MessagesAcked.Add(float64(n))
-			}
-		default:
-			ss.writeError(ctx, web.CodeBadRequest, "unknown frame type (expected \"ack\")")
+		actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
+		n, err := s.store.Ack(actx, ss.user, ids)
+		cancel()
+		if err != nil {
+			s.log.Warn("websocket ack failed", "err", err)
+			ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; ack again later")
+			continue
+		}
+		if s.m != nil {
+			s.m.WSAcks.Inc()
+			s.m.MessagesAcked.Add(float64(n))
 		}
 	}
+}
+
+// decodeClientFrame decodes a client text frame: the ids of a valid ack,
+// or the error code and message to answer it with.
+func decodeClientFrame(data []byte) (ids []string, code, msg string) {
+	var in clientFrame
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, web.CodeBadJSON, "frame is not valid JSON of the expected shape"
+	}
+	if in.Type != "ack" {
+		return nil, web.CodeBadRequest, "unknown frame type (expected \"ack\")"
+	}
+	if err := envelope.ValidateAckIDs(in.IDs); err != nil {
+		return nil, web.CodeInvalidParameter, err.Error()
+	}
+	return in.IDs, "", ""
 }
 
 type clientFrame struct {

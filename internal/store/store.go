@@ -114,6 +114,16 @@ type Messages interface {
 	DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error)
 }
 
+// PendingCounts reads the number of envelopes pending for a recipient.
+type PendingCounts interface {
+	// PendingCount returns how many envelopes are stored for recipient:
+	// stored and neither acknowledged nor deleted by retention, routed or
+	// not. It reads a count the store keeps in the same transactions that
+	// store and delete envelopes (one row read, never a count of the
+	// envelopes), so it is cheap enough for every send.
+	PendingCount(ctx context.Context, recipient string) (int, error)
+}
+
 // Idempotencies stores idempotency records.
 type Idempotencies interface {
 	// ReserveIdempotency records rec unless a record for (rec.Sender,
@@ -143,6 +153,7 @@ type Targets interface {
 // Store is the whole store port.
 type Store interface {
 	Messages
+	PendingCounts
 	Idempotencies
 	Targets
 	// Ping reports whether the store answers.

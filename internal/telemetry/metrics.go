@@ -21,7 +21,7 @@ type Metrics struct {
 	MessagesAccepted    *prometheus.CounterVec   // ephemeral
 	IdempotentHits      prometheus.Counter
 	RoutingDeferred     prometheus.Counter     // accepted, routing event not published: left to the sweep
-	SendsRefused        *prometheus.CounterVec // reason: backlog
+	SendsRefused        *prometheus.CounterVec // reason: backlog, recipient_queue_full
 	IngressBacklog      prometheus.Gauge
 	Rerouted            prometheus.Counter // routed by the sweep of unrouted envelopes
 	RouteMarkFailed     prometheus.Counter
@@ -60,7 +60,7 @@ func NewMetrics() *Metrics {
 			Name: "routing_idempotent_replays_total", Help: "Sends answered from an earlier send with the same idempotency key.",
 		}),
 		SendsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "routing_sends_refused_total", Help: "Sends refused with 503 before anything was stored, by reason (backlog: the pipeline is behind).",
+			Name: "routing_sends_refused_total", Help: "Sends refused before anything was stored, by reason (backlog: the pipeline is behind, answered 503; recipient_queue_full: the recipient has store.max_pending_per_recipient pending messages, answered 429).",
 		}, []string{"reason"}),
 		IngressBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_ingress_backlog", Help: "Ingress messages waiting for the pipeline or being handled, as last read by this API instance.",

@@ -7,7 +7,8 @@ import (
 )
 
 // Authenticate verifies a bearer token and returns the caller's URN (the
-// token's sub).
+// token's sub). Its error never reaches the caller (a 401 says only
+// "invalid token").
 type Authenticate func(token string) (subject string, err error)
 
 type subjectKey struct{}
@@ -48,7 +49,9 @@ func Authorize(w http.ResponseWriter, r *http.Request, authenticate Authenticate
 	}
 	sub, err := authenticate(tok)
 	if err != nil {
-		WriteError(w, Errorf(http.StatusUnauthorized, CodeUnauthorized, "invalid token: "+err.Error()))
+		// The verifier's reason stays on the server (Authenticate may log
+		// it): a caller learns only that the token was refused.
+		WriteError(w, Errorf(http.StatusUnauthorized, CodeUnauthorized, "invalid token"))
 		return "", false
 	}
 	return sub, true

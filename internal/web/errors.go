@@ -27,6 +27,7 @@ const (
 	CodeUnsupportedMedia   = "unsupported_media_type"
 	CodeTooManyDevices     = "too_many_devices"
 	CodeRateLimited        = "rate_limited"
+	CodeRecipientQueueFull = "recipient_queue_full"
 	CodeBackendUnavailable = "backend_unavailable"
 	CodeInternal           = "internal_error"
 )

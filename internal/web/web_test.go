@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -71,6 +72,10 @@ func TestRequireAuth(t *testing.T) {
 			}
 			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error.Code != CodeUnauthorized || body.Error.Message == "" {
 				t.Fatalf("%q: body %s is not the error shape", tc.header, w.Body)
+			}
+			// The verifier's reason is not told to the caller.
+			if tc.header != "" && (body.Error.Message != "invalid token" || strings.Contains(w.Body.String(), "signature")) {
+				t.Fatalf("%q: body %s, want the message \"invalid token\" only", tc.header, w.Body)
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -25,6 +25,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/internal/retry"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -71,8 +72,9 @@ type Config struct {
 	MaxRetries    int
 	MinRetryDelay time.Duration
 	MaxRetryDelay time.Duration
-	// HTTPClient must speak HTTP/2 (nil: net/http with ForceAttemptHTTP2,
-	// trusting RootCAs, or the system roots when RootCAs is nil).
+	// HTTPClient must speak HTTP/2 (nil: an egress client, which refuses
+	// non-public addresses and redirects, trusting RootCAs, or the system
+	// roots when RootCAs is nil).
 	HTTPClient *http.Client
 	RootCAs    *x509.CertPool
 	// Wait waits between retries (nil: a timer); Now is the clock of the
@@ -146,14 +148,7 @@ func New(cfg Config) (*Sender, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{
-			Timeout: 30 * time.Second,
-			Transport: &http.Transport{
-				ForceAttemptHTTP2: true,
-				TLSClientConfig:   &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
-				IdleConnTimeout:   5 * time.Minute,
-			},
-		}
+		client = egress.NewClient(egress.Options{RootCAs: cfg.RootCAs})
 	}
 	return &Sender{
 		cfg:    cfg,
@@ -232,7 +227,7 @@ func (s *Sender) Send(ctx context.Context, t store.Target, n push.Notification) 
 		for {
 			status, header, rsn, err := s.post(ctx, url, token, collapse, raw)
 			if err != nil {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || errors.Is(err, egress.ErrForbiddenAddress) {
 					return err
 				}
 				return &retry.Temporary{Err: err}
@@ -274,7 +269,12 @@ func (s *Sender) post(ctx context.Context, url, token, collapse string, raw []by
 	req.Header.Set("content-type", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, nil, "", fmt.Errorf("apns: post: %w", err)
+		// The URL's path holds the device token: name the endpoint only.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, nil, "", fmt.Errorf("apns: post to %s: %w", s.cfg.Endpoint, err)
 	}
 	defer resp.Body.Close()
 	var r reason

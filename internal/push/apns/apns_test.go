@@ -3,12 +3,14 @@ package apns_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/apns"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/pushtest"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -190,5 +192,25 @@ func TestNotHexTokenIsGone(t *testing.T) {
 	}
 	if n := len(a.Requests()); n != 0 {
 		t.Errorf("%d requests sent", n)
+	}
+}
+
+// Without a client of its own a Sender uses the egress client, which
+// refuses the stand-in's loopback address; the error names the endpoint,
+// never the device token.
+func TestDefaultClientRefusesLoopback(t *testing.T) {
+	t.Parallel()
+	a := pushtest.NewAPNs(t)
+	s, _ := newSender(t, a, func(c *apns.Config) { c.HTTPClient = nil })
+	tok := pushtest.NewAPNsToken()
+	err := s.Send(context.Background(), store.Target{Platform: "apns", Token: tok}, note)
+	if !errors.Is(err, egress.ErrForbiddenAddress) {
+		t.Fatalf("err = %v, want ErrForbiddenAddress", err)
+	}
+	if strings.Contains(err.Error(), tok) {
+		t.Fatalf("error %q names the device token", err)
+	}
+	if n := len(a.Requests()); n != 0 {
+		t.Fatalf("stand-in got %d requests", n)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2/jwt"
 
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/internal/retry"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -49,7 +50,8 @@ type Config struct {
 	MaxRetries    int
 	MinRetryDelay time.Duration
 	MaxRetryDelay time.Duration
-	// HTTPClient sends API and token requests (nil: a client with a 30s timeout).
+	// HTTPClient sends API and token requests (nil: an egress client, which
+	// refuses non-public addresses and redirects).
 	HTTPClient *http.Client
 	// Wait waits between retries (nil: a timer).
 	Wait func(ctx context.Context, d time.Duration) error
@@ -105,7 +107,7 @@ func New(cfg Config) (*Sender, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Second}
+		client = egress.NewClient(egress.Options{})
 	}
 	return &Sender{
 		url:    strings.TrimRight(endpoint, "/") + "/v1/projects/" + url.PathEscape(project) + "/messages:send",

@@ -103,12 +103,13 @@ func NewAPNsToken() string {
 // HTTP/2 transport trusting the stand-in's certificate.
 func (a *APNs) Config() apns.Config {
 	return apns.Config{
-		KeyFile:  a.keyFile,
-		KeyID:    APNsKeyID,
-		TeamID:   APNsTeamID,
-		Topic:    APNsTopic,
-		Endpoint: a.srv.URL,
-		RootCAs:  a.RootCAs(),
+		KeyFile:    a.keyFile,
+		KeyID:      APNsKeyID,
+		TeamID:     APNsTeamID,
+		Topic:      APNsTopic,
+		Endpoint:   a.srv.URL,
+		RootCAs:    a.RootCAs(),
+		HTTPClient: localClient(a.Certificate()),
 	}
 }
 

@@ -3,7 +3,18 @@ package pushtest
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"net/http"
+
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 )
+
+// localClient is the production egress client with loopback allowed (as
+// push.webpush.allow_local_endpoints configures it), trusting cert.
+func localClient(cert *x509.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return egress.NewClient(egress.Options{AllowLoopback: true, RootCAs: pool})
+}
 
 // Certificate is the stand-in's TLS certificate (to trust it by configuration).
 func (f *FCM) Certificate() *x509.Certificate { return f.srv.Certificate() }

@@ -113,7 +113,7 @@ func (f *FCM) Config() fcm.Config {
 		ProjectID:       f.projectID,
 		CredentialsFile: f.credsFile,
 		Endpoint:        f.srv.URL,
-		HTTPClient:      f.srv.Client(),
+		HTTPClient:      localClient(f.srv.Certificate()),
 	}
 }
 

@@ -76,7 +76,7 @@ func NewWebPush(t testing.TB) *WebPush {
 // Config returns what a webpush.Sender needs to reach the stand-in (the
 // VAPID key pair the stand-in expects, and a client trusting it).
 func (p *WebPush) Config() webpush.Config {
-	return webpush.Config{Subject: p.subject, VAPIDPrivateKey: p.vapidPriv, HTTPClient: p.srv.Client()}
+	return webpush.Config{Subject: p.subject, VAPIDPrivateKey: p.vapidPriv, HTTPClient: localClient(p.srv.Certificate())}
 }
 
 // VAPIDPublicKey is the public key the stand-in expects in "k=".

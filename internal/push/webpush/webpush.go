@@ -26,6 +26,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/internal/retry"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -49,7 +50,8 @@ type Config struct {
 	MaxRetries    int
 	MinRetryDelay time.Duration
 	MaxRetryDelay time.Duration
-	// HTTPClient sends the requests (nil: a client with a 30s timeout).
+	// HTTPClient sends the requests (nil: an egress client, which refuses
+	// non-public addresses and redirects).
 	HTTPClient *http.Client
 	// Wait waits between retries (nil: a timer); Now is the clock of the
 	// VAPID tokens (nil: time.Now).
@@ -105,7 +107,7 @@ func New(cfg Config) (*Sender, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Second}
+		client = egress.NewClient(egress.Options{})
 	}
 	return &Sender{
 		cfg:    cfg,
@@ -172,16 +174,27 @@ func (s *Sender) Send(ctx context.Context, t store.Target, n push.Notification) 
 		req.Header.Set("Authorization", "vapid t="+token+", k="+s.pub)
 		resp, err := s.client.Do(req)
 		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("webpush: post: %w", err)
+			// The endpoint's path identifies the subscription: errors name
+			// its origin only.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
 			}
-			return &retry.Temporary{Err: fmt.Errorf("webpush: post: %w", err)}
+			err = fmt.Errorf("webpush: post to %s: %w", origin, err)
+			if ctx.Err() != nil || errors.Is(err, egress.ErrForbiddenAddress) {
+				return err // an address refused now is refused on a retry too
+			}
+			return &retry.Temporary{Err: err}
 		}
 		defer resp.Body.Close()
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 		switch code := resp.StatusCode; {
 		case code >= 200 && code < 300:
 			return nil
+		case code >= 300 && code < 400:
+			// Redirects are not followed: a push service answers a push
+			// itself, and a redirect could point anywhere.
+			return fmt.Errorf("webpush: push service at %s answered %d, a redirect, which is not followed", origin, code)
 		case code == http.StatusNotFound || code == http.StatusGone:
 			return fmt.Errorf("webpush: subscription answered %d: %w", code, push.ErrTargetGone)
 		case code == http.StatusTooManyRequests || code >= 500:

@@ -3,13 +3,19 @@ package webpush_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/push"
+	"github.com/go-routing-service/routingservice/internal/push/egress"
 	"github.com/go-routing-service/routingservice/internal/push/pushtest"
 	"github.com/go-routing-service/routingservice/internal/push/webpush"
 )
@@ -186,5 +192,61 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		if _, err := webpush.New(cfg); err == nil {
 			t.Errorf("%s: bad config accepted", name)
 		}
+	}
+}
+
+// An endpoint on an internal address is refused when the connection is
+// made, without a retry, and its answer (if it had one) can never remove
+// the target: a user cannot probe internal hosts through push.
+func TestInternalEndpointRefused(t *testing.T) {
+	t.Parallel()
+	p := pushtest.NewWebPush(t)
+	cfg := p.Config()
+	cfg.HTTPClient = nil // the default client: loopback not allowed
+	cfg.MaxRetries = 2
+	waited := 0
+	cfg.Wait = func(context.Context, time.Duration) error { waited++; return nil }
+	s, err := webpush.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := p.NewSubscription()
+	err = s.Send(context.Background(), sub, note)
+	if !errors.Is(err, egress.ErrForbiddenAddress) || errors.Is(err, push.ErrTargetGone) {
+		t.Fatalf("err = %v, want ErrForbiddenAddress and not gone", err)
+	}
+	if n := len(p.Requests()); n != 0 || waited != 0 {
+		t.Fatalf("the internal endpoint got %d requests after %d retry waits, want none", n, waited)
+	}
+	u, _ := url.Parse(sub.Token)
+	if strings.Contains(err.Error(), u.Path) {
+		t.Fatalf("error %q names the endpoint's path", err)
+	}
+}
+
+// A push service that answers with a redirect is not followed: the push
+// fails (the target is kept) and the redirect's target gets nothing.
+func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
+	p := pushtest.NewWebPush(t)
+	s, _ := newSender(t, p)
+	internal := p.NewSubscription() // would accept the push if it got it
+	var hits atomic.Int64
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.Redirect(w, r, internal.Token, http.StatusTemporaryRedirect)
+	}))
+	defer redirector.Close()
+	sub := internal
+	sub.Token = redirector.URL + "/push/abc"
+	err := s.Send(context.Background(), sub, note)
+	if err == nil || errors.Is(err, push.ErrTargetGone) {
+		t.Fatalf("err = %v, want a failure that keeps the target", err)
+	}
+	if n := len(p.Requests()); n != 0 {
+		t.Fatalf("the redirect's target got %d requests", n)
+	}
+	if n := hits.Load(); n != 1 {
+		t.Fatalf("the redirecting service got %d requests, want 1 (a redirect is not retried)", n)
 	}
 }

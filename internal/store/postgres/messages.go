@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -392,6 +393,23 @@ func (s *Store) Unrouted(ctx context.Context, before time.Time, limit int) ([]*e
 		return nil, s.wrap("unrouted", err)
 	}
 	return out, nil
+}
+
+// PendingCount returns recipient's number of stored envelopes, kept by
+// the triggers of migration 0004.
+func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT pending FROM pending_counts WHERE recipient = $1`, recipient).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, s.wrap("pending count", err)
+	}
+	return int(n), nil
 }
 
 // Pending returns up to limit (at most 500) of recipient's envelopes stored

@@ -75,6 +75,10 @@ func TestUpgradeToRouted(t *testing.T) {
 		t.Fatalf("Open of a version 2 schema: %v", err)
 	}
 	defer s.Close()
+	// The pending count starts from the envelopes already stored.
+	if n, err := s.PendingCount(ctx, recipient); err != nil || n != 3 {
+		t.Fatalf("PendingCount after the upgrade: %d, %v; want 3", n, err)
+	}
 	future := time.Now().Add(100 * 365 * 24 * time.Hour)
 	if got, err := s.Unrouted(ctx, future, 10); err != nil || len(got) != 0 {
 		t.Fatalf("Unrouted after the upgrade: %d envelopes, %v; want none", len(got), err)
@@ -93,6 +97,10 @@ func TestUpgradeToRouted(t *testing.T) {
 	}
 	if _, err := old.Exec(ctx, preRoutedInsertSQL, "01JOLDPROGRAM", "urn:sm:user:a", recipient, "", []byte{}, false, at); err != nil {
 		t.Fatal(err)
+	}
+	// Every insert counts, this program's and an older one's.
+	if n, err := s.PendingCount(ctx, recipient); err != nil || n != 5 {
+		t.Fatalf("PendingCount after two inserts: %d, %v; want 5", n, err)
 	}
 	got, err := s.Unrouted(ctx, future, 10)
 	if err != nil {

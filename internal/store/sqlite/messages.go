@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -443,6 +444,23 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 		return store.Page{}, s.wrap("pending", err)
 	}
 	return page, nil
+}
+
+// PendingCount returns recipient's number of stored envelopes, kept by
+// the triggers of migration 0004.
+func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	var n int
+	err := s.r.QueryRowContext(ctx, `SELECT pending FROM pending_counts WHERE recipient = ?`, recipient).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, s.wrap("pending count", err)
+	}
+	return n, nil
 }
 
 // Unrouted returns up to limit envelopes not routed and created before

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -99,6 +100,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	log := opts.Logger.With("component", "store", "engine", "sqlite")
+	if err := ownerOnly(path); err != nil {
+		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
+	}
 
 	common := url.Values{}
 	common.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
@@ -215,4 +219,24 @@ func (s *Store) wrap(op string, err error) error {
 		return fmt.Errorf("sqlite %s: %w", op, store.ErrClosed)
 	}
 	return fmt.Errorf("sqlite %s: %w", op, err)
+}
+
+// ownerOnly creates the database file with mode 0600 if it does not exist,
+// and sets that mode on it and on its WAL and shared-memory files if they
+// do (files made by an older version). SQLite gives the WAL and
+// shared-memory files it creates the database file's mode.
+func ownerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }

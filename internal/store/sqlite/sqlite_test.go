@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -62,6 +63,38 @@ func TestReopenKeepsData(t *testing.T) {
 		}
 		if len(p.Envelopes) != 1 || p.Envelopes[0].ID != e.ID {
 			t.Fatalf("after reopen: %d envelopes", len(p.Envelopes))
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The database, its WAL and its shared-memory file are readable by their
+// owner only: a new database, and one an older version left readable.
+func TestFilesOwnerOnly(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "store.db")
+	if err := os.WriteFile(path, nil, 0o644); err != nil { // as an older version left it
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, filepath.Join(dir, "new.db")} {
+		s, err := sqlite.Open(t.Context(), p, sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &envelope.Envelope{ID: "01JMODE", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte{1}, CreatedAt: envelope.Now()}
+		if _, err := s.PutMessages(t.Context(), []*envelope.Envelope{e}); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{p, p + "-wal", p + "-shm"} {
+			fi, err := os.Stat(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := fi.Mode().Perm(); m != 0o600 {
+				t.Errorf("%s: mode %o, want 600", filepath.Base(f), m)
+			}
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)

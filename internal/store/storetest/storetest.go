@@ -49,6 +49,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"PendingBadCursor", testPendingBadCursor},
 		{"Ack", testAck},
 		{"DeleteBefore", testDeleteBefore},
+		{"PendingCount", testPendingCount},
 		{"UnroutedRoundTrip", testUnroutedRoundTrip},
 		{"MarkRouted", testMarkRouted},
 		{"UnroutedBefore", testUnroutedBefore},
@@ -809,6 +810,70 @@ func testDeleteBefore(t *testing.T, s store.Store) {
 	n, err = s.DeleteBefore(t.Context(), base.Add(time.Millisecond).In(time.FixedZone("X", -7*3600)))
 	if err != nil || n != 2 {
 		t.Errorf("DeleteBefore(after all): %d, %v; want 2, nil", n, err)
+	}
+}
+
+// pendingCounts checks PendingCount of each recipient in want.
+func pendingCounts(t *testing.T, s store.Store, when string, want map[string]int) {
+	t.Helper()
+	for r, w := range want {
+		n, err := s.PendingCount(t.Context(), r)
+		if err != nil || n != w {
+			t.Fatalf("%s: PendingCount(%s) = %d, %v; want %d", when, r, n, err, w)
+		}
+	}
+}
+
+// PendingCount follows every way envelopes are stored and deleted: puts
+// (a duplicate or acknowledged id counts nothing), acks (only of the
+// recipient's own envelopes), retention, and batches of all of these.
+func testPendingCount(t *testing.T, s store.Store) {
+	pendingCounts(t, s, "empty", map[string]int{bob: 0, carol: 0})
+	b1 := newEnv(alice, bob, base.Add(-48*time.Hour), "b1")
+	b2 := newEnv(alice, bob, base, "b2")
+	b3 := newEnv(carol, bob, base, "b3")
+	c1 := newEnv(alice, carol, base, "c1")
+	put(t, s, b1, b2, c1)
+	put(t, s, b3)
+	put(t, s, b2, b3) // duplicates
+	pendingCounts(t, s, "after puts", map[string]int{bob: 3, carol: 1})
+
+	if n := ack(t, s, carol, b1.ID); n != 0 { // not carol's
+		t.Fatalf("carol acked bob's envelope: %d", n)
+	}
+	if n := ack(t, s, bob, b2.ID, b2.ID, "unknown"); n != 1 {
+		t.Fatalf("ack: %d, want 1", n)
+	}
+	pendingCounts(t, s, "after acks", map[string]int{bob: 2, carol: 1})
+	if acked := putAcked(t, s, b2); !acked[0] {
+		t.Fatal("an acknowledged id was stored again")
+	}
+	pendingCounts(t, s, "after putting an acked id", map[string]int{bob: 2})
+
+	if n, err := s.DeleteBefore(t.Context(), base.Add(-time.Hour)); err != nil || n != 1 {
+		t.Fatalf("DeleteBefore: %d, %v; want 1", n, err)
+	}
+	pendingCounts(t, s, "after retention", map[string]int{bob: 1, carol: 1})
+
+	// Concurrent puts and acks, grouped into shared commits.
+	var wg sync.WaitGroup
+	envs := make([]*envelope.Envelope, 40)
+	for i := range envs {
+		envs[i] = newEnv(alice, carol, base, fmt.Sprint(i))
+	}
+	for i := range envs {
+		wg.Go(func() { put(t, s, envs[i]) })
+	}
+	wg.Wait()
+	pendingCounts(t, s, "after concurrent puts", map[string]int{carol: 41})
+	for i := range 20 {
+		wg.Go(func() { ack(t, s, carol, envs[i].ID) })
+	}
+	wg.Wait()
+	pendingCounts(t, s, "after concurrent acks", map[string]int{carol: 21, bob: 1})
+	got := all(t, s, carol, 100)
+	if len(got) != 21 {
+		t.Fatalf("carol has %d pending, the count says 21", len(got))
 	}
 }
 
