@@ -5,6 +5,7 @@
 //	routingservice config check
 //	routingservice vapid
 //	routingservice dlq list|show|replay|purge ...
+//	routingservice version
 package main
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/version"
 )
 
 const usage = `usage: routingservice <command> [flags]
@@ -34,6 +36,7 @@ commands:
   config check    validate the configuration and print it (secrets elided)
   vapid           print a new VAPID key pair for Web Push
   dlq             inspect and replay dead-lettered messages: dlq list|show|replay|purge
+  version         print the version, commit and Go version (also --version)
 
 Every command takes --config PATH (default: $ROUTING_CONFIG, else ./config.yaml when present).
 `
@@ -64,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return vapid(args[1:], stdout)
 	case "dlq":
 		return dlq(args[1:], stdout, stderr)
+	case "version", "--version":
+		return printVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -103,6 +108,8 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	log := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
+	v := version.Get()
+	log.Info("routingservice", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	a, err := app.New(ctx, cfg, log)
