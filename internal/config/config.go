@@ -410,7 +410,9 @@ func Parse(b []byte, cfg *Config) error {
 
 func errEOF() error { return io.EOF }
 
-// FromEnv reads the secrets (and the instance id, when set) from the environment.
+// FromEnv reads the secrets from the environment, and the overrides of
+// instance_id (ROUTING_INSTANCE_ID), data_dir (ROUTING_DATA_DIR) and roles
+// (ROUTING_ROLES, comma-separated) when they are set.
 func (c *Config) FromEnv(getenv func(string) string) {
 	c.JWTSecret = getenv("JWT_SECRET")
 	c.DatabaseURL = getenv("DATABASE_URL")
@@ -421,6 +423,21 @@ func (c *Config) FromEnv(getenv func(string) string) {
 	if v := getenv("ROUTING_DATA_DIR"); v != "" {
 		c.DataDir = v
 	}
+	if v := getenv("ROUTING_ROLES"); v != "" {
+		c.Roles = splitList(v)
+	}
+}
+
+// splitList splits a comma-separated list, trimming blanks and dropping
+// empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Has reports whether the instance runs role.
