@@ -91,6 +91,7 @@ func TestImageBinary(t *testing.T) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // the build dies with the test
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, b)
 	}

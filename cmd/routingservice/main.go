@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,7 +32,7 @@ const usage = `usage: routingservice <command> [flags]
 commands:
   serve           run the service (roles from config; all three by default)
   token           print a development token: token --sub urn:sm:user:alice [--ttl 1h]
-  config check    validate the configuration and print it (secrets elided)
+  config check    run every check serve runs before it starts and print the configuration
   vapid           print a new VAPID key pair for Web Push
   dlq             inspect and replay dead-lettered messages: dlq list|show|replay|purge
   version         print the version, commit and Go version (also --version)
@@ -62,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if len(args) < 2 || args[1] != "check" {
 			return errors.New("usage: routingservice config check [--config PATH]")
 		}
-		return configCheck(args[2:], stdout)
+		return configCheck(args[2:], stdout, stderr)
 	case "vapid":
 		return vapid(args[1:], stdout)
 	case "dlq":
@@ -148,18 +147,5 @@ func token(args []string, stdout io.Writer) error {
 		fmt.Fprintln(os.Stderr, "routingservice: signed with the development secret (JWT_SECRET is unset)")
 	}
 	fmt.Fprintln(stdout, tok)
-	return nil
-}
-
-func configCheck(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	cfg, err := loadConfig(fs, args)
-	if err != nil {
-		return err
-	}
-	redacted := cfg
-	redacted.JWTSecret, redacted.DatabaseURL, redacted.RedisPassword = "", "", ""
-	b, _ := json.MarshalIndent(redacted, "", "  ")
-	fmt.Fprintf(stdout, "configuration is valid\n%s\n", b)
 	return nil
 }
