@@ -31,7 +31,7 @@ const usage = `usage: routingservice <command> [flags]
 
 commands:
   serve           run the service (roles from config; all three by default)
-  token           print a development token: token --sub urn:sm:user:alice [--ttl 1h]
+  token           print a development token: token --sub urn:sm:user:alice [--ttl 1h] [--allow-production]
   config check    run every check serve runs before it starts and print the configuration
   vapid           print a new VAPID key pair for Web Push
   dlq             inspect and replay dead-lettered messages: dlq list|show|replay|purge
@@ -56,7 +56,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return serve(args[1:], stderr)
 	case "token":
-		return token(args[1:], stdout)
+		return token(args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			return errors.New("usage: routingservice config check [--config PATH]")
@@ -122,16 +122,21 @@ func serve(args []string, stderr io.Writer) error {
 	return a.Run(ctx)
 }
 
-func token(args []string, stdout io.Writer) error {
+func token(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	sub := fs.String("sub", "", "the caller's URN (the token's sub), e.g. urn:sm:user:alice")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	allowProd := fs.Bool("allow-production", false, "in production mode, sign with JWT_SECRET anyway (smoke tests)")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
 	if cfg.RunMode == config.ModeProduction {
-		return errors.New("token is a development aid and refuses to run in production mode (run_mode: production)")
+		if !*allowProd {
+			return errors.New("token is a development aid and refuses to run in production mode (run_mode: production); --allow-production signs with JWT_SECRET for a smoke test")
+		}
+		fmt.Fprintln(stderr, "routingservice: warning: signing a token with the production JWT_SECRET (--allow-production); anyone holding it can act as", *sub)
 	}
 	if err := envelope.ValidateURN(*sub); err != nil {
 		return fmt.Errorf("--sub: %w", err)
@@ -139,12 +144,15 @@ func token(args []string, stdout io.Writer) error {
 	if *ttl <= 0 || *ttl > 30*24*time.Hour {
 		return errors.New("--ttl must be between 1s and 720h")
 	}
+	if cfg.JWTSecret == "" {
+		return errors.New("token signs with JWT_SECRET, which is unset")
+	}
 	tok, err := auth.Sign([]byte(cfg.JWTSecret), *sub, *ttl, time.Now())
 	if err != nil {
 		return err
 	}
 	if cfg.DevSecret {
-		fmt.Fprintln(os.Stderr, "routingservice: signed with the development secret (JWT_SECRET is unset)")
+		fmt.Fprintln(stderr, "routingservice: signed with the development secret (JWT_SECRET is unset)")
 	}
 	fmt.Fprintln(stdout, tok)
 	return nil
