@@ -41,7 +41,11 @@ const DevJWTSecret = "routingservice-development-secret-do-not-use-in-production
 
 // Config is the whole configuration.
 type Config struct {
-	RunMode         string        `yaml:"run_mode"`
+	RunMode string `yaml:"run_mode"`
+	// SingleNode allows the embedded engines (NATS in process, SQLite,
+	// in-process presence) in production mode, for a deployment of one
+	// instance on one machine; every other production check stays.
+	SingleNode      bool          `yaml:"single_node"`
 	InstanceID      string        `yaml:"instance_id"`
 	Roles           []string      `yaml:"roles"`
 	DataDir         string        `yaml:"data_dir"`
@@ -571,8 +575,8 @@ func (c Config) Check() error {
 	}
 	switch c.Bus.Type {
 	case "embedded":
-		if prod {
-			bad("bus.type", "embedded is a development default; production needs nats or pubsub")
+		if prod && !c.SingleNode {
+			bad("bus.type", "embedded serves one instance; production needs nats or pubsub, or single_node: true for one machine")
 		}
 		if c.Bus.NATS.Sync != "always" {
 			if d, err := time.ParseDuration(c.Bus.NATS.Sync); err != nil || d <= 0 {
@@ -613,8 +617,8 @@ func (c Config) Check() error {
 	}
 	switch c.Store.Type {
 	case "sqlite":
-		if prod {
-			bad("store.type", "sqlite serves one instance; production needs postgres")
+		if prod && !c.SingleNode {
+			bad("store.type", "sqlite serves one instance; production needs postgres, or single_node: true for one machine")
 		}
 		if c.Store.SQLitePath == "" {
 			bad("store.sqlite_path", "must not be empty when store.type is sqlite")
@@ -628,8 +632,8 @@ func (c Config) Check() error {
 	}
 	switch c.Presence.Type {
 	case "memory":
-		if prod {
-			bad("presence.type", "memory serves one instance; production needs redis")
+		if prod && !c.SingleNode {
+			bad("presence.type", "memory serves one instance; production needs redis, or single_node: true for one machine")
 		}
 	case "redis":
 		if c.Presence.Redis.Addr == "" {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -48,5 +49,37 @@ func TestOpenEnginesExampleIsValid(t *testing.T) {
 	}
 	if c.RunMode != ModeProduction || c.Bus.Type != "nats" || c.Store.Type != "postgres" || c.Presence.Type != "redis" {
 		t.Fatalf("not a scale-out setup on open engines: %+v", c)
+	}
+}
+
+// single_node: true lets production run on the embedded engines, with
+// every other production check in force.
+func TestSingleNodeProduction(t *testing.T) {
+	load := func(yaml string, env map[string]string) error {
+		c := Default()
+		if err := Parse([]byte(yaml), &c); err != nil {
+			t.Fatal(err)
+		}
+		c.FromEnv(func(k string) string { return env[k] })
+		c.FillDefaults()
+		return c.Check()
+	}
+	secret := map[string]string{"JWT_SECRET": "0123456789abcdef0123456789abcdef"}
+	const single = "run_mode: production\nsingle_node: true\npush: {webpush: {vapid_private_key_file: /etc/routingservice/vapid}}\n"
+	if err := load(single, secret); err != nil {
+		t.Fatalf("single node production refused: %v", err)
+	}
+	err := load("run_mode: production\npush: {webpush: {vapid_private_key_file: /etc/routingservice/vapid}}\n", secret)
+	for _, key := range []string{"bus.type", "store.type", "presence.type", "single_node: true"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("production on the embedded engines without single_node: error %v does not name %s", err, key)
+		}
+	}
+	// Other production checks stay.
+	if err := load(single, nil); err == nil || !strings.Contains(err.Error(), "JWT_SECRET") {
+		t.Errorf("single node without JWT_SECRET: %v", err)
+	}
+	if err := load("run_mode: production\nsingle_node: true\n", secret); err == nil || !strings.Contains(err.Error(), "vapid_private_key_file") {
+		t.Errorf("single node without a VAPID key file: %v", err)
 	}
 }
