@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -207,10 +208,14 @@ func checkServes(t *testing.T, bin string) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, []byte(`api: {listen: "127.0.0.1:0"}
+	body := `api: {listen: "127.0.0.1:0"}
 realtime: {listen: "127.0.0.1:0"}
 admin: {socket: "-"}
-`), 0o600); err != nil {
+`
+	if hasYAMLKey(reflect.TypeOf(config.Config{}), "ops") {
+		body += "ops: {listen: \"127.0.0.1:0\"}\n" // not the shared default port
+	}
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", cfg)
