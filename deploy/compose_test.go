@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -33,7 +34,7 @@ type composeFile struct {
 }
 
 // deploy/compose runs three instances of config/nats-postgres-redis.yaml
-// as it is: each instance's configuration passes the service's checks, the
+// without TLS: each instance's configuration passes the service's checks, the
 // instances have their own ids and data volumes, and every host the
 // configuration names is a service of the compose file.
 func TestCompose(t *testing.T) {
@@ -79,8 +80,8 @@ func TestCompose(t *testing.T) {
 				file = cf.Configs[c.Source].File
 			}
 		}
-		if filepath.Clean(filepath.Join("compose", file)) != filepath.Join("..", "config", "nats-postgres-redis.yaml") {
-			t.Fatalf("%s: ROUTING_CONFIG is %q, want config/nats-postgres-redis.yaml", name, file)
+		if filepath.Clean(filepath.Join("compose", file)) != filepath.Join("compose", "config.yaml") {
+			t.Fatalf("%s: ROUTING_CONFIG is %q, want compose/config.yaml", name, file)
 		}
 		raw, err := os.ReadFile(filepath.Join("compose", file))
 		if err != nil {
@@ -114,7 +115,49 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: DATABASE_URL host is not a compose service", name)
 		}
 	}
+	checkComposeConfigFollowsExample(t)
 	if instances != 3 {
 		t.Fatalf("%d instances, want 3", instances)
 	}
+}
+
+// checkComposeConfigFollowsExample: compose/config.yaml is
+// config/nats-postgres-redis.yaml but for the keys of its TLS-less links.
+func checkComposeConfigFollowsExample(t *testing.T) {
+	t.Helper()
+	read := func(p string) map[string]any {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	example, compose := read("../config/nats-postgres-redis.yaml"), read("compose/config.yaml")
+	allowed := map[string]bool{"run_mode": true, "bus.nats.url": true, "bus.nats.credentials_file": true, "presence.redis.tls": true}
+	var diff func(prefix string, a, b map[string]any)
+	diff = func(prefix string, a, b map[string]any) {
+		keys := map[string]bool{}
+		for k := range a {
+			keys[k] = true
+		}
+		for k := range b {
+			keys[k] = true
+		}
+		for k := range keys {
+			am, aok := a[k].(map[string]any)
+			bm, bok := b[k].(map[string]any)
+			if aok && bok {
+				diff(prefix+k+".", am, bm)
+				continue
+			}
+			if !reflect.DeepEqual(a[k], b[k]) && !allowed[prefix+k] {
+				t.Errorf("compose/config.yaml %s%s = %v, config/nats-postgres-redis.yaml has %v", prefix, k, b[k], a[k])
+			}
+		}
+	}
+	diff("", example, compose)
 }

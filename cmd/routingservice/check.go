@@ -33,7 +33,7 @@ func configCheck(args []string, stdout, stderr io.Writer) error {
 		name string
 		set  bool
 	}{
-		{"JWT_SECRET", cfg.JWTSecret != "" && !cfg.DevSecret},
+		{"JWT_SECRET", cfg.JWTSecret != "" && !cfg.LocalSecret},
 		{"DATABASE_URL", cfg.DatabaseURL != ""},
 		{"REDIS_PASSWORD", cfg.RedisPassword != ""},
 	}
@@ -44,8 +44,8 @@ func configCheck(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "# %s: %s\n", s.name, v)
 	}
-	if cfg.DevSecret {
-		fmt.Fprintln(stdout, "# tokens are signed with the development secret (local mode, JWT_SECRET unset)")
+	if cfg.LocalSecret {
+		fmt.Fprintln(stdout, "# tokens are signed with the secret generated into the data dir (local mode, JWT_SECRET unset)")
 	}
 	return nil
 }

@@ -23,7 +23,9 @@ import (
 // with.
 func TestConfigCheckAgreesWithServe(t *testing.T) {
 	t.Setenv("ROUTING_CONFIG", "")
-	t.Setenv("JWT_SECRET", "")
+	// With JWT_SECRET set, loading the configuration creates nothing
+	// (local mode without it generates a secret into the data dir).
+	t.Setenv("JWT_SECRET", "check-test-secret-0123456789-0123456789")
 	t.Setenv("ROUTING_DATA_DIR", "")
 	files := t.TempDir()
 	write := func(name, content string) string {
@@ -87,7 +89,7 @@ func TestConfigCheckAgreesWithServe(t *testing.T) {
 				if checkErr != nil {
 					t.Fatalf("config check refused a good configuration: %v", checkErr)
 				}
-				if !strings.Contains(out.String(), "configuration is valid") || !strings.Contains(out.String(), "# JWT_SECRET: <unset>") {
+				if !strings.Contains(out.String(), "configuration is valid") || !strings.Contains(out.String(), "# JWT_SECRET: <set>") {
 					t.Fatalf("config check printed:\n%s", out.String())
 				}
 				// serve's start: the same load, then the app.

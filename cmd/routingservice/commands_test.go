@@ -30,9 +30,8 @@ func TestVersionCommand(t *testing.T) {
 func TestTokenAllowProduction(t *testing.T) {
 	secret := strings.Repeat("s", 40)
 	t.Setenv("JWT_SECRET", secret)
-	t.Setenv("DATABASE_URL", "postgres://x")
 	prod := filepath.Join(t.TempDir(), "p.yaml")
-	if err := os.WriteFile(prod, []byte("run_mode: production\nbus: {type: nats, nats: {url: 'nats://127.0.0.1:4222'}}\nstore: {type: postgres}\npresence: {type: redis}\npush: {webpush: {enabled: false}}\n"), 0o600); err != nil {
+	if err := os.WriteFile(prod, []byte("run_mode: production\nsingle_node: true\ndata_dir: "+q(t.TempDir())+"\npush: {webpush: {enabled: false}}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := run([]string{"token", "--config", prod, "--sub", "urn:sm:user:alice"}, io.Discard, io.Discard); err == nil ||

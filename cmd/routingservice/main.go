@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -151,8 +152,8 @@ func token(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.DevSecret {
-		fmt.Fprintln(stderr, "routingservice: signed with the development secret (JWT_SECRET is unset)")
+	if cfg.LocalSecret {
+		fmt.Fprintf(stderr, "routingservice: signed with the secret in %s (JWT_SECRET is unset)\n", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
 	fmt.Fprintln(stdout, tok)
 	return nil

@@ -51,9 +51,11 @@ func sharedEngines(t *testing.T) (pgURL, redisAddr, schema, keyPrefix string) {
 type instanceConfig func(t *testing.T, id, roles string) string
 
 // The example setup on open engines, config/nats-postgres-redis.yaml, as
-// it is shipped (production mode included), pointed at the test engines:
-// only addresses, names that keep tests apart, a single-server stream
-// replica count and shorter timers differ.
+// it is shipped, pointed at the test engines: only addresses, names that
+// keep tests apart, a single-server stream replica count and shorter timers
+// differ, and the links: the test engines speak no TLS and need no
+// credentials, which production refuses, so the instances run in local
+// mode.
 func TestManyInstancesNATS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
@@ -73,8 +75,9 @@ func TestManyInstancesNATS(t *testing.T) {
 	}
 	example := readFile(t, filepath.Join("..", "..", "config", "nats-postgres-redis.yaml"))
 	p := randomName("m")
-	test := fmt.Sprintf(`store: {postgres_schema: %[1]s}
-presence: {ttl: 3s, heartbeat: 1s, redis: {addr: %[2]q, key_prefix: %[3]q}}
+	test := fmt.Sprintf(`run_mode: local
+store: {postgres_schema: %[1]s}
+presence: {ttl: 3s, heartbeat: 1s, redis: {addr: %[2]q, key_prefix: %[3]q, tls: false}}
 bus:
   ingress_topic: %[4]s-in
   ingress_subscription: %[4]s-pipe
@@ -83,7 +86,7 @@ bus:
   delivery_dead_letter_topic: %[4]s-dl-dlq
   min_backoff: 100ms
   max_backoff: 500ms
-  nats: {url: %[5]q, subject_prefix: %[4]s, replicas: 1}
+  nats: {url: %[5]q, subject_prefix: %[4]s, replicas: 1, credentials_file: ""}
 push: {webpush: {vapid_private_key_file: %[6]q}}
 `, schema, redisAddr, keyPrefix, p, natsURL, vapidFile)
 	runManyInstances(t, func(t *testing.T, id, roles string) string {

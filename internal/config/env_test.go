@@ -40,8 +40,8 @@ func TestOpenEnginesExampleIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.FromEnv(func(k string) string {
-		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing", "ROUTING_INSTANCE_ID": "pod-1",
-			"JWT_SECRET": "0123456789abcdef0123456789abcdef"}[k]
+		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing?sslmode=verify-full", "ROUTING_INSTANCE_ID": "pod-1",
+			"JWT_SECRET": "0123456789abcdef0123456789abcdef", "REDIS_PASSWORD": "secret"}[k]
 	})
 	c.FillDefaults()
 	if err := c.Check(); err != nil {
