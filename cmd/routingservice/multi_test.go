@@ -46,6 +46,19 @@ func sharedEngines(t *testing.T) (pgURL, redisAddr, schema, keyPrefix string) {
 	return pgURL, redisAddr, schema, randomName("multi:") + ":"
 }
 
+// sharedBackends returns the configuration (YAML) and environment that make
+// instances share PostgreSQL (a fresh schema), Redis (a fresh key prefix) and
+// the bus given by busYAML.
+func sharedBackends(t *testing.T, busYAML string) (string, []string) {
+	t.Helper()
+	pgURL, redisAddr, schema, keyPrefix := sharedEngines(t)
+	yaml := fmt.Sprintf(`store: {type: postgres, postgres_schema: %s}
+presence: {type: redis, ttl: 3s, heartbeat: 1s, redis: {addr: %q, key_prefix: %q}}
+%s
+`, schema, redisAddr, keyPrefix, busYAML)
+	return yaml, []string{"DATABASE_URL=" + pgURL}
+}
+
 // instanceConfig is the configuration (YAML) of one instance of a
 // many-instance test.
 type instanceConfig func(t *testing.T, id, roles string) string
@@ -268,17 +281,14 @@ func TestManyInstancesPubSub(t *testing.T) {
 	}
 	srv := pstest.NewServer()
 	t.Cleanup(func() { srv.Close() })
-	pgURL, redisAddr, schema, keyPrefix := sharedEngines(t)
-	shared := fmt.Sprintf(`store: {type: postgres, postgres_schema: %s}
-presence: {type: redis, ttl: 3s, heartbeat: 1s, redis: {addr: %q, key_prefix: %q}}
-bus:
+	shared, env := sharedBackends(t, `bus:
   type: pubsub
   ack_deadline: 10s
   min_backoff: 100ms
   max_backoff: 500ms
   pubsub: {project_id: multi-test}
-`, schema, redisAddr, keyPrefix)
+`)
 	runManyInstances(t, func(t *testing.T, id, roles string) string {
 		return fmt.Sprintf("instance_id: %s\nroles: %s\ndata_dir: %q\n%s", id, roles, t.TempDir(), shared)
-	}, "DATABASE_URL="+pgURL, "PUBSUB_EMULATOR_HOST="+srv.Addr)
+	}, append(env, "PUBSUB_EMULATOR_HOST="+srv.Addr)...)
 }
