@@ -5,11 +5,11 @@
 //	routingservice config check
 //	routingservice vapid
 //	routingservice dlq list|show|replay|purge ...
+//	routingservice version
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,16 +25,18 @@ import (
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/version"
 )
 
 const usage = `usage: routingservice <command> [flags]
 
 commands:
   serve           run the service (roles from config; all three by default)
-  token           print a development token: token --sub urn:sm:user:alice [--ttl 1h]
-  config check    validate the configuration and print it (secrets elided)
+  token           print a development token: token --sub urn:sm:user:alice [--ttl 1h] [--allow-production]
+  config check    run every check serve runs before it starts and print the configuration
   vapid           print a new VAPID key pair for Web Push
   dlq             inspect and replay dead-lettered messages: dlq list|show|replay|purge
+  version         print the version, commit and Go version (also --version)
 
 Every command takes --config PATH (default: $ROUTING_CONFIG, else ./config.yaml when present).
 `
@@ -55,16 +57,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return serve(args[1:], stderr)
 	case "token":
-		return token(args[1:], stdout)
+		return token(args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			return errors.New("usage: routingservice config check [--config PATH]")
 		}
-		return configCheck(args[2:], stdout)
+		return configCheck(args[2:], stdout, stderr)
 	case "vapid":
 		return vapid(args[1:], stdout)
 	case "dlq":
 		return dlq(args[1:], stdout, stderr)
+	case "version", "--version":
+		return printVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -104,6 +108,8 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	log := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
+	v := version.Get()
+	log.Info("routingservice", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	a, err := app.New(ctx, cfg, log)
@@ -117,16 +123,21 @@ func serve(args []string, stderr io.Writer) error {
 	return a.Run(ctx)
 }
 
-func token(args []string, stdout io.Writer) error {
+func token(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	sub := fs.String("sub", "", "the caller's URN (the token's sub), e.g. urn:sm:user:alice")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	allowProd := fs.Bool("allow-production", false, "in production mode, sign with JWT_SECRET anyway (smoke tests)")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
 	if cfg.RunMode == config.ModeProduction {
-		return errors.New("token is a development aid and refuses to run in production mode (run_mode: production)")
+		if !*allowProd {
+			return errors.New("token is a development aid and refuses to run in production mode (run_mode: production); --allow-production signs with JWT_SECRET for a smoke test")
+		}
+		fmt.Fprintln(stderr, "routingservice: warning: signing a token with the production JWT_SECRET (--allow-production); anyone holding it can act as", *sub)
 	}
 	if err := envelope.ValidateURN(*sub); err != nil {
 		return fmt.Errorf("--sub: %w", err)
@@ -134,26 +145,16 @@ func token(args []string, stdout io.Writer) error {
 	if *ttl <= 0 || *ttl > 30*24*time.Hour {
 		return errors.New("--ttl must be between 1s and 720h")
 	}
+	if cfg.JWTSecret == "" {
+		return errors.New("token signs with JWT_SECRET, which is unset")
+	}
 	tok, err := auth.Sign([]byte(cfg.JWTSecret), *sub, *ttl, time.Now())
 	if err != nil {
 		return err
 	}
 	if cfg.LocalSecret {
-		fmt.Fprintf(os.Stderr, "routingservice: signed with the secret in %s (JWT_SECRET is unset)\n", filepath.Join(cfg.DataDir, config.LocalSecretFile))
+		fmt.Fprintf(stderr, "routingservice: signed with the secret in %s (JWT_SECRET is unset)\n", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
 	fmt.Fprintln(stdout, tok)
-	return nil
-}
-
-func configCheck(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	cfg, err := loadConfig(fs, args)
-	if err != nil {
-		return err
-	}
-	redacted := cfg
-	redacted.JWTSecret, redacted.DatabaseURL, redacted.RedisPassword = "", "", ""
-	b, _ := json.MarshalIndent(redacted, "", "  ")
-	fmt.Fprintf(stdout, "configuration is valid\n%s\n", b)
 	return nil
 }

@@ -60,16 +60,18 @@ func startChild(t *testing.T, dataDir string) *child {
 }
 
 // startChildConfig runs `serve` in a child process with extra configuration
-// (YAML, without the listeners) and environment, and waits until it is ready.
+// (YAML; the child's listeners, log level and rate limit replace its own)
+// and environment, and waits until it is ready.
 func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	t.Helper()
 	api, ws, ops := freePort(t), freePort(t), freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	cfg := fmt.Sprintf("api: {listen: %q, rate_limit: 0}\nrealtime: {listen: %q, max_conns_per_ip: 0, connect_rate_per_ip: 0, connect_rate_per_user: 0}\nops: {listen: %q}\nlog: {level: warn}\n%s",
-		api, ws, ops, extra)
+	var defaults string
 	if !strings.Contains(extra, "push:") {
-		cfg += "push: {webpush: {enabled: false}}\n"
+		defaults = "push: {webpush: {enabled: false}}\n"
 	}
+	cfg := mergeYAML(t, defaults, extra, fmt.Sprintf("api: {listen: %q, rate_limit: 0}\nrealtime: {listen: %q, max_conns_per_ip: 0, connect_rate_per_ip: 0, connect_rate_per_user: 0}\nops: {listen: %q}\nlog: {level: warn}\n",
+		api, ws, ops))
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

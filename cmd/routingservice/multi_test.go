@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/go-routing-service/routingservice/internal/push/webpush"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
@@ -22,17 +24,17 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// sharedBackends returns the configuration (YAML) and environment that make
-// instances share PostgreSQL (a fresh schema), Redis (a fresh key prefix) and
-// the bus given by busYAML.
-func sharedBackends(t *testing.T, busYAML string) (string, []string) {
+// sharedEngines returns the PostgreSQL URL and Redis address of the test
+// engines, a fresh schema (dropped after the test) and a fresh Redis key
+// prefix.
+func sharedEngines(t *testing.T) (pgURL, redisAddr, schema, keyPrefix string) {
 	t.Helper()
-	pgURL := os.Getenv("ROUTING_TEST_POSTGRES_URL")
-	redisAddr := os.Getenv("ROUTING_TEST_REDIS_ADDR")
+	pgURL = os.Getenv("ROUTING_TEST_POSTGRES_URL")
+	redisAddr = os.Getenv("ROUTING_TEST_REDIS_ADDR")
 	if pgURL == "" || redisAddr == "" {
 		t.Skip("set ROUTING_TEST_POSTGRES_URL and ROUTING_TEST_REDIS_ADDR to run the multi-instance tests")
 	}
-	schema := randomName("multi_")
+	schema = randomName("multi_")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -41,47 +43,77 @@ func sharedBackends(t *testing.T, busYAML string) (string, []string) {
 			conn.Close(ctx)
 		}
 	})
+	return pgURL, redisAddr, schema, randomName("multi:") + ":"
+}
+
+// sharedBackends returns the configuration (YAML) and environment that make
+// instances share PostgreSQL (a fresh schema), Redis (a fresh key prefix) and
+// the bus given by busYAML.
+func sharedBackends(t *testing.T, busYAML string) (string, []string) {
+	t.Helper()
+	pgURL, redisAddr, schema, keyPrefix := sharedEngines(t)
 	yaml := fmt.Sprintf(`store: {type: postgres, postgres_schema: %s}
 presence: {type: redis, ttl: 3s, heartbeat: 1s, redis: {addr: %q, key_prefix: %q}}
 %s
-`, schema, redisAddr, randomName("multi:")+":", busYAML)
+`, schema, redisAddr, keyPrefix, busYAML)
 	return yaml, []string{"DATABASE_URL=" + pgURL}
 }
 
-func natsBusYAML(t *testing.T) string {
-	url := os.Getenv("ROUTING_TEST_NATS_URL")
-	if url == "" {
-		t.Skip("set ROUTING_TEST_NATS_URL to run the multi-instance test on NATS")
-	}
-	p := randomName("m")
-	return fmt.Sprintf(`bus:
-  type: nats
-  ingress_topic: %[1]s-in
-  ingress_subscription: %[1]s-pipe
-  delivery_topic: %[1]s-dl
-  ingress_dead_letter_topic: %[1]s-in-dlq
-  delivery_dead_letter_topic: %[1]s-dl-dlq
-  min_backoff: 100ms
-  max_backoff: 500ms
-  nats: {url: %[2]q, subject_prefix: %[1]s}
-`, p, url)
-}
+// instanceConfig is the configuration (YAML) of one instance of a
+// many-instance test.
+type instanceConfig func(t *testing.T, id, roles string) string
 
+// The example setup on open engines, config/nats-postgres-redis.yaml, as
+// it is shipped, pointed at the test engines: only addresses, names that
+// keep tests apart, a single-server stream replica count and shorter timers
+// differ, and the links: the test engines speak no TLS and need no
+// credentials, which production refuses, so the instances run in local
+// mode.
 func TestManyInstancesNATS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
 	}
-	shared, env := sharedBackends(t, natsBusYAML(t))
-	runManyInstances(t, shared, env)
+	natsURL := os.Getenv("ROUTING_TEST_NATS_URL")
+	if natsURL == "" {
+		t.Skip("set ROUTING_TEST_NATS_URL to run the multi-instance test on NATS")
+	}
+	pgURL, redisAddr, schema, keyPrefix := sharedEngines(t)
+	_, priv, err := webpush.GenerateVAPIDKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vapidFile := filepath.Join(t.TempDir(), "vapid_private_key")
+	if err := os.WriteFile(vapidFile, []byte(priv+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	example := readFile(t, filepath.Join("..", "..", "config", "nats-postgres-redis.yaml"))
+	p := randomName("m")
+	test := fmt.Sprintf(`run_mode: local
+store: {postgres_schema: %[1]s}
+presence: {ttl: 3s, heartbeat: 1s, redis: {addr: %[2]q, key_prefix: %[3]q, tls: false}}
+bus:
+  ingress_topic: %[4]s-in
+  ingress_subscription: %[4]s-pipe
+  delivery_topic: %[4]s-dl
+  ingress_dead_letter_topic: %[4]s-in-dlq
+  delivery_dead_letter_topic: %[4]s-dl-dlq
+  min_backoff: 100ms
+  max_backoff: 500ms
+  nats: {url: %[5]q, subject_prefix: %[4]s, replicas: 1, credentials_file: ""}
+push: {webpush: {vapid_private_key_file: %[6]q}}
+`, schema, redisAddr, keyPrefix, p, natsURL, vapidFile)
+	runManyInstances(t, func(t *testing.T, id, roles string) string {
+		return mergeYAML(t, example, test, fmt.Sprintf("instance_id: %s\nroles: %s\ndata_dir: %q\n", id, roles, t.TempDir()))
+	}, "DATABASE_URL="+pgURL)
 }
 
 // runManyInstances starts three instances sharing the backends, with the
 // roles spread over them: A runs api and pipeline, B runs all roles, C runs
 // realtime only.
-func runManyInstances(t *testing.T, shared string, env []string) {
-	a := startChildConfig(t, "instance_id: inst-a\nroles: [api, pipeline]\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
-	b := startChildConfig(t, "instance_id: inst-b\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
-	c := startChildConfig(t, "instance_id: inst-c\nroles: [realtime]\ndata_dir: "+t.TempDir()+"\n"+shared, env...)
+func runManyInstances(t *testing.T, config instanceConfig, env ...string) {
+	a := startChildConfig(t, config(t, "inst-a", "[api, pipeline]"), env...)
+	b := startChildConfig(t, config(t, "inst-b", "[api, pipeline, realtime]"), env...)
+	c := startChildConfig(t, config(t, "inst-c", "[realtime]"), env...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -256,5 +288,7 @@ func TestManyInstancesPubSub(t *testing.T) {
   max_backoff: 500ms
   pubsub: {project_id: multi-test}
 `)
-	runManyInstances(t, shared, append(env, "PUBSUB_EMULATOR_HOST="+srv.Addr))
+	runManyInstances(t, func(t *testing.T, id, roles string) string {
+		return fmt.Sprintf("instance_id: %s\nroles: %s\ndata_dir: %q\n%s", id, roles, t.TempDir(), shared)
+	}, append(env, "PUBSUB_EMULATOR_HOST="+srv.Addr)...)
 }

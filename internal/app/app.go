@@ -70,6 +70,11 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 			self.Close() // a is nil by then
 		}
 	}()
+	// Everything the configuration names is checked before anything is
+	// created, migrated or connected to.
+	if err := Preflight(cfg); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}

@@ -47,7 +47,11 @@ const LocalSecretFile = "jwt_secret"
 
 // Config is the whole configuration.
 type Config struct {
-	RunMode         string        `yaml:"run_mode"`
+	RunMode string `yaml:"run_mode"`
+	// SingleNode allows the embedded engines (NATS in process, SQLite,
+	// in-process presence) in production mode, for a deployment of one
+	// instance on one machine; every other production check stays.
+	SingleNode      bool          `yaml:"single_node"`
 	InstanceID      string        `yaml:"instance_id"`
 	Roles           []string      `yaml:"roles"`
 	DataDir         string        `yaml:"data_dir"`
@@ -480,7 +484,9 @@ func Parse(b []byte, cfg *Config) error {
 
 func errEOF() error { return io.EOF }
 
-// FromEnv reads the secrets (and the instance id, when set) from the environment.
+// FromEnv reads the secrets from the environment, and the overrides of
+// instance_id (ROUTING_INSTANCE_ID), data_dir (ROUTING_DATA_DIR) and roles
+// (ROUTING_ROLES, comma-separated) when they are set.
 func (c *Config) FromEnv(getenv func(string) string) {
 	c.JWTSecret = getenv("JWT_SECRET")
 	c.DatabaseURL = getenv("DATABASE_URL")
@@ -491,6 +497,21 @@ func (c *Config) FromEnv(getenv func(string) string) {
 	if v := getenv("ROUTING_DATA_DIR"); v != "" {
 		c.DataDir = v
 	}
+	if v := getenv("ROUTING_ROLES"); v != "" {
+		c.Roles = splitList(v)
+	}
+}
+
+// splitList splits a comma-separated list, trimming blanks and dropping
+// empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Has reports whether the instance runs role.
@@ -695,8 +716,8 @@ func (c Config) Check() error {
 	}
 	switch c.Bus.Type {
 	case "embedded":
-		if prod {
-			bad("bus.type", "embedded is a development default; production needs nats or pubsub")
+		if prod && !c.SingleNode {
+			bad("bus.type", "embedded serves one instance; production needs nats or pubsub, or single_node: true for one machine")
 		}
 		if c.Bus.NATS.Sync != "always" {
 			if d, err := time.ParseDuration(c.Bus.NATS.Sync); err != nil || d <= 0 {
@@ -737,8 +758,8 @@ func (c Config) Check() error {
 	}
 	switch c.Store.Type {
 	case "sqlite":
-		if prod {
-			bad("store.type", "sqlite serves one instance; production needs postgres")
+		if prod && !c.SingleNode {
+			bad("store.type", "sqlite serves one instance; production needs postgres, or single_node: true for one machine")
 		}
 		if c.Store.SQLitePath == "" {
 			bad("store.sqlite_path", "must not be empty when store.type is sqlite")
@@ -752,8 +773,8 @@ func (c Config) Check() error {
 	}
 	switch c.Presence.Type {
 	case "memory":
-		if prod {
-			bad("presence.type", "memory serves one instance; production needs redis")
+		if prod && !c.SingleNode {
+			bad("presence.type", "memory serves one instance; production needs redis, or single_node: true for one machine")
 		}
 	case "redis":
 		if c.Presence.Redis.Addr == "" {

@@ -123,6 +123,7 @@ func NewMetrics() *Metrics {
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged,
+		buildInfo(),
 	)
 	// Both queues show from the start, at zero, so alerts on rate() see them.
 	for _, q := range []string{"ingress", "delivery"} {

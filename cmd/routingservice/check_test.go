@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-routing-service/routingservice/internal/app"
+	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/push/pushtest"
+	"github.com/go-routing-service/routingservice/internal/push/webpush"
+)
+
+// `config check` refuses every file `serve` would refuse, naming the keys,
+// all at once; serve refuses them before it creates anything (the data dir
+// stays absent); and a configuration the check accepts is one serve starts
+// with.
+func TestConfigCheckAgreesWithServe(t *testing.T) {
+	t.Setenv("ROUTING_CONFIG", "")
+	// With JWT_SECRET set, loading the configuration creates nothing
+	// (local mode without it generates a secret into the data dir).
+	t.Setenv("JWT_SECRET", "check-test-secret-0123456789-0123456789")
+	t.Setenv("ROUTING_DATA_DIR", "")
+	files := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(files, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	pub, priv, err := webpush.GenerateVAPIDKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPub, _, err := webpush.GenerateVAPIDKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vapid := write("vapid", priv+"\n")
+	vapidJSON := write("vapid.json", `{"public_key":"`+pub+`","private_key":"`+priv+`"}`)
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	srv.Close()
+	ca := write("ca.pem", string(pushtest.PEM(srv.Certificate())))
+	notPEM := write("not.pem", "certificate\n")
+	missing := filepath.Join(files, "missing")
+	badCreds := write("user.creds", "not a creds file\n")
+
+	cases := []struct {
+		name string
+		yaml string
+		keys []string // empty: accepted
+	}{
+		{"vapid key file", "push: {webpush: {vapid_private_key_file: %q}, ca_file: %q}\n", nil},
+		{"missing vapid key file", "push: {webpush: {vapid_private_key_file: " + q(missing) + "}}\n", []string{"push.webpush.vapid_private_key_file"}},
+		{"vapid.json instead of the key", "push: {webpush: {vapid_private_key_file: " + q(vapidJSON) + "}}\n",
+			[]string{"push.webpush.vapid_private_key_file", "43 characters of unpadded base64url"}},
+		{"vapid public key of another pair", "push: {webpush: {vapid_private_key_file: " + q(vapid) + ", vapid_public_key: " + otherPub + "}}\n",
+			[]string{"push.webpush.vapid_public_key"}},
+		{"CA file without PEM", "push: {ca_file: " + q(notPEM) + "}\n", []string{"push.ca_file"}},
+		{"missing FCM credentials", "push: {fcm: {enabled: true, project_id: p, credentials_file: " + q(missing) + "}}\n", []string{"push.fcm.credentials_file"}},
+		{"APNs key that is not a key", "push: {apns: {enabled: true, key_file: " + q(notPEM) + ", key_id: K, team_id: T, topic: com.example}}\n",
+			[]string{"push.apns.key_file"}},
+		{"NATS credentials that are not credentials", "bus: {type: nats, nats: {url: 'nats://127.0.0.1:1', credentials_file: " + q(badCreds) + "}}\n",
+			[]string{"bus.nats.credentials_file"}},
+		{"every problem at once", "push: {ca_file: " + q(notPEM) + ", webpush: {vapid_private_key_file: " + q(missing) + "}, " +
+			"fcm: {enabled: true, project_id: p, credentials_file: " + q(missing) + "}}\n",
+			[]string{"push.ca_file", "push.webpush.vapid_private_key_file", "push.fcm.credentials_file"}},
+	}
+	cases[0].yaml = "push: {webpush: {vapid_private_key_file: " + q(vapid) + ", vapid_public_key: " + pub + "}, ca_file: " + q(ca) + "}\n"
+
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dataDir := filepath.Join(t.TempDir(), "data")
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			body := c.yaml + "data_dir: " + q(dataDir) + "\napi: {listen: '127.0.0.1:0'}\nrealtime: {listen: '127.0.0.1:0'}\nadmin: {socket: '-'}\n"
+			if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out strings.Builder
+			checkErr := run([]string{"config", "check", "--config", path}, &out, io.Discard)
+			if len(c.keys) == 0 {
+				if checkErr != nil {
+					t.Fatalf("config check refused a good configuration: %v", checkErr)
+				}
+				if !strings.Contains(out.String(), "configuration is valid") || !strings.Contains(out.String(), "# JWT_SECRET: <set>") {
+					t.Fatalf("config check printed:\n%s", out.String())
+				}
+				// serve's start: the same load, then the app.
+				cfg, err := config.Load(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				a, err := app.New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+				if err != nil {
+					t.Fatalf("config check accepted what serve refuses: %v", err)
+				}
+				a.Close()
+				return
+			}
+			if checkErr == nil {
+				t.Fatalf("config check accepted it:\n%s", out.String())
+			}
+			serveErr := run([]string{"serve", "--config", path}, io.Discard, io.Discard)
+			if serveErr == nil {
+				t.Fatal("serve accepted it")
+			}
+			for _, k := range c.keys {
+				if !strings.Contains(checkErr.Error(), k) {
+					t.Errorf("config check error does not say %q:\n%v", k, checkErr)
+				}
+				if !strings.Contains(serveErr.Error(), k) {
+					t.Errorf("serve error does not say %q:\n%v", k, serveErr)
+				}
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Errorf("serve left %s behind (%v)", dataDir, err)
+			}
+		})
+	}
+}
+
+func q(s string) string { return "'" + s + "'" }

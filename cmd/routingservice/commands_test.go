@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-routing-service/routingservice/internal/auth"
+	"github.com/go-routing-service/routingservice/internal/version"
+)
+
+func TestVersionCommand(t *testing.T) {
+	want := version.Get().String() + "\n"
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var out strings.Builder
+		if err := run(args, &out, io.Discard); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		if out.String() != want {
+			t.Fatalf("%v printed %q, want %q", args, out.String(), want)
+		}
+	}
+}
+
+// In production mode `token --allow-production` signs with JWT_SECRET and
+// warns; without the flag it refuses.
+func TestTokenAllowProduction(t *testing.T) {
+	secret := strings.Repeat("s", 40)
+	t.Setenv("JWT_SECRET", secret)
+	prod := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(prod, []byte("run_mode: production\nsingle_node: true\ndata_dir: "+q(t.TempDir())+"\npush: {webpush: {enabled: false}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run([]string{"token", "--config", prod, "--sub", "urn:sm:user:alice"}, io.Discard, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "--allow-production") {
+		t.Fatalf("token in production without --allow-production: %v", err)
+	}
+	var out, errOut strings.Builder
+	if err := run([]string{"token", "--config", prod, "--allow-production", "--sub", "urn:sm:user:alice"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "warning") {
+		t.Fatalf("no warning on stderr: %q", errOut.String())
+	}
+	v, err := auth.NewVerifier(context.Background(), auth.Options{HS256Secret: []byte(secret), Algorithms: []string{"HS256"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if c, err := v.Verify(strings.TrimSpace(out.String())); err != nil || c.Subject != "urn:sm:user:alice" {
+		t.Fatalf("token not accepted with JWT_SECRET: %v", err)
+	}
+}

@@ -1,0 +1,20 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/go-routing-service/routingservice/internal/version"
+)
+
+// printVersion prints the build: version, commit and Go version.
+func printVersion(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, version.Get())
+	return nil
+}

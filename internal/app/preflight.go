@@ -1,0 +1,100 @@
+package app
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/nats-io/jwt/v2"
+
+	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/push/apns"
+	"github.com/go-routing-service/routingservice/internal/push/fcm"
+)
+
+// Preflight checks what config.Check cannot see in the configuration alone:
+// that every file it names exists and holds what the key expects (the
+// VAPID private key, FCM credentials, the APNs key, the push CA bundle, the
+// NATS and Pub/Sub credentials). It reads those files and nothing else: it
+// creates, migrates and connects to nothing. It reports every problem at
+// once, each naming its key.
+//
+// `serve` runs it before it opens anything, and `config check` runs it
+// too, so a configuration that the check accepts is not refused by serve
+// for a file.
+func Preflight(cfg config.Config) error {
+	var errs []error
+	bad := func(key string, err error) {
+		errs = append(errs, fmt.Errorf("config key %s: %w", key, err))
+	}
+	pc := cfg.Push
+	if pc.CAFile != "" {
+		if _, err := pushRoots(pc.CAFile); err != nil {
+			errs = append(errs, err) // names push.ca_file
+		}
+	}
+	if pc.WebPush.Enabled && pc.WebPush.VAPIDPrivateKeyFile != "" {
+		if _, _, err := vapidKeys(cfg); err != nil {
+			errs = append(errs, fmt.Errorf("%w\n  (the file holds the private key that `routingservice vapid` prints as private_key: "+
+				"43 characters of unpadded base64url, a raw P-256 private key, on one line)", err))
+		}
+	}
+	if pc.FCM.Enabled {
+		// Reads and parses the service-account key; no network.
+		if _, err := fcm.New(fcm.Config{ProjectID: pc.FCM.ProjectID, CredentialsFile: pc.FCM.CredentialsFile, Endpoint: pc.FCM.Endpoint}); err != nil {
+			bad("push.fcm.credentials_file", err)
+		}
+	}
+	if pc.APNs.Enabled {
+		if _, err := apns.New(apns.Config{KeyFile: pc.APNs.KeyFile, KeyID: pc.APNs.KeyID, TeamID: pc.APNs.TeamID, Topic: pc.APNs.Topic,
+			Endpoint: pc.APNs.Endpoint, PushType: pc.APNs.PushType, Priority: pc.APNs.Priority}); err != nil {
+			bad("push.apns.key_file", err)
+		}
+	}
+	if cfg.Bus.Type == "nats" && cfg.Bus.NATS.CredentialsFile != "" {
+		if err := checkNATSCredentials(cfg.Bus.NATS.CredentialsFile); err != nil {
+			bad("bus.nats.credentials_file", err)
+		}
+	}
+	if cfg.Bus.Type == "pubsub" && cfg.Bus.PubSub.CredentialsFile != "" {
+		if err := checkGoogleCredentials(cfg.Bus.PubSub.CredentialsFile); err != nil {
+			bad("bus.pubsub.credentials_file", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkNATSCredentials checks a .creds file: a user JWT and its seed.
+func checkNATSCredentials(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if _, err := jwt.ParseDecoratedJWT(b); err != nil {
+		return fmt.Errorf("%s holds no NATS user JWT: %w", path, err)
+	}
+	if _, err := jwt.ParseDecoratedNKey(b); err != nil {
+		return fmt.Errorf("%s holds no NATS user seed: %w", path, err)
+	}
+	return nil
+}
+
+// checkGoogleCredentials checks a Google credentials JSON file.
+func checkGoogleCredentials(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var f struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s is not a JSON credentials file: %w", path, err)
+	}
+	if strings.TrimSpace(f.Type) == "" {
+		return fmt.Errorf("%s has no \"type\" (service_account, external_account, ...)", path)
+	}
+	return nil
+}
