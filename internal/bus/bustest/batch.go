@@ -26,7 +26,10 @@ func RunBatchTests(t *testing.T, h Harness) {
 		b := makeBus(t, h, fastRetry)
 		br := b
 		const keys, perKey, maxBatch = 4, 100, 16
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		// An engine may hand out one message per key at a time until it is
+		// acked (the Pub/Sub fake does: about 10 a second per key), so this
+		// wait is longer than the suite's.
+		ctx, cancel := context.WithTimeout(context.Background(), 4*waitTimeout)
 		defer cancel()
 		for i := 0; i < perKey; i++ {
 			for k := 0; k < keys; k++ {
