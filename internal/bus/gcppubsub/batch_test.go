@@ -34,7 +34,7 @@ type aheadSubscriber struct {
 	subscription string // full name
 	topic        string // full name
 
-	mu    sync.Mutex
+	mu     sync.Mutex
 	sent   map[string]bool
 	acked  map[string]bool
 	leased map[string]bool
