@@ -1,0 +1,259 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/pkg/client"
+)
+
+// outcome of one send.
+type outcome int
+
+const (
+	accepted outcome = iota + 1 // 202
+	refused                     // 503: nothing was accepted
+	failed                      // anything else (a transport error: unknown)
+)
+
+// checker sends a steady stream of numbered messages to one recipient and
+// records every answer and every frame the recipient's live connection
+// receives (acknowledging them).
+type checker struct {
+	t         *testing.T
+	from      *client.Client
+	recipient string
+	// ephemeralEvery makes every nth message ephemeral (0: none).
+	ephemeralEvery int
+
+	mu       sync.Mutex
+	sent     []outcome // by sequence number
+	eph      []bool
+	got      map[int]int // sequence -> frames received
+	gotAfter map[int]bool
+	sendErrs map[string]int
+
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func newChecker(t *testing.T, from *client.Client, recipient string, ephemeralEvery int) *checker {
+	return &checker{t: t, from: from, recipient: recipient, ephemeralEvery: ephemeralEvery,
+		got: map[int]int{}, sendErrs: map[string]int{}}
+}
+
+// receive reads conn until it closes, acknowledging what it gets.
+func (c *checker) receive(conn *client.Conn) {
+	go func() {
+		for {
+			env, err := conn.Next(context.Background())
+			if err != nil {
+				return
+			}
+			n, err := strconv.Atoi(string(env.Payload))
+			if err != nil {
+				continue
+			}
+			c.mu.Lock()
+			c.got[n]++
+			c.mu.Unlock()
+			if !env.Ephemeral {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = conn.Ack(ctx, env.ID)
+				cancel()
+			}
+		}
+	}()
+}
+
+// start sends one message every interval until stopSending.
+func (c *checker) start(interval time.Duration) {
+	c.stop, c.stopped = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(c.stopped)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-tick.C:
+			}
+			c.sendOne()
+		}
+	}()
+}
+
+func (c *checker) sendOne() {
+	c.mu.Lock()
+	n := len(c.sent)
+	eph := c.ephemeralEvery > 0 && n%c.ephemeralEvery == 0
+	c.sent = append(c.sent, 0)
+	c.eph = append(c.eph, eph)
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := c.from.Send(ctx, client.Message{Recipient: c.recipient, Payload: []byte(strconv.Itoa(n)), Ephemeral: eph})
+	cancel()
+	o := accepted
+	var ae *client.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable:
+		o = refused
+	default:
+		o = failed
+	}
+	c.mu.Lock()
+	c.sent[n] = o
+	if err != nil {
+		c.sendErrs[err.Error()]++
+	}
+	c.mu.Unlock()
+}
+
+func (c *checker) stopSending() {
+	close(c.stop)
+	<-c.stopped
+}
+
+// count returns how many sends had outcome o (ephemeral or not, as asked;
+// nil: both).
+func (c *checker) count(o outcome, ephemeral *bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for i, s := range c.sent {
+		if s == o && (ephemeral == nil || c.eph[i] == *ephemeral) {
+			n++
+		}
+	}
+	return n
+}
+
+// received reports whether message n arrived.
+func (c *checker) received(n int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.got[n] > 0
+}
+
+// allStoredArrived reports whether every accepted stored message arrived.
+func (c *checker) allStoredArrived() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, s := range c.sent {
+		if s == accepted && !c.eph[i] && c.got[i] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// check fails the test for any refused message that was delivered, and
+// reports the counts.
+func (c *checker) check() {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var acc, ref, unknown, refusedDelivered, missing int
+	for i, s := range c.sent {
+		switch s {
+		case accepted:
+			acc++
+			if !c.eph[i] && c.got[i] == 0 {
+				missing++
+			}
+		case refused:
+			ref++
+			if c.got[i] > 0 {
+				refusedDelivered++
+				c.t.Errorf("message %d (ephemeral %v) was answered 503 but delivered", i, c.eph[i])
+			}
+		default:
+			unknown++
+		}
+	}
+	if missing > 0 {
+		c.t.Errorf("%d accepted stored messages never arrived", missing)
+	}
+	c.t.Logf("sent %d: %d accepted, %d refused (%d of them delivered), %d failed otherwise %v",
+		len(c.sent), acc, ref, refusedDelivered, unknown, c.sendErrs)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func deadLettered(ta *testApp) float64 {
+	return testutil.ToFloat64(ta.app.Metrics().DeadLettered.WithLabelValues("ingress")) +
+		testutil.ToFloat64(ta.app.Metrics().DeadLettered.WithLabelValues("delivery"))
+}
+
+// The bus goes away mid-stream (its server is killed) and comes back: no
+// message answered 503 is ever delivered, every accepted stored message is
+// delivered live, and nothing is dead-lettered.
+func TestFaultBusDownRefusedNeverDelivered(t *testing.T) {
+	ns := startNATS(t)
+	ta := startApp(t, func(c *config.Config) {
+		c.Bus.Type = "nats"
+		c.Bus.NATS.URL = "nats://" + ns.Addr()
+		c.Bus.NATS.SubjectPrefix = "fault"
+		c.API.PublishTimeout = time.Second
+		c.Pipeline.RerouteAfter = time.Second
+	})
+	bob := ta.client(t, "urn:sm:user:bob")
+	conn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+	ck := newChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 2)
+	ck.receive(conn)
+	ck.start(5 * time.Millisecond)
+
+	waitFor(t, 10*time.Second, "ephemeral messages before the outage", func() bool { return ck.count(accepted, ptr(true)) >= 20 })
+	ns.Kill()
+	waitFor(t, 20*time.Second, "ephemeral messages refused", func() bool { return ck.count(refused, ptr(true)) >= 5 })
+	ns.Start()
+	before := ck.count(accepted, ptr(true))
+	waitFor(t, 20*time.Second, "ephemeral messages accepted after the outage", func() bool { return ck.count(accepted, ptr(true)) >= before+20 })
+	ck.stopSending()
+
+	// What a reconnect would have sent from a buffer goes out first; the
+	// last ephemeral message arriving means it would have arrived too.
+	last := -1
+	ck.mu.Lock()
+	for i := len(ck.sent) - 1; i >= 0; i-- {
+		if ck.eph[i] && ck.sent[i] == accepted {
+			last = i
+			break
+		}
+	}
+	ck.mu.Unlock()
+	waitFor(t, 20*time.Second, fmt.Sprintf("the last accepted ephemeral message (%d)", last), func() bool { return ck.received(last) })
+	waitFor(t, 30*time.Second, "every accepted stored message", ck.allStoredArrived)
+	ck.check()
+	if n := deadLettered(ta); n != 0 {
+		t.Errorf("%v messages dead-lettered by a bus outage", n)
+	}
+}
