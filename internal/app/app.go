@@ -97,7 +97,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		a.store = a.opts.WrapStore(st)
 	}
 
-	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered)
+	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.receivePaused)
 	if err != nil {
 		return err
 	}
