@@ -257,3 +257,71 @@ func TestFaultBusDownRefusedNeverDelivered(t *testing.T) {
 		t.Errorf("%v messages dead-lettered by a bus outage", n)
 	}
 }
+
+// lastAccepted is the sequence number of the last accepted message.
+func (c *checker) lastAccepted() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.sent) - 1; i >= 0; i-- {
+		if c.sent[i] == accepted {
+			return i
+		}
+	}
+	return -1
+}
+
+// Presence (Redis) goes down for longer than the retry budget and comes
+// back empty, mid-stream, with the recipient connected: nothing is
+// dead-lettered, every accepted message arrives live on the connection
+// that stayed open, well before the next heartbeat (20 s) would have
+// registered it again.
+func TestFaultPresenceRestartedEmpty(t *testing.T) {
+	rs := startRedis(t)
+	ta := startApp(t, func(c *config.Config) {
+		c.Presence.Type = "redis"
+		c.Presence.Redis.Addr = rs.Addr()
+		c.Presence.Heartbeat = 20 * time.Second
+		c.Presence.TTL = 60 * time.Second
+		c.Bus.MaxDeliveryAttempts = 3 // a budget of well under a second of retries
+	})
+	bob := ta.client(t, "urn:sm:user:bob")
+	conn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+	ck := newChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
+	ck.receive(conn)
+	ck.start(10 * time.Millisecond)
+
+	waitFor(t, 10*time.Second, "messages before the outage", func() bool { return ck.count(accepted, nil) >= 20 })
+	rs.Kill()
+	paused := func() float64 { return testutil.ToFloat64(ta.app.Metrics().ReceivePaused.WithLabelValues("ingress")) }
+	waitFor(t, 20*time.Second, "the pipeline to pause for the outage", func() bool { return paused() == 1 })
+	// The outage outlasts the retry budget many times over.
+	outageEnds := time.Now().Add(2 * time.Second)
+	for time.Now().Before(outageEnds) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	rs.Start() // empty: it keeps nothing on disk
+	restarted := time.Now()
+	before := ck.count(accepted, nil)
+	waitFor(t, 10*time.Second, "messages accepted after the restart", func() bool { return ck.count(accepted, nil) >= before+50 })
+	ck.stopSending()
+	last := ck.lastAccepted()
+	waitFor(t, 10*time.Second, "every accepted message, live", ck.allStoredArrived)
+	if !ck.received(last) {
+		t.Fatalf("last accepted message %d not received", last)
+	}
+	if d := time.Since(restarted); d >= 20*time.Second {
+		t.Errorf("live delivery resumed %v after the restart, not before the next heartbeat", d)
+	}
+	ck.check()
+	if n := deadLettered(ta); n != 0 {
+		t.Errorf("%v messages dead-lettered by a presence outage", n)
+	}
+	if v := paused(); v != 0 {
+		t.Errorf("routing_receive_paused{queue=ingress} = %v after the outage, want 0", v)
+	}
+}

@@ -115,31 +115,6 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 	return err
 }
 
-func (s *Server) heartbeat(ctx context.Context) {
-	t := time.NewTicker(s.o.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		all := s.hub.all()
-		conns := make([]presence.Conn, len(all))
-		for i, ss := range all {
-			conns[i] = ss.presenceConn(s.o.Instance)
-		}
-		if len(conns) == 0 {
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.o.Heartbeat)
-		if err := s.presence.Refresh(rctx, conns); err != nil {
-			s.log.Warn("presence refresh failed", "conns", len(conns), "err", err)
-		}
-		cancel()
-	}
-}
-
 // Shutdown closes every connection (going away) and waits for their
 // sessions to end, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -178,6 +153,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		id:     strconv.FormatUint(s.connSeq.Add(1), 36),
 		user:   user,
 		wake:   make(chan struct{}, 1),
+		resync: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		ctx:    sctx,
 		cancel: cancel,
@@ -219,6 +195,9 @@ type session struct {
 	mu    sync.Mutex
 	queue []frame
 	wake  chan struct{}
+	// resync asks the writer to send the backlog again (live events may
+	// have missed this connection while presence had lost it).
+	resync chan struct{}
 
 	// ctx is cancelled when the session stops, so that a blocked write
 	// returns at once.
@@ -354,6 +333,11 @@ func (ss *session) writeLoop(ctx context.Context) {
 		case <-ss.done:
 			return
 		case <-ss.wake:
+		case <-ss.resync:
+			if sent, ok = ss.sendBacklog(ctx); !ok {
+				return
+			}
+			backlogDone = time.Now()
 		}
 		batch = ss.take(batch)
 		for _, f := range batch {
