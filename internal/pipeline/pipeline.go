@@ -174,7 +174,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	// The delivery events of the whole batch go out together at the end.
 	var batch []pending
 	failed := map[string]error{}
-	var down error // presence is down: no use asking it for the rest
+	var down error                 // presence is down: no use asking it for the rest
 	where := map[string][]string{} // presence, looked up once per recipient per batch
 	for i, env := range envs {
 		if env == nil {

@@ -7,6 +7,7 @@ package realtime
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -412,6 +413,17 @@ func (ss *session) write(ctx context.Context, data []byte) bool {
 	err := ss.conn.Write(wctx, websocket.MessageText, data)
 	cancel()
 	if err != nil {
+		reason := "write_failed"
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = "write_timeout"
+		}
+		select {
+		case <-ss.done: // already ending for another reason, counted there
+		default:
+			if ss.srv.m != nil {
+				ss.srv.m.WSDropped.WithLabelValues(reason).Inc()
+			}
+		}
 		ss.stop(websocket.StatusGoingAway, "write failed")
 		return false
 	}
