@@ -188,6 +188,7 @@ func (a *App) wire(ctx context.Context) error {
 		checks["jwks"] = func(context.Context) error { return a.verifier.Ready() }
 	}
 	a.addDeadLetterCheck(ctx, checks)
+	checks = a.readinessChecks(checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
 			MaxBodyBytes:      cfg.API.MaxBodyBytes,
@@ -322,6 +323,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)
 	}
+	goRole("backends", func() error { a.watchBackends(work); return nil })
 	if a.push != nil {
 		goRole("push", func() error { return a.push.run(work) })
 	}

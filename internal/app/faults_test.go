@@ -325,3 +325,35 @@ func TestFaultPresenceRestartedEmpty(t *testing.T) {
 		t.Errorf("routing_receive_paused{queue=ingress} = %v after the outage, want 0", v)
 	}
 }
+
+// Readiness follows the roles: with presence down, an api-only instance
+// stays ready while one running the pipeline is not; both show presence
+// down in routing_backend_up.
+func TestFaultReadinessByRole(t *testing.T) {
+	rs := startRedis(t)
+	withRedis := func(roles ...string) func(*config.Config) {
+		return func(c *config.Config) {
+			c.Roles = roles
+			c.Presence.Type = "redis"
+			c.Presence.Redis.Addr = rs.Addr()
+		}
+	}
+	apiOnly := startApp(t, withRedis("api"))
+	all := startApp(t, withRedis("api", "pipeline", "realtime"))
+	for _, ta := range []*testApp{apiOnly, all} {
+		waitFor(t, 10*time.Second, "ready", func() bool { return get(t, ta.apiURL+"/readyz") == http.StatusOK })
+	}
+	rs.Kill()
+	waitFor(t, 10*time.Second, "the full instance not ready", func() bool { return get(t, all.apiURL+"/readyz") == http.StatusServiceUnavailable })
+	if code := get(t, apiOnly.apiURL+"/readyz"); code != http.StatusOK {
+		t.Errorf("api-only instance /readyz = %d with presence down, want 200", code)
+	}
+	for _, ta := range []*testApp{apiOnly, all} {
+		waitFor(t, 10*time.Second, "routing_backend_up{backend=presence} 0", func() bool {
+			return testutil.ToFloat64(ta.app.Metrics().BackendUp.WithLabelValues("presence")) == 0
+		})
+		if v := testutil.ToFloat64(ta.app.Metrics().BackendUp.WithLabelValues("store")); v != 1 {
+			t.Errorf("routing_backend_up{backend=store} = %v, want 1", v)
+		}
+	}
+}
