@@ -357,3 +357,41 @@ func TestFaultReadinessByRole(t *testing.T) {
 		}
 	}
 }
+
+// The bus restarts four times in a row: live delivery resumes within a few
+// seconds after each, not after a resubscribe backoff that grew with every
+// earlier restart.
+func TestFaultBusRestartsResumeEachTime(t *testing.T) {
+	ns := startNATS(t)
+	ta := startApp(t, func(c *config.Config) {
+		c.Bus.Type = "nats"
+		c.Bus.NATS.URL = "nats://" + ns.Addr()
+		c.Bus.NATS.SubjectPrefix = "restarts"
+		c.Bus.MinBackoff = time.Second
+		c.Bus.MaxBackoff = time.Minute
+	})
+	bob := ta.client(t, "urn:sm:user:bob")
+	conn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+	ck := newChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 1) // ephemeral: live only
+	ck.receive(conn)
+	for round := range 4 {
+		ns.Kill()
+		ns.Start()
+		back := time.Now()
+		// Send until one arrives live.
+		waitFor(t, 15*time.Second, fmt.Sprintf("live delivery after restart %d", round+1), func() bool {
+			ck.sendOne()
+			last := ck.lastAccepted()
+			return last >= 0 && ck.received(last)
+		})
+		t.Logf("restart %d: live delivery resumed after %v", round+1, time.Since(back).Round(10*time.Millisecond))
+		if d := time.Since(back); d > 6*time.Second {
+			t.Errorf("restart %d: live delivery resumed only after %v", round+1, d)
+		}
+	}
+}
