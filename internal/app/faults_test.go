@@ -2,14 +2,19 @@ package app_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
+	neturl "net/url"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/go-routing-service/routingservice/internal/config"
@@ -56,6 +61,10 @@ func (c *checker) receive(conn *client.Conn) {
 	go func() {
 		for {
 			env, err := conn.Next(context.Background())
+			var ef *client.ErrorFrame
+			if errors.As(err, &ef) { // an ack refused during an outage: the message stays pending
+				continue
+			}
 			if err != nil {
 				return
 			}
@@ -183,7 +192,13 @@ func (c *checker) check() {
 		}
 	}
 	if missing > 0 {
-		c.t.Errorf("%d accepted stored messages never arrived", missing)
+		var which []int
+		for i, s := range c.sent {
+			if s == accepted && !c.eph[i] && c.got[i] == 0 {
+				which = append(which, i)
+			}
+		}
+		c.t.Errorf("%d accepted stored messages never arrived: %v", missing, which)
 	}
 	c.t.Logf("sent %d: %d accepted, %d refused (%d of them delivered), %d failed otherwise %v",
 		len(c.sent), acc, ref, refusedDelivered, unknown, c.sendErrs)
@@ -199,6 +214,14 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitForOr polls cond until it holds or d passes (the caller checks).
+func waitForOr(d time.Duration, cond func() bool) {
+	deadline := time.Now().Add(d)
+	for !cond() && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
@@ -393,5 +416,71 @@ func TestFaultBusRestartsResumeEachTime(t *testing.T) {
 		if d := time.Since(back); d > 6*time.Second {
 			t.Errorf("restart %d: live delivery resumed only after %v", round+1, d)
 		}
+	}
+}
+
+// The store (PostgreSQL, behind a proxy that is cut) goes away mid-stream
+// for longer than the retry budget: sends are refused with 503 meanwhile,
+// accepted again once it is back, every accepted message arrives live,
+// and nothing is dead-lettered.
+func TestFaultStoreCut(t *testing.T) {
+	pgURL := os.Getenv("ROUTING_TEST_POSTGRES_URL")
+	if pgURL == "" {
+		t.Skip("ROUTING_TEST_POSTGRES_URL is not set")
+	}
+	u, err := neturl.Parse(pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "faults_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, pgURL)
+		if err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	px := startProxy(t, u.Host)
+	u.Host = px.Addr()
+	ta := startApp(t, func(c *config.Config) {
+		c.Store.Type = "postgres"
+		c.DatabaseURL = u.String()
+		c.Store.PostgresSchema = schema
+		c.API.PublishTimeout = time.Second
+	})
+	bob := ta.client(t, "urn:sm:user:bob")
+	conn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+	ck := newChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
+	ck.receive(conn)
+	ck.start(10 * time.Millisecond)
+
+	waitFor(t, 10*time.Second, "messages before the outage", func() bool { return ck.count(accepted, nil) >= 20 })
+	px.Cut()
+	waitFor(t, 20*time.Second, "sends refused", func() bool { return ck.count(refused, nil) >= 5 })
+	outageEnds := time.Now().Add(2 * time.Second) // past the retry budget
+	for time.Now().Before(outageEnds) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	px.Restore()
+	before := ck.count(accepted, nil)
+	waitFor(t, 20*time.Second, "messages accepted after the outage", func() bool { return ck.count(accepted, nil) >= before+20 })
+	ck.stopSending()
+	waitForOr(20*time.Second, ck.allStoredArrived)
+	ck.check()
+	if n := deadLettered(ta); n != 0 {
+		t.Errorf("%v messages dead-lettered by a store outage", n)
 	}
 }
