@@ -364,11 +364,11 @@ func TestFaultReadinessByRole(t *testing.T) {
 	apiOnly := startApp(t, withRedis("api"))
 	all := startApp(t, withRedis("api", "pipeline", "realtime"))
 	for _, ta := range []*testApp{apiOnly, all} {
-		waitFor(t, 10*time.Second, "ready", func() bool { return get(t, ta.apiURL+"/readyz") == http.StatusOK })
+		waitFor(t, 10*time.Second, "ready", func() bool { return get(t, ta.opsURL+"/readyz") == http.StatusOK })
 	}
 	rs.Kill()
-	waitFor(t, 10*time.Second, "the full instance not ready", func() bool { return get(t, all.apiURL+"/readyz") == http.StatusServiceUnavailable })
-	if code := get(t, apiOnly.apiURL+"/readyz"); code != http.StatusOK {
+	waitFor(t, 10*time.Second, "the full instance not ready", func() bool { return get(t, all.opsURL+"/readyz") == http.StatusServiceUnavailable })
+	if code := get(t, apiOnly.opsURL+"/readyz"); code != http.StatusOK {
 		t.Errorf("api-only instance /readyz = %d with presence down, want 200", code)
 	}
 	for _, ta := range []*testApp{apiOnly, all} {
@@ -402,16 +402,19 @@ func TestFaultBusRestartsResumeEachTime(t *testing.T) {
 	connected(t, ta, 1)
 	ck := newChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 1) // ephemeral: live only
 	ck.receive(conn)
+	liveAgain := func() bool {
+		ck.sendOne()
+		last := ck.lastAccepted()
+		return last >= 0 && ck.received(last)
+	}
+	// The consumers are subscribed before the first restart.
+	waitFor(t, 15*time.Second, "live delivery before the restarts", liveAgain)
 	for round := range 4 {
 		ns.Kill()
 		ns.Start()
 		back := time.Now()
 		// Send until one arrives live.
-		waitFor(t, 15*time.Second, fmt.Sprintf("live delivery after restart %d", round+1), func() bool {
-			ck.sendOne()
-			last := ck.lastAccepted()
-			return last >= 0 && ck.received(last)
-		})
+		waitFor(t, 15*time.Second, fmt.Sprintf("live delivery after restart %d", round+1), liveAgain)
 		t.Logf("restart %d: live delivery resumed after %v", round+1, time.Since(back).Round(10*time.Millisecond))
 		if d := time.Since(back); d > 6*time.Second {
 			t.Errorf("restart %d: live delivery resumed only after %v", round+1, d)

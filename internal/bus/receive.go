@@ -70,19 +70,12 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 		return nil
 	}
 
-	// A first subscribe that fails (the engine is restarting) is retried
-	// like a later one: an instance that starts during an engine outage
-	// waits for the engine rather than failing.
 	sub, err := b.d.Subscribe(ctx, queue, instance)
 	if err != nil {
 		if ctx.Err() != nil {
 			return end()
 		}
-		if errors.Is(err, ErrClosed) {
-			return fmt.Errorf("bus: subscribe %s: %w", queue, err)
-		}
-		b.log.Warn("subscribing failed; retrying", "queue", queue, "err", err, "retry_in", b.o.MinBackoff)
-		sub = nil
+		return fmt.Errorf("bus: subscribe %s: %w", queue, err)
 	}
 	maxBatch = min(max(1, maxBatch), b.o.MaxOutstanding)
 	// tokens bounds the messages held unsettled: one is taken per message
