@@ -1,7 +1,7 @@
 // Command routingclient is a small client of the routing service, for trying
 // it out and for scripts.
 //
-//	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack]       # print messages as JSON lines
+//	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack]       # print messages as JSON lines; reconnects
 //	routingclient send --to urn:sm:user:bob --text hello [--api http://127.0.0.1:8082]
 //	routingclient fetch [--api ...]                                    # pending messages
 //
@@ -68,13 +68,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return enc.Encode(p)
 	case "listen":
-		conn, err := c.Connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
+		// Reconnects after a lost connection; each message is printed once.
+		st := c.Stream(client.StreamOptions{})
+		defer st.Close()
 		for {
-			env, err := conn.Next(ctx)
+			env, err := st.Next(ctx)
 			if err != nil {
 				return err
 			}
@@ -82,7 +80,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 				return err
 			}
 			if !*noAck {
-				if err := conn.Ack(ctx, env.ID); err != nil {
+				// Printed first: a message is acknowledged only once it is out.
+				if err := st.Ack(ctx, env.ID); err != nil {
 					return err
 				}
 			}

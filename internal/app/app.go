@@ -155,6 +155,25 @@ func (a *App) wire(ctx context.Context) error {
 		return err
 	}
 	a.push = pr
+	if cfg.Has(config.RoleAPI) {
+		ln, err := net.Listen("tcp", cfg.API.Listen)
+		if err != nil {
+			return fmt.Errorf("config key api.listen: %w", err)
+		}
+		a.apiLn = ln
+	}
+	if cfg.Has(config.RoleRealtime) {
+		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
+		if err != nil {
+			return fmt.Errorf("config key realtime.listen: %w", err)
+		}
+		a.rtLn = ln
+	}
+	demoOn := a.demoEnabled()
+	rtOrigins := cfg.Realtime.AllowedOrigins
+	if demoOn {
+		rtOrigins = append(demoOrigins(a.apiLn.Addr()), rtOrigins...)
+	}
 	if cfg.Has(config.RoleRealtime) {
 		// The delivery subscription must exist before a connection
 		// registers presence, or events addressed here meanwhile are lost
@@ -165,7 +184,7 @@ func (a *App) wire(ctx context.Context) error {
 		}
 		a.realtime = realtime.New(realtime.Options{
 			Instance:            cfg.InstanceID,
-			AllowedOrigins:      cfg.Realtime.AllowedOrigins,
+			AllowedOrigins:      rtOrigins,
 			AllowedHosts:        cfg.Realtime.AllowedHosts,
 			TrustedProxies:      trustedProxies(cfg.Realtime.TrustedProxies),
 			Leeway:              cfg.Auth.Leeway,
@@ -228,6 +247,11 @@ func (a *App) wire(ctx context.Context) error {
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
+		if demoOn {
+			if err := a.mountDemo(rt); err != nil {
+				return err
+			}
+		}
 		a.apiSrv = &http.Server{
 			Handler:           api.CORS(cfg.API.CORSAllowedOrigins, rt),
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
@@ -237,11 +261,6 @@ func (a *App) wire(ctx context.Context) error {
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
-		ln, err := net.Listen("tcp", cfg.API.Listen)
-		if err != nil {
-			return fmt.Errorf("config key api.listen: %w", err)
-		}
-		a.apiLn = ln
 	}
 	if a.realtime != nil {
 		rt := api.NewRouter(a.metrics, a.log)
@@ -253,14 +272,6 @@ func (a *App) wire(ctx context.Context) error {
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
-		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
-		if err != nil {
-			if a.apiLn != nil {
-				a.apiLn.Close()
-			}
-			return fmt.Errorf("config key realtime.listen: %w", err)
-		}
-		a.rtLn = ln
 	}
 	return a.listenOps(checks)
 }

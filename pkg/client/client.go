@@ -7,12 +7,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -84,10 +86,47 @@ type Client struct {
 	APIURL string
 	// WSURL is the WebSocket server's base URL, e.g. ws://127.0.0.1:8085.
 	WSURL string
-	// Token is the caller's JWT.
+	// Token is the caller's JWT. Set it before the first call; afterwards
+	// the client replaces it with the tokens RenewToken returns.
 	Token string
+	// RenewToken, when set, returns a fresh token. The client calls it when
+	// the service answers 401 (the request is then sent once more with the
+	// new token) and when a subscription's session ends with "token expired".
+	RenewToken func(ctx context.Context) (string, error)
 	// HTTP is the HTTP client (http.DefaultClient when nil).
 	HTTP *http.Client
+
+	mu      sync.Mutex
+	renewed string // the latest token RenewToken returned; "" until then
+}
+
+// token returns the current token.
+func (c *Client) token() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.renewed != "" {
+		return c.renewed
+	}
+	return c.Token
+}
+
+// renew asks RenewToken for a fresh token. It reports false when there is
+// no RenewToken.
+func (c *Client) renew(ctx context.Context) (bool, error) {
+	if c.RenewToken == nil {
+		return false, nil
+	}
+	tok, err := c.RenewToken(ctx)
+	if err != nil {
+		return true, fmt.Errorf("routing service: renew token: %w", err)
+	}
+	if tok == "" {
+		return true, errors.New("routing service: renew token: empty token")
+	}
+	c.mu.Lock()
+	c.renewed = tok
+	c.mu.Unlock()
+	return true, nil
 }
 
 func (c *Client) http() *http.Client {
@@ -98,25 +137,27 @@ func (c *Client) http() *http.Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.APIURL, "/")+path, body)
+	resp, err := c.send(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.http().Do(req)
-	if err != nil {
-		return err
+	if resp.StatusCode == http.StatusUnauthorized && c.RenewToken != nil {
+		// A refused token means nothing was done: renew it and try once more.
+		resp.Body.Close()
+		if _, err := c.renew(ctx); err != nil {
+			return err
+		}
+		if resp, err = c.send(ctx, method, path, body); err != nil {
+			return err
+		}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
@@ -130,6 +171,22 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("routing service: decode answer: %w", err)
 	}
 	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.APIURL, "/")+path, r)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token())
+	return c.http().Do(req)
 }
 
 func decodeError(resp *http.Response) error {
@@ -204,7 +261,7 @@ func (e *ErrorFrame) Error() string { return "routing service: " + e.Code + ": "
 // Connect opens a WebSocket. The server sends the backlog first, then live messages.
 func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 	h := http.Header{}
-	h.Set("Authorization", "Bearer "+c.Token)
+	h.Set("Authorization", "Bearer "+c.token())
 	ws, resp, err := websocket.Dial(ctx, strings.TrimSuffix(c.WSURL, "/")+"/v1/connect", &websocket.DialOptions{
 		HTTPClient: c.HTTP, HTTPHeader: h,
 	})

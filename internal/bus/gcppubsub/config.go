@@ -43,8 +43,11 @@ type Config struct {
 	// catches messages never settled). 5 to 100 (Pub/Sub's range). Default 5.
 	MaxDeliveryAttempts int
 
-	// AckDeadline is the subscriptions' ack deadline: 10s to 600s. Default 30s.
-	// The client extends it while a handler runs.
+	// AckDeadline is the subscriptions' ack deadline and the lease of every
+	// message received: 10s to 600s. Default 30s. The client extends the
+	// lease by AckDeadline while a message is unsettled, so the messages
+	// of a receiver that dies are delivered again at most AckDeadline
+	// after it died.
 	AckDeadline time.Duration
 	// MinBackoff and MaxBackoff bound Pub/Sub's redelivery backoff after a
 	// nack: 0 to 600s. Defaults 1s and 60s.

@@ -44,7 +44,7 @@ func newFake(t *testing.T, reactors ...pstest.ServerReactorOption) *fake {
 
 // testConfig is a configuration with explicit ack deadlines (the fake's
 // minimum is global state that tests never touch).
-func testConfig(t *testing.T) gcppubsub.Config {
+func testConfig(t testing.TB) gcppubsub.Config {
 	return gcppubsub.Config{
 		ProjectID:                      testProject,
 		IngressTopic:                   "ingress",
@@ -64,14 +64,14 @@ func testConfig(t *testing.T) gcppubsub.Config {
 }
 
 // testWriter sends logs to t.Log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
-func (f *fake) newDriver(t *testing.T, cfg gcppubsub.Config) *gcppubsub.Driver {
+func (f *fake) newDriver(t testing.TB, cfg gcppubsub.Config) *gcppubsub.Driver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -89,7 +89,7 @@ func (f *fake) newDriver(t *testing.T, cfg gcppubsub.Config) *gcppubsub.Driver {
 
 // newBus is the portable bus over a new driver with cfg's delivery policy,
 // closed when t ends.
-func (f *fake) newBus(t *testing.T, cfg gcppubsub.Config) *bus.Bus {
+func (f *fake) newBus(t testing.TB, cfg gcppubsub.Config) *bus.Bus {
 	t.Helper()
 	b := bus.New(f.newDriver(t, cfg), bus.Options{
 		MaxDeliveryAttempts: cfg.MaxDeliveryAttempts,

@@ -25,14 +25,14 @@ const waitTimeout = 15 * time.Second
 func topicName(id string) string { return "projects/" + testProject + "/topics/" + id }
 func subName(id string) string   { return "projects/" + testProject + "/subscriptions/" + id }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // waitUntil polls cond until it holds, failing the test after waitTimeout.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	tick := time.NewTicker(5 * time.Millisecond)

@@ -15,7 +15,9 @@ import (
 // Subscribe opens the shared ingress subscription, or instance's delivery
 // subscription (created or verified here, and owned by this Driver). A
 // streaming pull runs until Close, with at most MaxOutstanding messages
-// received and unsettled; the client extends their leases meanwhile.
+// received and unsettled; the client extends their leases by AckDeadline
+// meanwhile, so that the messages of a receiver that dies return
+// AckDeadline after its last extension at the latest.
 func (b *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.Subscription, error) {
 	if b.isClosed() {
 		return nil, driver.ErrClosed
@@ -39,6 +41,14 @@ func (b *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.
 	sub := b.client.Subscriber(subID)
 	sub.ReceiveSettings.MaxOutstandingMessages = b.cfg.MaxOutstanding
 	sub.ReceiveSettings.NumGoroutines = b.cfg.Streams
+	// The lease of every received message is AckDeadline, on the stream
+	// and on each extension. Left to itself the client leases messages on
+	// a stream for 60s and then extends them by the 99th percentile of its
+	// processing times, up to 10 minutes: messages held by an instance
+	// that dies would stay leased that long, and with them every later
+	// message of their ordering keys.
+	sub.ReceiveSettings.MinDurationPerAckExtension = b.cfg.AckDeadline
+	sub.ReceiveSettings.MaxDurationPerAckExtension = b.cfg.AckDeadline
 	rctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
 		b:      b,
@@ -97,7 +107,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Message,
 }
 
 // Close stops the streaming pull and releases what was received but not
-// taken.
+// taken; it waits until the streaming pull has returned.
 func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -110,13 +120,21 @@ func (s *subscription) Close() error {
 			s.b.mu.Unlock()
 		}
 	})
-	<-s.broken
+	// The streaming pull returns once every message it handed over is
+	// settled: release those still queued while waiting for it.
 	for {
 		select {
 		case pm := <-s.msgs:
 			pm.Nack()
-		default:
-			return nil
+		case <-s.broken:
+			for {
+				select {
+				case pm := <-s.msgs:
+					pm.Nack()
+				default:
+					return nil
+				}
+			}
 		}
 	}
 }
