@@ -554,15 +554,18 @@ func (ss *session) write(ctx context.Context, data []byte) bool {
 	err := ss.conn.Write(wctx, websocket.MessageText, data)
 	cancel()
 	if err != nil {
-		reason := "write_failed"
-		if errors.Is(err, context.DeadlineExceeded) {
-			reason = "write_timeout"
-		}
-		select {
-		case <-ss.done: // already ending for another reason, counted there
-		default:
-			if ss.srv.m != nil {
-				ss.srv.m.WSDropped.WithLabelValues(reason).Inc()
+		// A timed-out write closes the connection, which may end the
+		// session from the reader first: the timeout is still the reason.
+		// Another failure counts only if nothing else ended the session.
+		if ss.srv.m != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				ss.srv.m.WSDropped.WithLabelValues("write_timeout").Inc()
+			} else {
+				select {
+				case <-ss.done:
+				default:
+					ss.srv.m.WSDropped.WithLabelValues("write_failed").Inc()
+				}
 			}
 		}
 		ss.stop(websocket.StatusGoingAway, "write failed")

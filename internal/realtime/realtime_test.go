@@ -325,9 +325,16 @@ func TestWriteTimeoutIsCounted(t *testing.T) {
 		s.Deliver(&envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
 			Recipient: "urn:sm:user:stuck", Payload: payload, CreatedAt: envelope.Now()})
 	}
-	waitFor(t, "write timeout counted", func() bool {
-		return testutil.ToFloat64(m.WSDropped.WithLabelValues("write_timeout")) == 1 && testutil.ToFloat64(m.WSConnections) == 0
-	})
+	// The write timeout is 5 s; the race detector slows the writer down.
+	deadline := time.Now().Add(40 * time.Second)
+	for testutil.ToFloat64(m.WSDropped.WithLabelValues("write_timeout")) != 1 || testutil.ToFloat64(m.WSConnections) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no write timeout counted: write_timeout %v, write_failed %v, connections %v",
+				testutil.ToFloat64(m.WSDropped.WithLabelValues("write_timeout")),
+				testutil.ToFloat64(m.WSDropped.WithLabelValues("write_failed")), testutil.ToFloat64(m.WSConnections))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := testutil.ToFloat64(m.WSDropped.WithLabelValues("slow_consumer")); n != 0 {
 		t.Errorf("counted as slow consumer too (%v)", n)
 	}
