@@ -104,7 +104,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		a.store = a.opts.WrapStore(st)
 	}
 
-	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered)
+	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.receivePaused)
 	if err != nil {
 		return err
 	}
@@ -238,6 +238,7 @@ func (a *App) wire(ctx context.Context) error {
 		checks["jwks"] = func(context.Context) error { return a.verifier.Ready() }
 	}
 	a.addDeadLetterCheck(ctx, checks)
+	checks = a.readinessChecks(checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
 			MaxBodyBytes:           cfg.API.MaxBodyBytes,
@@ -409,6 +410,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)
 	}
+	goRole("backends", func() error { a.watchBackends(work); return nil })
 	if a.push != nil {
 		goRole("push", func() error { return a.push.run(work) })
 	}

@@ -16,12 +16,14 @@ import (
 
 // openBus opens the configured engine's driver and the portable bus over
 // it; the returned func closes both (and stops the embedded server).
-func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (*bus.Bus, func() error, error) {
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string), onOutage func(queue string, paused bool)) (*bus.Bus, func() error, error) {
 	d, closeEngine, err := openDriver(ctx, cfg, log.With("bus", cfg.Bus.Type))
 	if err != nil {
 		return nil, nil, err
 	}
-	b := bus.New(d, busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter))
+	o := busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter)
+	o.OnOutage = onOutage
+	b := bus.New(d, o)
 	return b, func() error { return errors.Join(b.Close(), closeEngine()) }, nil
 }
 

@@ -37,6 +37,7 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (drive
 		MinBackoff:                     cfg.Bus.MinBackoff,
 		MaxBackoff:                     cfg.Bus.MaxBackoff,
 		MaxOutstanding:                 cfg.Bus.MaxOutstanding,
+		IngressPublishTimeout:          cfg.API.PublishTimeout,
 		Logger:                         log,
 	}, opts...)
 	if err != nil {

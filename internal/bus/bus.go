@@ -21,7 +21,9 @@
 // message; one that returns an error nacks it, and it is redelivered later
 // (MinBackoff doubling per attempt, up to MaxBackoff) until its attempts run
 // out and it is dead-lettered. A handler error that wraps ErrPermanent
-// dead-letters the message at once. A handler interrupted by shutdown (its
+// dead-letters the message at once. A handler error that wraps
+// ErrUnavailable (a backend is down) costs no attempt: the receiver pauses,
+// keeps the message and tries it again until the backend is back. A handler interrupted by shutdown (its
 // context cancelled) releases the message for another instance at once,
 // whatever its attempt.
 package bus
@@ -59,6 +61,14 @@ const (
 // ErrPermanent marks a handler error that retrying cannot fix (undecodable or
 // invalid message): the message is dead-lettered without further attempts.
 var ErrPermanent = errors.New("permanent failure")
+
+// ErrUnavailable marks a handler error caused by a backend the handler
+// needs being down (not by the message). It does not count as a failed
+// attempt: the receiver keeps the message (telling the engine it is still
+// being worked on), stops taking new messages, and hands it to the handler
+// again with capped backoff until the handler stops answering
+// ErrUnavailable, for as long as the outage lasts.
+var ErrUnavailable = errors.New("backend unavailable")
 
 // ErrClosed is returned by operations on a closed bus.
 var ErrClosed = driver.ErrClosed
@@ -121,6 +131,12 @@ type Options struct {
 	// their driver configures from the same values.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
+	// OutageBackoff caps the delay between two tries of messages whose
+	// handler answered ErrUnavailable (MinBackoff doubling); default 5s.
+	OutageBackoff time.Duration
+	// OnOutage, when set, is called when a receive call pauses for an
+	// outage (true) and when it resumes (false). It must not block.
+	OnOutage func(queue string, paused bool)
 	// MaxOutstanding bounds the messages one receive call holds
 	// unsettled (received, waiting or in handlers); default 1000.
 	MaxOutstanding int
@@ -146,6 +162,10 @@ func (o Options) withDefaults() Options {
 		o.MaxBackoff = time.Minute
 	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.OutageBackoff <= 0 {
+		o.OutageBackoff = 5 * time.Second
+	}
+	o.OutageBackoff = max(o.OutageBackoff, o.MinBackoff)
 	if o.MaxOutstanding <= 0 {
 		o.MaxOutstanding = 1000
 	}

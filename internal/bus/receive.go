@@ -81,9 +81,15 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 	// tokens bounds the messages held unsettled: one is taken per message
 	// received and given back once it is settled.
 	tokens := make(chan struct{}, b.o.MaxOutstanding)
-	pool := b.startWorkers(ctx, queue, maxBatch, h, tokens)
+	g := newGate(func(paused bool) {
+		if b.o.OnOutage != nil {
+			b.o.OnOutage(queue, paused)
+		}
+	})
+	pool := b.startWorkers(ctx, queue, maxBatch, h, tokens, g)
 
 	retry := b.o.MinBackoff
+	var parked []received // taken while paused, handed out on resume
 	for ctx.Err() == nil {
 		if sub == nil {
 			if !sleep(ctx, retry) {
@@ -98,6 +104,24 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 				continue
 			}
 		}
+		if g.paused() {
+			// A handler waits out an outage: hand out nothing new, but
+			// keep what arrives (and what the engine sends ahead) held and
+			// extended, so that a long outage costs it no attempt.
+			if err := b.park(ctx, sub, g, tokens, &parked); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				b.log.Warn("subscription broke; subscribing again", "queue", queue, "err", err, "retry_in", retry)
+				_ = sub.Close()
+				sub = nil
+			}
+			continue
+		}
+		for _, r := range parked {
+			pool.dispatch(ctx, r, tokens)
+		}
+		parked = nil
 		n := take(ctx, tokens, b.o.MaxOutstanding)
 		if n == 0 {
 			break
@@ -116,9 +140,19 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 			continue
 		}
 		retry = b.o.MinBackoff
+		paused := g.paused() // began while this receive waited
 		for _, dm := range ms {
-			pool.dispatch(ctx, received{dm: dm, m: incoming(dm)}, tokens)
+			r := received{dm: dm, m: incoming(dm)}
+			if paused {
+				parked = append(parked, r)
+				continue
+			}
+			pool.dispatch(ctx, r, tokens)
 		}
+	}
+	for _, r := range parked {
+		_ = r.dm.Acker.Nack(0)
+		<-tokens
 	}
 	pool.stop()
 	if sub != nil {
@@ -127,6 +161,47 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 		}
 	}
 	return end()
+}
+
+// park runs one round of a paused receive: it extends the parked messages,
+// then waits up to OutageBackoff (or until the pause ends) for more, which
+// it parks too, as many as there are free tokens. It returns the
+// subscription's error, if it broke.
+func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, tokens chan struct{}, parked *[]received) error {
+	for _, r := range *parked {
+		if x, ok := r.dm.Acker.(driver.Extender); ok {
+			_ = x.Extend() // best effort: on failure the engine redelivers it later
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, b.o.OutageBackoff)
+	defer cancel()
+	stop := context.AfterFunc(g.resumed(), cancel)
+	defer stop()
+	n := 0
+	for n < b.o.MaxOutstanding {
+		select {
+		case tokens <- struct{}{}:
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	if n == 0 {
+		<-rctx.Done()
+		return nil
+	}
+	ms, err := sub.Receive(rctx, n)
+	for range n - len(ms) {
+		<-tokens
+	}
+	for _, dm := range ms {
+		*parked = append(*parked, received{dm: dm, m: incoming(dm)})
+	}
+	if err != nil && rctx.Err() == nil {
+		return err
+	}
+	return nil
 }
 
 // take waits for one token, then takes as many more as are free, up to
@@ -170,7 +245,7 @@ type workers struct {
 	wg     sync.WaitGroup
 }
 
-func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, tokens chan struct{}) *workers {
+func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, tokens chan struct{}, g *gate) *workers {
 	p := &workers{shared: make(chan received), keyed: make([]chan received, b.o.Concurrency)}
 	for i := range p.keyed {
 		own, sh := make(chan received, maxBatch-1), p.shared
@@ -205,7 +280,7 @@ func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h Ba
 					}
 					batch = append(batch[:0], r)
 				}
-				b.run(ctx, queue, h, batch)
+				b.run(ctx, queue, h, batch, g)
 				for range batch {
 					<-tokens
 				}
@@ -250,13 +325,49 @@ func fnv32(s string) uint32 {
 	return h
 }
 
-// run calls h on a batch and settles each message by its result.
-func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []received) {
+// run calls h on a batch and settles each message by its result. Messages
+// whose handler answered ErrUnavailable are kept, with the receive call
+// paused (g), and handed to h again with capped backoff until it answers
+// something else or ctx ends.
+func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []received, g *gate) {
+	held := b.runOnce(ctx, queue, h, batch)
+	if len(held) == 0 {
+		return
+	}
+	g.hold()
+	defer g.release()
+	delay := b.o.MinBackoff
+	for len(held) > 0 {
+		b.log.Warn("backend unavailable; holding messages and retrying", "queue", queue, "messages", len(held), "retry_in", delay)
+		if !sleep(ctx, delay) {
+			for _, r := range held {
+				if err := r.dm.Acker.Nack(0); err != nil {
+					b.log.Warn("releasing a held message failed; it will be redelivered after the ack deadline", "queue", queue, "id", r.m.ID, "err", err)
+				}
+			}
+			return
+		}
+		delay = min(2*delay, b.o.OutageBackoff)
+		for _, r := range held {
+			if x, ok := r.dm.Acker.(driver.Extender); ok {
+				_ = x.Extend() // best effort: on failure the engine redelivers it later
+			}
+		}
+		held = b.runOnce(ctx, queue, h, held)
+	}
+	b.log.Info("backend available again; resuming", "queue", queue)
+}
+
+// runOnce calls h on a batch, settles each message by its result, and
+// returns those whose handler answered ErrUnavailable (unsettled, in
+// order) while ctx lives.
+func (b *Bus) runOnce(ctx context.Context, queue string, h BatchHandler, batch []received) []received {
 	ms := make([]*Message, len(batch))
 	for i, r := range batch {
 		ms[i] = r.m
 	}
 	errs := h(ctx, ms)
+	var held []received
 	for i, r := range batch {
 		var err error
 		if i < len(errs) {
@@ -264,8 +375,63 @@ func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []rec
 		} else {
 			err = errors.New("batch handler returned too few results")
 		}
+		if err != nil && errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrPermanent) && ctx.Err() == nil {
+			held = append(held, r)
+			continue
+		}
 		b.settle(ctx, queue, r, err)
 	}
+	return held
+}
+
+// gate pauses a receive call while any of its workers waits out an outage.
+type gate struct {
+	mu       sync.Mutex
+	n        int
+	pause    context.Context // ends when the current pause ends
+	resume   context.CancelFunc
+	onChange func(paused bool)
+}
+
+func newGate(onChange func(paused bool)) *gate {
+	g := &gate{onChange: onChange}
+	g.pause, g.resume = context.WithCancel(context.Background())
+	g.resume()
+	return g
+}
+
+func (g *gate) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n == 0 {
+		g.pause, g.resume = context.WithCancel(context.Background())
+		g.onChange(true)
+	}
+	g.n++
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.n == 0 {
+		g.resume()
+		g.onChange(false)
+	}
+}
+
+// paused reports whether a worker holds the gate.
+func (g *gate) paused() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n > 0
+}
+
+// resumed is a context that ends when the current pause ends.
+func (g *gate) resumed() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.pause
 }
 
 // deadLetterTimeout bounds the copy of a message into a dead-letter queue,

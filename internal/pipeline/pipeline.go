@@ -90,8 +90,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // Handle processes one ingress message. An undecodable or invalid envelope
-// is a permanent failure (dead-lettered at once); a store, presence or bus
-// error is returned for a retry.
+// is a permanent failure (dead-lettered at once); a store or presence
+// error while that backend does not answer its ping is an outage
+// (bus.ErrUnavailable: the bus holds the message and tries it again,
+// without counting an attempt, until the backend is back); other errors
+// are returned for a retry.
 func (p *Pipeline) Handle(ctx context.Context, m *bus.Message) error {
 	return p.HandleBatch(ctx, []*bus.Message{m})[0]
 }
@@ -129,6 +132,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	envs := make([]*envelope.Envelope, len(ms))
 	var toStore []*envelope.Envelope
 	var toStoreAt []int
+	var oldest time.Time
 	for i, m := range ms {
 		env := new(envelope.Envelope)
 		if err := envelope.Unmarshal(m.Data, env); err != nil {
@@ -137,14 +141,21 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			continue
 		}
 		envs[i] = env
+		if oldest.IsZero() || env.CreatedAt.Before(oldest) {
+			oldest = env.CreatedAt
+		}
 		if !env.Ephemeral && m.Attributes[bus.AttrStored] == "" {
 			toStore = append(toStore, env)
 			toStoreAt = append(toStoreAt, i)
 		}
 	}
+	if p.o.Metrics != nil && !oldest.IsZero() {
+		p.o.Metrics.PipelineLag.Set(max(0, time.Since(oldest).Seconds()))
+	}
 	if len(toStore) > 0 {
 		acked, err := p.store.PutMessages(ctx, toStore)
 		if err != nil {
+			err = outage(ctx, p.store, err)
 			for i := range ms {
 				if errs[i] == nil {
 					errs[i] = fmt.Errorf("pipeline store %s: %w", ms[i].ID, err)
@@ -163,6 +174,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	// The delivery events of the whole batch go out together at the end.
 	var batch []pending
 	failed := map[string]error{}
+	var down error                 // presence is down: no use asking it for the rest
 	where := map[string][]string{} // presence, looked up once per recipient per batch
 	for i, env := range envs {
 		if env == nil {
@@ -172,9 +184,16 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			errs[i] = err
 			continue
 		}
+		if down != nil { // the batch is held and tried again as a whole
+			errs[i] = down
+			continue
+		}
 		if err := p.route(ctx, i, ms[i], env, where, &batch); err != nil {
 			errs[i] = err
 			failed[env.Recipient] = err
+			if errors.Is(err, bus.ErrUnavailable) {
+				down = err
+			}
 		}
 	}
 	if len(batch) > 0 {
@@ -235,6 +254,7 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 		var err error
 		instances, err = p.presence.Instances(ctx, env.Recipient)
 		if err != nil {
+			err = outage(ctx, p.presence, err)
 			return fmt.Errorf("pipeline presence %s: %w", env.ID, err)
 		}
 		where[env.Recipient] = instances
@@ -263,3 +283,28 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 }
 
 func isPermanent(err error) bool { return errors.Is(err, bus.ErrPermanent) }
+
+// pinger is a backend that can tell whether it answers at all.
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// pingTimeout bounds the ping that tells an outage from a failed call.
+const pingTimeout = 2 * time.Second
+
+// outage marks err, a failed call to backend, as bus.ErrUnavailable when
+// the backend does not answer its ping either: the backend is down, the
+// message is not at fault. A backend that answers its ping failed this
+// call for another reason, which counts as a failed attempt.
+func outage(ctx context.Context, backend any, err error) error {
+	pg, ok := backend.(pinger)
+	if !ok || ctx.Err() != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pingTimeout)
+	defer cancel()
+	if perr := pg.Ping(pctx); perr != nil {
+		return fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
+	}
+	return err
+}

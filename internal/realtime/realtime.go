@@ -7,6 +7,7 @@ package realtime
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -153,31 +154,6 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 	return err
 }
 
-func (s *Server) heartbeat(ctx context.Context) {
-	t := time.NewTicker(s.o.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		all := s.hub.all()
-		conns := make([]presence.Conn, len(all))
-		for i, ss := range all {
-			conns[i] = ss.presenceConn(s.o.Instance)
-		}
-		if len(conns) == 0 {
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.o.Heartbeat)
-		if err := s.presence.Refresh(rctx, conns); err != nil {
-			s.log.Warn("presence refresh failed", "conns", len(conns), "err", err)
-		}
-		cancel()
-	}
-}
-
 // Shutdown closes every connection (going away) and waits for their
 // sessions to end, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -230,6 +206,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		id:     strconv.FormatUint(s.connSeq.Add(1), 36),
 		user:   user,
 		wake:   make(chan struct{}, 1),
+		resync: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		ctx:    sctx,
 		cancel: cancel,
@@ -345,6 +322,9 @@ type session struct {
 	mu    sync.Mutex
 	queue []frame
 	wake  chan struct{}
+	// resync asks the writer to send the backlog again (live events may
+	// have missed this connection while presence had lost it).
+	resync chan struct{}
 
 	// ctx is cancelled when the session stops, so that a blocked write
 	// returns at once.
@@ -495,6 +475,11 @@ func (ss *session) writeLoop(ctx context.Context) {
 		case <-ss.done:
 			return
 		case <-ss.wake:
+		case <-ss.resync:
+			if sent, ok = ss.sendBacklog(ctx); !ok {
+				return
+			}
+			backlogDone = time.Now()
 		}
 		batch = ss.take(batch)
 		for _, f := range batch {
@@ -569,6 +554,20 @@ func (ss *session) write(ctx context.Context, data []byte) bool {
 	err := ss.conn.Write(wctx, websocket.MessageText, data)
 	cancel()
 	if err != nil {
+		// A timed-out write closes the connection, which may end the
+		// session from the reader first: the timeout is still the reason.
+		// Another failure counts only if nothing else ended the session.
+		if ss.srv.m != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				ss.srv.m.WSDropped.WithLabelValues("write_timeout").Inc()
+			} else {
+				select {
+				case <-ss.done:
+				default:
+					ss.srv.m.WSDropped.WithLabelValues("write_failed").Inc()
+				}
+			}
+		}
 		ss.stop(websocket.StatusGoingAway, "write failed")
 		return false
 	}

@@ -313,3 +313,29 @@ func BenchmarkEncodeMessage(b *testing.B) {
 		}
 	}
 }
+
+// A client that stops reading, with room left in its queue, is
+// disconnected when a write times out, and that is counted with its reason.
+func TestWriteTimeoutIsCounted(t *testing.T) {
+	s, m, url := newServer(t, Options{SendQueue: 1 << 20})
+	_ = dial(t, url, "urn:sm:user:stuck") // never reads
+	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
+	payload := make([]byte, 60<<10)
+	for range 400 { // 24 MB: more than the socket buffers hold
+		s.Deliver(&envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
+			Recipient: "urn:sm:user:stuck", Payload: payload, CreatedAt: envelope.Now()})
+	}
+	// The write timeout is 5 s; the race detector slows the writer down.
+	deadline := time.Now().Add(40 * time.Second)
+	for testutil.ToFloat64(m.WSDropped.WithLabelValues("write_timeout")) != 1 || testutil.ToFloat64(m.WSConnections) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no write timeout counted: write_timeout %v, write_failed %v, connections %v",
+				testutil.ToFloat64(m.WSDropped.WithLabelValues("write_timeout")),
+				testutil.ToFloat64(m.WSDropped.WithLabelValues("write_failed")), testutil.ToFloat64(m.WSConnections))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(m.WSDropped.WithLabelValues("slow_consumer")); n != 0 {
+		t.Errorf("counted as slow consumer too (%v)", n)
+	}
+}

@@ -38,6 +38,9 @@ type Metrics struct {
 	DeadLettered        *prometheus.CounterVec // queue: ingress, delivery
 	DeadReplayed        *prometheus.CounterVec // queue
 	DeadPurged          *prometheus.CounterVec // queue
+	PipelineLag         prometheus.Gauge
+	ReceivePaused       *prometheus.GaugeVec // queue
+	BackendUp           *prometheus.GaugeVec // backend: bus, store, presence
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -114,6 +117,15 @@ func NewMetrics() *Metrics {
 		DeadPurged: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_dead_letter_purged_total", Help: "Dead-lettered messages deleted through this instance's admin socket, by queue.",
 		}, []string{"queue"}),
+		PipelineLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest message of the batch the pipeline is handling (or last handled): how far routing is behind acceptance.",
+		}),
+		ReceivePaused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "routing_receive_paused", Help: "1 while a consumer holds its messages and takes no new ones because a backend it needs is down, by queue.",
+		}, []string{"queue"}),
+		BackendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "routing_backend_up", Help: "1 when the backend answered this instance's last readiness check, 0 when it failed, by backend.",
+		}, []string{"backend"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
@@ -122,7 +134,7 @@ func NewMetrics() *Metrics {
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
-		m.DeadLettered, m.DeadReplayed, m.DeadPurged,
+		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.PipelineLag, m.ReceivePaused, m.BackendUp,
 		buildInfo(),
 	)
 	// Both queues show from the start, at zero, so alerts on rate() see them.
@@ -130,6 +142,7 @@ func NewMetrics() *Metrics {
 		m.DeadLettered.WithLabelValues(q)
 		m.DeadReplayed.WithLabelValues(q)
 		m.DeadPurged.WithLabelValues(q)
+		m.ReceivePaused.WithLabelValues(q)
 	}
 	return m
 }

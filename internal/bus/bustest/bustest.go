@@ -113,6 +113,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"ManyMessagesConcurrentHandlers", testManyMessages},
 		{"OrderingKeysIngress", testOrderingIngress},
 		{"OrderingKeysDelivery", testOrderingDelivery},
+		{"OutageHoldsWithoutCountingAttempts", testOutageHolds},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

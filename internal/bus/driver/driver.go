@@ -78,6 +78,14 @@ type Acker interface {
 	Nack(delay time.Duration) error
 }
 
+// Extender is an Acker whose engine redelivers a message held past its ack
+// deadline unless told it is still being worked on (NATS). Engines that
+// extend held messages by themselves (Pub/Sub's client) do not need it.
+type Extender interface {
+	// Extend restarts the message's ack deadline.
+	Extend() error
+}
+
 // DeadMessage is one message in a dead-letter queue.
 type DeadMessage struct {
 	// ID identifies it within its dead-letter queue (driver-defined).

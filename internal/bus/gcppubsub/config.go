@@ -67,6 +67,12 @@ type Config struct {
 	// to its latency. Default 1ms.
 	PublishDelay time.Duration
 
+	// IngressPublishTimeout bounds how long the client tries to publish an
+	// ingress message, retries included. A failed ingress publish returns
+	// only once the client has given it up, so a publish that returned an
+	// error is never sent later. Default 5s.
+	IngressPublishTimeout time.Duration
+
 	// DeadLetterScanLimit bounds how many dead messages one dead-letter
 	// operation (list, get, replay, purge) reads from a queue. Default 10000.
 	DeadLetterScanLimit int
@@ -122,6 +128,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PublishDelay == 0 {
 		c.PublishDelay = time.Millisecond
+	}
+	if c.IngressPublishTimeout == 0 {
+		c.IngressPublishTimeout = 5 * time.Second
 	}
 	if c.DeadLetterScanLimit == 0 {
 		c.DeadLetterScanLimit = 10000
@@ -181,6 +190,9 @@ func (c Config) validate() error {
 	}
 	if c.Streams < 1 || c.Streams > 64 {
 		bad("Streams", "must be between 1 and 64, got %d", c.Streams)
+	}
+	if c.IngressPublishTimeout < 0 {
+		bad("IngressPublishTimeout", "must not be negative, got %s", c.IngressPublishTimeout)
 	}
 	if c.PublishDelay < 0 {
 		bad("PublishDelay", "must not be negative, got %s", c.PublishDelay)

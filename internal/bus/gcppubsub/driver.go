@@ -110,6 +110,7 @@ func New(ctx context.Context, cfg Config, opts ...option.ClientOption) (*Driver,
 		return nil, fmt.Errorf("gcppubsub: set up resources: %w", err)
 	}
 	b.ingress = b.newPublisher(cfg.IngressTopic)
+	b.ingress.PublishSettings.Timeout = cfg.IngressPublishTimeout
 	b.delivery = b.newPublisher(cfg.DeliveryTopic)
 	b.ingressDead = b.newPublisher(cfg.IngressDeadLetterTopic)
 	b.deliveryDead = b.newPublisher(cfg.DeliveryDeadLetterTopic)
@@ -141,9 +142,14 @@ func (b *Driver) isClosed() bool {
 // delivery event also makes sure that its instance's subscription exists.
 func (b *Driver) Publish(ctx context.Context, queue string, ms []*driver.Message) error {
 	var p *pubsub.Publisher
+	wait := ctx
 	switch queue {
 	case driver.QueueIngress:
 		p = b.ingress
+		// The client keeps trying a publish whose caller gave up, until its
+		// own timeout: wait for its outcome rather than answer "not
+		// published" for a message that may be sent afterwards.
+		wait = context.WithoutCancel(ctx)
 	case driver.QueueDelivery:
 		p = b.delivery
 		for _, m := range ms {
@@ -161,7 +167,7 @@ func (b *Driver) Publish(ctx context.Context, queue string, ms []*driver.Message
 	for i, m := range ms {
 		pms[i] = toPubSub(m)
 	}
-	if err := b.publishAll(ctx, p, pms); err != nil {
+	if err := b.publishAll(ctx, wait, p, pms); err != nil {
 		return fmt.Errorf("gcppubsub: publish to %s: %w", queue, err)
 	}
 	return nil
@@ -175,7 +181,8 @@ func toPubSub(m *driver.Message) *pubsub.Message {
 	return &pubsub.Message{Data: m.Body, Attributes: attrs, OrderingKey: m.OrderingKey}
 }
 
-// publishAll publishes pms in order and waits for every result.
+// publishAll publishes pms in order and waits for every result (with
+// wait, which may outlive ctx).
 //
 // When a publish with an ordering key fails, the Pub/Sub client pauses the
 // key: every later publish with it fails at once until ResumePublish. The
@@ -183,7 +190,7 @@ func toPubSub(m *driver.Message) *pubsub.Message {
 // publishes are not stuck. A publish refused because the key was paused by
 // an earlier failure (whose caller gave up waiting before the failure came
 // back) was never sent: it is resumed and sent once more.
-func (b *Driver) publishAll(ctx context.Context, p *pubsub.Publisher, pms []*pubsub.Message) error {
+func (b *Driver) publishAll(ctx, wait context.Context, p *pubsub.Publisher, pms []*pubsub.Message) error {
 	results := make([]*pubsub.PublishResult, len(pms))
 	b.mu.RLock()
 	if b.closed {
@@ -196,14 +203,14 @@ func (b *Driver) publishAll(ctx context.Context, p *pubsub.Publisher, pms []*pub
 	b.mu.RUnlock()
 	var errs []error
 	for i, r := range results {
-		_, err := r.Get(ctx)
+		_, err := r.Get(wait)
 		if err == nil {
 			continue
 		}
 		key := pms[i].OrderingKey
 		if key != "" && errors.As(err, &pubsub.ErrPublishingPaused{}) {
 			p.ResumePublish(key)
-			if err = b.publishOne(ctx, p, pms[i]); err == nil {
+			if err = b.publishOne(ctx, wait, p, pms[i]); err == nil {
 				continue
 			}
 		}
@@ -217,7 +224,7 @@ func (b *Driver) publishAll(ctx context.Context, p *pubsub.Publisher, pms []*pub
 
 // publishOne publishes pm and waits for the result; the read lock keeps
 // Close from stopping the publisher between the closed check and the call.
-func (b *Driver) publishOne(ctx context.Context, p *pubsub.Publisher, pm *pubsub.Message) error {
+func (b *Driver) publishOne(ctx, wait context.Context, p *pubsub.Publisher, pm *pubsub.Message) error {
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
@@ -225,7 +232,7 @@ func (b *Driver) publishOne(ctx context.Context, p *pubsub.Publisher, pm *pubsub
 	}
 	res := p.Publish(ctx, pm)
 	b.mu.RUnlock()
-	_, err := res.Get(ctx)
+	_, err := res.Get(wait)
 	return err
 }
 

@@ -175,7 +175,7 @@ func (b *Driver) DeadLetter(ctx context.Context, queue string, m *driver.Message
 	if queue == driver.QueueDelivery {
 		p = b.deliveryDead
 	}
-	if err := b.publishAll(ctx, p, []*pubsub.Message{toPubSub(m)}); err != nil {
+	if err := b.publishAll(ctx, ctx, p, []*pubsub.Message{toPubSub(m)}); err != nil {
 		return fmt.Errorf("gcppubsub: publish to %s dead-letter topic: %w", queue, err)
 	}
 	return nil

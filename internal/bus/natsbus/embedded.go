@@ -76,7 +76,7 @@ func StartEmbedded(dir string, o EmbeddedOptions) (*EmbeddedServer, error) {
 // Connect opens a client connection to the embedded server, in process (no
 // socket). The caller closes it.
 func (s *EmbeddedServer) Connect(opts ...nats.Option) (*nats.Conn, error) {
-	opts = append([]nats.Option{nats.Name("routingservice"), nats.InProcessServer(s.srv)}, opts...)
+	opts = append([]nats.Option{nats.Name("routingservice"), nats.InProcessServer(s.srv), nats.ReconnectBufSize(-1)}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: connect to embedded server: %w", err)
@@ -105,6 +105,11 @@ func (s *EmbeddedServer) Shutdown(ctx context.Context) error {
 // Connect connects to an external NATS cluster at url (comma-separated for
 // several seeds), authenticating with the credentials file when it is not
 // empty. The connection reconnects forever; the caller closes it.
+//
+// It keeps no reconnect buffer: while it is disconnected a publish fails
+// at once instead of waiting to be sent on reconnect, so a publish that
+// returned an error (an ingress publish the API answered 503 for) is never
+// sent later.
 func Connect(url string, credentialsFile string) (*nats.Conn, error) {
 	if url == "" {
 		return nil, errors.New("natsbus: connect: empty url")
@@ -114,6 +119,7 @@ func Connect(url string, credentialsFile string) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.Timeout(5 * time.Second),
+		nats.ReconnectBufSize(-1),
 	}
 	if credentialsFile != "" {
 		opts = append(opts, nats.UserCredentials(credentialsFile))

@@ -165,6 +165,9 @@ type acker struct {
 
 func (a *acker) Ack() error { return a.jm.Ack() }
 
+// Extend tells the server the message is still being worked on.
+func (a *acker) Extend() error { return a.jm.InProgress() }
+
 func (a *acker) Nack(delay time.Duration) error {
 	if delay <= 0 {
 		return a.jm.Nak()
