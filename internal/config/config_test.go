@@ -69,6 +69,9 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"webpush urgency", "push: {webpush: {urgency: asap}}", nil, "push.webpush.urgency"},
 		{"pubsub ack deadline", "bus: {type: pubsub, ack_deadline: 1s, pubsub: {project_id: p}}", nil, "bus.ack_deadline"},
 		{"bad instance id", "instance_id: 'a b'", nil, "instance_id"},
+		{"bad traces", "telemetry: {traces: zipkin}", nil, "telemetry.traces"},
+		{"bad otlp endpoint", "telemetry: {traces: otlp, otlp_endpoint: 'collector:4317'}", nil, "telemetry.otlp_endpoint"},
+		{"bad sample ratio", "telemetry: {sample_ratio: 2}", nil, "telemetry.sample_ratio"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -139,12 +139,13 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // NewLogger makes the process logger: text or json on stderr at level.
+// Records logged inside a traced operation carry trace_id and span_id.
 func NewLogger(level, format string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
 	o := &slog.HandlerOptions{Level: l}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+		return slog.New(WithTraceIDs(slog.NewJSONHandler(os.Stderr, o)))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, o))
+	return slog.New(WithTraceIDs(slog.NewTextHandler(os.Stderr, o)))
 }
