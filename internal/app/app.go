@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/auth"
@@ -45,6 +48,8 @@ type App struct {
 
 	opts  Options
 	admin *adminServer
+	// tp traces the instance; nil when tracing is off.
+	tp trace.TracerProvider
 
 	// closers release backends in reverse order of opening.
 	closers []func() error
@@ -74,6 +79,9 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if cfg.DevSecret {
 		a.log.Warn("JWT_SECRET is not set: using the development secret; tokens are forgeable by anyone who reads the source (local mode only)")
 	}
+	if err := a.openTracing(ctx); err != nil {
+		return nil, err
+	}
 	if err := a.openBackends(ctx); err != nil {
 		return nil, err
 	}
@@ -97,7 +105,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		a.store = a.opts.WrapStore(st)
 	}
 
-	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered)
+	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.tp)
 	if err != nil {
 		return err
 	}
@@ -138,7 +146,7 @@ func (a *App) authenticate(token string) (string, error) {
 
 func (a *App) wire(ctx context.Context) error {
 	cfg := a.cfg
-	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log)
+	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log, a.tp)
 	if err != nil {
 		return err
 	}
@@ -164,6 +172,7 @@ func (a *App) wire(ctx context.Context) error {
 			Heartbeat:       cfg.Presence.Heartbeat,
 			Logger:          a.log.With("role", "realtime"),
 			Metrics:         a.metrics,
+			TracerProvider:  a.tp,
 		}, a.store, a.presence, a.authenticate)
 	}
 	if cfg.Has(config.RolePipeline) {
@@ -173,6 +182,7 @@ func (a *App) wire(ctx context.Context) error {
 			MaxBatch:       cfg.Store.MaxBatch,
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
+			TracerProvider: a.tp,
 		}
 		if a.realtime != nil {
 			po.Local = a.realtime
@@ -201,12 +211,13 @@ func (a *App) wire(ctx context.Context) error {
 			Backpressure:      a.backpressure(),
 			Logger:            a.log.With("role", "api"),
 			Metrics:           a.metrics,
+			TracerProvider:    a.tp,
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
 		api.MountOps(rt, checks, a.metrics.Handler())
 		a.apiSrv = &http.Server{
-			Handler:           api.CORS(cfg.API.CORSAllowedOrigins, rt),
+			Handler:           api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp),
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
 			ReadTimeout:       cfg.API.ReadTimeout,
 			WriteTimeout:      cfg.API.WriteTimeout,
@@ -318,6 +329,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
 		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
+		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
 	}
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 	"github.com/go-routing-service/routingservice/internal/bus/natsbus"
@@ -16,12 +18,15 @@ import (
 
 // openBus opens the configured engine's driver and the portable bus over
 // it; the returned func closes both (and stops the embedded server).
-func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string)) (*bus.Bus, func() error, error) {
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string), tp trace.TracerProvider) (*bus.Bus, func() error, error) {
 	d, closeEngine, err := openDriver(ctx, cfg, log.With("bus", cfg.Bus.Type))
 	if err != nil {
 		return nil, nil, err
 	}
-	b := bus.New(d, busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter))
+	o := busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter)
+	o.TracerProvider = tp
+	o.System = messagingSystem(cfg.Bus.Type)
+	b := bus.New(d, o)
 	return b, func() error { return errors.Join(b.Close(), closeEngine()) }, nil
 }
 
@@ -36,6 +41,14 @@ func busOptions(cfg config.Config, log *slog.Logger, onDeadLetter func(queue, re
 		Logger:              log,
 		OnDeadLetter:        onDeadLetter,
 	}
+}
+
+// messagingSystem names the engine in spans (messaging.system).
+func messagingSystem(busType string) string {
+	if busType == "pubsub" {
+		return "gcp_pubsub"
+	}
+	return "nats"
 }
 
 // natsConfig maps the configuration onto the NATS driver's.

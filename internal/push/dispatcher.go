@@ -12,6 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -64,6 +68,10 @@ type DispatcherOptions struct {
 	Registerer prometheus.Registerer
 	// Now is the clock that opens and closes windows (nil: time.Now).
 	Now func() time.Time
+	// TracerProvider, when set, traces each dispatch and each send (with
+	// its platform and outcome) under the notification's Trace. Push
+	// tokens and endpoints are never recorded.
+	TracerProvider trace.TracerProvider
 }
 
 // Dispatcher turns notifications into pushes on the recipient's targets:
@@ -78,6 +86,7 @@ type Dispatcher struct {
 	queue    chan Notification
 	outcomes *prometheus.CounterVec
 	running  atomic.Bool
+	tracer   trace.Tracer // nil when tracing is off
 
 	// Owned by the Run goroutine.
 	windows map[string]*window
@@ -127,6 +136,11 @@ func NewDispatcher(targets store.Targets, senders []Sender, o DispatcherOptions)
 		log:     log.With("component", "push"),
 		queue:   make(chan Notification, o.QueueSize),
 		windows: make(map[string]*window),
+	}
+	if o.TracerProvider != nil {
+		if _, off := o.TracerProvider.(noop.TracerProvider); !off {
+			d.tracer = o.TracerProvider.Tracer("github.com/go-routing-service/routingservice/internal/push")
+		}
 	}
 	for _, s := range senders {
 		for _, p := range s.Platforms() {
@@ -236,6 +250,11 @@ func (d *Dispatcher) admit(n Notification, jobs chan<- job) {
 	now := d.o.Now()
 	if w := d.windows[n.Recipient]; w != nil && now.Before(w.until) {
 		d.count(OutcomeCoalesced, PlatformAll)
+		if d.tracer != nil && n.Trace.IsValid() {
+			_, span := d.tracer.Start(trace.ContextWithSpanContext(context.Background(), n.Trace), "push coalesced")
+			span.SetAttributes(attribute.String("messaging.message.id", n.MessageID), attribute.String("routing.outcome", OutcomeCoalesced))
+			span.End()
+		}
 		if !d.o.LeadingOnly && !w.noTargets.Load() {
 			w.pending = &n
 		}
@@ -282,9 +301,18 @@ func (d *Dispatcher) pendingTrailing() int {
 // deliver looks up the recipient's targets and sends n to each in turn.
 func (d *Dispatcher) deliver(ctx context.Context, j job) {
 	n := j.n
+	var span trace.Span
+	if d.tracer != nil && n.Trace.IsValid() {
+		ctx, span = d.tracer.Start(trace.ContextWithSpanContext(ctx, n.Trace), "push dispatch")
+		span.SetAttributes(attribute.String("messaging.message.id", n.MessageID))
+		defer span.End()
+	}
 	lctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
 	targets, err := d.targets.Targets(lctx, n.Recipient)
 	cancel()
+	if span != nil {
+		span.SetAttributes(attribute.Int("routing.count", len(targets)))
+	}
 	if err != nil {
 		d.count(OutcomeFailed, PlatformAll)
 		d.log.Warn("push target lookup failed", "recipient", n.Recipient, "err", err)
@@ -303,22 +331,39 @@ func (d *Dispatcher) deliver(ctx context.Context, j job) {
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
+		var sendSpan trace.Span
+		if span != nil {
+			sctx, sendSpan = d.tracer.Start(sctx, "push send "+platform, trace.WithSpanKind(trace.SpanKindClient))
+		}
 		err := s.Send(sctx, t, n)
 		cancel()
+		outcome := OutcomeSent
 		switch {
 		case err == nil:
 			d.count(OutcomeSent, platform)
 		case errors.Is(err, ErrTargetGone):
 			if derr := d.remove(ctx, n.Recipient, t); derr != nil {
+				outcome = OutcomeFailed
 				d.count(OutcomeFailed, platform)
-				d.log.Warn("push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
-				continue
+				d.log.WarnContext(ctx, "push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
+				break
 			}
+			outcome = OutcomeRemoved
 			d.count(OutcomeRemoved, platform)
-			d.log.Info("push target gone, removed", "recipient", n.Recipient, "platform", platform, "reason", err)
+			d.log.InfoContext(ctx, "push target gone, removed", "recipient", n.Recipient, "platform", platform, "reason", err)
 		default:
+			outcome = OutcomeFailed
 			d.count(OutcomeFailed, platform)
-			d.log.Warn("push send failed", "recipient", n.Recipient, "platform", platform, "err", err)
+			d.log.WarnContext(ctx, "push send failed", "recipient", n.Recipient, "platform", platform, "err", err)
+		}
+		if sendSpan != nil {
+			// The outcome only: a provider's error text may quote the
+			// target's endpoint, which is a capability.
+			sendSpan.SetAttributes(attribute.String("routing.push.platform", platform), attribute.String("routing.outcome", outcome))
+			if outcome == OutcomeFailed {
+				sendSpan.SetStatus(codes.Error, outcome)
+			}
+			sendSpan.End()
 		}
 	}
 }

@@ -38,6 +38,8 @@ type Metrics struct {
 	DeadLettered        *prometheus.CounterVec // queue: ingress, delivery
 	DeadReplayed        *prometheus.CounterVec // queue
 	DeadPurged          *prometheus.CounterVec // queue
+	DeliveryLatency     prometheus.Histogram   // accepted by the API to written to a WebSocket
+	PipelineLag         prometheus.Gauge       // age of the oldest stored message not yet routed
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -114,6 +116,13 @@ func NewMetrics() *Metrics {
 		DeadPurged: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_dead_letter_purged_total", Help: "Dead-lettered messages deleted through this instance's admin socket, by queue.",
 		}, []string{"queue"}),
+		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "routing_delivery_latency_seconds", Help: "Time from a message's acceptance by the API to its live frame written to a WebSocket on this instance.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		PipelineLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest stored message the pipeline has not routed yet (0 when none), as last read by this pipeline instance.",
+		}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
@@ -122,7 +131,7 @@ func NewMetrics() *Metrics {
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
-		m.DeadLettered, m.DeadReplayed, m.DeadPurged,
+		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag,
 	)
 	// Both queues show from the start, at zero, so alerts on rate() see them.
 	for _, q := range []string{"ingress", "delivery"} {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -132,3 +133,37 @@ func Tracer(tp trace.TracerProvider, component string) trace.Tracer {
 	}
 	return tp.Tracer("github.com/go-routing-service/routingservice/" + component)
 }
+
+// Start starts a span named name of kind under ctx with tracer, or returns
+// ctx and a nil span when tracer is nil (tracing off): callers set
+// attributes only on a non-nil span, so that tracing off costs a nil check.
+func Start(ctx context.Context, tracer trace.Tracer, name string, kind trace.SpanKind) (context.Context, trace.Span) {
+	if tracer == nil {
+		return ctx, nil
+	}
+	return tracer.Start(ctx, name, trace.WithSpanKind(kind))
+}
+
+// End records err, when not nil, on span and ends it; a nil span is
+// ignored.
+func End(span trace.Span, err error) {
+	if span == nil {
+		return
+	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// Span attributes the service's spans share (OpenTelemetry messaging
+// conventions, and the service's own under routing.*). Payloads, tokens,
+// push endpoints and user URNs are never recorded.
+const (
+	AttrMessageID = attribute.Key("messaging.message.id")
+	AttrInstance  = attribute.Key("routing.instance")
+	AttrOutcome   = attribute.Key("routing.outcome")
+	AttrCount     = attribute.Key("routing.count")
+	AttrPlatform  = attribute.Key("routing.push.platform")
+)
