@@ -12,6 +12,7 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/telemetry/otlptest"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
@@ -248,4 +250,40 @@ func runSplitRoles(t *testing.T, busConfig func(*config.Config)) {
 		hop{"process delivery", "send delivery"},
 		hop{"websocket write", "process delivery"}), ackHops...)
 	checkTrace(t, rec, caller, hops)
+}
+
+// With telemetry.traces: otlp, a message's spans reach the collector by the
+// time the instance has stopped: shutdown flushes what is still buffered
+// (the batch processor would otherwise wait seconds).
+func TestOTLPSpansFlushedOnShutdown(t *testing.T) {
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_SERVICE_NAME"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+	rcv := otlptest.NewHTTP(t)
+	ta := startApp(t, func(c *config.Config) {
+		c.InstanceID = "otlp-inst"
+		c.Telemetry.Traces = "otlp"
+		c.Telemetry.OTLPEndpoint = rcv.URL
+	})
+	alice := ta.client(t, "urn:sm:user:alice")
+	if _, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:bob", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the pipeline to handle the message", func() bool {
+		return testutil.ToFloat64(ta.app.Metrics().PipelineHandled.WithLabelValues("ok")) >= 1
+	})
+	ta.stop()
+	names := map[string]bool{}
+	for _, s := range rcv.Spans() {
+		names[s.Name] = true
+		if s.Resource["service.instance.id"] != "otlp-inst" {
+			t.Errorf("span %q: resource %v", s.Name, s.Resource)
+		}
+	}
+	for _, want := range []string{"POST /v1/messages", "accept", "store write", "send ingress", "process ingress"} {
+		if !names[want] {
+			t.Errorf("span %q did not reach the collector; got %v", want, names)
+		}
+	}
 }
