@@ -41,7 +41,7 @@ func newTarget(o options) (target, error) {
 	default:
 		t = target{api: o.api, ws: o.ws, secret: os.Getenv("JWT_SECRET"), close: func() {}}
 		if t.secret == "" {
-			t.secret = config.DevJWTSecret
+			t.secret, err = localSecret(o.config)
 		}
 	}
 	if err != nil {
@@ -72,7 +72,12 @@ func startInProcess(configPath string) (target, error) {
 	cfg.Store.SQLitePath = dir + "/routing.db"
 	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
-	cfg.API.RateLimit = 0 // the senders are load, not abuse
+	cfg.Ops.Listen = "127.0.0.1:0"
+	// The senders and connections are load, not abuse: no rate limits, no
+	// caps on connections from one address (all are from loopback).
+	cfg.API.RateLimit = 0
+	cfg.Realtime.MaxConns, cfg.Realtime.MaxConnsPerIP = 1<<30, 0
+	cfg.Realtime.ConnectRatePerIP, cfg.Realtime.ConnectRatePerUser = 0, 0
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
@@ -209,4 +214,26 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// localSecret reads the secret a local server generated into its data dir
+// (data_dir of the config file, or ROUTING_DATA_DIR), as `routingservice
+// token` does.
+func localSecret(configPath string) (string, error) {
+	cfg := config.Default()
+	if configPath != "" {
+		b, err := os.ReadFile(configPath)
+		if err != nil {
+			return "", err
+		}
+		if err := config.Parse(b, &cfg); err != nil {
+			return "", fmt.Errorf("%s: %w", configPath, err)
+		}
+	}
+	cfg.FromEnv(os.Getenv)
+	s, err := config.ExistingLocalSecret(cfg.DataDir)
+	if err != nil {
+		return "", fmt.Errorf("JWT_SECRET is unset and the server's generated secret is not readable (give -config or ROUTING_DATA_DIR): %w", err)
+	}
+	return s, nil
 }

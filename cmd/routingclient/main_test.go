@@ -20,7 +20,7 @@ import (
 func TestSendAndListen(t *testing.T) {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
-	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.API.Listen, cfg.Realtime.Listen, cfg.Ops.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
 	cfg.JWTSecret = "client-test-secret-0123456789-0123456789"
 	cfg.FillDefaults()

@@ -28,7 +28,7 @@ func dlqApp(t *testing.T) (*app.App, string) {
 	t.Helper()
 	dir := t.TempDir()
 	cfgFile := filepath.Join(dir, "config.yaml")
-	yaml := "data_dir: " + filepath.Join(dir, "data") + "\napi: {listen: \"127.0.0.1:0\"}\nrealtime: {listen: \"127.0.0.1:0\"}\n" +
+	yaml := "data_dir: " + filepath.Join(dir, "data") + "\napi: {listen: \"127.0.0.1:0\"}\nrealtime: {listen: \"127.0.0.1:0\"}\nops: {listen: \"127.0.0.1:0\"}\n" +
 		"push: {webpush: {enabled: false}}\nbus: {min_backoff: 50ms, max_backoff: 200ms}\n"
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -221,7 +221,7 @@ func TestDLQUsageErrors(t *testing.T) {
 		t.Fatalf("no subcommand: %v", err)
 	}
 	off := filepath.Join(dir, "off.yaml")
-	if err := os.WriteFile(off, []byte("admin: {socket: \"-\"}\n"), 0o600); err != nil {
+	if err := os.WriteFile(off, []byte("data_dir: "+filepath.Join(dir, "data")+"\nadmin: {socket: \"-\"}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := runDLQ(t, "list", "ingress", "--config", off); err == nil || !strings.Contains(err.Error(), "disabled") {

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -137,8 +138,8 @@ func token(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.DevSecret {
-		fmt.Fprintln(os.Stderr, "routingservice: signed with the development secret (JWT_SECRET is unset)")
+	if cfg.LocalSecret {
+		fmt.Fprintf(os.Stderr, "routingservice: signed with the secret in %s (JWT_SECRET is unset)\n", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
 	fmt.Fprintln(stdout, tok)
 	return nil

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -48,6 +49,7 @@ type child struct {
 	cmd    *exec.Cmd
 	api    string
 	ws     string
+	ops    string
 	exited chan error
 }
 
@@ -61,9 +63,10 @@ func startChild(t *testing.T, dataDir string) *child {
 // (YAML, without the listeners) and environment, and waits until it is ready.
 func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	t.Helper()
-	api, ws := freePort(t), freePort(t)
+	api, ws, ops := freePort(t), freePort(t), freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	cfg := fmt.Sprintf("api: {listen: %q, rate_limit: 0}\nrealtime: {listen: %q}\nlog: {level: warn}\n%s", api, ws, extra)
+	cfg := fmt.Sprintf("api: {listen: %q, rate_limit: 0}\nrealtime: {listen: %q, max_conns_per_ip: 0, connect_rate_per_ip: 0, connect_rate_per_user: 0}\nops: {listen: %q}\nlog: {level: warn}\n%s",
+		api, ws, ops, extra)
 	if !strings.Contains(extra, "push:") {
 		cfg += "push: {webpush: {enabled: false}}\n"
 	}
@@ -78,7 +81,7 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, api: "http://" + api, ws: "ws://" + ws, exited: make(chan error, 1)}
+	c := &child{cmd: cmd, api: "http://" + api, ws: "ws://" + ws, ops: "http://" + ops, exited: make(chan error, 1)}
 	go func() {
 		s := bufio.NewScanner(stderr)
 		for s.Scan() {
@@ -89,14 +92,10 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		// An instance without the api role answers on its WebSocket listener.
-		for _, base := range []string{c.api, "http" + strings.TrimPrefix(c.ws, "ws")} {
-			resp, err := http.Get(base + "/readyz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					return c
-				}
+		if resp, err := http.Get(c.ops + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return c
 			}
 		}
 		select {
@@ -236,11 +235,54 @@ func TestTokenCommand(t *testing.T) {
 		t.Fatal("bad --sub accepted")
 	}
 	prod := filepath.Join(t.TempDir(), "p.yaml")
-	os.WriteFile(prod, []byte("run_mode: production\nbus: {type: nats, nats: {url: 'nats://127.0.0.1:4222'}}\nstore: {type: postgres}\npresence: {type: redis}\n"), 0o600)
-	t.Setenv("DATABASE_URL", "postgres://x")
+	os.WriteFile(prod, []byte("run_mode: production\nbus: {type: nats, nats: {url: 'tls://127.0.0.1:4222', credentials_file: /c}}\n"+
+		"store: {type: postgres}\npresence: {type: redis, redis: {tls: true}}\npush: {webpush: {vapid_private_key_file: /v}}\n"), 0o600)
+	t.Setenv("DATABASE_URL", "postgres://x?sslmode=verify-full")
+	t.Setenv("REDIS_PASSWORD", "p")
 	t.Setenv("JWT_SECRET", strings.Repeat("p", 40))
+	if _, err := loadConfig(flag.NewFlagSet("t", flag.ContinueOnError), []string{"--config", prod}); err != nil {
+		t.Fatalf("the production config is not valid, so the refusal below proves nothing: %v", err)
+	}
 	if err := run([]string{"token", "--config", prod, "--sub", "urn:sm:user:alice"}, io.Discard, io.Discard); err == nil ||
 		!strings.Contains(err.Error(), "production") {
 		t.Fatalf("token ran in production mode: %v", err)
+	}
+}
+
+// Without JWT_SECRET, `serve` and `token` share a random secret generated
+// into the data dir: the token it prints is accepted, one signed with the
+// formerly published development secret is not.
+func TestLocalSecretIsSharedWithTokenAndNotPublished(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	dir := t.TempDir()
+	c := startChildConfig(t, "data_dir: "+dir+"\n", "JWT_SECRET=")
+	t.Setenv("JWT_SECRET", "")
+	t.Setenv("ROUTING_CONFIG", "")
+	t.Setenv("ROUTING_DATA_DIR", dir)
+	var out strings.Builder
+	if err := run([]string{"token", "--sub", "urn:sm:user:alice"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	published, err := auth.Sign([]byte("routingservice-development-secret-do-not-use-in-production"), "urn:sm:user:alice", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(tok string) int {
+		req, _ := http.NewRequest(http.MethodGet, c.api+"/v1/messages", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := fetch(strings.TrimSpace(out.String())); code != http.StatusOK {
+		t.Fatalf("the token command's token: %d, want 200", code)
+	}
+	if code := fetch(published); code != http.StatusUnauthorized {
+		t.Fatalf("a token signed with the published secret: %d, want 401", code)
 	}
 }

@@ -69,7 +69,7 @@ func mountedRoutes() map[string][]string {
 	rt := NewRouter(nil, nil)
 	New(Options{}, nil, nil, nil).Mount(rt)
 	realtime.New(realtime.Options{}, nil, nil, nil).Mount(rt)
-	MountOps(rt, nil, http.NotFoundHandler())
+	MountOps(rt, Ops{Metrics: http.NotFoundHandler()})
 	out := map[string][]string{}
 	for path, ms := range rt.Routes() {
 		if slices.Contains(ms, http.MethodGet) {

@@ -160,27 +160,75 @@ func truncate(s string, n int) string {
 // ReadyFunc checks one backend.
 type ReadyFunc func(ctx context.Context) error
 
-// MountOps adds the operations endpoints (no token): /healthz, /readyz and /metrics.
-func MountOps(rt *Router, checks map[string]ReadyFunc, metrics http.Handler) {
+// Ops configures the operations endpoints.
+type Ops struct {
+	// Checks are the backends /readyz checks, by name.
+	Checks map[string]ReadyFunc
+	// Metrics serves /metrics (nil: not mounted).
+	Metrics http.Handler
+	// CheckTimeout bounds each check (default 1s).
+	CheckTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// MountOps adds the operations endpoints (no token): /healthz, /readyz and
+// /metrics. /readyz runs the checks at once, each bounded by its timeout,
+// and reports pass or fail per backend; the reason of a failure goes to the
+// log only (it may name addresses or carry a driver's message).
+func MountOps(rt *Router, o Ops) {
+	if o.CheckTimeout <= 0 {
+		o.CheckTimeout = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
 	rt.HandleFunc(http.MethodGet, "/healthz", func(w http.ResponseWriter, r *http.Request) {
 		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	rt.HandleFunc(http.MethodGet, "/readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		failed := map[string]string{}
-		for name, check := range checks {
-			if err := check(ctx); err != nil {
-				failed[name] = err.Error()
+		type result struct {
+			name string
+			err  error
+		}
+		results := make(chan result, len(o.Checks))
+		for name, check := range o.Checks {
+			go func() {
+				ctx, cancel := context.WithTimeout(r.Context(), o.CheckTimeout)
+				defer cancel()
+				results <- result{name, check(ctx)}
+			}()
+		}
+		checks := make(map[string]string, len(o.Checks))
+		for name := range o.Checks {
+			checks[name] = "fail" // until it answers
+		}
+		ready := true
+		// A check that ignores its context fails at the timeout all the same.
+		late := time.NewTimer(o.CheckTimeout + 100*time.Millisecond)
+		defer late.Stop()
+	collect:
+		for range o.Checks {
+			select {
+			case res := <-results:
+				if res.err != nil {
+					ready = false
+					o.Logger.Warn("readiness check failed", "check", res.name, "err", res.err)
+					continue
+				}
+				checks[res.name] = "pass"
+			case <-late.C:
+				ready = false
+				o.Logger.Warn("readiness checks did not answer in time")
+				break collect
 			}
 		}
-		if len(failed) > 0 {
-			web.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "failed": failed})
+		if !ready {
+			web.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
 			return
 		}
-		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		web.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
 	})
-	if metrics != nil {
-		rt.Handle(http.MethodGet, "/metrics", metrics)
+	if o.Metrics != nil {
+		rt.Handle(http.MethodGet, "/metrics", o.Metrics)
 	}
 }

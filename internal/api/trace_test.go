@@ -18,7 +18,7 @@ func TestServerSpansByRoute(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	rt := NewRouter(nil, nil)
 	rt.HandleFunc(http.MethodGet, "/v1/messages", func(w http.ResponseWriter, r *http.Request) {})
-	MountOps(rt, nil, nil)
+	MountOps(rt, Ops{})
 	h := Trace(rt, rt, tp)
 	caller := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{7}, SpanID: trace.SpanID{9}, TraceFlags: trace.FlagsSampled})
 	for _, path := range []string{"/v1/messages?limit=5", "/no/such/urn:sm:user:x", "/healthz"} {

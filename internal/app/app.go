@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -43,8 +45,8 @@ type App struct {
 	realtime *realtime.Server
 	pipeline *pipeline.Pipeline
 
-	apiSrv, rtSrv *http.Server
-	apiLn, rtLn   net.Listener
+	apiSrv, rtSrv, opsSrv *http.Server
+	apiLn, rtLn, opsLn    net.Listener
 
 	opts  Options
 	admin *adminServer
@@ -76,8 +78,8 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
-	if cfg.DevSecret {
-		a.log.Warn("JWT_SECRET is not set: using the development secret; tokens are forgeable by anyone who reads the source (local mode only)")
+	if cfg.LocalSecret {
+		a.log.Info("JWT_SECRET is not set: tokens are checked with the secret generated in the data dir (local mode only)", "file", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
 	if err := a.openTracing(ctx); err != nil {
 		return nil, err
@@ -144,6 +146,16 @@ func (a *App) authenticate(token string) (string, error) {
 	return c.Subject, nil
 }
 
+// authenticateSession is authenticate with the token's expiry, which ends
+// a WebSocket session.
+func (a *App) authenticateSession(token string) (string, time.Time, error) {
+	c, err := a.verifier.Verify(token)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return c.Subject, c.ExpiresAt, nil
+}
+
 func (a *App) wire(ctx context.Context) error {
 	cfg := a.cfg
 	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log, a.tp)
@@ -160,20 +172,31 @@ func (a *App) wire(ctx context.Context) error {
 			return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
 		}
 		a.realtime = realtime.New(realtime.Options{
-			Instance:        cfg.InstanceID,
-			AllowedOrigins:  cfg.Realtime.AllowedOrigins,
-			MaxFrameBytes:   cfg.Realtime.MaxFrameBytes,
-			PingInterval:    cfg.Realtime.PingInterval,
-			PongTimeout:     cfg.Realtime.PongTimeout,
-			WriteTimeout:    cfg.Realtime.WriteTimeout,
-			SendQueue:       cfg.Realtime.SendQueue,
-			BacklogPage:     cfg.Realtime.BacklogPage,
-			MaxConnsPerUser: cfg.Realtime.MaxConnsPerUser,
-			Heartbeat:       cfg.Presence.Heartbeat,
-			Logger:          a.log.With("role", "realtime"),
-			Metrics:         a.metrics,
-			TracerProvider:  a.tp,
-		}, a.store, a.presence, a.authenticate)
+			Instance:            cfg.InstanceID,
+			AllowedOrigins:      cfg.Realtime.AllowedOrigins,
+			AllowedHosts:        cfg.Realtime.AllowedHosts,
+			TrustedProxies:      trustedProxies(cfg.Realtime.TrustedProxies),
+			Leeway:              cfg.Auth.Leeway,
+			MaxConns:            cfg.Realtime.MaxConns,
+			MaxConnsPerIP:       cfg.Realtime.MaxConnsPerIP,
+			ConnectRatePerIP:    cfg.Realtime.ConnectRatePerIP,
+			ConnectBurstPerIP:   cfg.Realtime.ConnectBurstPerIP,
+			ConnectRatePerUser:  cfg.Realtime.ConnectRatePerUser,
+			ConnectBurstPerUser: cfg.Realtime.ConnectBurstPerUser,
+			AckRate:             cfg.Realtime.AckRate,
+			AckBurst:            cfg.Realtime.AckBurst,
+			MaxFrameBytes:       cfg.Realtime.MaxFrameBytes,
+			PingInterval:        cfg.Realtime.PingInterval,
+			PongTimeout:         cfg.Realtime.PongTimeout,
+			WriteTimeout:        cfg.Realtime.WriteTimeout,
+			SendQueue:           cfg.Realtime.SendQueue,
+			BacklogPage:         cfg.Realtime.BacklogPage,
+			MaxConnsPerUser:     cfg.Realtime.MaxConnsPerUser,
+			Heartbeat:           cfg.Presence.Heartbeat,
+			Logger:              a.log.With("role", "realtime"),
+			Metrics:             a.metrics,
+			TracerProvider:      a.tp,
+		}, a.store, a.presence, a.authenticateSession)
 	}
 	if cfg.Has(config.RolePipeline) {
 		po := pipeline.Options{
@@ -215,7 +238,6 @@ func (a *App) wire(ctx context.Context) error {
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
-		api.MountOps(rt, checks, a.metrics.Handler())
 		a.apiSrv = &http.Server{
 			Handler:           api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp),
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
@@ -234,10 +256,10 @@ func (a *App) wire(ctx context.Context) error {
 	if a.realtime != nil {
 		rt := api.NewRouter(a.metrics, a.log)
 		a.realtime.Mount(rt)
-		api.MountOps(rt, checks, a.metrics.Handler())
 		a.rtSrv = &http.Server{
 			Handler:           rt,
-			ReadHeaderTimeout: cfg.API.ReadTimeout,
+			ReadHeaderTimeout: cfg.Realtime.ReadHeaderTimeout,
+			IdleTimeout:       cfg.Realtime.IdleTimeout,
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
@@ -250,7 +272,40 @@ func (a *App) wire(ctx context.Context) error {
 		}
 		a.rtLn = ln
 	}
+	return a.listenOps(checks)
+}
+
+// listenOps binds the operations listener: /healthz, /readyz and /metrics,
+// apart from the public ports.
+func (a *App) listenOps(checks map[string]api.ReadyFunc) error {
+	rt := api.NewRouter(nil, a.log)
+	api.MountOps(rt, api.Ops{Checks: checks, Metrics: a.metrics.Handler(), CheckTimeout: a.cfg.Ops.CheckTimeout,
+		Logger: a.log.With("role", "ops")})
+	a.opsSrv = &http.Server{
+		Handler:           rt,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", a.cfg.Ops.Listen)
+	if err != nil {
+		return fmt.Errorf("config key ops.listen: %w", err)
+	}
+	a.opsLn = ln
 	return nil
+}
+
+func trustedProxies(cidrs []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil { // Check refused the others
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // backpressure watches the ingress backlog when there is a limit and the
@@ -284,6 +339,14 @@ func (a *App) WSAddr() string {
 		return ""
 	}
 	return a.rtLn.Addr().String()
+}
+
+// OpsAddr is the operations listener's address.
+func (a *App) OpsAddr() string {
+	if a.opsLn == nil {
+		return ""
+	}
+	return a.opsLn.Addr().String()
 }
 
 // Metrics returns the instance's metrics.
@@ -322,6 +385,10 @@ func (a *App) Run(ctx context.Context) error {
 		a.log.Info("websocket listening", "addr", a.WSAddr())
 		goRole("realtime", func() error { return a.rtSrv.Serve(a.rtLn) })
 		goRole("delivery", func() error { return a.realtime.Run(work, a.bus) })
+	}
+	if a.opsSrv != nil {
+		a.log.Info("operations listening", "addr", a.OpsAddr())
+		goRole("ops", func() error { return a.opsSrv.Serve(a.opsLn) })
 	}
 	if a.backlog != nil {
 		goRole("backpressure", func() error { a.backlog.Run(work); return nil })
@@ -367,6 +434,12 @@ func (a *App) Run(ctx context.Context) error {
 		}
 	}
 	stopWork()
+	if a.opsSrv != nil {
+		// Last: probes see the instance until it has drained.
+		if err := a.opsSrv.Shutdown(sctx); err != nil {
+			a.log.Warn("ops shutdown", "err", err)
+		}
+	}
 	wg.Wait()
 	a.closeBackends()
 	a.log.Info("stopped")
@@ -383,6 +456,9 @@ func (a *App) Close() {
 	}
 	if a.rtLn != nil {
 		a.rtLn.Close()
+	}
+	if a.opsLn != nil {
+		a.opsLn.Close()
 	}
 	if a.admin != nil {
 		a.admin.close()

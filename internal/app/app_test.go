@@ -23,6 +23,7 @@ type testApp struct {
 	app    *app.App
 	apiURL string
 	wsURL  string
+	opsURL string
 	cancel context.CancelFunc
 	done   chan error
 	once   sync.Once
@@ -42,6 +43,9 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Realtime.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0"
+	cfg.Realtime.MaxConnsPerIP = 0 // every test client is on 127.0.0.1
+	cfg.Realtime.ConnectRatePerIP, cfg.Realtime.ConnectRatePerUser = 0, 0
 	cfg.Bus.MinBackoff = 50 * time.Millisecond
 	cfg.Bus.MaxBackoff = 200 * time.Millisecond
 	cfg.Bus.AckDeadline = 5 * time.Second
@@ -72,6 +76,7 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 	if addr := a.WSAddr(); addr != "" {
 		ta.wsURL = "ws://" + addr
 	}
+	ta.opsURL = "http://" + a.OpsAddr()
 	go func() { ta.done <- a.Run(ctx) }()
 	t.Cleanup(ta.stop)
 	return ta

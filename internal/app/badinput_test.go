@@ -120,7 +120,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	if code := get(t, ta.apiURL+"/healthz"); code != 200 {
+	if code := get(t, ta.opsURL+"/healthz"); code != 200 {
 		t.Fatalf("service stopped serving: %d", code)
 	}
 	// And a good request still works.
@@ -248,7 +248,7 @@ func TestWebSocketBadInput(t *testing.T) {
 			t.Fatalf("victim's message was removed: %+v %v", p, err)
 		}
 	})
-	if code := get(t, "http://"+ta.app.WSAddr()+"/healthz"); code != 200 {
+	if code := get(t, ta.opsURL+"/healthz"); code != 200 {
 		t.Fatalf("service stopped serving: %d", code)
 	}
 }

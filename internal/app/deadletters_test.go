@@ -322,9 +322,12 @@ func TestStoreOutage(t *testing.T) {
 func TestAdminSocket(t *testing.T) {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
-	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.API.Listen, cfg.Realtime.Listen, cfg.Ops.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
 	cfg.FillDefaults()
+	if err := cfg.LoadLocalSecret(); err != nil {
+		t.Fatal(err)
+	}
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +383,7 @@ func TestPoisonMessagePubSub(t *testing.T) {
 		c.Bus.PubSub.ProjectID = "dlq-test"
 		c.Bus.AckDeadline = 10 * time.Second
 	}, app.Options{})
-	if code := get(t, ta.apiURL+"/readyz"); code != http.StatusOK {
+	if code := get(t, ta.opsURL+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz: %d", code)
 	}
 	if !ta.app.Bus().Capabilities().SetupCheck {

@@ -264,10 +264,16 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("operations endpoints", func(t *testing.T) {
-		for _, u := range []string{ta.apiURL + "/healthz", ta.apiURL + "/readyz", ta.apiURL + "/metrics",
-			"http://" + ta.app.WSAddr() + "/healthz", "http://" + ta.app.WSAddr() + "/readyz"} {
+		for _, u := range []string{ta.opsURL + "/healthz", ta.opsURL + "/readyz", ta.opsURL + "/metrics"} {
 			if code := get(t, u); code != http.StatusOK {
 				t.Errorf("%s: %d", u, code)
+			}
+		}
+		// Not on the public ports: nothing there to probe without a token.
+		for _, u := range []string{ta.apiURL + "/healthz", ta.apiURL + "/readyz", ta.apiURL + "/metrics",
+			"http://" + ta.app.WSAddr() + "/healthz", "http://" + ta.app.WSAddr() + "/readyz", "http://" + ta.app.WSAddr() + "/metrics"} {
+			if code := get(t, u); code != http.StatusNotFound {
+				t.Errorf("%s on a public port: %d, want 404", u, code)
 			}
 		}
 	})

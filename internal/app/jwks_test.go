@@ -39,7 +39,7 @@ func TestJWKSTokens(t *testing.T) {
 		c.Auth.Algorithms = []string{"HS256", "RS256"}
 		c.Auth.JWKSURL = idp.URL
 	})
-	eventually(t, "the key set loaded (/readyz)", func() bool { return get(t, ta.apiURL+"/readyz") == http.StatusOK })
+	eventually(t, "the key set loaded (/readyz)", func() bool { return get(t, ta.opsURL+"/readyz") == http.StatusOK })
 
 	sign := func(k *rsa.PrivateKey) string {
 		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{

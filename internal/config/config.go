@@ -3,7 +3,9 @@
 // embedded default (embedded NATS, SQLite, in-process presence).
 //
 // Secrets never come from the file: JWT_SECRET, DATABASE_URL, REDIS_PASSWORD
-// and credentials files named by path are read from the environment.
+// and credentials files named by path are read from the environment. In
+// local mode without JWT_SECRET, the HS256 secret is a random one generated
+// into the data dir on first start (see LoadLocalSecret).
 package config
 
 import (
@@ -13,8 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,9 +41,9 @@ const (
 	RoleRealtime = "realtime"
 )
 
-// DevJWTSecret is the development secret used in local mode when JWT_SECRET
-// is unset. Production mode refuses it.
-const DevJWTSecret = "routingservice-development-secret-do-not-use-in-production"
+// LocalSecretFile is the file under the data dir holding the HS256 secret
+// generated in local mode when JWT_SECRET is unset.
+const LocalSecretFile = "jwt_secret"
 
 // Config is the whole configuration.
 type Config struct {
@@ -59,13 +64,25 @@ type Config struct {
 	Push      Push      `yaml:"push"`
 	Telemetry Telemetry `yaml:"telemetry"`
 	Admin     Admin     `yaml:"admin"`
+	Ops       Ops       `yaml:"ops"`
 
 	// From the environment, never from the file.
 	JWTSecret     string `yaml:"-"`
 	DatabaseURL   string `yaml:"-"`
 	RedisPassword string `yaml:"-"`
-	// DevSecret is true when JWTSecret is the development secret.
-	DevSecret bool `yaml:"-"`
+	// LocalSecret is true when JWTSecret is the secret generated into the
+	// data dir (local mode without JWT_SECRET; see LoadLocalSecret).
+	LocalSecret bool `yaml:"-"`
+}
+
+// Ops configures the operations listener: /healthz, /readyz and /metrics,
+// served without a token and never on the API or WebSocket port.
+type Ops struct {
+	// Listen is the listener's address; keep it off the public network
+	// (loopback by default, the pod network for probes and scraping).
+	Listen string `yaml:"listen"`
+	// CheckTimeout bounds each backend check of /readyz.
+	CheckTimeout time.Duration `yaml:"check_timeout"`
 }
 
 // Log configures structured logging.
@@ -105,6 +122,30 @@ type Realtime struct {
 	SendQueue       int           `yaml:"send_queue"`
 	BacklogPage     int           `yaml:"backlog_page"`
 	MaxConnsPerUser int           `yaml:"max_conns_per_user"`
+	// AllowedHosts are the host names (no port) a browser may reach the
+	// WebSocket endpoint by: an upgrade with an Origin header and another
+	// Host is refused, so a DNS-rebound name cannot pass as same-origin.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// MaxConns caps this instance's connections; MaxConnsPerIP those of
+	// one client address (0: no per-address cap).
+	MaxConns      int `yaml:"max_conns"`
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
+	// Connection attempts per second (average) and at once, per client
+	// address and per user; over them: 429 with Retry-After.
+	ConnectRatePerIP    float64 `yaml:"connect_rate_per_ip"`
+	ConnectBurstPerIP   int     `yaml:"connect_burst_per_ip"`
+	ConnectRatePerUser  float64 `yaml:"connect_rate_per_user"`
+	ConnectBurstPerUser int     `yaml:"connect_burst_per_user"`
+	// Ack frames per second (average) and at once, per connection; over
+	// them the frame is answered with a rate_limited error and not applied.
+	AckRate  float64 `yaml:"ack_rate"`
+	AckBurst int     `yaml:"ack_burst"`
+	// TrustedProxies are the networks (CIDR) of load balancers whose
+	// X-Forwarded-For names the client address; other peers are taken as
+	// the client.
+	TrustedProxies    []string      `yaml:"trusted_proxies"`
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 }
 
 // Auth configures token verification.
@@ -326,6 +367,19 @@ func Default() Config {
 			SendQueue:       1024,
 			BacklogPage:     100,
 			MaxConnsPerUser: 16,
+			AllowedHosts:    []string{"localhost", "127.0.0.1", "::1"},
+
+			MaxConns:            10000,
+			MaxConnsPerIP:       100,
+			ConnectRatePerIP:    10,
+			ConnectBurstPerIP:   50,
+			ConnectRatePerUser:  1,
+			ConnectBurstPerUser: 20,
+			AckRate:             50,
+			AckBurst:            100,
+			TrustedProxies:      []string{},
+			ReadHeaderTimeout:   10 * time.Second,
+			IdleTimeout:         2 * time.Minute,
 		},
 		Auth: Auth{
 			Algorithms:  []string{"HS256"},
@@ -382,6 +436,7 @@ func Default() Config {
 			FCM:               FCM{Endpoint: "https://fcm.googleapis.com"},
 		},
 		Telemetry: Telemetry{Traces: "off", SampleRatio: 1},
+		Ops:       Ops{Listen: "127.0.0.1:9090", CheckTimeout: time.Second},
 	}
 }
 
@@ -400,6 +455,9 @@ func Load(path string) (Config, error) {
 	}
 	cfg.FromEnv(os.Getenv)
 	cfg.FillDefaults()
+	if err := cfg.LoadLocalSecret(); err != nil {
+		return Config{}, err
+	}
 	if err := cfg.Check(); err != nil {
 		return Config{}, err
 	}
@@ -436,8 +494,7 @@ func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
 
 // FillDefaults fills the defaults that derive from other keys or from the
 // machine, where they are unset: the instance id (host name and a random
-// suffix), the SQLite path (under the data dir) and, in local mode with
-// HS256 and no JWT_SECRET, the development secret. It leaves set values
+// suffix) and the SQLite path (under the data dir). It leaves set values
 // alone, so calling it again changes nothing. Call it after FromEnv and
 // before Check.
 func (c *Config) FillDefaults() {
@@ -447,10 +504,81 @@ func (c *Config) FillDefaults() {
 	if c.Store.Type == "sqlite" && c.Store.SQLitePath == "" {
 		c.Store.SQLitePath = filepath.Join(c.DataDir, "routing.db")
 	}
-	if c.JWTSecret == "" && c.RunMode == ModeLocal && slices.Contains(c.Auth.Algorithms, "HS256") {
-		c.JWTSecret = DevJWTSecret
-		c.DevSecret = true
+}
+
+// LoadLocalSecret gives local mode with HS256 and no JWT_SECRET its secret:
+// <data_dir>/jwt_secret, made on first use from 32 random bytes (file mode
+// 0600, refused when others may read it). The service and `routingservice
+// token` resolve the data dir alike, so they share it. Elsewhere it does
+// nothing.
+func (c *Config) LoadLocalSecret() error {
+	if c.JWTSecret != "" || c.RunMode != ModeLocal || !slices.Contains(c.Auth.Algorithms, "HS256") || c.DataDir == "" {
+		return nil
 	}
+	secret, err := loadOrCreateSecret(filepath.Join(c.DataDir, LocalSecretFile))
+	if err != nil {
+		return fmt.Errorf("config key data_dir: local JWT secret: %w", err)
+	}
+	c.JWTSecret, c.LocalSecret = secret, true
+	return nil
+}
+
+// ExistingLocalSecret returns the secret an earlier start generated into
+// dataDir, without making one.
+func ExistingLocalSecret(dataDir string) (string, error) {
+	return readSecret(filepath.Join(dataDir, LocalSecretFile))
+}
+
+func loadOrCreateSecret(path string) (string, error) {
+	if s, err := readSecret(path); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return s, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	// Written whole under a temporary name, then linked into place: a
+	// concurrent first start either wins or reads the winner's secret.
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".jwt_secret-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(hex.EncodeToString(b[:]) + "\n")
+	if err := errors.Join(werr, tmp.Sync(), tmp.Close()); err != nil {
+		return "", err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	return readSecret(path)
+}
+
+func readSecret(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s is readable by others (mode %v); chmod 600 it", path, st.Mode().Perm())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) < 32 {
+		return "", fmt.Errorf("%s holds fewer than 32 characters", path)
+	}
+	return s, nil
 }
 
 // Check reports every invalid key of c, each error naming its key. It
@@ -644,9 +772,9 @@ func (c Config) Check() error {
 		case c.JWTSecret == "" && prod:
 			bad("auth.algorithms", "HS256 needs the JWT_SECRET environment variable in production")
 		case c.JWTSecret == "":
-			bad("auth.algorithms", "HS256 needs a secret: set JWT_SECRET (local mode falls back to the development secret)")
-		case c.JWTSecret == DevJWTSecret && prod:
-			bad("auth.algorithms", "JWT_SECRET is the development secret; production refuses it")
+			bad("auth.algorithms", "HS256 needs a secret: set JWT_SECRET (local mode generates one into the data dir)")
+		case slices.Contains(publishedSecrets, c.JWTSecret):
+			bad("auth.algorithms", "JWT_SECRET is a published secret (anyone can sign tokens with it); set a random one")
 		case len(c.JWTSecret) < 32 && prod:
 			bad("auth.algorithms", "JWT_SECRET must be at least 32 bytes in production")
 		}
@@ -654,8 +782,30 @@ func (c Config) Check() error {
 	if slices.ContainsFunc(c.Auth.Algorithms, func(a string) bool { return a != "HS256" }) && c.Auth.JWKSURL == "" {
 		bad("auth.jwks_url", "is required for RS256, ES256 or EdDSA")
 	}
-	if c.Auth.JWKSURL != "" && prod && !strings.HasPrefix(c.Auth.JWKSURL, "https://") {
-		bad("auth.jwks_url", "must be https in production")
+	if c.Auth.JWKSURL != "" && prod {
+		if !strings.HasPrefix(c.Auth.JWKSURL, "https://") {
+			bad("auth.jwks_url", "must be https in production")
+		}
+		// Any token the identity provider signs would do, whatever it was for.
+		if c.Auth.Issuer == "" {
+			bad("auth.issuer", "is required with auth.jwks_url in production")
+		}
+		if c.Auth.Audience == "" {
+			bad("auth.audience", "is required with auth.jwks_url in production")
+		}
+	}
+	if prod && c.API.RateLimit == 0 {
+		bad("api.rate_limit", "must be positive in production (0 turns the limit off)")
+	}
+	if prod {
+		c.checkLinks(bad)
+	}
+	c.checkRealtime(bad)
+	if c.Ops.Listen == "" {
+		bad("ops.listen", "must not be empty (it serves /healthz, /readyz and /metrics)")
+	}
+	if c.Ops.CheckTimeout <= 0 || c.Ops.CheckTimeout > 30*time.Second {
+		bad("ops.check_timeout", "must be between 0 and 30s")
 	}
 	if c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute {
 		bad("auth.leeway", "must be between 0 and 5m")
@@ -663,11 +813,6 @@ func (c Config) Check() error {
 	for _, o := range c.API.CORSAllowedOrigins {
 		if o == "*" && prod {
 			bad("api.cors_allowed_origins", "wildcard \"*\" is refused in production")
-		}
-	}
-	for _, o := range c.Realtime.AllowedOrigins {
-		if o == "*" && prod {
-			bad("realtime.allowed_origins", "wildcard \"*\" is refused in production")
 		}
 	}
 	if c.Push.WebPush.Enabled {
@@ -718,6 +863,132 @@ func (c Config) Check() error {
 		bad("telemetry.sample_ratio", "must be between 0 and 1")
 	}
 	return errors.Join(errs...)
+}
+
+// publishedSecrets are HS256 secrets that appeared in public source; a
+// token signed with one proves nothing.
+var publishedSecrets = []string{"routingservice-development-secret-do-not-use-in-production"}
+
+// checkLinks refuses, in production, connections to backends that could be
+// read or spoofed on the network or reached without credentials.
+func (c Config) checkLinks(bad func(key, format string, args ...any)) {
+	if c.Presence.Type == "redis" {
+		if !c.Presence.Redis.TLS {
+			bad("presence.redis.tls", "must be true in production")
+		}
+		if c.RedisPassword == "" {
+			bad("REDIS_PASSWORD", "the environment variable is required with presence.type redis in production")
+		}
+	}
+	if c.Store.Type == "postgres" && c.DatabaseURL != "" {
+		switch m := sslMode(c.DatabaseURL); m {
+		case "require", "verify-ca", "verify-full":
+		default:
+			bad("DATABASE_URL", "the environment variable must set sslmode=require, verify-ca or verify-full in production, got %q", m)
+		}
+	}
+	if c.Bus.Type == "nats" && c.Bus.NATS.URL != "" {
+		for _, u := range strings.Split(c.Bus.NATS.URL, ",") {
+			if !strings.HasPrefix(strings.TrimSpace(u), "tls://") {
+				bad("bus.nats.url", "must use tls:// in production, got %q", strings.TrimSpace(u))
+			}
+		}
+		if c.Bus.NATS.CredentialsFile == "" {
+			bad("bus.nats.credentials_file", "is required with bus.type nats in production")
+		}
+	}
+}
+
+// sslMode returns the sslmode of a PostgreSQL URL or key=value string.
+func sslMode(dsn string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return ""
+		}
+		return u.Query().Get("sslmode")
+	}
+	for _, f := range strings.Fields(dsn) {
+		if k, v, ok := strings.Cut(f, "="); ok && k == "sslmode" {
+			return strings.Trim(v, "'")
+		}
+	}
+	return ""
+}
+
+// checkRealtime checks the WebSocket server's origin rules and limits.
+func (c Config) checkRealtime(bad func(key, format string, args ...any)) {
+	prod := c.RunMode == ModeProduction
+	for i, o := range c.Realtime.AllowedOrigins {
+		key := fmt.Sprintf("realtime.allowed_origins[%d]", i)
+		if o == "*" {
+			if prod {
+				bad("realtime.allowed_origins", "wildcard \"*\" is refused in production")
+			}
+			continue
+		}
+		if err := checkOrigin(o); err != nil {
+			bad(key, "%v", err)
+		}
+	}
+	for i, h := range c.Realtime.AllowedHosts {
+		switch {
+		case h == "*" && prod:
+			bad("realtime.allowed_hosts", "wildcard \"*\" is refused in production")
+		case h == "" || strings.ContainsAny(h, "/:[]") && net.ParseIP(h) == nil:
+			bad(fmt.Sprintf("realtime.allowed_hosts[%d]", i), "must be a host name or address without scheme or port, got %q", h)
+		}
+	}
+	for i, p := range c.Realtime.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			bad(fmt.Sprintf("realtime.trusted_proxies[%d]", i), "must be a network in CIDR notation, got %q", p)
+		}
+	}
+	if c.Realtime.MaxConns < 1 {
+		bad("realtime.max_conns", "must be at least 1")
+	}
+	for k, v := range map[string]int{"realtime.max_conns_per_ip": c.Realtime.MaxConnsPerIP} {
+		if v < 0 {
+			bad(k, "must not be negative (0: no limit)")
+		}
+	}
+	rates := []struct {
+		rateKey, burstKey string
+		rate              float64
+		burst             int
+	}{
+		{"realtime.connect_rate_per_ip", "realtime.connect_burst_per_ip", c.Realtime.ConnectRatePerIP, c.Realtime.ConnectBurstPerIP},
+		{"realtime.connect_rate_per_user", "realtime.connect_burst_per_user", c.Realtime.ConnectRatePerUser, c.Realtime.ConnectBurstPerUser},
+		{"realtime.ack_rate", "realtime.ack_burst", c.Realtime.AckRate, c.Realtime.AckBurst},
+	}
+	for _, r := range rates {
+		if r.rate < 0 {
+			bad(r.rateKey, "must not be negative (0 turns the limit off)")
+		}
+		if r.rate > 0 && r.burst < 1 {
+			bad(r.burstKey, "must be at least 1")
+		}
+	}
+	if c.Realtime.ReadHeaderTimeout <= 0 {
+		bad("realtime.read_header_timeout", "must be a positive duration")
+	}
+	if c.Realtime.IdleTimeout <= 0 {
+		bad("realtime.idle_timeout", "must be a positive duration")
+	}
+}
+
+// checkOrigin reports whether origin is scheme://host[:port] (http or https,
+// the host possibly with * wildcards): the WebSocket library's origin
+// patterns match it against the whole Origin header, scheme included.
+func checkOrigin(origin string) error {
+	scheme, host, ok := strings.Cut(origin, "://")
+	if !ok || (scheme != "http" && scheme != "https") || host == "" || strings.ContainsAny(host, "/?#@") {
+		return fmt.Errorf("must be an origin scheme://host[:port] (http or https), got %q", origin)
+	}
+	if _, err := path.Match(origin, ""); err != nil {
+		return fmt.Errorf("bad wildcard in %q: %v", origin, err)
+	}
+	return nil
 }
 
 func validName(s string) bool {

@@ -2,7 +2,9 @@ package config
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -24,15 +26,74 @@ func TestShippedConfigIsTheDefault(t *testing.T) {
 
 func TestDefaultIsValidInLocalMode(t *testing.T) {
 	c := Default()
+	c.DataDir = t.TempDir()
 	c.FillDefaults()
+	if err := c.LoadLocalSecret(); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if !c.DevSecret || c.JWTSecret != DevJWTSecret {
-		t.Fatal("local mode without JWT_SECRET must use the development secret")
+	if !c.LocalSecret || len(c.JWTSecret) < 32 {
+		t.Fatal("local mode without JWT_SECRET must use a generated secret")
 	}
 	if c.InstanceID == "" || c.Store.SQLitePath == "" {
 		t.Fatal("derived defaults not filled")
+	}
+}
+
+// Local mode without JWT_SECRET never falls back to a secret anyone can
+// read: each data dir gets its own random secret, in a file only its owner
+// reads, kept across restarts.
+func TestLocalSecretIsGeneratedPrivateAndKept(t *testing.T) {
+	dir := t.TempDir()
+	load := func(dir string) Config {
+		t.Helper()
+		t.Setenv("ROUTING_DATA_DIR", dir)
+		t.Setenv("JWT_SECRET", "")
+		c, err := Load("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := load(dir)
+	if !c.LocalSecret || len(c.JWTSecret) < 32 || slices.Contains(publishedSecrets, c.JWTSecret) {
+		t.Fatalf("not a generated secret: %q", c.JWTSecret)
+	}
+	st, err := os.Stat(filepath.Join(dir, LocalSecretFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode %v, want 0600", st.Mode().Perm())
+	}
+	if again := load(dir); again.JWTSecret != c.JWTSecret {
+		t.Fatal("a second start generated another secret")
+	}
+	if other := load(t.TempDir()); other.JWTSecret == c.JWTSecret {
+		t.Fatal("two data dirs share a secret")
+	}
+	// A secret file others may read is refused, not used.
+	if err := os.Chmod(filepath.Join(dir, LocalSecretFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ROUTING_DATA_DIR", dir)
+	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), "readable by others") {
+		t.Fatalf("a world-readable secret file was accepted: %v", err)
+	}
+}
+
+// The formerly published development secret is refused in every mode.
+func TestPublishedSecretIsRefused(t *testing.T) {
+	for _, mode := range []string{ModeLocal, ModeProduction} {
+		c := Default()
+		c.RunMode = mode
+		c.JWTSecret = publishedSecrets[0]
+		c.FillDefaults()
+		if err := c.Check(); err == nil || !strings.Contains(err.Error(), "config key auth.algorithms: JWT_SECRET is a published secret") {
+			t.Fatalf("%s mode accepted the published secret: %v", mode, err)
+		}
 	}
 }
 
@@ -72,6 +133,29 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"bad traces", "telemetry: {traces: zipkin}", nil, "telemetry.traces"},
 		{"bad otlp endpoint", "telemetry: {traces: otlp, otlp_endpoint: 'collector:4317'}", nil, "telemetry.otlp_endpoint"},
 		{"bad sample ratio", "telemetry: {sample_ratio: 2}", nil, "telemetry.sample_ratio"},
+		{"production refuses redis without tls", "run_mode: production\npresence: {type: redis}", map[string]string{"REDIS_PASSWORD": "p"}, "presence.redis.tls"},
+		{"production refuses redis without password", "run_mode: production\npresence: {type: redis, redis: {tls: true}}", nil, "REDIS_PASSWORD"},
+		{"production refuses postgres without sslmode", "run_mode: production\nstore: {type: postgres}", map[string]string{"DATABASE_URL": "postgres://u:p@db/routing"}, "DATABASE_URL"},
+		{"production refuses sslmode prefer", "run_mode: production\nstore: {type: postgres}", map[string]string{"DATABASE_URL": "postgres://u:p@db/routing?sslmode=prefer"}, "DATABASE_URL"},
+		{"production refuses sslmode disable (key=value)", "run_mode: production\nstore: {type: postgres}", map[string]string{"DATABASE_URL": "host=db user=u sslmode=disable"}, "DATABASE_URL"},
+		{"production refuses nats without tls", "run_mode: production\nbus: {type: nats, nats: {url: 'tls://a:4222,nats://b:4222', credentials_file: /c}}", nil, "bus.nats.url"},
+		{"production refuses nats without credentials", "run_mode: production\nbus: {type: nats, nats: {url: 'tls://a:4222'}}", nil, "bus.nats.credentials_file"},
+		{"production refuses jwks without issuer", "run_mode: production\nauth: {algorithms: [RS256], jwks_url: 'https://idp/jwks', audience: routing}", nil, "auth.issuer"},
+		{"production refuses jwks without audience", "run_mode: production\nauth: {algorithms: [RS256], jwks_url: 'https://idp/jwks', issuer: 'https://idp/'}", nil, "auth.audience"},
+		{"production refuses no rate limit", "run_mode: production\napi: {rate_limit: 0}", nil, "api.rate_limit"},
+		{"production refuses wildcard ws hosts", "run_mode: production\nrealtime: {allowed_hosts: ['*']}", nil, "realtime.allowed_hosts"},
+		{"ws origin needs a scheme", "realtime: {allowed_origins: [chat.example.com]}", nil, "realtime.allowed_origins[0]"},
+		{"ws host without port", "realtime: {allowed_hosts: ['chat.example.com:443']}", nil, "realtime.allowed_hosts[0]"},
+		{"trusted proxies are networks", "realtime: {trusted_proxies: [10.0.0.0/8, lb]}", nil, "realtime.trusted_proxies[1]"},
+		{"global connection cap", "realtime: {max_conns: 0}", nil, "realtime.max_conns"},
+		{"per-ip cap", "realtime: {max_conns_per_ip: -1}", nil, "realtime.max_conns_per_ip"},
+		{"connect rate per ip", "realtime: {connect_rate_per_ip: -1}", nil, "realtime.connect_rate_per_ip"},
+		{"connect burst per user", "realtime: {connect_burst_per_user: 0}", nil, "realtime.connect_burst_per_user"},
+		{"ack burst", "realtime: {ack_burst: 0}", nil, "realtime.ack_burst"},
+		{"ws idle timeout", "realtime: {idle_timeout: 0s}", nil, "realtime.idle_timeout"},
+		{"ws header timeout", "realtime: {read_header_timeout: 0s}", nil, "realtime.read_header_timeout"},
+		{"ops listen", "ops: {listen: ''}", nil, "ops.listen"},
+		{"ops check timeout", "ops: {check_timeout: 1m}", nil, "ops.check_timeout"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -99,16 +183,17 @@ func TestUnknownKeyIsAnError(t *testing.T) {
 func TestProductionAcceptsACompleteSetup(t *testing.T) {
 	c := Default()
 	y := `run_mode: production
-bus: {type: nats, nats: {url: "nats://127.0.0.1:4222"}}
+bus: {type: nats, nats: {url: "tls://10.0.0.1:4222, tls://10.0.0.2:4222", credentials_file: /run/secrets/nats.creds}}
 store: {type: postgres}
-presence: {type: redis}
+presence: {type: redis, redis: {tls: true}}
 push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 `
 	if err := Parse([]byte(y), &c); err != nil {
 		t.Fatal(err)
 	}
 	c.FromEnv(func(k string) string {
-		return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "postgres://x"}[k]
+		return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "host=db user=routing sslmode=verify-ca",
+			"REDIS_PASSWORD": "p"}[k]
 	})
 	c.FillDefaults()
 	if err := c.Check(); err != nil {
@@ -127,7 +212,8 @@ func TestProductionExampleIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.FromEnv(func(k string) string {
-		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing", "ROUTING_INSTANCE_ID": "pod-1"}[k]
+		return map[string]string{"DATABASE_URL": "postgres://routing@db/routing?sslmode=verify-full", "REDIS_PASSWORD": "p",
+			"ROUTING_INSTANCE_ID": "pod-1"}[k]
 	})
 	c.FillDefaults()
 	if err := c.Check(); err != nil {
@@ -228,8 +314,8 @@ func TestFillDefaults(t *testing.T) {
 	c := Default()
 	c.DataDir = "/var/lib/routing"
 	c.FillDefaults()
-	if c.InstanceID == "" || c.Store.SQLitePath != "/var/lib/routing/routing.db" || c.JWTSecret != DevJWTSecret || !c.DevSecret {
-		t.Fatalf("derived defaults not filled: instance %q, sqlite %q, dev secret %v", c.InstanceID, c.Store.SQLitePath, c.DevSecret)
+	if c.InstanceID == "" || c.Store.SQLitePath != "/var/lib/routing/routing.db" {
+		t.Fatalf("derived defaults not filled: instance %q, sqlite %q", c.InstanceID, c.Store.SQLitePath)
 	}
 	filled := deepCopy(c)
 	c.FillDefaults()
@@ -237,11 +323,14 @@ func TestFillDefaults(t *testing.T) {
 		t.Fatal("a second FillDefaults changed the config")
 	}
 
-	// Set values are kept; production never gets the development secret.
+	// Set values are kept; production never gets a generated secret.
 	c = Default()
-	c.RunMode, c.InstanceID, c.Store.SQLitePath = ModeProduction, "pod-1", "/data/r.db"
+	c.RunMode, c.InstanceID, c.Store.SQLitePath, c.DataDir = ModeProduction, "pod-1", "/data/r.db", t.TempDir()
 	c.FillDefaults()
-	if c.InstanceID != "pod-1" || c.Store.SQLitePath != "/data/r.db" || c.JWTSecret != "" || c.DevSecret {
-		t.Fatalf("FillDefaults overrode set values or gave production the development secret: %+v", c)
+	if err := c.LoadLocalSecret(); err != nil {
+		t.Fatal(err)
+	}
+	if c.InstanceID != "pod-1" || c.Store.SQLitePath != "/data/r.db" || c.JWTSecret != "" || c.LocalSecret {
+		t.Fatalf("FillDefaults overrode set values or gave production a generated secret: %+v", c)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/coder/websocket"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
@@ -38,10 +40,37 @@ type Receiver interface {
 	ReceiveDelivery(ctx context.Context, instance string, h bus.Handler) error
 }
 
-// Options configures the realtime server.
+// Authenticate verifies a token and returns the caller's URN (its sub) and
+// when the token expires.
+type Authenticate func(token string) (subject string, expires time.Time, err error)
+
+// Options configures the realtime server. A zero limit is no limit.
 type Options struct {
-	Instance        string
-	AllowedOrigins  []string
+	Instance string
+	// AllowedOrigins are origin patterns (scheme://host[:port], "*" for
+	// any) accepted besides the same host, checked by the WebSocket library.
+	AllowedOrigins []string
+	// AllowedHosts are the host names a browser (an upgrade with an Origin
+	// header) may connect by; "*" for any.
+	AllowedHosts []string
+	// TrustedProxies are the peers whose X-Forwarded-For names the client.
+	TrustedProxies []netip.Prefix
+	// Leeway is added to a token's expiry before its session is closed.
+	Leeway time.Duration
+	// MaxConns caps the connections of this instance, MaxConnsPerIP those
+	// of one client address (an IPv6 client is its /64).
+	MaxConns      int
+	MaxConnsPerIP int
+	// Connection attempts per second and at once, per client address and
+	// per user (after authentication).
+	ConnectRatePerIP    float64
+	ConnectBurstPerIP   int
+	ConnectRatePerUser  float64
+	ConnectBurstPerUser int
+	// Client frames per second and at once, per connection.
+	AckRate  float64
+	AckBurst int
+
 	MaxFrameBytes   int64
 	PingInterval    time.Duration
 	PongTimeout     time.Duration
@@ -62,26 +91,35 @@ type Server struct {
 	o        Options
 	store    Store
 	presence presence.Presence
-	auth     web.Authenticate
-	hub      *hub
-	log      *slog.Logger
-	m        *telemetry.Metrics
-	connSeq  atomic.Uint64
-	sessions sync.WaitGroup
-	tracer   trace.Tracer // nil when tracing is off
+	auth     Authenticate
+	// Connect rate limiters, nil without a limit.
+	ipRate, userRate *web.Limiter
+	hub              *hub
+	log              *slog.Logger
+	m                *telemetry.Metrics
+	connSeq          atomic.Uint64
+	sessions         sync.WaitGroup
+	tracer           trace.Tracer // nil when tracing is off
 	// mu orders connection admission against Shutdown: once closing is
-	// set, no session is added (to the hub or to sessions).
+	// set, no session is added (to the hub or to sessions). It guards the
+	// connection counts too.
 	mu      sync.Mutex
 	closing bool
+	open    int
+	perIP   map[string]int
 }
 
 // New returns a realtime server.
-func New(o Options, st Store, pr presence.Presence, authenticate web.Authenticate) *Server {
+func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(), log: o.Logger, m: o.Metrics,
-		tracer: telemetry.Tracer(o.TracerProvider, "realtime")}
+		ipRate:   web.NewLimiter(o.ConnectRatePerIP, o.ConnectBurstPerIP),
+		userRate: web.NewLimiter(o.ConnectRatePerUser, o.ConnectBurstPerUser),
+		perIP:    map[string]int{},
+		tracer:   telemetry.Tracer(o.TracerProvider, "realtime"),
+	}
 }
 
 // Router is what Mount needs of an HTTP router: exact method and path routes.
@@ -185,12 +223,26 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		w = sw
 		defer func() { endUpgrade(upgrade, sw.status) }()
 	}
-	if !web.OriginAllowed(r, s.o.AllowedOrigins) {
-		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "origin not allowed"))
+	ip := s.clientAddr(r)
+	if !s.allow(w, s.ipRate, ip, "too many connection attempts from this address") {
 		return
 	}
-	user, ok := web.Authorize(w, r, s.auth, true)
-	if !ok {
+	if !s.hostAllowed(r) {
+		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "host not allowed"))
+		return
+	}
+	tok := web.BearerToken(r, true)
+	if tok == "" {
+		web.WriteError(w, web.Errorf(http.StatusUnauthorized, web.CodeUnauthorized, "missing bearer token"))
+		return
+	}
+	user, exp, err := s.auth(tok)
+	if err != nil {
+		s.log.Debug("websocket token refused", "err", err)
+		web.WriteError(w, web.Errorf(http.StatusUnauthorized, web.CodeUnauthorized, "invalid token"))
+		return
+	}
+	if !s.allow(w, s.userRate, user, "too many connection attempts for this user") {
 		return
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
@@ -204,23 +256,18 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		ctx:    sctx,
 		cancel: cancel,
 	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		web.WriteError(w, &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
-			Message: "server shutting down", RetryAfter: 1})
+	if !exp.IsZero() {
+		ss.expires = exp.Add(s.o.Leeway)
+	}
+	if s.o.AckRate > 0 {
+		ss.frames = rate.NewLimiter(rate.Limit(s.o.AckRate), max(s.o.AckBurst, 1))
+	}
+	if !s.admit(w, ss, ip) {
 		return
 	}
-	if !s.hub.add(ss, s.o.MaxConnsPerUser) {
-		s.mu.Unlock()
-		web.WriteError(w, &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
-			Message: "too many connections for this user", RetryAfter: 5})
-		return
-	}
-	s.sessions.Add(1)
-	s.mu.Unlock()
+	defer s.release(ip)
 	defer s.sessions.Done()
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	c, err := websocket.Accept(&jsonErrors{ResponseWriter: w}, r, &websocket.AcceptOptions{OriginPatterns: s.o.AllowedOrigins})
 	if err != nil {
 		s.hub.remove(ss)
 		return // Accept wrote the error response.
@@ -233,6 +280,85 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	ss.run()
 }
+
+// allow takes a token of key's bucket of l, or writes a 429 and returns false.
+func (s *Server) allow(w http.ResponseWriter, l *web.Limiter, key, message string) bool {
+	if l == nil {
+		return true
+	}
+	ok, wait := l.Allow(key, time.Now())
+	if !ok {
+		web.WriteError(w, &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
+			Message: message, RetryAfter: max(1, int((wait+time.Second-1)/time.Second))})
+	}
+	return ok
+}
+
+// admit registers ss under the connection caps, or writes the refusal and
+// returns false. After true the caller must call s.sessions.Done and
+// s.release(ip).
+func (s *Server) admit(w http.ResponseWriter, ss *session, ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var refusal *web.Error
+	switch {
+	case s.closing:
+		refusal = &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
+			Message: "server shutting down", RetryAfter: 1}
+	case s.o.MaxConns > 0 && s.open >= s.o.MaxConns:
+		refusal = &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
+			Message: "this instance is at its connection limit", RetryAfter: 5}
+	case s.o.MaxConnsPerIP > 0 && s.perIP[ip] >= s.o.MaxConnsPerIP:
+		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
+			Message: "too many connections from this address", RetryAfter: 5}
+	case !s.hub.add(ss, s.o.MaxConnsPerUser):
+		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
+			Message: "too many connections for this user", RetryAfter: 5}
+	}
+	if refusal != nil {
+		web.WriteError(w, refusal)
+		return false
+	}
+	s.open++
+	s.perIP[ip]++
+	s.sessions.Add(1)
+	return true
+}
+
+func (s *Server) release(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.open--
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+// jsonErrors turns the WebSocket library's plain-text refusal of an origin
+// into the service's JSON error.
+type jsonErrors struct {
+	http.ResponseWriter
+	failed bool
+}
+
+func (j *jsonErrors) WriteHeader(status int) {
+	if status != http.StatusForbidden {
+		j.ResponseWriter.WriteHeader(status)
+		return
+	}
+	j.failed = true
+	web.WriteError(j.ResponseWriter, web.Errorf(status, web.CodeOriginNotAllowed, "origin not allowed"))
+}
+
+func (j *jsonErrors) Write(b []byte) (int, error) {
+	if j.failed {
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+// Unwrap lets the WebSocket library reach the connection to hijack.
+func (j *jsonErrors) Unwrap() http.ResponseWriter { return j.ResponseWriter }
 
 // session is one WebSocket connection.
 type session struct {
@@ -264,6 +390,10 @@ type session struct {
 	unresponsive bool
 	closeCode    websocket.StatusCode
 	closeReason  string
+	// expires is when the session's token expires, leeway included.
+	expires time.Time
+	// frames limits the client's frames (nil: no limit).
+	frames *rate.Limiter
 }
 
 func (ss *session) presenceConn(instance string) presence.Conn {
@@ -357,6 +487,17 @@ func (ss *session) run() {
 	if s.m != nil {
 		s.m.WSConnections.Inc()
 		defer s.m.WSConnections.Dec()
+	}
+	// The session lasts as long as its token: the client reconnects with
+	// a fresh one.
+	if !ss.expires.IsZero() {
+		t := time.AfterFunc(time.Until(ss.expires), func() {
+			if s.m != nil {
+				s.m.WSDropped.WithLabelValues("token_expired").Inc()
+			}
+			ss.stop(websocket.StatusPolicyViolation, "token expired")
+		})
+		defer t.Stop()
 	}
 
 	var wg sync.WaitGroup
@@ -529,6 +670,10 @@ func (ss *session) readLoop(ctx context.Context) {
 			}
 			ss.stop(websocket.StatusNormalClosure, "")
 			return
+		}
+		if ss.frames != nil && !ss.frames.Allow() {
+			ss.writeError(ctx, web.CodeRateLimited, "too many frames; this one was not applied (ack again later)")
+			continue
 		}
 		if typ != websocket.MessageText {
 			ss.writeError(ctx, web.CodeBadRequest, "frames must be JSON text")

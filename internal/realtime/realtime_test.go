@@ -3,9 +3,11 @@ package realtime
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -58,7 +60,7 @@ func newServerWith(t *testing.T, o Options, st Store) (*Server, *telemetry.Metri
 	}
 	pr := memory.New(time.Minute)
 	t.Cleanup(func() { pr.Close() })
-	s := New(o, st, pr, func(tok string) (string, error) { return tok, nil })
+	s := New(o, st, pr, testAuth)
 	rt := mux{http.NewServeMux()}
 	s.Mount(rt)
 	hs := httptest.NewServer(rt.m)
@@ -69,6 +71,23 @@ func newServerWith(t *testing.T, o Options, st Store) (*Server, *telemetry.Metri
 		_ = s.Shutdown(ctx)
 	})
 	return s, m, "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/connect"
+}
+
+// testAuth takes a token "<urn>" (valid for an hour) or "<urn>|<unix
+// expiry>"; "bad" is refused.
+func testAuth(tok string) (string, time.Time, error) {
+	if tok == "bad" {
+		return "", time.Time{}, errors.New("bad token")
+	}
+	user, exp, ok := strings.Cut(tok, "|")
+	if !ok {
+		return tok, time.Now().Add(time.Hour), nil
+	}
+	sec, err := strconv.ParseInt(exp, 10, 64)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return user, time.Unix(sec, 0), nil
 }
 
 func dial(t *testing.T, url, user string) *websocket.Conn {

@@ -90,30 +90,3 @@ func TestWriteErrorRetryAfter(t *testing.T) {
 		t.Fatalf("body %q, want %q", w.Body, want)
 	}
 }
-
-func TestOriginAllowed(t *testing.T) {
-	cases := []struct {
-		name    string
-		origin  string
-		allowed []string
-		want    bool
-	}{
-		{"no origin", "", nil, true},
-		{"same host", "https://chat.example:8085", nil, true},
-		{"listed", "https://app.example", []string{"https://app.example"}, true},
-		{"wildcard", "https://any.example", []string{"*"}, true},
-		{"other origin", "https://evil.example", []string{"https://app.example"}, false},
-		{"other port", "https://chat.example", nil, false},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			r := httptest.NewRequest(http.MethodGet, "http://chat.example:8085/v1/connect", nil)
-			if tc.origin != "" {
-				r.Header.Set("Origin", tc.origin)
-			}
-			if got := OriginAllowed(r, tc.allowed); got != tc.want {
-				t.Fatalf("OriginAllowed = %v, want %v", got, tc.want)
-			}
-		})
-	}
-}
