@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -56,6 +59,9 @@ type Options struct {
 	RateBurst int
 	Logger    *slog.Logger
 	Metrics   *telemetry.Metrics
+	// TracerProvider, when set, traces each send: its acceptance
+	// (validation, idempotency), the store write and the ingress publish.
+	TracerProvider trace.TracerProvider
 }
 
 // Server is the HTTP API.
@@ -69,6 +75,7 @@ type Server struct {
 	m     *telemetry.Metrics
 	// limiter is nil without a rate limit.
 	limiter *Limiter
+	tracer  trace.Tracer // nil when tracing is off
 }
 
 // New returns the API server.
@@ -77,7 +84,7 @@ func New(o Options, st Store, pub Publisher, authenticate web.Authenticate) *Ser
 		o.Logger = slog.Default()
 	}
 	return &Server{o: o, store: st, bus: pub, auth: authenticate, ids: envelope.NewIDs(), log: o.Logger, m: o.Metrics,
-		limiter: NewLimiter(o.RateLimit, o.RateBurst)}
+		limiter: NewLimiter(o.RateLimit, o.RateBurst), tracer: telemetry.Tracer(o.TracerProvider, "api")}
 }
 
 // Mount adds the /v1 routes to rt.
@@ -104,6 +111,11 @@ type sendResponse struct {
 }
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request) {
+	if s.tracer != nil {
+		ctx, span := s.tracer.Start(r.Context(), "accept")
+		defer span.End()
+		r = r.WithContext(ctx)
+	}
 	if s.o.Backpressure.Overloaded() {
 		e := web.Errorf(http.StatusServiceUnavailable, web.CodeBackendUnavailable, "the routing pipeline is behind; nothing was accepted, retry later")
 		e.RetryAfter = 1
@@ -161,10 +173,19 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.PublishTimeout)
 	defer cancel()
+	if s.tracer != nil {
+		trace.SpanFromContext(ctx).SetAttributes(telemetry.AttrMessageID.String(env.ID),
+			attribute.Bool("routing.ephemeral", env.Ephemeral), attribute.Bool("routing.idempotency_key", req.IdempotencyKey != ""))
+	}
 	if req.IdempotencyKey != "" {
-		rec, fresh, err := s.store.ReserveIdempotency(ctx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey, Envelope: env})
+		ictx, span := telemetry.Start(ctx, s.tracer, "idempotency reserve", trace.SpanKindInternal)
+		rec, fresh, err := s.store.ReserveIdempotency(ictx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey, Envelope: env})
+		if span != nil {
+			span.SetAttributes(attribute.Bool("routing.idempotency.fresh", fresh))
+			telemetry.End(span, err)
+		}
 		if err != nil {
-			s.log.Warn("idempotency reserve failed", "err", err)
+			s.log.WarnContext(ctx, "idempotency reserve failed", "err", err)
 			web.WriteError(w, unavailable("store"))
 			return
 		}
@@ -271,10 +292,15 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 		// Wait for the commit's outcome even if the client goes away, so
 		// that the answer says what happened.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.PublishTimeout)
+		cctx, span := telemetry.Start(cctx, s.tracer, "store write", trace.SpanKindInternal)
 		acked, err := s.store.PutMessages(cctx, []*envelope.Envelope{env})
 		cancel()
+		if span != nil {
+			span.SetAttributes(telemetry.AttrMessageID.String(env.ID))
+			telemetry.End(span, err)
+		}
 		if err != nil {
-			s.log.Warn("store accepted message failed", "id", env.ID, "err", err)
+			s.log.WarnContext(ctx, "store accepted message failed", "id", env.ID, "err", err)
 			return unavailable("store")
 		}
 		if len(acked) == 1 && acked[0] {
@@ -284,10 +310,10 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 	}
 	if err := s.bus.PublishIngress(ctx, m); err != nil {
 		if env.Ephemeral {
-			s.log.Warn("publish ingress failed", "id", env.ID, "err", err)
+			s.log.WarnContext(ctx, "publish ingress failed", "id", env.ID, "err", err)
 			return unavailable("bus")
 		}
-		s.log.Warn("routing event not published; the stored message is routed by the pipeline's sweep", "id", env.ID, "err", err)
+		s.log.WarnContext(ctx, "routing event not published; the stored message is routed by the pipeline's sweep", "id", env.ID, "err", err)
 		if s.m != nil {
 			s.m.RoutingDeferred.Inc()
 		}

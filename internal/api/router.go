@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 	"github.com/go-routing-service/routingservice/internal/web"
 )
@@ -105,7 +108,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				code = http.StatusOK
 			}
 			rt.metrics.HTTPRequests.WithLabelValues(route, statusLabel(code)).Inc()
-			rt.metrics.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			if code != http.StatusSwitchingProtocols { // a WebSocket session is not a request
+				rt.metrics.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			}
 		}
 	}()
 	methods, ok := rt.routes[r.URL.Path]
@@ -114,6 +119,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	route = r.URL.Path
+	if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+		span.SetAttributes(attribute.String("http.route", route))
+	}
 	h, ok := methods[r.Method]
 	if !ok {
 		if r.Method == http.MethodOptions {

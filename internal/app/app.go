@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/auth"
@@ -47,6 +50,8 @@ type App struct {
 
 	opts  Options
 	admin *adminServer
+	// tp traces the instance; nil when tracing is off.
+	tp trace.TracerProvider
 
 	// closers release backends in reverse order of opening.
 	closers []func() error
@@ -81,6 +86,9 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if cfg.LocalSecret {
 		a.log.Info("JWT_SECRET is not set: tokens are checked with the secret generated in the data dir (local mode only)", "file", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
+	if err := a.openTracing(ctx); err != nil {
+		return nil, err
+	}
 	if err := a.openBackends(ctx); err != nil {
 		return nil, err
 	}
@@ -104,7 +112,7 @@ func (a *App) openBackends(ctx context.Context) error {
 		a.store = a.opts.WrapStore(st)
 	}
 
-	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.receivePaused)
+	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.receivePaused, a.tp)
 	if err != nil {
 		return err
 	}
@@ -158,7 +166,7 @@ func (a *App) authenticateSession(token string) (string, time.Time, error) {
 
 func (a *App) wire(ctx context.Context) error {
 	cfg := a.cfg
-	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log)
+	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log, a.tp)
 	if err != nil {
 		return err
 	}
@@ -214,6 +222,7 @@ func (a *App) wire(ctx context.Context) error {
 			Heartbeat:           cfg.Presence.Heartbeat,
 			Logger:              a.log.With("role", "realtime"),
 			Metrics:             a.metrics,
+			TracerProvider:      a.tp,
 		}, a.store, a.presence, a.authenticateSession)
 	}
 	if cfg.Has(config.RolePipeline) {
@@ -223,6 +232,7 @@ func (a *App) wire(ctx context.Context) error {
 			MaxBatch:       cfg.Store.MaxBatch,
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
+			TracerProvider: a.tp,
 		}
 		if a.realtime != nil {
 			po.Local = a.realtime
@@ -253,6 +263,7 @@ func (a *App) wire(ctx context.Context) error {
 			Backpressure:           a.backpressure(),
 			Logger:                 a.log.With("role", "api"),
 			Metrics:                a.metrics,
+			TracerProvider:         a.tp,
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
@@ -262,7 +273,7 @@ func (a *App) wire(ctx context.Context) error {
 			}
 		}
 		a.apiSrv = &http.Server{
-			Handler:           api.CORS(cfg.API.CORSAllowedOrigins, rt),
+			Handler:           api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp),
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
 			ReadTimeout:       cfg.API.ReadTimeout,
 			WriteTimeout:      cfg.API.WriteTimeout,
@@ -406,6 +417,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
 		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
+		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
 	}
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ type testApp struct {
 	opsURL string
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // startApp runs an instance on the embedded default with random ports and a
@@ -82,11 +84,12 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 
 // stop drains the instance and waits for it (idempotent).
 func (ta *testApp) stop() {
-	ta.cancel()
-	if err, ok := <-ta.done; ok && err != nil {
-		panic(fmt.Sprintf("app run: %v", err))
-	}
-	close(ta.done)
+	ta.once.Do(func() {
+		ta.cancel()
+		if err := <-ta.done; err != nil {
+			panic(fmt.Sprintf("app run: %v", err))
+		}
+	})
 }
 
 type testWriter struct{ t *testing.T }

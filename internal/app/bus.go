@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 	"github.com/go-routing-service/routingservice/internal/bus/natsbus"
@@ -16,13 +18,15 @@ import (
 
 // openBus opens the configured engine's driver and the portable bus over
 // it; the returned func closes both (and stops the embedded server).
-func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string), onOutage func(queue string, paused bool)) (*bus.Bus, func() error, error) {
+func openBus(ctx context.Context, cfg config.Config, log *slog.Logger, onDeadLetter func(queue, reason string), onOutage func(queue string, paused bool), tp trace.TracerProvider) (*bus.Bus, func() error, error) {
 	d, closeEngine, err := openDriver(ctx, cfg, log.With("bus", cfg.Bus.Type))
 	if err != nil {
 		return nil, nil, err
 	}
 	o := busOptions(cfg, log.With("bus", cfg.Bus.Type), onDeadLetter)
 	o.OnOutage = onOutage
+	o.TracerProvider = tp
+	o.System = messagingSystem(cfg.Bus.Type)
 	b := bus.New(d, o)
 	return b, func() error { return errors.Join(b.Close(), closeEngine()) }, nil
 }
@@ -38,6 +42,14 @@ func busOptions(cfg config.Config, log *slog.Logger, onDeadLetter func(queue, re
 		Logger:              log,
 		OnDeadLetter:        onDeadLetter,
 	}
+}
+
+// messagingSystem names the engine in spans (messaging.system).
+func messagingSystem(busType string) string {
+	if busType == "pubsub" {
+		return "gcp_pubsub"
+	}
+	return "nats"
 }
 
 // natsConfig maps the configuration onto the NATS driver's.

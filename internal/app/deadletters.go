@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/admin"
 	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/bus"
@@ -22,6 +24,10 @@ type Options struct {
 	// the wrapper (a test injects store outages with it). The App still
 	// closes the store it opened.
 	WrapStore func(store.Store) store.Store
+	// TracerProvider, when set, traces the instance with it (a test's
+	// in-memory recorder) instead of what telemetry.traces configures.
+	// The App does not shut it down.
+	TracerProvider trace.TracerProvider
 }
 
 // Bus returns the instance's bus (tests publish on it directly, as a

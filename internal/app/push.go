@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/apns"
@@ -25,7 +27,7 @@ type pushRole struct {
 	vapidPub string
 }
 
-func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *telemetry.Metrics, log *slog.Logger) (*pushRole, error) {
+func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *telemetry.Metrics, log *slog.Logger, tp trace.TracerProvider) (*pushRole, error) {
 	pc := cfg.Push
 	roots, err := pushRoots(pc.CAFile)
 	if err != nil {
@@ -101,6 +103,7 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 		Timeout:        pc.Timeout,
 		Logger:         log.With("role", "push"),
 		Registerer:     m.Registry,
+		TracerProvider: tp,
 	})
 	names := make([]string, 0, len(senders))
 	for _, s := range senders {

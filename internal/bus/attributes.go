@@ -1,12 +1,16 @@
 package bus
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
@@ -21,10 +25,15 @@ const maxAttrValue = 1024
 // bus keeps room for its own and the drivers').
 const maxAttrs = 32
 
+// The trace context of a message travels in its attributes as W3C Trace
+// Context: traceparent and tracestate.
+var traceFormat propagation.TextMapPropagator = propagation.TraceContext{}
+
 // outgoing turns m into a driver message to publish; instance is the
-// delivery event's destination ("" for ingress). The attribute map is
+// delivery event's destination ("" for ingress); sc, when valid, is the
+// producer span whose context the message carries. The attribute map is
 // copied when the bus adds to it, so the caller's map is never changed.
-func outgoing(m *Message, instance string) (*driver.Message, error) {
+func outgoing(m *Message, instance string, sc trace.SpanContext) (*driver.Message, error) {
 	if m.ID == "" {
 		return nil, errors.New("message has no ID")
 	}
@@ -35,10 +44,15 @@ func outgoing(m *Message, instance string) (*driver.Message, error) {
 		return nil, fmt.Errorf("message %s: %w", m.ID, err)
 	}
 	attrs := m.Attributes
-	if instance != "" {
-		attrs = make(map[string]string, len(m.Attributes)+1)
+	if instance != "" || sc.IsValid() {
+		attrs = make(map[string]string, len(m.Attributes)+3)
 		maps.Copy(attrs, m.Attributes)
-		attrs[AttrInstance] = instance
+		if instance != "" {
+			attrs[AttrInstance] = instance
+		}
+		if sc.IsValid() {
+			writeTrace(attrs, sc)
+		}
 	}
 	return &driver.Message{
 		ID:          m.ID,
@@ -48,6 +62,20 @@ func outgoing(m *Message, instance string) (*driver.Message, error) {
 		OrderingKey: m.OrderingKey,
 		Instance:    instance,
 	}, nil
+}
+
+// writeTrace writes sc into attrs (traceparent, and tracestate when it has one).
+func writeTrace(attrs map[string]string, sc trace.SpanContext) {
+	traceFormat.Inject(trace.ContextWithSpanContext(context.Background(), sc), propagation.MapCarrier(attrs))
+}
+
+// readTrace is the trace context carried in attrs (invalid when there is
+// none, or it is malformed).
+func readTrace(attrs map[string]string) trace.SpanContext {
+	if attrs[AttrTraceParent] == "" {
+		return trace.SpanContext{}
+	}
+	return trace.SpanContextFromContext(traceFormat.Extract(context.Background(), propagation.MapCarrier(attrs)))
 }
 
 // incoming turns a received driver message into the handler's message.
@@ -171,8 +199,16 @@ func (b *Bus) toDead(queue string, dd driver.DeadMessage) DeadMessage {
 // attributes without the dead-letter ones, its ordering key, and for a
 // delivery event the instance it was addressed to. A replay is never
 // deduplicated against the original publish.
-func replayCopy(queue string, d DeadMessage) (*driver.Message, error) {
+// When sc is valid (the replay's own producer span), the copy carries it
+// instead of the original trace context.
+func replayCopy(queue string, d DeadMessage, sc trace.SpanContext) (*driver.Message, error) {
 	m := &driver.Message{ID: d.Message.ID, Body: d.Message.Data, Attributes: d.Message.Attributes, OrderingKey: d.Message.OrderingKey}
+	if sc.IsValid() {
+		m.Attributes = make(map[string]string, len(d.Message.Attributes)+2)
+		maps.Copy(m.Attributes, d.Message.Attributes)
+		delete(m.Attributes, AttrTraceState)
+		writeTrace(m.Attributes, sc)
+	}
 	if queue == QueueDelivery {
 		m.Instance = d.Message.Attributes[AttrInstance]
 		if m.Instance == "" {

@@ -36,6 +36,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -56,6 +58,10 @@ const (
 	// AttrStored marks an ingress message whose envelope the API has
 	// stored already: the pipeline only routes it.
 	AttrStored = "stored"
+	// AttrTraceParent and AttrTraceState carry the message's trace
+	// context (W3C Trace Context) when tracing is on.
+	AttrTraceParent = "traceparent"
+	AttrTraceState  = "tracestate"
 )
 
 // ErrPermanent marks a handler error that retrying cannot fix (undecodable or
@@ -102,6 +108,23 @@ type Message struct {
 	OrderingKey string
 	// DeliveryAttempt is set on received messages: 1 on first delivery.
 	DeliveryAttempt int
+	// Trace, when tracing is on, is the message's place in its trace. On
+	// publish, when valid, it is the parent of the message's producer span
+	// (else the span in the publish call's context is): so each message of
+	// a batch publish keeps its own trace. On receive it is the message's
+	// processing span, whose parent is the producer span: a batch handler
+	// starts the spans of its work on one message under it (see
+	// ContextOf); a Handler's context holds it already.
+	Trace trace.SpanContext
+}
+
+// ContextOf returns ctx with m's processing span as the current span, for
+// the work on m of a batch handler. It returns ctx when m carries no trace.
+func ContextOf(ctx context.Context, m *Message) context.Context {
+	if !m.Trace.IsValid() {
+		return ctx
+	}
+	return trace.ContextWithSpanContext(ctx, m.Trace)
 }
 
 // Handler handles one received message. See the package doc for what its
@@ -149,6 +172,14 @@ type Options struct {
 	// dead-letter queue (by a permanent error, on the last attempt, or by
 	// the engine itself), with the queue and the reason. It must not block.
 	OnDeadLetter func(queue, reason string)
+	// TracerProvider, when set to a recording provider, traces every
+	// message: a producer span on publish whose context the message
+	// carries in its attributes, and a processing span per received
+	// message continuing it. Nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
+	// System names the engine in spans (messaging.system: nats,
+	// gcp_pubsub).
+	System string
 }
 
 func (o Options) withDefaults() Options {
@@ -186,6 +217,8 @@ type Bus struct {
 	caps driver.Capabilities
 	o    Options
 	log  *slog.Logger
+	// tracer is nil when tracing is off.
+	tracer trace.Tracer
 
 	// ctx is cancelled by Close; receivers and handlers derive from it.
 	ctx    context.Context
@@ -201,7 +234,7 @@ type Bus struct {
 // New returns a Bus over d with the delivery policy o.
 func New(d driver.Driver, o Options) *Bus {
 	o = o.withDefaults()
-	b := &Bus{d: d, caps: d.Capabilities(), o: o, log: o.Logger.With("component", "bus")}
+	b := &Bus{d: d, caps: d.Capabilities(), o: o, log: o.Logger.With("component", "bus"), tracer: newTracer(o.TracerProvider)}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	d.OnEngineDeadLetter(func(queue string) { b.deadLettered(queue, reasonEngine) })
 	return b
@@ -225,14 +258,22 @@ func (b *Bus) PublishIngress(ctx context.Context, m *Message) error {
 	if b.isClosed() {
 		return ErrClosed
 	}
-	dm, err := outgoing(m, "")
-	if err != nil {
-		return fmt.Errorf("bus: publish ingress: %w", err)
+	var span trace.Span
+	if b.tracer != nil {
+		span = b.startProducer(ctx, QueueIngress, "", m)
 	}
-	if err := b.d.Publish(ctx, QueueIngress, []*driver.Message{dm}); err != nil {
-		return fmt.Errorf("bus: publish ingress %s: %w", m.ID, err)
+	dm, err := outgoing(m, "", spanContext(span))
+	if err == nil {
+		if err = b.d.Publish(ctx, QueueIngress, []*driver.Message{dm}); err != nil {
+			err = fmt.Errorf("bus: publish ingress %s: %w", m.ID, err)
+		}
+	} else {
+		err = fmt.Errorf("bus: publish ingress: %w", err)
 	}
-	return nil
+	if span != nil {
+		endSpan(span, err)
+	}
+	return err
 }
 
 // PublishDelivery publishes m addressed to the realtime instance named
@@ -244,19 +285,35 @@ func (b *Bus) PublishDelivery(ctx context.Context, instance string, m *Message) 
 // PublishDeliveries publishes many delivery events at once, keeping their
 // order, and returns once the engine durably accepted all of them; on an
 // error, any of them may have been published.
-func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) error {
+func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) (err error) {
 	if b.isClosed() {
 		return ErrClosed
 	}
 	if len(ds) == 0 {
 		return nil
 	}
+	var spans []trace.Span
+	if b.tracer != nil {
+		spans = make([]trace.Span, len(ds))
+		defer func() {
+			for _, s := range spans {
+				if s != nil {
+					endSpan(s, err)
+				}
+			}
+		}()
+	}
 	ms := make([]*driver.Message, len(ds))
 	for i, d := range ds {
 		if d.Instance == "" {
 			return fmt.Errorf("bus: publish delivery %s: no instance", d.Message.ID)
 		}
-		dm, err := outgoing(d.Message, d.Instance)
+		var sc trace.SpanContext
+		if spans != nil {
+			spans[i] = b.startProducer(ctx, QueueDelivery, d.Instance, d.Message)
+			sc = spans[i].SpanContext()
+		}
+		dm, err := outgoing(d.Message, d.Instance, sc)
 		if err != nil {
 			return fmt.Errorf("bus: publish delivery: %w", err)
 		}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -33,12 +35,12 @@ func TestOutgoingChecksWhatEveryEngineCarries(t *testing.T) {
 		"digit first":        {ID: "a", Attributes: map[string]string{"1a": "x"}},
 	}
 	for name, m := range bad {
-		if _, err := outgoing(m, ""); err == nil {
+		if _, err := outgoing(m, "", trace.SpanContext{}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 	attrs := map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
-	dm, err := outgoing(&Message{ID: "m", Data: []byte("x"), Attributes: attrs, OrderingKey: "k"}, "inst-1")
+	dm, err := outgoing(&Message{ID: "m", Data: []byte("x"), Attributes: attrs, OrderingKey: "k"}, "inst-1", trace.SpanContext{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +71,7 @@ func TestDeadMessageReasonAndAttempts(t *testing.T) {
 	if counted.Attempts != 9 {
 		t.Errorf("engine dead letter with a count: attempts %d, want 9", counted.Attempts)
 	}
-	if _, err := replayCopy(QueueDelivery, got); err == nil {
+	if _, err := replayCopy(QueueDelivery, got, trace.SpanContext{}); err == nil {
 		t.Error("replay of a delivery event without an instance accepted")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -86,21 +88,36 @@ func (b *Bus) ReplayDead(ctx context.Context, queue string, ids []string) (int, 
 		return 0, fmt.Errorf("bus: replay dead %s: %w", queue, err)
 	}
 	var (
-		ms   []*driver.Message
-		done []string
-		errs []error
+		ms    []*driver.Message
+		done  []string
+		errs  []error
+		spans []trace.Span
 	)
 	for _, d := range dead {
-		m, err := replayCopy(queue, d)
+		var span trace.Span
+		if b.tracer != nil {
+			span = b.startReplay(ctx, queue, d)
+		}
+		m, err := replayCopy(queue, d, spanContext(span))
 		if err != nil {
+			if span != nil {
+				endSpan(span, err)
+			}
 			errs = append(errs, err)
 			continue
+		}
+		if span != nil {
+			spans = append(spans, span)
 		}
 		ms = append(ms, m)
 		done = append(done, d.ID)
 	}
 	if len(ms) > 0 {
-		if err := b.d.Publish(ctx, queue, ms); err != nil {
+		err := b.d.Publish(ctx, queue, ms)
+		for _, s := range spans {
+			endSpan(s, err)
+		}
+		if err != nil {
 			return 0, fmt.Errorf("bus: replay dead %s: %w", queue, errors.Join(append(errs, err)...))
 		}
 		if _, err := b.d.DeleteDead(ctx, queue, done); err != nil {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -366,7 +368,21 @@ func (b *Bus) runOnce(ctx context.Context, queue string, h BatchHandler, batch [
 	for i, r := range batch {
 		ms[i] = r.m
 	}
-	errs := h(ctx, ms)
+	hctx := ctx
+	var spans []trace.Span
+	if b.tracer != nil {
+		// One processing span per message, each continuing its own
+		// message's trace, batch or not.
+		spans = make([]trace.Span, len(batch))
+		for i, r := range batch {
+			spans[i] = b.startProcess(ctx, queue, r)
+			r.m.Trace = spans[i].SpanContext()
+		}
+		if len(batch) == 1 {
+			hctx = trace.ContextWithSpan(ctx, spans[0])
+		}
+	}
+	errs := h(hctx, ms)
 	var held []received
 	for i, r := range batch {
 		var err error
@@ -377,9 +393,15 @@ func (b *Bus) runOnce(ctx context.Context, queue string, h BatchHandler, batch [
 		}
 		if err != nil && errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrPermanent) && ctx.Err() == nil {
 			held = append(held, r)
+			if spans != nil {
+				endProcess(spans[i], outcomeHeld, err)
+			}
 			continue
 		}
-		b.settle(ctx, queue, r, err)
+		outcome := b.settle(ctx, queue, r, err)
+		if spans != nil {
+			endProcess(spans[i], outcome, err)
+		}
 	}
 	return held
 }
@@ -442,41 +464,54 @@ const deadLetterTimeout = 30 * time.Second
 // settle acks, nacks or dead-letters a message by its handler's result: ack
 // on success; release at once when the handler was interrupted by shutdown
 // (never dead-lettered for that); dead-letter on a permanent error or on
-// the last attempt; otherwise nack with backoff.
-func (b *Bus) settle(ctx context.Context, queue string, r received, err error) {
+// the last attempt; otherwise nack with backoff. It returns the outcome
+// (for the message's processing span).
+func (b *Bus) settle(ctx context.Context, queue string, r received, err error) string {
 	m, ack := r.m, r.dm.Acker
+	lctx := ContextOf(ctx, m) // logs carry the message's trace
 	permanent := errors.Is(err, ErrPermanent)
 	switch {
 	case err == nil:
 		if aerr := ack.Ack(); aerr != nil {
-			b.log.Warn("ack failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", aerr)
+			b.log.WarnContext(lctx, "ack failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", aerr)
 		}
+		return outcomeAck
 	case ctx.Err() != nil && !permanent:
 		if nerr := ack.Nack(0); nerr != nil {
-			b.log.Warn("releasing an interrupted message failed; it will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
+			b.log.WarnContext(lctx, "releasing an interrupted message failed; it will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
 		}
+		return outcomeReleased
 	case permanent || m.DeliveryAttempt >= b.o.MaxDeliveryAttempts:
 		reason := err.Error()
 		if !permanent {
 			reason = "delivery attempts exhausted: " + reason
 		}
+		var span trace.Span
+		if b.tracer != nil {
+			span = b.startDeadLetter(ctx, queue, m, reason)
+		}
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterTimeout)
 		derr := b.d.DeadLetter(dctx, queue, deadCopy(r.dm, reason, m.DeliveryAttempt))
 		cancel()
+		if span != nil {
+			endSpan(span, derr)
+		}
 		if derr != nil {
-			b.log.Error("dead-lettering failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", derr)
+			b.log.ErrorContext(lctx, "dead-lettering failed; the message will be redelivered", "queue", queue, "id", m.ID, "err", derr)
 			_ = ack.Nack(b.backoff(m.DeliveryAttempt))
-			return
+			return outcomeRetry
 		}
 		if aerr := ack.Ack(); aerr != nil {
-			b.log.Warn("ack of a dead-lettered message failed; it may be dead-lettered twice", "queue", queue, "id", m.ID, "err", aerr)
+			b.log.WarnContext(lctx, "ack of a dead-lettered message failed; it may be dead-lettered twice", "queue", queue, "id", m.ID, "err", aerr)
 		}
-		b.log.Warn("message dead-lettered", "queue", queue, "id", m.ID, "attempts", m.DeliveryAttempt, "reason", reason)
+		b.log.WarnContext(lctx, "message dead-lettered", "queue", queue, "id", m.ID, "attempts", m.DeliveryAttempt, "reason", reason)
 		b.deadLettered(queue, reason)
+		return outcomeDead
 	default:
 		if nerr := ack.Nack(b.backoff(m.DeliveryAttempt)); nerr != nil {
-			b.log.Warn("nack failed; the message will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
+			b.log.WarnContext(lctx, "nack failed; the message will be redelivered after the ack deadline", "queue", queue, "id", m.ID, "err", nerr)
 		}
+		return outcomeRetry
 	}
 }
 

@@ -316,10 +316,17 @@ type WebPush struct {
 
 // Telemetry configures metrics and traces.
 type Telemetry struct {
-	// Traces is off, stdout or otlp.
-	Traces       string  `yaml:"traces"`
-	OTLPEndpoint string  `yaml:"otlp_endpoint"`
-	SampleRatio  float64 `yaml:"sample_ratio"`
+	// Traces is off or otlp (spans exported over OTLP, configured by the
+	// standard OTEL_* environment variables).
+	Traces string `yaml:"traces"`
+	// OTLPEndpoint is the collector's URL when neither
+	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT nor OTEL_EXPORTER_OTLP_ENDPOINT
+	// is set.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// SampleRatio is the ratio of new traces sampled when
+	// OTEL_TRACES_SAMPLER is not set (parent-based: a caller's sampling
+	// decision is followed).
+	SampleRatio float64 `yaml:"sample_ratio"`
 }
 
 // Admin configures the admin endpoint: an HTTP server on a Unix domain
@@ -880,8 +887,13 @@ func (c Config) Check() error {
 	if c.Push.MaxRetries < 0 || c.Push.MaxRetries > 10 {
 		bad("push.max_retries", "must be between 0 and 10")
 	}
-	if c.Telemetry.Traces != "off" {
-		bad("telemetry.traces", "trace export is not implemented yet: only \"off\" is accepted, got %q", c.Telemetry.Traces)
+	if c.Telemetry.Traces != "off" && c.Telemetry.Traces != "otlp" {
+		bad("telemetry.traces", "must be off or otlp, got %q", c.Telemetry.Traces)
+	}
+	if e := c.Telemetry.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("telemetry.otlp_endpoint", "must be an http:// or https:// URL (e.g. http://collector:4318), got %q", e)
+		}
 	}
 	if c.Telemetry.SampleRatio < 0 || c.Telemetry.SampleRatio > 1 {
 		bad("telemetry.sample_ratio", "must be between 0 and 1")

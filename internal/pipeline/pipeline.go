@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/push"
@@ -43,9 +45,10 @@ type Notifier interface {
 	Notify(n push.Notification)
 }
 
-// LocalDelivery hands an envelope to this instance's own connections.
+// LocalDelivery hands an envelope to this instance's own connections; ctx
+// carries the message's trace.
 type LocalDelivery interface {
-	Deliver(env *envelope.Envelope)
+	Deliver(ctx context.Context, env *envelope.Envelope)
 }
 
 // Options configures the pipeline.
@@ -61,6 +64,10 @@ type Options struct {
 	MaxBatch int
 	Logger   *slog.Logger
 	Metrics  *telemetry.Metrics
+	// TracerProvider, when set, traces each message's hops through the
+	// pipeline (store write, presence lookup, local hand-off, push
+	// request) under its processing span.
+	TracerProvider trace.TracerProvider
 }
 
 // Pipeline is the ingress consumer.
@@ -70,6 +77,7 @@ type Pipeline struct {
 	presence Presence
 	bus      Bus
 	log      *slog.Logger
+	tracer   trace.Tracer // nil when tracing is off
 }
 
 // New returns a pipeline.
@@ -80,7 +88,7 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = 10 * time.Second
 	}
-	return &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger}
+	return &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger, tracer: telemetry.Tracer(o.TracerProvider, "pipeline")}
 }
 
 // Run consumes the ingress subscription until ctx is done, in batches of
@@ -136,7 +144,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	for i, m := range ms {
 		env := new(envelope.Envelope)
 		if err := envelope.Unmarshal(m.Data, env); err != nil {
-			p.log.Warn("pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
+			p.log.WarnContext(bus.ContextOf(ctx, m), "pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
 			errs[i] = fmt.Errorf("%w: %v", bus.ErrPermanent, err)
 			continue
 		}
@@ -149,11 +157,20 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			toStoreAt = append(toStoreAt, i)
 		}
 	}
-	if p.o.Metrics != nil && !oldest.IsZero() {
-		p.o.Metrics.PipelineLag.Set(max(0, time.Since(oldest).Seconds()))
-	}
 	if len(toStore) > 0 {
+		var spans []trace.Span
+		if p.tracer != nil {
+			// The batch's one store call, in each message's own trace.
+			spans = make([]trace.Span, len(toStore))
+			for j, i := range toStoreAt {
+				_, spans[j] = telemetry.Start(bus.ContextOf(ctx, ms[i]), p.tracer, "store write", trace.SpanKindInternal)
+				spans[j].SetAttributes(telemetry.AttrMessageID.String(toStore[j].ID), telemetry.AttrCount.Int(len(toStore)))
+			}
+		}
 		acked, err := p.store.PutMessages(ctx, toStore)
+		for _, s := range spans {
+			telemetry.End(s, err)
+		}
 		if err != nil {
 			err = outage(ctx, p.store, err)
 			for i := range ms {
@@ -188,7 +205,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			errs[i] = down
 			continue
 		}
-		if err := p.route(ctx, i, ms[i], env, where, &batch); err != nil {
+		if err := p.route(bus.ContextOf(ctx, ms[i]), i, ms[i], env, where, &batch); err != nil {
 			errs[i] = err
 			failed[env.Recipient] = err
 			if errors.Is(err, bus.ErrUnavailable) {
@@ -251,8 +268,13 @@ type pending struct {
 func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *envelope.Envelope, where map[string][]string, batch *[]pending) error {
 	instances, ok := where[env.Recipient]
 	if !ok {
+		sctx, span := telemetry.Start(ctx, p.tracer, "presence lookup", trace.SpanKindInternal)
 		var err error
-		instances, err = p.presence.Instances(ctx, env.Recipient)
+		instances, err = p.presence.Instances(sctx, env.Recipient)
+		if span != nil {
+			span.SetAttributes(telemetry.AttrMessageID.String(env.ID), telemetry.AttrCount.Int(len(instances)))
+			telemetry.End(span, err)
+		}
 		if err != nil {
 			err = outage(ctx, p.presence, err)
 			return fmt.Errorf("pipeline presence %s: %w", env.ID, err)
@@ -261,7 +283,12 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 	}
 	for _, inst := range instances {
 		if inst == p.o.Instance && p.o.Local != nil {
-			p.o.Local.Deliver(env)
+			lctx, span := telemetry.Start(ctx, p.tracer, "deliver local", trace.SpanKindInternal)
+			p.o.Local.Deliver(lctx, env)
+			if span != nil {
+				span.SetAttributes(telemetry.AttrMessageID.String(env.ID), telemetry.AttrInstance.String(inst))
+				span.End()
+			}
 			if p.o.Metrics != nil {
 				p.o.Metrics.DeliveriesLocal.Inc()
 			}
@@ -270,11 +297,15 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 		// Ordered per recipient within each instance's subscription; the
 		// instance is part of the key so that events for other instances
 		// (which a filtered subscription never sees) cannot hold it up.
-		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient}
+		dm := &bus.Message{ID: env.ID + "." + inst, Data: m.Data, OrderingKey: inst + "/" + env.Recipient, Trace: m.Trace}
 		*batch = append(*batch, pending{Delivery: bus.Delivery{Instance: inst, Message: dm}, index: index})
 	}
 	if len(instances) == 0 && !env.Ephemeral && p.o.Notifier != nil {
-		p.o.Notifier.Notify(push.Notification{Recipient: env.Recipient, MessageID: env.ID, Type: env.Type})
+		n := push.Notification{Recipient: env.Recipient, MessageID: env.ID, Type: env.Type}
+		if p.tracer != nil {
+			n.Trace = trace.SpanContextFromContext(ctx)
+		}
+		p.o.Notifier.Notify(n)
 		if p.o.Metrics != nil {
 			p.o.Metrics.PushRequested.Inc()
 		}

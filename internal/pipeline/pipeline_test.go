@@ -97,7 +97,7 @@ func (n *fakeNotifier) Notify(x push.Notification) { n.got = append(n.got, x) }
 
 type fakeLocal struct{ got []*envelope.Envelope }
 
-func (l *fakeLocal) Deliver(e *envelope.Envelope) { l.got = append(l.got, e) }
+func (l *fakeLocal) Deliver(_ context.Context, e *envelope.Envelope) { l.got = append(l.got, e) }
 
 func ingress(t *testing.T, ephemeral bool) *bus.Message {
 	t.Helper()
@@ -371,7 +371,7 @@ func TestRerouteSweepsUnroutedEnvelopes(t *testing.T) {
 // nopLocal takes local deliveries and drops them.
 type nopLocal struct{}
 
-func (nopLocal) Deliver(*envelope.Envelope) {}
+func (nopLocal) Deliver(context.Context, *envelope.Envelope) {}
 
 // BenchmarkHandleBatch routes batches of 64 stored messages (the API's
 // routing events) to recipients connected to this instance: decode,

@@ -12,6 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -73,6 +77,10 @@ type DispatcherOptions struct {
 	Registerer prometheus.Registerer
 	// Now is the clock that opens and closes windows (nil: time.Now).
 	Now func() time.Time
+	// TracerProvider, when set, traces each dispatch and each send (with
+	// its platform and outcome) under the notification's Trace. Push
+	// tokens and endpoints are never recorded.
+	TracerProvider trace.TracerProvider
 }
 
 // Dispatcher turns notifications into pushes on the recipient's targets:
@@ -88,6 +96,7 @@ type Dispatcher struct {
 	outcomes *prometheus.CounterVec
 	running  atomic.Bool
 	breaker  *breaker
+	tracer   trace.Tracer // nil when tracing is off
 
 	// Owned by the Run goroutine.
 	windows map[string]*window
@@ -144,6 +153,11 @@ func NewDispatcher(targets store.Targets, senders []Sender, o DispatcherOptions)
 		queue:   make(chan Notification, o.QueueSize),
 		windows: make(map[string]*window),
 		breaker: newBreaker(o.BreakerFailures, o.BreakerCooldown),
+	}
+	if o.TracerProvider != nil {
+		if _, off := o.TracerProvider.(noop.TracerProvider); !off {
+			d.tracer = o.TracerProvider.Tracer("github.com/go-routing-service/routingservice/internal/push")
+		}
 	}
 	for _, s := range senders {
 		for _, p := range s.Platforms() {
@@ -253,6 +267,11 @@ func (d *Dispatcher) admit(n Notification, jobs chan<- job) {
 	now := d.o.Now()
 	if w := d.windows[n.Recipient]; w != nil && now.Before(w.until) {
 		d.count(OutcomeCoalesced, PlatformAll)
+		if d.tracer != nil && n.Trace.IsValid() {
+			_, span := d.tracer.Start(trace.ContextWithSpanContext(context.Background(), n.Trace), "push coalesced")
+			span.SetAttributes(attribute.String("messaging.message.id", n.MessageID), attribute.String("routing.outcome", OutcomeCoalesced))
+			span.End()
+		}
 		if !d.o.LeadingOnly && !w.noTargets.Load() {
 			w.pending = &n
 		}
@@ -300,9 +319,18 @@ func (d *Dispatcher) pendingTrailing() int {
 // once, within one Timeout, skipping those whose host's circuit is open.
 func (d *Dispatcher) deliver(ctx context.Context, j job) {
 	n := j.n
+	var span trace.Span
+	if d.tracer != nil && n.Trace.IsValid() {
+		ctx, span = d.tracer.Start(trace.ContextWithSpanContext(ctx, n.Trace), "push dispatch")
+		span.SetAttributes(attribute.String("messaging.message.id", n.MessageID))
+		defer span.End()
+	}
 	lctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
 	targets, err := d.targets.Targets(lctx, n.Recipient)
 	cancel()
+	if span != nil {
+		span.SetAttributes(attribute.Int("routing.count", len(targets)))
+	}
 	if err != nil {
 		d.count(OutcomeFailed, PlatformAll)
 		d.log.Warn("push target lookup failed", "recipient", n.Recipient, "err", err)
@@ -329,29 +357,47 @@ func (d *Dispatcher) deliver(ctx context.Context, j job) {
 			d.log.Debug("push skipped: circuit open", "recipient", n.Recipient, "platform", platform, "host", host)
 			continue
 		}
-		wg.Go(func() { d.send(ctx, sctx, s, t, n, platform, host) })
+		wg.Go(func() { d.send(ctx, sctx, s, t, n, platform, host, span != nil) })
 	}
 	wg.Wait()
 }
 
-// send sends n to one target within sctx and acts on the outcome.
-func (d *Dispatcher) send(ctx, sctx context.Context, s Sender, t store.Target, n Notification, platform, host string) {
+// send sends n to one target within sctx and acts on the outcome; traced
+// records it as a span in the dispatch's trace.
+func (d *Dispatcher) send(ctx, sctx context.Context, s Sender, t store.Target, n Notification, platform, host string, traced bool) {
+	var sendSpan trace.Span
+	if traced {
+		sctx, sendSpan = d.tracer.Start(sctx, "push send "+platform, trace.WithSpanKind(trace.SpanKindClient))
+	}
 	err := s.Send(sctx, t, n)
 	d.breaker.record(host, err == nil || errors.Is(err, ErrTargetGone), d.o.Now())
+	outcome := OutcomeSent
 	switch {
 	case err == nil:
 		d.count(OutcomeSent, platform)
 	case errors.Is(err, ErrTargetGone):
 		if derr := d.remove(ctx, n.Recipient, t); derr != nil {
+			outcome = OutcomeFailed
 			d.count(OutcomeFailed, platform)
-			d.log.Warn("push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
-			return
+			d.log.WarnContext(ctx, "push target gone but not removed", "recipient", n.Recipient, "platform", platform, "err", derr)
+			break
 		}
+		outcome = OutcomeRemoved
 		d.count(OutcomeRemoved, platform)
-		d.log.Info("push target gone, removed", "recipient", n.Recipient, "platform", platform, "host", host, "reason", err)
+		d.log.InfoContext(ctx, "push target gone, removed", "recipient", n.Recipient, "platform", platform, "host", host, "reason", err)
 	default:
+		outcome = OutcomeFailed
 		d.count(OutcomeFailed, platform)
-		d.log.Warn("push send failed", "recipient", n.Recipient, "platform", platform, "host", host, "err", err)
+		d.log.WarnContext(ctx, "push send failed", "recipient", n.Recipient, "platform", platform, "host", host, "err", err)
+	}
+	if sendSpan != nil {
+		// The outcome only: a provider's error text may quote the
+		// target's endpoint, which is a capability.
+		sendSpan.SetAttributes(attribute.String("routing.push.platform", platform), attribute.String("routing.outcome", outcome))
+		if outcome == OutcomeFailed {
+			sendSpan.SetStatus(codes.Error, outcome)
+		}
+		sendSpan.End()
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
@@ -17,6 +19,9 @@ type Notification struct {
 	Recipient string
 	MessageID string
 	Type      string
+	// Trace, when valid, is the span of the message's routing: the
+	// dispatch and each send are traced under it.
+	Trace trace.SpanContext
 }
 
 // ErrTargetGone is wrapped by Sender errors that mean the target no longer

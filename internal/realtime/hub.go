@@ -2,6 +2,9 @@ package realtime
 
 import (
 	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 )
@@ -10,6 +13,12 @@ import (
 type frame struct {
 	id   string
 	data []byte
+	// accepted is when the API accepted the message (accept-to-deliver
+	// latency).
+	accepted time.Time
+	// trace is the span of the message's delivery to this instance
+	// (invalid when tracing is off).
+	trace trace.SpanContext
 }
 
 // hub is the registry of this instance's live sessions by user.
@@ -55,7 +64,7 @@ func (h *hub) remove(s *session) {
 // deliver queues env on every session of its recipient and returns how
 // many. It never blocks: a session whose queue is full is closed (its
 // messages stay in the store). It fails only when env cannot be encoded.
-func (h *hub) deliver(env *envelope.Envelope) (int, error) {
+func (h *hub) deliver(env *envelope.Envelope, sc trace.SpanContext) (int, error) {
 	h.mu.RLock()
 	set := h.users[env.Recipient]
 	if len(set) == 0 {
@@ -71,7 +80,7 @@ func (h *hub) deliver(env *envelope.Envelope) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	f := frame{id: env.ID, data: data}
+	f := frame{id: env.ID, data: data, accepted: env.CreatedAt, trace: sc}
 	for _, s := range sessions {
 		s.enqueue(f)
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
@@ -80,6 +82,9 @@ type Options struct {
 	Heartbeat       time.Duration
 	Logger          *slog.Logger
 	Metrics         *telemetry.Metrics
+	// TracerProvider, when set, traces the WebSocket upgrade, each live
+	// frame written under its message's trace, and each ack.
+	TracerProvider trace.TracerProvider
 }
 
 // Server is the realtime role of one instance.
@@ -95,6 +100,7 @@ type Server struct {
 	m                *telemetry.Metrics
 	connSeq          atomic.Uint64
 	sessions         sync.WaitGroup
+	tracer           trace.Tracer // nil when tracing is off
 	// mu orders connection admission against Shutdown: once closing is
 	// set, no session is added (to the hub or to sessions). It guards the
 	// connection counts too.
@@ -113,6 +119,7 @@ func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *
 		ipRate:   web.NewLimiter(o.ConnectRatePerIP, o.ConnectBurstPerIP),
 		userRate: web.NewLimiter(o.ConnectRatePerUser, o.ConnectBurstPerUser),
 		perIP:    map[string]int{},
+		tracer:   telemetry.Tracer(o.TracerProvider, "realtime"),
 	}
 }
 
@@ -127,10 +134,14 @@ func (s *Server) Mount(rt Router) {
 }
 
 // Deliver hands env to this instance's connections of its recipient. It
-// never blocks.
-func (s *Server) Deliver(env *envelope.Envelope) {
-	if _, err := s.hub.deliver(env); err != nil {
-		s.log.Error("message frame encode failed; not delivered live", "id", env.ID, "err", err)
+// never blocks. The frames written carry ctx's trace.
+func (s *Server) Deliver(ctx context.Context, env *envelope.Envelope) {
+	var sc trace.SpanContext
+	if s.tracer != nil {
+		sc = trace.SpanContextFromContext(ctx)
+	}
+	if _, err := s.hub.deliver(env, sc); err != nil {
+		s.log.ErrorContext(ctx, "message frame encode failed; not delivered live", "id", env.ID, "err", err)
 	}
 }
 
@@ -147,7 +158,7 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 		if err := envelope.Unmarshal(m.Data, &env); err != nil {
 			return fmt.Errorf("%w: %v", bus.ErrPermanent, err)
 		}
-		s.Deliver(&env)
+		s.Deliver(ctx, &env)
 		return nil
 	})
 	<-hbDone
@@ -177,6 +188,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	var upgrade trace.Span
+	if s.tracer != nil {
+		// The upgrade's span ends once the connection is open (or
+		// refused): a session is not a request.
+		var ctx context.Context
+		ctx, upgrade = s.startUpgrade(r)
+		r = r.WithContext(ctx)
+		sw := &statusRecorder{ResponseWriter: w}
+		w = sw
+		defer func() { endUpgrade(upgrade, sw.status) }()
+	}
 	ip := s.clientAddr(r)
 	if !s.allow(w, s.ipRate, ip, "too many connection attempts from this address") {
 		return
@@ -229,6 +251,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	c.SetReadLimit(s.o.MaxFrameBytes)
 	ss.conn = c
+	if upgrade != nil {
+		endUpgrade(upgrade, http.StatusSwitchingProtocols)
+		upgrade = nil
+	}
 	ss.run()
 }
 
@@ -333,6 +359,12 @@ type session struct {
 
 	stopOnce sync.Once
 	done     chan struct{}
+	// traces remembers, when tracing is on, the write span of the live
+	// frames sent and not yet acknowledged, so that the ack joins each
+	// message's trace (at most maxTraced). Owned by the writer and the
+	// reader: guarded by mu.
+	traces map[string]trace.SpanContext
+
 	// unresponsive is set when the client cannot take a close handshake
 	// (it stopped reading): the connection is dropped without one.
 	unresponsive bool
@@ -490,11 +522,28 @@ func (ss *session) writeLoop(ctx context.Context) {
 					continue
 				}
 			}
-			if !ss.write(ctx, f.data) {
+			var span trace.Span
+			if s.tracer != nil && f.trace.IsValid() {
+				_, span = s.tracer.Start(trace.ContextWithSpanContext(ctx, f.trace), "websocket write", trace.WithSpanKind(trace.SpanKindInternal))
+				span.SetAttributes(telemetry.AttrMessageID.String(f.id))
+				// Before the write: the client may ack at once.
+				ss.remember(f.id, span.SpanContext())
+			}
+			ok := ss.write(ctx, f.data)
+			if span != nil {
+				if !ok {
+					span.SetStatus(codes.Error, "write failed")
+				}
+				span.End()
+			}
+			if !ok {
 				return
 			}
 			if s.m != nil {
 				s.m.WSMessagesSent.WithLabelValues("live").Inc()
+				if !f.accepted.IsZero() {
+					s.m.DeliveryLatency.Observe(time.Since(f.accepted).Seconds())
+				}
 			}
 		}
 		if sent != nil && time.Since(backlogDone) > time.Minute {
@@ -635,10 +684,20 @@ func (ss *session) readLoop(ctx context.Context) {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
+		var span, del trace.Span
+		if s.tracer != nil {
+			actx, span = ss.startAck(actx, ids)
+			actx, del = telemetry.Start(actx, s.tracer, "store delete", trace.SpanKindInternal)
+		}
 		n, err := s.store.Ack(actx, ss.user, ids)
 		cancel()
+		if span != nil {
+			del.SetAttributes(telemetry.AttrCount.Int(n))
+			telemetry.End(del, err)
+			telemetry.End(span, err)
+		}
 		if err != nil {
-			s.log.Warn("websocket ack failed", "err", err)
+			s.log.WarnContext(actx, "websocket ack failed", "err", err)
 			ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; ack again later")
 			continue
 		}

@@ -121,7 +121,7 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := make([]byte, 60<<10)
 	for i := 0; i < 400 && testutil.ToFloat64(m.WSDropped.WithLabelValues("slow_consumer")) == 0; i++ {
-		s.Deliver(&envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
+		s.Deliver(context.Background(), &envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
 			Recipient: "urn:sm:user:slow", Payload: payload, CreatedAt: envelope.Now()})
 	}
 	waitFor(t, "slow consumer closed", func() bool {
@@ -152,7 +152,7 @@ func TestAnsweredPingsKeepTheConnection(t *testing.T) {
 		timer := time.NewTimer(time.Second)
 		defer timer.Stop()
 		<-timer.C
-		s.Deliver(&envelope.Envelope{ID: "late", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:alive",
+		s.Deliver(context.Background(), &envelope.Envelope{ID: "late", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:alive",
 			Payload: []byte("x"), CreatedAt: envelope.Now()})
 	}()
 	if _, data, err := c.Read(ctx); err != nil || !strings.Contains(string(data), `"late"`) {
@@ -270,9 +270,9 @@ func TestLiveFrameEncodeFailureIsLogged(t *testing.T) {
 	c := dial(t, url, "urn:sm:user:bob")
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := []byte("live-secret")
-	s.Deliver(unencodable("bad-live", "urn:sm:user:bob", payload))
+	s.Deliver(context.Background(), unencodable("bad-live", "urn:sm:user:bob", payload))
 	checkEncodeFailureLogged(t, logs, "bad-live", payload)
-	s.Deliver(&envelope.Envelope{ID: "good-live", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:bob",
+	s.Deliver(context.Background(), &envelope.Envelope{ID: "good-live", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:bob",
 		Payload: []byte("x"), CreatedAt: envelope.Now()})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -322,7 +322,7 @@ func TestWriteTimeoutIsCounted(t *testing.T) {
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := make([]byte, 60<<10)
 	for range 400 { // 24 MB: more than the socket buffers hold
-		s.Deliver(&envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
+		s.Deliver(context.Background(), &envelope.Envelope{ID: envelope.NewIDs().New(time.Now()), Sender: "urn:sm:user:a",
 			Recipient: "urn:sm:user:stuck", Payload: payload, CreatedAt: envelope.Now()})
 	}
 	// The write timeout is 5 s; the race detector slows the writer down.

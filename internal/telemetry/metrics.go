@@ -38,9 +38,10 @@ type Metrics struct {
 	DeadLettered        *prometheus.CounterVec // queue: ingress, delivery
 	DeadReplayed        *prometheus.CounterVec // queue
 	DeadPurged          *prometheus.CounterVec // queue
-	PipelineLag         prometheus.Gauge
-	ReceivePaused       *prometheus.GaugeVec // queue
-	BackendUp           *prometheus.GaugeVec // backend: bus, store, presence
+	DeliveryLatency     prometheus.Histogram   // accepted by the API to written to a WebSocket
+	PipelineLag         prometheus.Gauge       // age of the oldest stored message not yet routed
+	ReceivePaused       *prometheus.GaugeVec   // queue
+	BackendUp           *prometheus.GaugeVec   // backend: bus, store, presence
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -117,8 +118,12 @@ func NewMetrics() *Metrics {
 		DeadPurged: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_dead_letter_purged_total", Help: "Dead-lettered messages deleted through this instance's admin socket, by queue.",
 		}, []string{"queue"}),
+		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "routing_delivery_latency_seconds", Help: "Time from a message's acceptance by the API to its live frame written to a WebSocket on this instance.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
 		PipelineLag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest message of the batch the pipeline is handling (or last handled): how far routing is behind acceptance.",
+			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest stored message the pipeline has not routed yet (0 when none), as last read by this pipeline instance.",
 		}),
 		ReceivePaused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "routing_receive_paused", Help: "1 while a consumer holds its messages and takes no new ones because a backend it needs is down, by queue.",
@@ -134,7 +139,7 @@ func NewMetrics() *Metrics {
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
-		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.PipelineLag, m.ReceivePaused, m.BackendUp,
+		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.ReceivePaused, m.BackendUp,
 		buildInfo(),
 	)
 	// Both queues show from the start, at zero, so alerts on rate() see them.
@@ -153,12 +158,13 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // NewLogger makes the process logger: text or json on stderr at level.
+// Records logged inside a traced operation carry trace_id and span_id.
 func NewLogger(level, format string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
 	o := &slog.HandlerOptions{Level: l}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+		return slog.New(WithTraceIDs(slog.NewJSONHandler(os.Stderr, o)))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, o))
+	return slog.New(WithTraceIDs(slog.NewTextHandler(os.Stderr, o)))
 }

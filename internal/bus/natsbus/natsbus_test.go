@@ -203,6 +203,16 @@ func TestConformanceExternal(t *testing.T) {
 	bustest.RunConformanceTests(t, externalHarness(t))
 }
 
+func TestTracesEmbedded(t *testing.T) {
+	t.Parallel()
+	bustest.RunTraceTests(t, embeddedHarness(t))
+}
+
+func TestTracesExternal(t *testing.T) {
+	t.Parallel()
+	bustest.RunTraceTests(t, externalHarness(t))
+}
+
 func TestDeadLettersEmbedded(t *testing.T) {
 	t.Parallel()
 	bustest.RunDeadLetterTests(t, embeddedHarness(t))

@@ -1,0 +1,40 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+)
+
+// WatchLag sets the pipeline lag gauge every interval until ctx is done:
+// the age of the oldest stored message not routed yet (0 when none).
+func (p *Pipeline) WatchLag(ctx context.Context, every time.Duration) {
+	if p.o.Metrics == nil || every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		p.readLag(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Pipeline) readLag(ctx context.Context) {
+	now := time.Now()
+	envs, err := p.store.Unrouted(ctx, now, 1)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Debug("pipeline: reading the oldest unrouted message failed", "err", err)
+		}
+		return
+	}
+	lag := 0.0
+	if len(envs) == 1 {
+		lag = max(0, now.Sub(envs[0].CreatedAt).Seconds())
+	}
+	p.o.Metrics.PipelineLag.Set(lag)
+}
