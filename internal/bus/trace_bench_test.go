@@ -59,13 +59,14 @@ func BenchmarkPublishAndHandle(b *testing.B) {
 			handler := func(ctx context.Context, ms []*Message) []error { return nil }
 			dm := &driver.Message{ID: m.ID, Body: m.Data, Attributes: m.Attributes, OrderingKey: m.OrderingKey, DeliveryAttempt: 1, Acker: nopAcker{}}
 			batch := []received{{dm: dm}}
+			g := newGate(func(bool) {})
 			b.ReportAllocs()
 			for b.Loop() {
 				if err := bs.PublishIngress(ctx, m); err != nil {
 					b.Fatal(err)
 				}
 				batch[0].m = incoming(dm)
-				bs.run(ctx, QueueIngress, handler, batch, newGate(func(bool) {}))
+				bs.run(ctx, QueueIngress, handler, batch, g)
 			}
 		})
 	}
