@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -49,20 +49,47 @@ func Listen(ctx context.Context, path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// umaskMu serializes the umask changes of listenOwnerOnly.
-var umaskMu sync.Mutex
-
-// listenOwnerOnly binds a Unix socket at path under the umask 0177, so
-// that it is created with mode 0600: there is no moment at which another
-// user could connect to it. The umask is the process's: files other
-// goroutines create meanwhile get at most mode 0600 too, never more.
+// listenOwnerOnly binds a Unix socket at path that only its owner can
+// reach from the first moment: it is bound inside a fresh directory of mode
+// 0700, set to mode 0600 there, then renamed into place. The process's
+// umask is left alone (it is shared by every goroutine creating files).
+// Closing the listener removes the socket file at path.
 func listenOwnerOnly(ctx context.Context, path string) (net.Listener, error) {
-	umaskMu.Lock()
-	defer umaskMu.Unlock()
-	old := syscall.Umask(0o177)
-	defer syscall.Umask(old)
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
 	var lc net.ListenConfig
-	return lc.Listen(ctx, "unix", path)
+	ln, err := lc.Listen(ctx, "unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ul.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ul.Close()
+		return nil, err
+	}
+	return &ownedListener{UnixListener: ul, path: path}, nil
+}
+
+// ownedListener removes its socket file when closed.
+type ownedListener struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (l *ownedListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { _ = os.Remove(l.path) })
+	return err
 }
 
 // live reports whether a process accepts connections on the socket at path.

@@ -26,6 +26,13 @@ func TestSocketCreatedOwnerOnly(t *testing.T) {
 		t.Fatalf("socket created with mode %o, want 600", m)
 	}
 	if now := syscall.Umask(0); now != 0 {
-		t.Fatalf("umask left at %o", now)
+		t.Fatalf("umask changed to %o", now)
+	}
+	ln.Close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("socket file left after Close: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".admin-*")); len(left) != 0 {
+		t.Fatalf("private directories left: %v", left)
 	}
 }
