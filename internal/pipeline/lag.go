@@ -6,7 +6,8 @@ import (
 )
 
 // WatchLag sets the pipeline lag gauge every interval until ctx is done:
-// the age of the oldest stored message not routed yet (0 when none).
+// the age of the oldest stored message not routed yet (0 when none); and
+// the gauge of messages pending in the store.
 func (p *Pipeline) WatchLag(ctx context.Context, every time.Duration) {
 	if p.o.Metrics == nil || every <= 0 {
 		return
@@ -24,6 +25,11 @@ func (p *Pipeline) WatchLag(ctx context.Context, every time.Duration) {
 }
 
 func (p *Pipeline) readLag(ctx context.Context) {
+	if n, err := p.store.PendingTotal(ctx); err == nil {
+		p.o.Metrics.StorePending.Set(float64(n))
+	} else if ctx.Err() == nil {
+		p.log.Debug("pipeline: reading the pending total failed", "err", err)
+	}
 	now := time.Now()
 	envs, err := p.store.Unrouted(ctx, now, 1)
 	if err != nil {

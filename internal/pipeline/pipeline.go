@@ -26,6 +26,7 @@ type Store interface {
 	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
 	MarkRouted(ctx context.Context, ids []string) error
 	Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error)
+	PendingTotal(ctx context.Context) (int64, error)
 }
 
 // Presence tells which instances hold a user's connections.

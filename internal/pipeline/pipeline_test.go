@@ -54,6 +54,12 @@ func (s *fakeStore) Unrouted(_ context.Context, before time.Time, limit int) ([]
 	return out, nil
 }
 
+func (s *fakeStore) PendingTotal(context.Context) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.envs)), nil
+}
+
 func (s *fakeStore) isRouted(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -409,6 +415,7 @@ type nopStore struct{}
 
 func (nopStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) { return nil, nil }
 func (nopStore) MarkRouted(context.Context, []string) error                        { return nil }
+func (nopStore) PendingTotal(context.Context) (int64, error)                       { return 0, nil }
 func (nopStore) Unrouted(context.Context, time.Time, int) ([]*envelope.Envelope, error) {
 	return nil, nil
 }

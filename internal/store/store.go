@@ -122,6 +122,10 @@ type PendingCounts interface {
 	// store and delete envelopes (one row read, never a count of the
 	// envelopes), so it is cheap enough for every send.
 	PendingCount(ctx context.Context, recipient string) (int, error)
+	// PendingTotal returns how many envelopes are stored for all
+	// recipients, from the same kept counts (one row per recipient with
+	// pending envelopes, never a count of the envelopes).
+	PendingTotal(ctx context.Context) (int64, error)
 }
 
 // Idempotencies stores idempotency records.

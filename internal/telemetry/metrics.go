@@ -40,6 +40,7 @@ type Metrics struct {
 	DeadPurged          *prometheus.CounterVec // queue
 	DeliveryLatency     prometheus.Histogram   // accepted by the API to written to a WebSocket
 	PipelineLag         prometheus.Gauge       // age of the oldest stored message not yet routed
+	StorePending        prometheus.Gauge       // messages stored and not acknowledged
 	ReceivePaused       *prometheus.GaugeVec   // queue
 	BackendUp           *prometheus.GaugeVec   // backend: bus, store, presence
 }
@@ -125,6 +126,9 @@ func NewMetrics() *Metrics {
 		PipelineLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest stored message the pipeline has not routed yet (0 when none), as last read by this pipeline instance.",
 		}),
+		StorePending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_store_pending_messages", Help: "Messages in the store waiting for their recipients' acknowledgement (all recipients), as last read by this pipeline instance.",
+		}),
 		ReceivePaused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "routing_receive_paused", Help: "1 while a consumer holds its messages and takes no new ones because a backend it needs is down, by queue.",
 		}, []string{"queue"}),
@@ -139,7 +143,7 @@ func NewMetrics() *Metrics {
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
-		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.ReceivePaused, m.BackendUp,
+		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.StorePending, m.ReceivePaused, m.BackendUp,
 		buildInfo(),
 	)
 	// Both queues show from the start, at zero, so alerts on rate() see them.

@@ -412,6 +412,18 @@ func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error)
 	return int(n), nil
 }
 
+// PendingTotal implements store.PendingCounts.
+func (s *Store) PendingTotal(ctx context.Context) (int64, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(SUM(pending), 0)::bigint FROM pending_counts`).Scan(&n); err != nil {
+		return 0, s.wrap("pending total", err)
+	}
+	return n, nil
+}
+
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
 // after cursor, in store order.
 func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error) {

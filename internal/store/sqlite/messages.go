@@ -463,6 +463,18 @@ func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error)
 	return n, nil
 }
 
+// PendingTotal implements store.PendingCounts.
+func (s *Store) PendingTotal(ctx context.Context) (int64, error) {
+	if s.closed.Load() {
+		return 0, store.ErrClosed
+	}
+	var n int64
+	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(SUM(pending), 0) FROM pending_counts`).Scan(&n); err != nil {
+		return 0, s.wrap("pending total", err)
+	}
+	return n, nil
+}
+
 // Unrouted returns up to limit envelopes not routed and created before
 // before, in store order.
 func (s *Store) Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error) {

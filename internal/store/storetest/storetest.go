@@ -824,6 +824,14 @@ func pendingCounts(t *testing.T, s store.Store, when string, want map[string]int
 	}
 }
 
+// pendingTotal checks PendingTotal.
+func pendingTotal(t *testing.T, s store.Store, when string, want int64) {
+	t.Helper()
+	if n, err := s.PendingTotal(t.Context()); err != nil || n != want {
+		t.Fatalf("%s: PendingTotal = %d, %v; want %d", when, n, err, want)
+	}
+}
+
 // PendingCount follows every way envelopes are stored and deleted: puts
 // (a duplicate or acknowledged id counts nothing), acks (only of the
 // recipient's own envelopes), retention, and batches of all of these.
@@ -837,6 +845,7 @@ func testPendingCount(t *testing.T, s store.Store) {
 	put(t, s, b3)
 	put(t, s, b2, b3) // duplicates
 	pendingCounts(t, s, "after puts", map[string]int{bob: 3, carol: 1})
+	pendingTotal(t, s, "after puts", 4)
 
 	if n := ack(t, s, carol, b1.ID); n != 0 { // not carol's
 		t.Fatalf("carol acked bob's envelope: %d", n)
@@ -871,6 +880,7 @@ func testPendingCount(t *testing.T, s store.Store) {
 	}
 	wg.Wait()
 	pendingCounts(t, s, "after concurrent acks", map[string]int{carol: 21, bob: 1})
+	pendingTotal(t, s, "after concurrent acks", 22)
 	got := all(t, s, carol, 100)
 	if len(got) != 21 {
 		t.Fatalf("carol has %d pending, the count says 21", len(got))
