@@ -54,3 +54,40 @@ func TestTokenAllowProduction(t *testing.T) {
 		t.Fatalf("token not accepted with JWT_SECRET: %v", err)
 	}
 }
+
+// Every command's -h prints its synopsis and its own flags only, and succeeds.
+func TestCommandHelp(t *testing.T) {
+	cases := []struct {
+		args        []string
+		has, hasNot []string
+	}{
+		{[]string{"serve", "-h"}, []string{"usage: routingservice serve", "  -config "}, []string{"-sub", "-ttl", "-limit"}},
+		{[]string{"token", "-h"}, []string{"usage: routingservice token", "  -sub ", "  -ttl ", "  -allow-production", "  -config "}, []string{"-limit", "-json"}},
+		{[]string{"config", "check", "-h"}, []string{"usage: routingservice config check", "  -config "}, []string{"-sub", "-limit"}},
+		{[]string{"config", "-h"}, []string{"usage: routingservice config check"}, []string{"-sub"}},
+		{[]string{"vapid", "-h"}, []string{"usage: routingservice vapid"}, []string{"-config", "-sub"}},
+		{[]string{"version", "-h"}, []string{"usage: routingservice version"}, []string{"-config", "-sub"}},
+		{[]string{"dlq", "list", "-h"}, []string{"usage: routingservice dlq", "--limit", "--all"}, []string{"-sub", "-ttl"}},
+		{[]string{"dlq", "-h"}, []string{"usage: routingservice dlq"}, []string{"-sub", "-ttl"}},
+	}
+	for _, c := range cases {
+		var out, errOut strings.Builder
+		if err := run(c.args, &out, &errOut); err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v wrote to stdout: %q", c.args, out.String())
+		}
+		help := errOut.String()
+		for _, s := range c.has {
+			if !strings.Contains(help, s) {
+				t.Errorf("%v: help lacks %q: %q", c.args, s, help)
+			}
+		}
+		for _, s := range c.hasNot {
+			if strings.Contains(help, s) {
+				t.Errorf("%v: help has %q: %q", c.args, s, help)
+			}
+		}
+	}
+}

@@ -48,7 +48,37 @@ func main() {
 	}
 }
 
+// run runs one command; -h prints the command's flags and returns nil.
 func run(args []string, stdout, stderr io.Writer) error {
+	err := command(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
+// newFlags returns a command's flag set; its usage is the synopsis and the
+// command's own flags.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: routingservice %s\n", synopsis)
+		if hasFlags(fs) {
+			fmt.Fprintln(stderr, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+func command(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command")
@@ -59,12 +89,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "token":
 		return token(args[1:], stdout, stderr)
 	case "config":
+		if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+			fmt.Fprintln(stderr, "usage: routingservice config check [--config PATH]")
+			return nil
+		}
 		if len(args) < 2 || args[1] != "check" {
 			return errors.New("usage: routingservice config check [--config PATH]")
 		}
 		return configCheck(args[2:], stdout, stderr)
 	case "vapid":
-		return vapid(args[1:], stdout)
+		return vapid(args[1:], stdout, stderr)
 	case "dlq":
 		return dlq(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -93,7 +127,7 @@ func configPath(flagValue string) string {
 }
 
 func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
-	path := fs.String("config", "", "config file")
+	path := fs.String("config", "", "config file (default $ROUTING_CONFIG, else ./config.yaml when present)")
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, err
 	}
@@ -101,8 +135,7 @@ func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
 }
 
 func serve(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("serve", "serve [--config PATH]", stderr)
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
@@ -124,8 +157,7 @@ func serve(args []string, stderr io.Writer) error {
 }
 
 func token(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("token", "token --sub URN [--ttl 1h] [--allow-production] [--config PATH]", stderr)
 	sub := fs.String("sub", "", "the caller's URN (the token's sub), e.g. urn:sm:user:alice")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	allowProd := fs.Bool("allow-production", false, "in production mode, sign with JWT_SECRET anyway (smoke tests)")
