@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -134,6 +135,54 @@ func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
 	return config.Load(configPath(*path))
 }
 
+// loadToolConfig is loadConfig for a command that uses only a few keys: the
+// file must parse, but of the checks only those of the named keys (and the
+// keys under them) apply, so that a tool does not ask for backend settings,
+// such as DATABASE_URL, that it never uses.
+func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Config, error) {
+	path := fs.String("config", "", "config file (default $ROUTING_CONFIG, else ./config.yaml when present)")
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, err
+	}
+	cfg := config.Default()
+	if p := configPath(*path); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return config.Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := config.Parse(b, &cfg); err != nil {
+			return config.Config{}, fmt.Errorf("config %s: %w", p, err)
+		}
+	}
+	cfg.FromEnv(os.Getenv)
+	cfg.FillDefaults()
+	if err := cfg.LoadLocalSecret(); err != nil {
+		return config.Config{}, err
+	}
+	var used []error
+	for _, e := range unjoin(cfg.Check()) {
+		for _, k := range keys {
+			msg := e.Error()
+			if strings.HasPrefix(msg, "config key "+k+":") || strings.HasPrefix(msg, "config key "+k+".") {
+				used = append(used, e)
+				break
+			}
+		}
+	}
+	return cfg, errors.Join(used...)
+}
+
+// unjoin returns the errors err joins (err alone when it joins none).
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
 func serve(args []string, stderr io.Writer) error {
 	fs := newFlags("serve", "serve [--config PATH]", stderr)
 	cfg, err := loadConfig(fs, args)
@@ -161,7 +210,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 	sub := fs.String("sub", "", "the caller's URN (the token's sub), e.g. urn:sm:user:alice")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	allowProd := fs.Bool("allow-production", false, "in production mode, sign with JWT_SECRET anyway (smoke tests)")
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadToolConfig(fs, args, "run_mode", "data_dir", "auth", "JWT_SECRET")
 	if err != nil {
 		return err
 	}
