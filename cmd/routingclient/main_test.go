@@ -192,3 +192,19 @@ func TestCommandHelp(t *testing.T) {
 		t.Fatalf("-h: %v, %q", err, out.String())
 	}
 }
+
+// A refused token is reported once, for HTTP and WebSocket commands alike.
+func TestRefusedTokenSaidOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := startService(t, ctx)
+	for _, args := range [][]string{
+		{"fetch", "--api", svc.api, "--token", "not-a-jwt"},
+		{"listen", "--ws", svc.ws, "--token", "not-a-jwt"},
+	} {
+		err := run(ctx, args, io.Discard, io.Discard)
+		if err == nil || strings.Count(err.Error(), "invalid token") != 1 || strings.Count(err.Error(), "routing service") != 1 {
+			t.Fatalf("%s with a bad token: %v", args[0], err)
+		}
+	}
+}
