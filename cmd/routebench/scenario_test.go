@@ -151,6 +151,12 @@ func TestFanoutAgainstFake(t *testing.T) {
 	if s.Latency == nil || s.Latency.N != int(s.Deliveries) {
 		t.Errorf("latency %+v", s.Latency)
 	}
+	// Ack frames are written after the receipt is counted: wait for the
+	// fake to read them.
+	deadline := time.Now().Add(10 * time.Second)
+	for f.acked.Load() != s.Deliveries && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if got := f.acked.Load(); got != s.Deliveries {
 		t.Errorf("acked %d, want %d (every receipt)", got, s.Deliveries)
 	}
