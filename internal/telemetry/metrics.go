@@ -95,7 +95,7 @@ func NewMetrics() *Metrics {
 			Name: "routing_deliveries_local_total", Help: "Delivery events handed to this instance's connections in process.",
 		}),
 		PushRequested: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "routing_push_requested_total", Help: "Push notifications requested for offline recipients.",
+			Name: "routing_push_requested_total", Help: "Push notifications requested: for offline recipients, and for messages routed live but not acknowledged in time.",
 		}),
 		PushUnacked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routing_push_unacked_total", Help: "Push notifications requested for messages routed to a live connection but not acknowledged within push.unacked_after.",
