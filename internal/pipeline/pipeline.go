@@ -98,12 +98,11 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = 10 * time.Second
 	}
+	if o.UnackedMax <= 0 {
+		o.UnackedMax = DefaultUnackedMax
+	}
 	p := &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger, tracer: telemetry.Tracer(o.TracerProvider, "pipeline")}
 	if o.UnackedAfter > 0 && o.Notifier != nil {
-		if o.UnackedMax <= 0 {
-			o.UnackedMax = DefaultUnackedMax
-		}
-		p.o.UnackedMax = o.UnackedMax
 		p.unacked = &unackedSchedule{limit: o.UnackedMax}
 	}
 	return p
