@@ -13,7 +13,7 @@ func TestQueueCountsRoomFor(t *testing.T) {
 	if q.roomFor("bob", 10, now) {
 		t.Fatal("room without any count read")
 	}
-	q.read("bob", 2, now) // 2 pending + this send = 3
+	q.read("bob", 2, now)                                         // 2 pending + this send = 3
 	if !q.roomFor("bob", 10, now) || !q.roomFor("bob", 10, now) { // 4, 5
 		t.Fatal("no room far below the cap")
 	}
