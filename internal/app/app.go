@@ -230,6 +230,7 @@ func (a *App) wire(ctx context.Context) error {
 			Instance:       cfg.InstanceID,
 			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
 			MaxBatch:       cfg.Store.MaxBatch,
+			UnackedAfter:   cfg.Push.UnackedAfter,
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
 			TracerProvider: a.tp,
@@ -428,6 +429,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.pipeline != nil {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
 		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
+		goRole("unacked", func() error { a.pipeline.PushUnacked(work); return nil })
 		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
 	}
 	if a.admin != nil {

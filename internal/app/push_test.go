@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/push/pushtest"
 	"github.com/go-routing-service/routingservice/pkg/client"
@@ -142,5 +144,54 @@ func TestPushEndToEnd(t *testing.T) {
 	after := [3]int{len(fcmSrv.Delivered()), len(apnsSrv.Delivered()), len(wpSrv.Delivered())}
 	if after != before {
 		t.Fatalf("pushes sent to an online recipient: before %v after %v", before, after)
+	}
+}
+
+// A message delivered live to a connection that never acknowledges it
+// gets a push push.unacked_after later, for that message.
+func TestPushForUnacknowledgedLiveMessage(t *testing.T) {
+	wpSrv := pushtest.NewWebPush(t)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pushtest.PEM(wpSrv.Certificate()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vapidFile := filepath.Join(dir, "vapid.key")
+	if err := os.WriteFile(vapidFile, []byte(wpSrv.Config().VAPIDPrivateKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ta := startApp(t, func(c *config.Config) {
+		c.Push.UnackedAfter = 300 * time.Millisecond
+		c.Push.CAFile = caFile
+		c.Push.WebPush.Enabled = true
+		c.Push.WebPush.VAPIDPrivateKeyFile = vapidFile
+		c.Push.WebPush.AllowLocalEndpoints = true
+	})
+	alice := ta.client(t, "urn:sm:user:alice")
+	judy := ta.client(t, "urn:sm:user:judy")
+	sub := wpSrv.NewSubscription()
+	d := client.Device{Platform: "webpush", Subscription: &client.Subscription{Endpoint: sub.Token}}
+	d.Subscription.Keys.P256DH, d.Subscription.Keys.Auth = sub.P256DH, sub.Auth
+	if err := judy.PutDevice(ctxT(t), d); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := judy.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connected(t, ta, 1)
+	acc, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:judy", Payload: []byte("live"), Type: "chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := next(t, conn); env.ID != acc.ID { // delivered live, never acknowledged
+		t.Fatalf("live frame %s, want %s", env.ID, acc.ID)
+	}
+	if got := wpSrv.WaitDelivered(t, 1); got[0].MessageID != acc.ID {
+		t.Fatalf("push %+v, want one for %s", got[0], acc.ID)
+	}
+	if n := testutil.ToFloat64(ta.app.Metrics().PushUnacked); n != 1 {
+		t.Fatalf("routing_push_unacked_total = %v, want 1", n)
 	}
 }

@@ -271,6 +271,9 @@ type Push struct {
 	Timeout           time.Duration `yaml:"timeout"`
 	MaxRetries        int           `yaml:"max_retries"`
 	MaxTargetsPerUser int           `yaml:"max_targets_per_user"`
+	// UnackedAfter is how long a message routed to a live connection may
+	// stay unacknowledged before its recipient gets a push anyway (0: never).
+	UnackedAfter time.Duration `yaml:"unacked_after"`
 	// CAFile is a PEM bundle of extra root certificates trusted when
 	// talking to push providers (besides the system roots).
 	CAFile  string  `yaml:"ca_file"`
@@ -449,6 +452,7 @@ func Default() Config {
 			Timeout:           10 * time.Second,
 			MaxRetries:        3,
 			MaxTargetsPerUser: 10,
+			UnackedAfter:      30 * time.Second,
 			APNs:              APNs{Endpoint: "https://api.push.apple.com", PushType: "background", Priority: 5},
 			WebPush:           WebPush{Enabled: true, Subject: "mailto:ops@example.com", TTL: 24 * time.Hour, Urgency: "high"},
 			FCM:               FCM{Endpoint: "https://fcm.googleapis.com"},
@@ -670,6 +674,9 @@ func (c Config) Check() error {
 	}
 	if c.API.IdempotencyWindow <= 0 {
 		bad("api.idempotency_window", "must be positive")
+	}
+	if c.Push.UnackedAfter < 0 {
+		bad("push.unacked_after", "must not be negative (0 turns it off)")
 	}
 	positive := map[string]time.Duration{
 		"api.read_timeout": c.API.ReadTimeout, "api.write_timeout": c.API.WriteTimeout,

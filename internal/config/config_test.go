@@ -128,6 +128,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"apns needs a key", "push: {apns: {enabled: true}}", nil, "push.apns.key_file"},
 		{"apns push type", "push: {apns: {push_type: loud, enabled: true}}", nil, "push.apns.push_type"},
 		{"webpush urgency", "push: {webpush: {urgency: asap}}", nil, "push.webpush.urgency"},
+		{"negative unacked_after", "push: {unacked_after: -1s}", nil, "push.unacked_after"},
 		{"pubsub ack deadline", "bus: {type: pubsub, ack_deadline: 1s, pubsub: {project_id: p}}", nil, "bus.ack_deadline"},
 		{"bad instance id", "instance_id: 'a b'", nil, "instance_id"},
 		{"bad traces", "telemetry: {traces: zipkin}", nil, "telemetry.traces"},

@@ -27,6 +27,7 @@ type Store interface {
 	MarkRouted(ctx context.Context, ids []string) error
 	Unrouted(ctx context.Context, before time.Time, limit int) ([]*envelope.Envelope, error)
 	PendingTotal(ctx context.Context) (int64, error)
+	Stored(ctx context.Context, ids []string) ([]string, error)
 }
 
 // Presence tells which instances hold a user's connections.
@@ -63,8 +64,15 @@ type Options struct {
 	// MaxBatch bounds the messages handled (and stored) together when the
 	// bus delivers in batches; <= 1 handles one at a time.
 	MaxBatch int
-	Logger   *slog.Logger
-	Metrics  *telemetry.Metrics
+	// UnackedAfter, when positive (and Notifier is set), is how long a
+	// stored message routed to a live connection may stay unacknowledged
+	// before its recipient gets a push anyway (see PushUnacked).
+	UnackedAfter time.Duration
+	// UnackedMax bounds the messages watched for that at a time
+	// (DefaultUnackedMax when <= 0); beyond it they are not watched.
+	UnackedMax int
+	Logger     *slog.Logger
+	Metrics    *telemetry.Metrics
 	// TracerProvider, when set, traces each message's hops through the
 	// pipeline (store write, presence lookup, local hand-off, push
 	// request) under its processing span.
@@ -78,7 +86,8 @@ type Pipeline struct {
 	presence Presence
 	bus      Bus
 	log      *slog.Logger
-	tracer   trace.Tracer // nil when tracing is off
+	tracer   trace.Tracer     // nil when tracing is off
+	unacked  *unackedSchedule // nil when unacknowledged messages are not watched
 }
 
 // New returns a pipeline.
@@ -89,7 +98,14 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = 10 * time.Second
 	}
-	return &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger, tracer: telemetry.Tracer(o.TracerProvider, "pipeline")}
+	if o.UnackedMax <= 0 {
+		o.UnackedMax = DefaultUnackedMax
+	}
+	p := &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger, tracer: telemetry.Tracer(o.TracerProvider, "pipeline")}
+	if o.UnackedAfter > 0 && o.Notifier != nil {
+		p.unacked = &unackedSchedule{limit: o.UnackedMax}
+	}
+	return p
 }
 
 // Run consumes the ingress subscription until ctx is done, in batches of
@@ -191,6 +207,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	// ones of that recipient fail too, so that a retry keeps their order.
 	// The delivery events of the whole batch go out together at the end.
 	var batch []pending
+	live := make([]bool, len(envs)) // routed to a live connection
 	failed := map[string]error{}
 	var down error                 // presence is down: no use asking it for the rest
 	where := map[string][]string{} // presence, looked up once per recipient per batch
@@ -206,7 +223,8 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			errs[i] = down
 			continue
 		}
-		if err := p.route(bus.ContextOf(ctx, ms[i]), i, ms[i], env, where, &batch); err != nil {
+		var err error
+		if live[i], err = p.route(bus.ContextOf(ctx, ms[i]), i, ms[i], env, where, &batch); err != nil {
 			errs[i] = err
 			failed[env.Recipient] = err
 			if errors.Is(err, bus.ErrUnavailable) {
@@ -231,6 +249,11 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 		}
 	}
 	p.markRouted(ctx, envs, errs)
+	for i, env := range envs {
+		if live[i] && errs[i] == nil && !env.Ephemeral {
+			p.watchUnacked(env)
+		}
+	}
 	return errs
 }
 
@@ -265,12 +288,12 @@ type pending struct {
 
 // route addresses a stored envelope to the instances holding its
 // recipient's connections (adding a delivery event to batch for each other
-// instance), or asks for a push when there are none.
-func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *envelope.Envelope, where map[string][]string, batch *[]pending) error {
+// instance), or asks for a push when there are none. live reports that
+// there were some.
+func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *envelope.Envelope, where map[string][]string, batch *[]pending) (live bool, err error) {
 	instances, ok := where[env.Recipient]
 	if !ok {
 		sctx, span := telemetry.Start(ctx, p.tracer, "presence lookup", trace.SpanKindInternal)
-		var err error
 		instances, err = p.presence.Instances(sctx, env.Recipient)
 		if span != nil {
 			span.SetAttributes(telemetry.AttrMessageID.String(env.ID), telemetry.AttrCount.Int(len(instances)))
@@ -278,7 +301,7 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 		}
 		if err != nil {
 			err = outage(ctx, p.presence, err)
-			return fmt.Errorf("pipeline presence %s: %w", env.ID, err)
+			return false, fmt.Errorf("pipeline presence %s: %w", env.ID, err)
 		}
 		where[env.Recipient] = instances
 	}
@@ -311,7 +334,7 @@ func (p *Pipeline) route(ctx context.Context, index int, m *bus.Message, env *en
 			p.o.Metrics.PushRequested.Inc()
 		}
 	}
-	return nil
+	return len(instances) > 0, nil
 }
 
 func isPermanent(err error) bool { return errors.Is(err, bus.ErrPermanent) }

@@ -18,6 +18,32 @@ type fakeStore struct {
 	err    error
 	envs   []*envelope.Envelope
 	routed map[string]bool
+	acked  map[string]bool
+}
+
+func (s *fakeStore) Stored(_ context.Context, ids []string) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in := map[string]bool{}
+	for _, e := range s.envs {
+		in[e.ID] = !s.acked[e.ID]
+	}
+	var out []string
+	for _, id := range ids {
+		if in[id] {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+func (s *fakeStore) ack(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.acked == nil {
+		s.acked = map[string]bool{}
+	}
+	s.acked[id] = true
 }
 
 func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([]bool, error) {
@@ -97,9 +123,22 @@ func (b *fakeBus) PublishDeliveries(_ context.Context, ds []bus.Delivery) error 
 	return nil
 }
 
-type fakeNotifier struct{ got []push.Notification }
+type fakeNotifier struct {
+	mu  sync.Mutex
+	got []push.Notification
+}
 
-func (n *fakeNotifier) Notify(x push.Notification) { n.got = append(n.got, x) }
+func (n *fakeNotifier) Notify(x push.Notification) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.got = append(n.got, x)
+}
+
+func (n *fakeNotifier) notifications() []push.Notification {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]push.Notification(nil), n.got...)
+}
 
 type fakeLocal struct{ got []*envelope.Envelope }
 
@@ -416,6 +455,7 @@ type nopStore struct{}
 func (nopStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) { return nil, nil }
 func (nopStore) MarkRouted(context.Context, []string) error                        { return nil }
 func (nopStore) PendingTotal(context.Context) (int64, error)                       { return 0, nil }
+func (nopStore) Stored(context.Context, []string) ([]string, error)                { return nil, nil }
 func (nopStore) Unrouted(context.Context, time.Time, int) ([]*envelope.Envelope, error) {
 	return nil, nil
 }

@@ -93,6 +93,11 @@ type Messages interface {
 	// Pending returns up to limit envelopes of recipient after cursor
 	// ("" for the start), oldest (first stored) first.
 	Pending(ctx context.Context, recipient, cursor string, limit int) (Page, error)
+	// Stored returns those of ids that are stored: neither acknowledged
+	// nor deleted by retention (routed or not), in no particular order.
+	// Unknown ids are left out. It reads by id, so it is cheap for the
+	// batches a caller checks.
+	Stored(ctx context.Context, ids []string) ([]string, error)
 	// Ack deletes the recipient's envelopes with these ids and, in the same
 	// transaction, records a tombstone (id, recipient, time of the ack) for
 	// each envelope it deleted. Ids unknown or addressed to someone else are

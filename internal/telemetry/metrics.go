@@ -30,6 +30,8 @@ type Metrics struct {
 	DeliveriesPublished prometheus.Counter
 	DeliveriesLocal     prometheus.Counter
 	PushRequested       prometheus.Counter
+	PushUnacked         prometheus.Counter // pushes for messages routed live but not acknowledged in time
+	UnackedDropped      prometheus.Counter // live-routed messages not watched because the schedule was full
 	WSConnections       prometheus.Gauge
 	WSMessagesSent      *prometheus.CounterVec // kind: backlog, live
 	WSDropped           *prometheus.CounterVec // reason
@@ -93,7 +95,13 @@ func NewMetrics() *Metrics {
 			Name: "routing_deliveries_local_total", Help: "Delivery events handed to this instance's connections in process.",
 		}),
 		PushRequested: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "routing_push_requested_total", Help: "Push notifications requested for offline recipients.",
+			Name: "routing_push_requested_total", Help: "Push notifications requested: for offline recipients, and for messages routed live but not acknowledged in time.",
+		}),
+		PushUnacked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_push_unacked_total", Help: "Push notifications requested for messages routed to a live connection but not acknowledged within push.unacked_after.",
+		}),
+		UnackedDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routing_push_unacked_dropped_total", Help: "Messages routed to a live connection that were not watched for an acknowledgement because the schedule was full.",
 		}),
 		WSConnections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_websocket_connections", Help: "Open WebSocket connections.",
@@ -141,7 +149,7 @@ func NewMetrics() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
-		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.WSConnections,
+		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.PushUnacked, m.UnackedDropped, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.StorePending, m.ReceivePaused, m.BackendUp,
 		buildInfo(),

@@ -513,3 +513,22 @@ func cutoff(t time.Time) time.Time {
 	}
 	return c
 }
+
+// Stored returns those of ids that are stored, looked up by id.
+func (s *Store) Stored(ctx context.Context, ids []string) ([]string, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id FROM messages WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, s.wrap("stored", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, s.wrap("stored", err)
+	}
+	return out, nil
+}

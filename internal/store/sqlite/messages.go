@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
@@ -565,4 +566,42 @@ func cutoffMillis(t time.Time) int64 {
 		ms++
 	}
 	return ms
+}
+
+// storedChunk bounds the ids one Stored query binds.
+const storedChunk = 500
+
+// Stored returns those of ids that are stored, looked up by id in chunks.
+func (s *Store) Stored(ctx context.Context, ids []string) ([]string, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	var out []string
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), storedChunk)]
+		ids = ids[len(chunk):]
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		q := `SELECT id FROM messages WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		rows, err := s.r.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, s.wrap("stored", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, s.wrap("stored: scan", err)
+			}
+			out = append(out, id)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, s.wrap("stored", err)
+		}
+	}
+	return out, nil
 }

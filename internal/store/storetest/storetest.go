@@ -49,6 +49,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"PendingBadCursor", testPendingBadCursor},
 		{"Ack", testAck},
 		{"DeleteBefore", testDeleteBefore},
+		{"Stored", testStored},
 		{"PendingCount", testPendingCount},
 		{"UnroutedRoundTrip", testUnroutedRoundTrip},
 		{"MarkRouted", testMarkRouted},
@@ -810,6 +811,48 @@ func testDeleteBefore(t *testing.T, s store.Store) {
 	n, err = s.DeleteBefore(t.Context(), base.Add(time.Millisecond).In(time.FixedZone("X", -7*3600)))
 	if err != nil || n != 2 {
 		t.Errorf("DeleteBefore(after all): %d, %v; want 2, nil", n, err)
+	}
+}
+
+// Stored reports the ids still stored, whoever they are for and routed or
+// not, and leaves out acknowledged, deleted and unknown ones; it takes
+// more ids than one query binds.
+func testStored(t *testing.T, s store.Store) {
+	stored := func(ids []string) []string {
+		t.Helper()
+		got, err := s.Stored(t.Context(), ids)
+		if err != nil {
+			t.Fatalf("Stored(%d ids): %v", len(ids), err)
+		}
+		slices.Sort(got)
+		return got
+	}
+	if got := stored(nil); len(got) != 0 {
+		t.Fatalf("Stored(nil) = %v", got)
+	}
+	acked := newEnv(alice, bob, base, "acked")
+	routed := newEnv(alice, bob, base.Add(time.Millisecond), "routed")
+	other := newEnv(alice, carol, base.Add(2*time.Millisecond), "other")
+	old := newEnv(alice, bob, base.Add(-48*time.Hour), "old")
+	put(t, s, acked, routed, other, old)
+	markRouted(t, s, routed.ID)
+	ack(t, s, bob, acked.ID)
+	if _, err := s.DeleteBefore(t.Context(), base.Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{routed.ID, other.ID}
+	slices.Sort(want)
+	if got := stored([]string{acked.ID, routed.ID, "unknown", other.ID, old.ID}); !slices.Equal(got, want) {
+		t.Fatalf("Stored = %v, want %v", got, want)
+	}
+	// Many ids at once, most of them unknown.
+	many := make([]string, 0, 1201)
+	for i := range 1200 {
+		many = append(many, fmt.Sprintf("unknown-%d", i))
+	}
+	many = append(many, other.ID)
+	if got := stored(many); !slices.Equal(got, []string{other.ID}) {
+		t.Fatalf("Stored(1201 ids) = %v, want [%s]", got, other.ID)
 	}
 }
 
