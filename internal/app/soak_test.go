@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -38,19 +40,26 @@ func takeSoakSample(start time.Time) soakSample {
 	return soakSample{at: time.Since(start), goroutines: runtime.NumGoroutine(), fds: fds, heapInuse: ms.HeapInuse}
 }
 
-// soakLedger records what was accepted and what arrived, per recipient.
+// soakLedger records what was accepted and what arrived by message number
+// (the payload), in slices sized before the run, so that the ledger itself
+// does not grow the heap the test watches.
 type soakLedger struct {
 	mu         sync.Mutex
-	accepted   map[string]map[string]bool // recipient -> id
-	received   map[string]map[string]int  // recipient -> id -> times
+	accepted   []bool
+	received   []uint32 // times each message arrived
+	misrouted  int      // arrivals for another recipient, or with a bad payload
 	sendErrors int
 	firstErr   error
 }
 
-func (l *soakLedger) accept(rcpt, id string) {
+func newSoakLedger(n int) *soakLedger {
+	return &soakLedger{accepted: make([]bool, n), received: make([]uint32, n)}
+}
+
+func (l *soakLedger) accept(seq int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.accepted[rcpt][id] = true
+	l.accepted[seq] = true
 }
 
 func (l *soakLedger) fail(err error) {
@@ -62,22 +71,28 @@ func (l *soakLedger) fail(err error) {
 	}
 }
 
-func (l *soakLedger) receive(rcpt, id string) {
+// receive records env's arrival for rcpt; rcptOf names the recipient of
+// each message number.
+func (l *soakLedger) receive(rcpt string, env client.Envelope, rcptOf func(int) string) {
+	seq, err := strconv.Atoi(string(env.Payload))
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.received[rcpt][id]++
+	if err != nil || seq < 0 || seq >= len(l.received) || rcptOf(seq) != rcpt || env.Recipient != rcpt {
+		l.misrouted++
+		return
+	}
+	l.received[seq]++
 }
 
-// missing counts accepted messages of rcpts that have not arrived.
-func (l *soakLedger) missing(rcpts []string) int {
+// missing counts the accepted messages of the recipients that want picks
+// that have not arrived.
+func (l *soakLedger) missing(sent int, rcptOf func(int) string, want func(string) bool) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
-	for _, r := range rcpts {
-		for id := range l.accepted[r] {
-			if l.received[r][id] == 0 {
-				n++
-			}
+	for i := 0; i < sent; i++ {
+		if l.accepted[i] && l.received[i] == 0 && want(rcptOf(i)) {
+			n++
 		}
 	}
 	return n
@@ -122,7 +137,6 @@ func TestSoakSteadyLoad(t *testing.T) {
 
 	sender := ta.client(t, "urn:sm:user:soak-sender")
 	sender.HTTP = hc
-	ledger := &soakLedger{accepted: map[string]map[string]bool{}, received: map[string]map[string]int{}}
 	var online, offline []string
 	for i := 0; i < onlineUsers; i++ {
 		online = append(online, fmt.Sprintf("urn:sm:user:soak-online-%d", i))
@@ -130,10 +144,16 @@ func TestSoakSteadyLoad(t *testing.T) {
 	for i := 0; i < offlineUsers; i++ {
 		offline = append(offline, fmt.Sprintf("urn:sm:user:soak-offline-%d", i))
 	}
-	for _, r := range append(append([]string(nil), online...), offline...) {
-		ledger.accepted[r] = map[string]bool{}
-		ledger.received[r] = map[string]int{}
+	rcptOf := func(seq int) string {
+		if seq%offlineEvery == offlineEvery-1 {
+			return offline[(seq/offlineEvery)%offlineUsers]
+		}
+		return online[seq%onlineUsers]
 	}
+	isOnline := func(r string) bool { return slices.Contains(online, r) }
+	// Room for every message the run can send, allocated before the first sample.
+	capacity := int(duration.Seconds()*rate) + rate
+	ledger := newSoakLedger(capacity)
 
 	// Online recipients: one connection each, acking every message.
 	readCtx, stopReading := context.WithCancel(context.Background())
@@ -158,7 +178,7 @@ func TestSoakSteadyLoad(t *testing.T) {
 					}
 					return
 				}
-				ledger.receive(rcpt, env.ID)
+				ledger.receive(rcpt, env, rcptOf)
 				if err := conn.Ack(readCtx, env.ID); err != nil && readCtx.Err() == nil {
 					t.Errorf("%s: ack: %v", rcpt, err)
 					return
@@ -183,18 +203,15 @@ func TestSoakSteadyLoad(t *testing.T) {
 		go func() {
 			defer senders.Done()
 			for i := range jobs {
-				rcpt := online[i%onlineUsers]
-				if i%offlineEvery == offlineEvery-1 {
-					rcpt = offline[(i/offlineEvery)%offlineUsers]
-				}
+				rcpt := rcptOf(i)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				acc, err := sender.Send(ctx, client.Message{Recipient: rcpt, Payload: []byte(fmt.Sprintf("soak %d", i))})
+				_, err := sender.Send(ctx, client.Message{Recipient: rcpt, Payload: []byte(strconv.Itoa(i))})
 				cancel()
 				if err != nil {
 					ledger.fail(fmt.Errorf("send %d to %s: %w", i, rcpt, err))
 					continue
 				}
-				ledger.accept(rcpt, acc.ID)
+				ledger.accept(i)
 			}
 		}()
 	}
@@ -212,7 +229,7 @@ loop:
 		case <-sendTick.C:
 			// Catch up on ticks missed while sampling: the rate is kept
 			// over the whole run, not per tick.
-			for due := int(time.Since(start).Seconds() * rate); sent+dropped < due; {
+			for due := int(time.Since(start).Seconds() * rate); sent+dropped < due && sent < capacity; {
 				select {
 				case jobs <- sent:
 					sent++
@@ -236,8 +253,10 @@ loop:
 	ledger.mu.Lock()
 	sendErrors, firstErr := ledger.sendErrors, ledger.firstErr
 	accepted := 0
-	for _, ids := range ledger.accepted {
-		accepted += len(ids)
+	for _, ok := range ledger.accepted {
+		if ok {
+			accepted++
+		}
 	}
 	ledger.mu.Unlock()
 	t.Logf("sent %d in %v (%.0f/s), %d accepted, %d send errors, %d ticks dropped by busy senders",
@@ -251,9 +270,9 @@ loop:
 
 	// Delivery: every accepted message reaches its online recipient live.
 	deadline := time.Now().Add(2 * time.Minute)
-	for ledger.missing(online) > 0 {
+	for ledger.missing(sent, rcptOf, isOnline) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d accepted messages never arrived on the recipients' connections", ledger.missing(online))
+			t.Fatalf("%d accepted messages never arrived on the recipients' connections", ledger.missing(sent, rcptOf, isOnline))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -263,9 +282,10 @@ loop:
 		c := ta.client(t, r)
 		c.HTTP = hc
 		deadline := time.Now().Add(2 * time.Minute)
-		for ledger.missing([]string{r}) > 0 {
+		isR := func(x string) bool { return x == r }
+		for ledger.missing(sent, rcptOf, isR) > 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d accepted messages never became fetchable", r, ledger.missing([]string{r}))
+				t.Fatalf("%s: %d accepted messages never became fetchable", r, ledger.missing(sent, rcptOf, isR))
 			}
 			p, err := c.Fetch(ctxT(t), "", envelope.MaxAckIDs)
 			if err != nil {
@@ -278,7 +298,7 @@ loop:
 			ids := make([]string, len(p.Messages))
 			for i, env := range p.Messages {
 				ids[i] = env.ID
-				ledger.receive(r, env.ID)
+				ledger.receive(r, env, rcptOf)
 			}
 			if err := c.Ack(ctxT(t), ids...); err != nil {
 				t.Fatal(err)
@@ -298,17 +318,20 @@ loop:
 	}
 
 	ledger.mu.Lock()
-	dups, unknown := 0, 0
-	for r, got := range ledger.received {
-		for id, n := range got {
-			if !ledger.accepted[r][id] {
-				unknown++
-			}
-			dups += n - 1
+	dups, unknown, misrouted := 0, 0, ledger.misrouted
+	for i, n := range ledger.received {
+		if n > 0 && !ledger.accepted[i] {
+			unknown++
+		}
+		if n > 1 {
+			dups += int(n) - 1
 		}
 	}
 	ledger.mu.Unlock()
 	t.Logf("every accepted message arrived; %d duplicate deliveries", dups)
+	if misrouted > 0 {
+		t.Errorf("%d messages arrived for another recipient or with a payload that was not sent", misrouted)
+	}
 	if unknown > 0 && sendErrors == 0 {
 		t.Errorf("%d messages arrived that no send was answered with", unknown)
 	}
