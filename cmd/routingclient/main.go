@@ -3,10 +3,11 @@
 //
 //	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack]       # print messages as JSON lines; reconnects
 //	routingclient send --to urn:sm:user:bob --text hello [--api http://127.0.0.1:8082]
-//	routingclient fetch [--api ...]                                    # pending messages
+//	routingclient fetch [--api ...] [--after ID] [--limit N]           # pending messages
+//	routingclient ack [--api ...] ID...                                # acknowledge messages
 //
 // The token comes from --token or the ROUTING_TOKEN environment variable
-// (`routingservice token --sub ...` prints one).
+// (`routingservice token --sub ...` prints one). Every command takes -h.
 package main
 
 import (
@@ -22,54 +23,131 @@ import (
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
+const usage = `usage: routingclient <command> [flags]
+
+commands:
+  listen   print the caller's messages as JSON lines, acknowledging each; reconnects
+  send     send a message: send --to URN --text TEXT
+  fetch    print the pending messages
+  ack      acknowledge messages: ack ID...
+
+The token comes from --token or $ROUTING_TOKEN. "routingclient <command> -h" lists the command's flags.
+`
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil && !errors.Is(err, context.Canceled) {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "routingclient:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return errors.New("usage: routingclient listen|send|fetch [flags]")
+// run runs one command; -h prints the command's flags and returns nil.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := command(ctx, args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
 	}
-	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
-	apiURL := fs.String("api", "http://127.0.0.1:8082", "API base URL")
-	wsURL := fs.String("ws", "ws://127.0.0.1:8085", "WebSocket base URL")
+	return err
+}
+
+// flags returns the flag set of a command with the flags every command has.
+func flags(name, synopsis string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: routingclient %s\n\nflags:\n", synopsis)
+		fs.PrintDefaults()
+	}
 	token := fs.String("token", os.Getenv("ROUTING_TOKEN"), "JWT (default $ROUTING_TOKEN)")
-	to := fs.String("to", "", "send: recipient URN")
-	text := fs.String("text", "", "send: payload (sent as its bytes; a real client sends ciphertext)")
-	typ := fs.String("type", "", "send: message type")
-	noAck := fs.Bool("no-ack", false, "listen: do not acknowledge received messages")
-	if err := fs.Parse(args[1:]); err != nil {
+	return fs, token
+}
+
+func parse(fs *flag.FlagSet, args []string, token *string) error {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *token == "" {
 		return errors.New("no token: pass --token or set ROUTING_TOKEN")
 	}
-	c := &client.Client{APIURL: *apiURL, WSURL: *wsURL, Token: *token}
+	return nil
+}
+
+const (
+	defaultAPI = "http://127.0.0.1:8082"
+	defaultWS  = "ws://127.0.0.1:8085"
+)
+
+func command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command")
+	}
 	enc := json.NewEncoder(stdout)
 	switch args[0] {
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
 	case "send":
+		fs, token := flags("send", "send --to URN [--text TEXT] [--type TYPE]", stderr)
+		apiURL := fs.String("api", defaultAPI, "API base URL")
+		to := fs.String("to", "", "recipient URN")
+		text := fs.String("text", "", "payload (sent as its bytes; a real client sends ciphertext)")
+		typ := fs.String("type", "", "message type")
+		if err := parse(fs, args[1:], token); err != nil {
+			return err
+		}
 		if *to == "" {
 			return errors.New("send needs --to")
 		}
+		c := &client.Client{APIURL: *apiURL, Token: *token}
 		acc, err := c.Send(ctx, client.Message{Recipient: *to, Payload: []byte(*text), Type: *typ})
 		if err != nil {
 			return err
 		}
 		return enc.Encode(acc)
 	case "fetch":
-		p, err := c.Fetch(ctx, "", 500)
+		fs, token := flags("fetch", "fetch [--after ID] [--limit N]", stderr)
+		apiURL := fs.String("api", defaultAPI, "API base URL")
+		after := fs.String("after", "", "the page after this message id")
+		limit := fs.Int("limit", 500, "at most this many messages")
+		if err := parse(fs, args[1:], token); err != nil {
+			return err
+		}
+		c := &client.Client{APIURL: *apiURL, Token: *token}
+		p, err := c.Fetch(ctx, *after, *limit)
 		if err != nil {
 			return err
 		}
 		return enc.Encode(p)
+	case "ack":
+		fs, token := flags("ack", "ack [flags] ID...", stderr)
+		apiURL := fs.String("api", defaultAPI, "API base URL")
+		if err := parse(fs, args[1:], token); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return errors.New("ack needs at least one message id")
+		}
+		c := &client.Client{APIURL: *apiURL, Token: *token}
+		return c.Ack(ctx, fs.Args()...)
 	case "listen":
+		fs, token := flags("listen", "listen [--ws URL] [--no-ack]", stderr)
+		wsURL := fs.String("ws", defaultWS, "WebSocket base URL")
+		noAck := fs.Bool("no-ack", false, "do not acknowledge received messages")
+		if err := parse(fs, args[1:], token); err != nil {
+			return err
+		}
+		c := &client.Client{WSURL: *wsURL, Token: *token}
 		// Reconnects after a lost connection; each message is printed once.
-		st := c.Stream(client.StreamOptions{})
+		st := c.Stream(client.StreamOptions{OnState: func(connected bool, err error) {
+			if connected {
+				fmt.Fprintf(stderr, "routingclient: connected to %s\n", *wsURL)
+			} else {
+				fmt.Fprintf(stderr, "routingclient: disconnected (%v); reconnecting\n", err)
+			}
+		}})
 		defer st.Close()
 		for {
 			env, err := st.Next(ctx)
@@ -87,6 +165,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	default:
-		return fmt.Errorf("unknown command %q (listen, send, fetch)", args[0])
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q (listen, send, fetch, ack)", args[0])
 	}
 }

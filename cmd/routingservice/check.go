@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -15,8 +14,7 @@ import (
 // effective configuration with its YAML key names, and whether each secret
 // is set (never its value).
 func configCheck(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("config check", "config check [--config PATH]", stderr)
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err

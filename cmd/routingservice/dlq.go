@@ -109,7 +109,7 @@ func dlq(args []string, stdout, stderr io.Writer) error {
 		return usageErr("unexpected arguments %q", rest)
 	}
 
-	cfg, err := loadConfig(flag.NewFlagSet("config", flag.ContinueOnError), []string{"--config", *cfgPath})
+	cfg, err := loadToolConfig(flag.NewFlagSet("config", flag.ContinueOnError), []string{"--config", *cfgPath}, "run_mode", "data_dir", "admin")
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -48,7 +49,37 @@ func main() {
 	}
 }
 
+// run runs one command; -h prints the command's flags and returns nil.
 func run(args []string, stdout, stderr io.Writer) error {
+	err := command(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
+// newFlags returns a command's flag set; its usage is the synopsis and the
+// command's own flags.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: routingservice %s\n", synopsis)
+		if hasFlags(fs) {
+			fmt.Fprintln(stderr, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+func command(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command")
@@ -59,12 +90,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "token":
 		return token(args[1:], stdout, stderr)
 	case "config":
+		if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+			fmt.Fprintln(stderr, "usage: routingservice config check [--config PATH]")
+			return nil
+		}
 		if len(args) < 2 || args[1] != "check" {
 			return errors.New("usage: routingservice config check [--config PATH]")
 		}
 		return configCheck(args[2:], stdout, stderr)
 	case "vapid":
-		return vapid(args[1:], stdout)
+		return vapid(args[1:], stdout, stderr)
 	case "dlq":
 		return dlq(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -93,16 +128,63 @@ func configPath(flagValue string) string {
 }
 
 func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
-	path := fs.String("config", "", "config file")
+	path := fs.String("config", "", "config file (default $ROUTING_CONFIG, else ./config.yaml when present)")
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, err
 	}
 	return config.Load(configPath(*path))
 }
 
+// loadToolConfig is loadConfig for a command that uses only a few keys: the
+// file must parse, but of the checks only those of the named keys (and the
+// keys under them) apply, so that a tool does not ask for backend settings,
+// such as DATABASE_URL, that it never uses.
+func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Config, error) {
+	path := fs.String("config", "", "config file (default $ROUTING_CONFIG, else ./config.yaml when present)")
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, err
+	}
+	cfg := config.Default()
+	if p := configPath(*path); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return config.Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := config.Parse(b, &cfg); err != nil {
+			return config.Config{}, fmt.Errorf("config %s: %w", p, err)
+		}
+	}
+	cfg.FromEnv(os.Getenv)
+	cfg.FillDefaults()
+	if err := cfg.LoadLocalSecret(); err != nil {
+		return config.Config{}, err
+	}
+	var used []error
+	for _, e := range unjoin(cfg.Check()) {
+		for _, k := range keys {
+			msg := e.Error()
+			if strings.HasPrefix(msg, "config key "+k+":") || strings.HasPrefix(msg, "config key "+k+".") {
+				used = append(used, e)
+				break
+			}
+		}
+	}
+	return cfg, errors.Join(used...)
+}
+
+// unjoin returns the errors err joins (err alone when it joins none).
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
 func serve(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("serve", "serve [--config PATH]", stderr)
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
@@ -124,12 +206,11 @@ func serve(args []string, stderr io.Writer) error {
 }
 
 func token(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("token", "token --sub URN [--ttl 1h] [--allow-production] [--config PATH]", stderr)
 	sub := fs.String("sub", "", "the caller's URN (the token's sub), e.g. urn:sm:user:alice")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	allowProd := fs.Bool("allow-production", false, "in production mode, sign with JWT_SECRET anyway (smoke tests)")
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadToolConfig(fs, args, "run_mode", "data_dir", "auth", "JWT_SECRET")
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -11,8 +10,8 @@ import (
 // vapid prints a new VAPID key pair for Web Push (base64url): the public key
 // for browsers and config (push.webpush.vapid_public_key), the private key
 // for the file named by push.webpush.vapid_private_key_file.
-func vapid(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("vapid", flag.ContinueOnError)
+func vapid(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("vapid", "vapid", stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -10,8 +9,7 @@ import (
 
 // printVersion prints the build: version, commit and Go version.
 func printVersion(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("version", "version", stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

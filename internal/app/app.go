@@ -178,7 +178,7 @@ func (a *App) wire(ctx context.Context) error {
 		}
 		a.apiLn = ln
 	}
-	if cfg.Has(config.RoleRealtime) {
+	if cfg.Has(config.RoleRealtime) && cfg.Realtime.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
 		if err != nil {
 			return fmt.Errorf("config key realtime.listen: %w", err)
@@ -267,6 +267,9 @@ func (a *App) wire(ctx context.Context) error {
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
+		if a.realtime != nil && a.rtLn == nil {
+			a.realtime.Mount(rt) // realtime.listen "": one port
+		}
 		if demoOn {
 			if err := a.mountDemo(rt); err != nil {
 				return err
@@ -282,7 +285,7 @@ func (a *App) wire(ctx context.Context) error {
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
 	}
-	if a.realtime != nil {
+	if a.realtime != nil && a.rtLn != nil {
 		rt := api.NewRouter(a.metrics, a.log)
 		a.realtime.Mount(rt)
 		a.rtSrv = &http.Server{
@@ -354,12 +357,16 @@ func (a *App) APIAddr() string {
 	return a.apiLn.Addr().String()
 }
 
-// WSAddr is the WebSocket listener's address ("" without the realtime role).
+// WSAddr is the address WebSockets connect to ("" without the realtime
+// role): the API listener's when realtime.listen is empty.
 func (a *App) WSAddr() string {
-	if a.rtLn == nil {
-		return ""
+	switch {
+	case a.rtLn != nil:
+		return a.rtLn.Addr().String()
+	case a.realtime != nil:
+		return a.APIAddr()
 	}
-	return a.rtLn.Addr().String()
+	return ""
 }
 
 // OpsAddr is the operations listener's address.
@@ -405,6 +412,10 @@ func (a *App) Run(ctx context.Context) error {
 	if a.rtSrv != nil {
 		a.log.Info("websocket listening", "addr", a.WSAddr())
 		goRole("realtime", func() error { return a.rtSrv.Serve(a.rtLn) })
+	} else if a.realtime != nil {
+		a.log.Info("websocket on the api listener", "addr", a.WSAddr())
+	}
+	if a.realtime != nil {
 		goRole("delivery", func() error { return a.realtime.Run(work, a.bus) })
 	}
 	if a.opsSrv != nil {
@@ -451,6 +462,8 @@ func (a *App) Run(ctx context.Context) error {
 		if err := a.rtSrv.Shutdown(sctx); err != nil {
 			a.log.Warn("websocket listener shutdown", "err", err)
 		}
+	}
+	if a.realtime != nil {
 		if err := a.realtime.Shutdown(sctx); err != nil {
 			a.log.Warn("realtime shutdown", "err", err)
 		}

@@ -21,7 +21,7 @@ func (a *App) demoEnabled() bool {
 
 // mountDemo routes /demo/ and /demo/token on the API router.
 func (a *App) mountDemo(rt *api.Router) error {
-	_, wsPort, err := net.SplitHostPort(a.rtLn.Addr().String())
+	_, wsPort, err := net.SplitHostPort(a.WSAddr())
 	if err != nil {
 		return err
 	}

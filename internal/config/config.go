@@ -117,6 +117,9 @@ type API struct {
 
 // Realtime configures the WebSocket role.
 type Realtime struct {
+	// Listen is the WebSocket listener's address; empty serves
+	// /v1/connect on the API listener instead (one port, for a single
+	// load-balancer port; the instance needs the api role too).
 	Listen          string        `yaml:"listen"`
 	AllowedOrigins  []string      `yaml:"allowed_origins"`
 	MaxFrameBytes   int64         `yaml:"max_frame_bytes"`
@@ -955,6 +958,9 @@ func sslMode(dsn string) string {
 // checkRealtime checks the WebSocket server's origin rules and limits.
 func (c Config) checkRealtime(bad func(key, format string, args ...any)) {
 	prod := c.RunMode == ModeProduction
+	if c.Realtime.Listen == "" && c.Has(RoleRealtime) && !c.Has(RoleAPI) {
+		bad("realtime.listen", "empty serves WebSockets on the API listener, which needs the api role in this instance")
+	}
 	for i, o := range c.Realtime.AllowedOrigins {
 		key := fmt.Sprintf("realtime.allowed_origins[%d]", i)
 		if o == "*" {

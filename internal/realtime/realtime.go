@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -249,7 +250,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		s.hub.remove(ss)
 		return // Accept wrote the error response.
 	}
-	c.SetReadLimit(s.o.MaxFrameBytes)
+	c.SetReadLimit(s.o.MaxFrameBytes + 1)
 	ss.conn = c
 	if upgrade != nil {
 		endUpgrade(upgrade, http.StatusSwitchingProtocols)
@@ -660,7 +661,14 @@ func (ss *session) pingLoop(ctx context.Context) {
 func (ss *session) readLoop(ctx context.Context) {
 	s := ss.srv
 	for {
-		typ, data, err := ss.conn.Read(ctx)
+		typ, data, err := ss.readFrame(ctx)
+		if errors.Is(err, errFrameTooBig) {
+			if s.m != nil {
+				s.m.WSDropped.WithLabelValues("frame_too_big").Inc()
+			}
+			ss.stop(websocket.StatusMessageTooBig, fmt.Sprintf("frame larger than %d bytes (realtime.max_frame_bytes)", s.o.MaxFrameBytes))
+			return
+		}
 		if err != nil {
 			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
 				if s.m != nil {
@@ -706,6 +714,28 @@ func (ss *session) readLoop(ctx context.Context) {
 			s.m.MessagesAcked.Add(float64(n))
 		}
 	}
+}
+
+var errFrameTooBig = errors.New("frame too big")
+
+// readFrame reads one client frame, at most MaxFrameBytes long: a longer
+// one is errFrameTooBig, for which the session closes with 1009 and a
+// reason that states the limit. (The connection's own read limit, one byte
+// higher, is only a backstop; its close reason is off by one.)
+func (ss *session) readFrame(ctx context.Context) (websocket.MessageType, []byte, error) {
+	typ, r, err := ss.conn.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	max := ss.srv.o.MaxFrameBytes
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return 0, nil, err
+	}
+	if int64(len(data)) > max {
+		return 0, nil, errFrameTooBig
+	}
+	return typ, data, nil
 }
 
 // decodeClientFrame decodes a client text frame: the ids of a valid ack,

@@ -339,3 +339,31 @@ func TestWriteTimeoutIsCounted(t *testing.T) {
 		t.Errorf("counted as slow consumer too (%v)", n)
 	}
 }
+
+// A frame over realtime.max_frame_bytes closes the connection with 1009 and
+// a reason stating the limit; a frame of exactly the limit is read.
+func TestFrameTooBigReasonStatesLimit(t *testing.T) {
+	_, m, url := newServer(t, Options{MaxFrameBytes: 1000})
+	c := dial(t, url, "urn:sm:user:big")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Not JSON, so answered with an error frame: proof that it was read.
+	if err := c.Write(ctx, websocket.MessageText, []byte(strings.Repeat("x", 1000))); err != nil {
+		t.Fatal(err)
+	}
+	if _, data, err := c.Read(ctx); err != nil || !strings.Contains(string(data), "error") {
+		t.Fatalf("answer to a frame of the limit: %q, %v", data, err)
+	}
+	if err := c.Write(ctx, websocket.MessageText, []byte(strings.Repeat("x", 1001))); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := c.Read(ctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusMessageTooBig || !strings.Contains(ce.Reason, "1000 bytes") {
+		t.Fatalf("read after a 1001-byte frame: %v", err)
+	}
+	if got := testutil.ToFloat64(m.WSDropped.WithLabelValues("frame_too_big")); got != 1 {
+		t.Fatalf("frame_too_big drops: %v", got)
+	}
+	waitFor(t, "session ended", func() bool { return testutil.ToFloat64(m.WSConnections) == 0 })
+}
