@@ -344,6 +344,9 @@ func TestFaultPresenceRestartedEmpty(t *testing.T) {
 	if n := deadLettered(ta); n != 0 {
 		t.Errorf("%v messages dead-lettered by a presence outage", n)
 	}
+	// The gauge follows the receive gate, which opens just after the
+	// held messages have been handled.
+	waitForOr(5*time.Second, func() bool { return paused() == 0 })
 	if v := paused(); v != 0 {
 		t.Errorf("routing_receive_paused{queue=ingress} = %v after the outage, want 0", v)
 	}
