@@ -83,6 +83,8 @@ type receivers struct {
 	conns   []*rconn
 
 	dirtyMu sync.Mutex
+	// flushMu makes the final flush wait for one the ack loop has begun.
+	flushMu sync.Mutex
 	dirty   []*rconn
 
 	wg sync.WaitGroup
@@ -216,6 +218,8 @@ func (rs *receivers) ackLoop(ctx context.Context) {
 }
 
 func (rs *receivers) flushDirty(ctx context.Context) {
+	rs.flushMu.Lock()
+	defer rs.flushMu.Unlock()
 	rs.dirtyMu.Lock()
 	d := rs.dirty
 	rs.dirty = nil
