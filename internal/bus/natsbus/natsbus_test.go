@@ -120,6 +120,13 @@ func newTestDriver(t testing.TB, nc *nats.Conn, cfg Config) *Driver {
 	defer cancel()
 	creating.Lock()
 	d, err := New(ctx, nc, cfg)
+	// The embedded server sometimes refuses a stream just after it started
+	// under load ("error creating store for stream"); the stream is not
+	// what these tests are about, so they try again.
+	for try := 0; err != nil && strings.Contains(err.Error(), "error creating store for stream") && try < 5; try++ {
+		time.Sleep(100 * time.Millisecond)
+		d, err = New(ctx, nc, cfg)
+	}
 	creating.Unlock()
 	if err != nil {
 		t.Fatalf("New: %v", err)
