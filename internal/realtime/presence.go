@@ -67,10 +67,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 			// Messages routed while this instance's entries were missing
 			// went to the store only: send each connection its backlog.
 			for _, ss := range s.hub.all() {
-				select {
-				case ss.resync <- struct{}{}:
-				default:
-				}
+				ss.requestResync()
 			}
 		}
 	}

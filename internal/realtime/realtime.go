@@ -6,20 +6,19 @@ package realtime
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-	"go.opentelemetry.io/otel/codes"
+	"github.com/gobwas/ws"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
@@ -49,8 +48,9 @@ type Authenticate func(token string) (subject string, expires time.Time, err err
 // Options configures the realtime server. A zero limit is no limit.
 type Options struct {
 	Instance string
-	// AllowedOrigins are origin patterns (scheme://host[:port], "*" for
-	// any) accepted besides the same host, checked by the WebSocket library.
+	// AllowedOrigins are origin patterns (host[:port] or
+	// scheme://host[:port], with path.Match wildcards; "*" for any)
+	// accepted besides the same host.
 	AllowedOrigins []string
 	// AllowedHosts are the host names a browser (an upgrade with an Origin
 	// header) may connect by; "*" for any.
@@ -102,6 +102,11 @@ type Server struct {
 	connSeq          atomic.Uint64
 	sessions         sync.WaitGroup
 	tracer           trace.Tracer // nil when tracing is off
+	// pollOnce starts the poller of idle connections at the first
+	// connection; poll is nil if it could not start (then each connection
+	// is read by a goroutine).
+	pollOnce sync.Once
+	poll     *poller
 	// mu orders connection admission against Shutdown: once closing is
 	// set, no session is added (to the hub or to sessions). It guards the
 	// connection counts too.
@@ -173,7 +178,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	s.mu.Unlock()
 	for _, ss := range s.hub.all() {
-		ss.stop(websocket.StatusGoingAway, "server shutting down")
+		ss.stop(ws.StatusGoingAway, "server shutting down")
 	}
 	done := make(chan struct{})
 	go func() {
@@ -182,10 +187,64 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.pollOnce.Do(func() {}) // no poller from now on
+		if s.poll != nil {
+			s.poll.close()
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// poller returns the poller of idle connections, nil if there is none.
+func (s *Server) poller() *poller {
+	s.pollOnce.Do(func() {
+		p, err := newPoller()
+		if err != nil {
+			s.log.Warn("no poller for idle connections; each is read by a goroutine", "err", err)
+			return
+		}
+		s.poll = p
+	})
+	return s.poll
+}
+
+// upgrader answers the WebSocket handshake.
+var upgrader = ws.HTTPUpgrader{}
+
+// checkHandshake checks what makes r a WebSocket handshake (RFC 6455
+// 4.2.1) and returns the status and plain-text message of its refusal (0
+// when it is one): 426 without the upgrade headers, 400 with an
+// unsupported version or a malformed key. It sets the headers the
+// refusal must carry.
+func checkHandshake(w http.ResponseWriter, r *http.Request) (int, string) {
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		return http.StatusUpgradeRequired, "WebSocket protocol violation: Connection: Upgrade and Upgrade: websocket headers required"
+	}
+	if r.Header.Get("Sec-WebSocket-Version") != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		return http.StatusBadRequest, "unsupported WebSocket protocol version (only 13 is supported)"
+	}
+	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-WebSocket-Key")); err != nil || len(key) != 16 {
+		return http.StatusBadRequest, "invalid Sec-WebSocket-Key"
+	}
+	return 0, ""
+}
+
+// headerHasToken reports whether header name of h lists token (ignoring
+// case).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
@@ -208,6 +267,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "host not allowed"))
 		return
 	}
+	if err := s.originAllowed(r); err != nil {
+		s.log.Debug("websocket origin refused", "err", err)
+		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "origin not allowed"))
+		return
+	}
 	tok := web.BearerToken(r, true)
 	if tok == "" {
 		web.WriteError(w, web.Errorf(http.StatusUnauthorized, web.CodeUnauthorized, "missing bearer token"))
@@ -223,14 +287,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	defer cancel()
 	ss := &session{
 		srv:    s,
 		id:     strconv.FormatUint(s.connSeq.Add(1), 36),
 		user:   user,
-		wake:   make(chan struct{}, 1),
-		resync: make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		ip:     ip,
 		ctx:    sctx,
 		cancel: cancel,
 	}
@@ -240,23 +301,36 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	if s.o.AckRate > 0 {
 		ss.frames = rate.NewLimiter(rate.Limit(s.o.AckRate), max(s.o.AckBurst, 1))
 	}
-	if !s.admit(w, ss, ip) {
+	if status, msg := checkHandshake(w, r); status != 0 {
+		cancel()
+		http.Error(w, msg, status)
 		return
 	}
-	defer s.release(ip)
-	defer s.sessions.Done()
-	c, err := websocket.Accept(&jsonErrors{ResponseWriter: w}, r, &websocket.AcceptOptions{OriginPatterns: s.o.AllowedOrigins})
-	if err != nil {
-		s.hub.remove(ss)
-		return // Accept wrote the error response.
+	if !s.admit(w, ss, ip) {
+		cancel()
+		return
 	}
-	c.SetReadLimit(s.o.MaxFrameBytes + 1)
-	ss.conn = c
+	conn, rw, _, err := upgrader.Upgrade(r, w)
+	if err != nil {
+		// The upgrader answered the bad handshake.
+		cancel()
+		s.hub.remove(ss)
+		if conn != nil {
+			_ = conn.Close()
+		}
+		s.release(ip)
+		s.sessions.Done()
+		return
+	}
 	if upgrade != nil {
 		endUpgrade(upgrade, http.StatusSwitchingProtocols)
 		upgrade = nil
 	}
-	ss.run()
+	ss.conn = conn
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		ss.pending = rw.Reader
+	}
+	ss.start()
 }
 
 // allow takes a token of key's bucket of l, or writes a 429 and returns false.
@@ -273,7 +347,7 @@ func (s *Server) allow(w http.ResponseWriter, l *web.Limiter, key, message strin
 }
 
 // admit registers ss under the connection caps, or writes the refusal and
-// returns false. After true the caller must call s.sessions.Done and
+// returns false. After true the session's end calls s.sessions.Done and
 // s.release(ip).
 func (s *Server) admit(w http.ResponseWriter, ss *session, ip string) bool {
 	s.mu.Lock()
@@ -312,432 +386,6 @@ func (s *Server) release(ip string) {
 	}
 }
 
-// jsonErrors turns the WebSocket library's plain-text refusal of an origin
-// into the service's JSON error.
-type jsonErrors struct {
-	http.ResponseWriter
-	failed bool
-}
-
-func (j *jsonErrors) WriteHeader(status int) {
-	if status != http.StatusForbidden {
-		j.ResponseWriter.WriteHeader(status)
-		return
-	}
-	j.failed = true
-	web.WriteError(j.ResponseWriter, web.Errorf(status, web.CodeOriginNotAllowed, "origin not allowed"))
-}
-
-func (j *jsonErrors) Write(b []byte) (int, error) {
-	if j.failed {
-		return len(b), nil
-	}
-	return j.ResponseWriter.Write(b)
-}
-
-// Unwrap lets the WebSocket library reach the connection to hijack.
-func (j *jsonErrors) Unwrap() http.ResponseWriter { return j.ResponseWriter }
-
-// session is one WebSocket connection.
-type session struct {
-	srv  *Server
-	id   string
-	user string
-	conn *websocket.Conn
-	// queue holds live frames not yet written (at most SendQueue); it
-	// takes memory only while it holds frames. wake signals the writer.
-	mu    sync.Mutex
-	queue []frame
-	wake  chan struct{}
-	// resync asks the writer to send the backlog again (live events may
-	// have missed this connection while presence had lost it).
-	resync chan struct{}
-
-	// ctx is cancelled when the session stops, so that a blocked write
-	// returns at once.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	stopOnce sync.Once
-	done     chan struct{}
-	// traces remembers, when tracing is on, the write span of the live
-	// frames sent and not yet acknowledged, so that the ack joins each
-	// message's trace (at most maxTraced). Owned by the writer and the
-	// reader: guarded by mu.
-	traces map[string]trace.SpanContext
-
-	// unresponsive is set when the client cannot take a close handshake
-	// (it stopped reading): the connection is dropped without one.
-	unresponsive bool
-	closeCode    websocket.StatusCode
-	closeReason  string
-	// expires is when the session's token expires, leeway included.
-	expires time.Time
-	// frames limits the client's frames (nil: no limit).
-	frames *rate.Limiter
-}
-
-func (ss *session) presenceConn(instance string) presence.Conn {
-	return presence.Conn{User: ss.user, Instance: instance, ID: ss.id}
-}
-
-// enqueue queues f without blocking; a full queue stops the session (its
-// messages stay in the store for the next connection).
-func (ss *session) enqueue(f frame) {
-	ss.mu.Lock()
-	full := len(ss.queue) >= ss.srv.o.SendQueue
-	if !full {
-		ss.queue = append(ss.queue, f)
-	}
-	ss.mu.Unlock()
-	if full {
-		ss.drop(websocket.StatusTryAgainLater, "slow consumer")
-		if ss.srv.m != nil {
-			ss.srv.m.WSDropped.WithLabelValues("slow_consumer").Inc()
-		}
-		return
-	}
-	select {
-	case ss.wake <- struct{}{}:
-	default:
-	}
-}
-
-// take returns the queued frames and empties the queue, handing back spare
-// (a drained slice of an earlier take) for reuse.
-func (ss *session) take(spare []frame) []frame {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	out := ss.queue
-	if len(out) == 0 {
-		return spare[:0]
-	}
-	clear(spare)
-	ss.queue = spare[:0]
-	return out
-}
-
-// stop ends the session with a close status (the first one wins).
-func (ss *session) stop(code websocket.StatusCode, reason string) { ss.end(code, reason, false) }
-
-// drop ends the session of a client that stopped reading: no close
-// handshake is waited for.
-func (ss *session) drop(code websocket.StatusCode, reason string) { ss.end(code, reason, true) }
-
-func (ss *session) end(code websocket.StatusCode, reason string, unresponsive bool) {
-	ss.stopOnce.Do(func() {
-		ss.closeCode, ss.closeReason, ss.unresponsive = code, reason, unresponsive
-		close(ss.done)
-		ss.cancel()
-	})
-}
-
-// close closes the connection with the session's close status.
-func (ss *session) close() {
-	if ss.unresponsive {
-		_ = ss.conn.CloseNow()
-		return
-	}
-	_ = ss.conn.Close(ss.closeCode, ss.closeReason)
-}
-
-func (ss *session) run() {
-	s := ss.srv
-	ctx := ss.ctx
-	pc := ss.presenceConn(s.o.Instance)
-	defer func() {
-		s.hub.remove(ss)
-		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := s.presence.Remove(rctx, pc); err != nil {
-			s.log.Warn("presence remove failed", "err", err)
-		}
-		rcancel()
-		ss.stop(websocket.StatusNormalClosure, "")
-		ss.close()
-	}()
-	actx, acancel := context.WithTimeout(ctx, s.o.WriteTimeout)
-	err := s.presence.Add(actx, pc)
-	acancel()
-	if err != nil {
-		s.log.Warn("presence add failed", "err", err)
-		ss.writeError(ctx, web.CodeBackendUnavailable, "presence is unavailable; reconnect later")
-		ss.stop(websocket.StatusTryAgainLater, "presence unavailable")
-		return
-	}
-	// Counted once registered everywhere: a message routed from now on reaches it.
-	if s.m != nil {
-		s.m.WSConnections.Inc()
-		defer s.m.WSConnections.Dec()
-	}
-	// The session lasts as long as its token: the client reconnects with
-	// a fresh one.
-	if !ss.expires.IsZero() {
-		t := time.AfterFunc(time.Until(ss.expires), func() {
-			if s.m != nil {
-				s.m.WSDropped.WithLabelValues("token_expired").Inc()
-			}
-			ss.stop(websocket.StatusPolicyViolation, "token expired")
-		})
-		defer t.Stop()
-	}
-
-	var wg sync.WaitGroup
-	wg.Add(2)
-	// The reader runs until the connection closes, not until the session
-	// stops, so that it can read the client's answer to our close frame
-	// (and the client gets the close status).
-	go func() { defer wg.Done(); ss.readLoop(context.WithoutCancel(ctx)) }()
-	go func() { defer wg.Done(); ss.pingLoop(ctx) }()
-	ss.writeLoop(ctx)
-	ss.stop(websocket.StatusNormalClosure, "") // cancels ctx: the pinger returns
-	ss.close()                                 // the reader returns
-	wg.Wait()
-}
-
-// writeLoop sends the backlog, then live frames, until the session stops.
-func (ss *session) writeLoop(ctx context.Context) {
-	s := ss.srv
-	sent, ok := ss.sendBacklog(ctx)
-	if !ok {
-		return
-	}
-	backlogDone := time.Now()
-	var batch []frame
-	for {
-		select {
-		case <-ss.done:
-			return
-		case <-ss.wake:
-		case <-ss.resync:
-			if sent, ok = ss.sendBacklog(ctx); !ok {
-				return
-			}
-			backlogDone = time.Now()
-		}
-		batch = ss.take(batch)
-		for _, f := range batch {
-			if sent != nil {
-				// A message stored while the backlog was read can arrive
-				// live too: send it once.
-				if _, dup := sent[f.id]; dup {
-					continue
-				}
-			}
-			var span trace.Span
-			if s.tracer != nil && f.trace.IsValid() {
-				_, span = s.tracer.Start(trace.ContextWithSpanContext(ctx, f.trace), "websocket write", trace.WithSpanKind(trace.SpanKindInternal))
-				span.SetAttributes(telemetry.AttrMessageID.String(f.id))
-				// Before the write: the client may ack at once.
-				ss.remember(f.id, span.SpanContext())
-			}
-			ok := ss.write(ctx, f.data)
-			if span != nil {
-				if !ok {
-					span.SetStatus(codes.Error, "write failed")
-				}
-				span.End()
-			}
-			if !ok {
-				return
-			}
-			if s.m != nil {
-				s.m.WSMessagesSent.WithLabelValues("live").Inc()
-				if !f.accepted.IsZero() {
-					s.m.DeliveryLatency.Observe(time.Since(f.accepted).Seconds())
-				}
-			}
-		}
-		if sent != nil && time.Since(backlogDone) > time.Minute {
-			sent = nil
-		}
-		if len(batch) > 64 {
-			batch = nil // do not keep a large buffer on an idle connection
-		}
-	}
-}
-
-func (ss *session) sendBacklog(ctx context.Context) (map[string]struct{}, bool) {
-	s := ss.srv
-	var sent map[string]struct{}
-	cursor := ""
-	for {
-		select {
-		case <-ss.done:
-			return nil, false
-		default:
-		}
-		qctx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
-		page, err := s.store.Pending(qctx, ss.user, cursor, s.o.BacklogPage)
-		cancel()
-		if err != nil {
-			s.log.Warn("backlog read failed", "err", err)
-			ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; reconnect later")
-			ss.stop(websocket.StatusTryAgainLater, "store unavailable")
-			return nil, false
-		}
-		for _, env := range page.Envelopes {
-			data, err := encodeMessage(env)
-			if err != nil {
-				s.log.Error("message frame encode failed; backlog message skipped", "id", env.ID, "err", err)
-				continue
-			}
-			if !ss.write(ctx, data) {
-				return nil, false
-			}
-			if sent == nil {
-				sent = make(map[string]struct{})
-			}
-			sent[env.ID] = struct{}{}
-			if s.m != nil {
-				s.m.WSMessagesSent.WithLabelValues("backlog").Inc()
-			}
-		}
-		if page.Next == "" {
-			return sent, true
-		}
-		cursor = page.Next
-	}
-}
-
-func (ss *session) write(ctx context.Context, data []byte) bool {
-	wctx, cancel := context.WithTimeout(ctx, ss.srv.o.WriteTimeout)
-	err := ss.conn.Write(wctx, websocket.MessageText, data)
-	cancel()
-	if err != nil {
-		// A timed-out write closes the connection, which may end the
-		// session from the reader first: the timeout is still the reason.
-		// Another failure counts only if nothing else ended the session.
-		if ss.srv.m != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				ss.srv.m.WSDropped.WithLabelValues("write_timeout").Inc()
-			} else {
-				select {
-				case <-ss.done:
-				default:
-					ss.srv.m.WSDropped.WithLabelValues("write_failed").Inc()
-				}
-			}
-		}
-		ss.stop(websocket.StatusGoingAway, "write failed")
-		return false
-	}
-	return true
-}
-
-func (ss *session) writeError(ctx context.Context, code, message string) {
-	b, _ := json.Marshal(errorFrame{Type: "error", Error: errorDetail{Code: code, Message: message}})
-	wctx, cancel := context.WithTimeout(ctx, ss.srv.o.WriteTimeout)
-	_ = ss.conn.Write(wctx, websocket.MessageText, b)
-	cancel()
-}
-
-func (ss *session) pingLoop(ctx context.Context) {
-	s := ss.srv
-	t := time.NewTicker(s.o.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ss.done:
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, s.o.PongTimeout)
-		err := ss.conn.Ping(pctx)
-		cancel()
-		if err != nil {
-			if s.m != nil {
-				s.m.WSDropped.WithLabelValues("pong_timeout").Inc()
-			}
-			ss.drop(websocket.StatusPolicyViolation, "pong timeout")
-			return
-		}
-	}
-}
-
-// readLoop handles client frames: acks. It stops the session when the
-// connection fails or closes.
-func (ss *session) readLoop(ctx context.Context) {
-	s := ss.srv
-	for {
-		typ, data, err := ss.readFrame(ctx)
-		if errors.Is(err, errFrameTooBig) {
-			if s.m != nil {
-				s.m.WSDropped.WithLabelValues("frame_too_big").Inc()
-			}
-			ss.stop(websocket.StatusMessageTooBig, fmt.Sprintf("frame larger than %d bytes (realtime.max_frame_bytes)", s.o.MaxFrameBytes))
-			return
-		}
-		if err != nil {
-			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
-				if s.m != nil {
-					s.m.WSDropped.WithLabelValues("frame_too_big").Inc()
-				}
-			}
-			ss.stop(websocket.StatusNormalClosure, "")
-			return
-		}
-		if ss.frames != nil && !ss.frames.Allow() {
-			ss.writeError(ctx, web.CodeRateLimited, "too many frames; this one was not applied (ack again later)")
-			continue
-		}
-		if typ != websocket.MessageText {
-			ss.writeError(ctx, web.CodeBadRequest, "frames must be JSON text")
-			continue
-		}
-		ids, code, msg := decodeClientFrame(data)
-		if code != "" {
-			ss.writeError(ctx, code, msg)
-			continue
-		}
-		actx, cancel := context.WithTimeout(ctx, s.o.WriteTimeout)
-		var span, del trace.Span
-		if s.tracer != nil {
-			actx, span = ss.startAck(actx, ids)
-			actx, del = telemetry.Start(actx, s.tracer, "store delete", trace.SpanKindInternal)
-		}
-		n, err := s.store.Ack(actx, ss.user, ids)
-		cancel()
-		if span != nil {
-			del.SetAttributes(telemetry.AttrCount.Int(n))
-			telemetry.End(del, err)
-			telemetry.End(span, err)
-		}
-		if err != nil {
-			s.log.WarnContext(actx, "websocket ack failed", "err", err)
-			ss.writeError(ctx, web.CodeBackendUnavailable, "store is unavailable; ack again later")
-			continue
-		}
-		if s.m != nil {
-			s.m.WSAcks.Inc()
-			s.m.MessagesAcked.Add(float64(n))
-		}
-	}
-}
-
-var errFrameTooBig = errors.New("frame too big")
-
-// readFrame reads one client frame, at most MaxFrameBytes long: a longer
-// one is errFrameTooBig, for which the session closes with 1009 and a
-// reason that states the limit. (The connection's own read limit, one byte
-// higher, is only a backstop; its close reason is off by one.)
-func (ss *session) readFrame(ctx context.Context) (websocket.MessageType, []byte, error) {
-	typ, r, err := ss.conn.Reader(ctx)
-	if err != nil {
-		return 0, nil, err
-	}
-	max := ss.srv.o.MaxFrameBytes
-	data, err := io.ReadAll(io.LimitReader(r, max+1))
-	if err != nil {
-		return 0, nil, err
-	}
-	if int64(len(data)) > max {
-		return 0, nil, errFrameTooBig
-	}
-	return typ, data, nil
-}
-
 // decodeClientFrame decodes a client text frame: the ids of a valid ack,
 // or the error code and message to answer it with.
 func decodeClientFrame(data []byte) (ids []string, code, msg string) {
@@ -772,8 +420,4 @@ type errorFrame struct {
 type errorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
-}
-
-func encodeMessage(env *envelope.Envelope) ([]byte, error) {
-	return json.Marshal(messageFrame{Type: "message", Message: env})
 }
