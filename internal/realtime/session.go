@@ -231,8 +231,15 @@ func (ss *session) readFailed(br *bufio.Reader, err error) bool {
 		}
 		return true
 	case errors.As(err, &proto):
-		ss.stop(proto.code, proto.reason)
-		ss.end() // the rest of the stream cannot be framed
+		// The rest of the stream cannot be framed: no answer is waited for.
+		ss.mu.Lock()
+		closing := ss.closing
+		ss.closing = true
+		ss.mu.Unlock()
+		if !closing {
+			ss.write(closeFrame(proto.code, proto.reason))
+		}
+		ss.end()
 		return false
 	case errors.Is(err, errPeerClosed):
 		ss.end()
