@@ -231,6 +231,7 @@ func (a *App) wire(ctx context.Context) error {
 			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
 			MaxBatch:       cfg.Store.MaxBatch,
 			UnackedAfter:   cfg.Push.UnackedAfter,
+			MarkDelay:      min(markDelay, cfg.Pipeline.RerouteAfter/4),
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
 			TracerProvider: a.tp,
@@ -430,6 +431,7 @@ func (a *App) Run(ctx context.Context) error {
 		goRole("pipeline", func() error { return a.pipeline.Run(work) })
 		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
 		goRole("unacked", func() error { a.pipeline.PushUnacked(work); return nil })
+		goRole("marks", func() error { a.pipeline.WriteMarks(work); return nil })
 		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
 	}
 	if a.admin != nil {

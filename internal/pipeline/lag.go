@@ -31,7 +31,9 @@ func (p *Pipeline) readLag(ctx context.Context) {
 		p.log.Debug("pipeline: reading the pending total failed", "err", err)
 	}
 	now := time.Now()
-	envs, err := p.store.Unrouted(ctx, now, 1)
+	// A message routed less than twice MarkDelay ago may not be marked
+	// yet: only older ones are looked at.
+	envs, err := p.store.Unrouted(ctx, now.Add(-2*p.o.MarkDelay), 1)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.log.Debug("pipeline: reading the oldest unrouted message failed", "err", err)

@@ -71,7 +71,11 @@ type Options struct {
 	// UnackedMax bounds the messages watched for that at a time
 	// (DefaultUnackedMax when <= 0); beyond it they are not watched.
 	UnackedMax int
-	Logger     *slog.Logger
+	// MarkDelay, when positive, holds the routed marks of a batch back
+	// that long (written by WriteMarks); it must stay well below the
+	// reroute sweep's age, or the sweep routes those messages again.
+	MarkDelay time.Duration
+	Logger    *slog.Logger
 	Metrics    *telemetry.Metrics
 	// TracerProvider, when set, traces each message's hops through the
 	// pipeline (store write, presence lookup, local hand-off, push
@@ -88,6 +92,7 @@ type Pipeline struct {
 	log      *slog.Logger
 	tracer   trace.Tracer     // nil when tracing is off
 	unacked  *unackedSchedule // nil when unacknowledged messages are not watched
+	marks    *deferredMarks   // nil when routed marks are written at once
 }
 
 // New returns a pipeline.
@@ -104,6 +109,9 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	p := &Pipeline{o: o, store: st, presence: pr, bus: b, log: o.Logger, tracer: telemetry.Tracer(o.TracerProvider, "pipeline")}
 	if o.UnackedAfter > 0 && o.Notifier != nil {
 		p.unacked = &unackedSchedule{limit: o.UnackedMax}
+	}
+	if o.MarkDelay > 0 {
+		p.marks = &deferredMarks{}
 	}
 	return p
 }
@@ -128,6 +136,12 @@ func (p *Pipeline) Handle(ctx context.Context, m *bus.Message) error {
 // envelopes with one store call, then routes each. It returns one error per
 // message (see Handle).
 func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
+	return p.handleBatch(ctx, ms, p.marks != nil)
+}
+
+// handleBatch is HandleBatch; deferMarks holds the routed marks back
+// (MarkDelay) rather than writing them with the batch.
+func (p *Pipeline) handleBatch(ctx context.Context, ms []*bus.Message, deferMarks bool) []error {
 	start := time.Now()
 	errs := make([]error, len(ms))
 	defer func() {
@@ -248,7 +262,7 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 			p.o.Metrics.DeliveriesPublished.Add(float64(len(ds)))
 		}
 	}
-	p.markRouted(ctx, envs, errs)
+	p.markRouted(ctx, envs, errs, deferMarks)
 	for i, env := range envs {
 		if live[i] && errs[i] == nil && !env.Ephemeral {
 			p.watchUnacked(env)
@@ -257,11 +271,10 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 	return errs
 }
 
-// markRouted records, with one store call, that the stored envelopes of
-// the batch that were routed are: the sweep of unrouted envelopes leaves
-// them alone. A failure is logged, not returned: the envelopes were routed,
-// and the worst it costs is a second routing by the sweep.
-func (p *Pipeline) markRouted(ctx context.Context, envs []*envelope.Envelope, errs []error) {
+// markRouted records that the stored envelopes of the batch that were
+// routed are, with one store call: at once, or with deferMarks MarkDelay
+// later (see WriteMarks).
+func (p *Pipeline) markRouted(ctx context.Context, envs []*envelope.Envelope, errs []error, deferMarks bool) {
 	var ids []string
 	for i, env := range envs {
 		if env != nil && !env.Ephemeral && errs[i] == nil {
@@ -271,12 +284,10 @@ func (p *Pipeline) markRouted(ctx context.Context, envs []*envelope.Envelope, er
 	if len(ids) == 0 {
 		return
 	}
-	if err := p.store.MarkRouted(ctx, ids); err != nil {
-		p.log.Warn("pipeline: marking routed envelopes failed; the sweep may route them again", "count", len(ids), "err", err)
-		if p.o.Metrics != nil {
-			p.o.Metrics.RouteMarkFailed.Inc()
-		}
+	if deferMarks && p.marks.add(time.Now(), ids) {
+		return
 	}
+	p.writeMarks(ctx, ids)
 }
 
 // pending is a delivery event waiting to be published with its batch, and

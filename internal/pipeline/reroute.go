@@ -65,7 +65,7 @@ func (p *Pipeline) rerouteOnce(ctx context.Context, after time.Duration) int {
 		ms = append(ms, &bus.Message{ID: env.ID, Data: data, OrderingKey: env.Recipient, Attributes: map[string]string{bus.AttrStored: "1"}})
 	}
 	routed := 0
-	for i, err := range p.HandleBatch(ctx, ms) {
+	for i, err := range p.handleBatch(ctx, ms, false) {
 		if err != nil {
 			p.log.Warn("pipeline: routing an unrouted envelope failed; the next sweep tries again", "id", ms[i].ID, "err", err)
 			continue

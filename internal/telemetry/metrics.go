@@ -132,7 +132,7 @@ func NewMetrics() *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 		PipelineLag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest stored message the pipeline has not routed yet (0 when none), as last read by this pipeline instance.",
+			Name: "routing_pipeline_lag_seconds", Help: "Age of the oldest stored message the pipeline has not routed yet (0 when none), as last read by this pipeline instance; messages younger than twice the delay of routed marks (2 s at most) are not looked at.",
 		}),
 		StorePending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_store_pending_messages", Help: "Messages in the store waiting for their recipients' acknowledgement (all recipients), as last read by this pipeline instance.",
