@@ -122,12 +122,13 @@ func userOn(t *testing.T, inst *child, sub string) *client.Client {
 	return &client.Client{APIURL: inst.api, WSURL: inst.ws, Token: testToken(t, sub)}
 }
 
-// connectAll connects each checker's recipient to inst and returns the
-// channels on which each connection's end is reported.
-func connectAll(t *testing.T, ctx context.Context, inst *child, cks []*faulttest.Checker) []<-chan error {
+// connectAll connects the recipient of checker i to insts[i % len(insts)]
+// and returns the channels on which each connection's end is reported.
+func connectAll(t *testing.T, ctx context.Context, cks []*faulttest.Checker, insts ...*child) []<-chan error {
 	t.Helper()
 	ended := make([]<-chan error, len(cks))
 	for i, ck := range cks {
+		inst := insts[i%len(insts)]
 		conn, err := userOn(t, inst, faultRecipients[i]).Connect(ctx)
 		if err != nil {
 			t.Fatalf("connect %s to %s: %v", faultRecipients[i], inst.ws, err)
@@ -172,11 +173,12 @@ func waitAccepted(t *testing.T, cks []*faulttest.Checker, k int, what string) {
 
 // An instance is killed (SIGKILL) with the recipients' connections on it,
 // while senders post a steady stream through another instance: the
-// clients reconnect to another realtime instance and every message
-// answered 202 arrives, those sent while the dead instance's presence
-// entries were still there included (they are stored, and pushed when
+// clients reconnect, two to another realtime instance and one to the
+// killed instance restarted under the same id, and every message answered
+// 202 arrives, those sent while the dead instance's presence entries were
+// all the recipients had included (they are stored, and pushed when
 // unacknowledged); after the reconnect new messages arrive live on the new
-// connection; none refused is delivered; nothing is dead-lettered.
+// connections; none refused is delivered; nothing is dead-lettered.
 func TestFaultInstanceKilledWithConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
@@ -195,13 +197,14 @@ presence: {type: redis, ttl: %s, heartbeat: 1s, redis: {addr: %q, key_prefix: %q
 bus: {type: nats, min_backoff: 100ms, max_backoff: 500ms, nats: {url: %q, subject_prefix: %s}}
 push: {unacked_after: 2s, webpush: {enabled: false}}
 `, schema, presenceTTL, redisAddr, keyPrefix, natsURL, p)
-	start := func(id, roles string) *child {
-		return startChildConfig(t, fmt.Sprintf("%sinstance_id: %s\nroles: %s\ndata_dir: %q\n", shared, id, roles, t.TempDir()),
+	start := func(id, roles, dataDir string) *child {
+		return startChildConfig(t, fmt.Sprintf("%sinstance_id: %s\nroles: %s\ndata_dir: %q\n", shared, id, roles, dataDir),
 			"DATABASE_URL="+pgURL)
 	}
-	a := start("inst-a", "[api, pipeline]")
-	b := start("inst-b", "[realtime]")
-	c := start("inst-c", "[realtime]")
+	a := start("inst-a", "[api, pipeline]", t.TempDir())
+	b := start("inst-b", "[realtime]", t.TempDir())
+	cDir := t.TempDir()
+	c := start("inst-c", "[realtime]", cDir)
 	pres, err := presenceredis.New(context.Background(), presenceredis.Options{Addr: redisAddr, KeyPrefix: keyPrefix, TTL: presenceTTL})
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +226,7 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 	for i, r := range faultRecipients {
 		cks[i] = faulttest.NewChecker(t, userOn(t, a, "urn:sm:user:alice"), r, 0)
 	}
-	onC := connectAll(t, ctx, c, cks)
+	onC := connectAll(t, ctx, cks, c)
 	sendUntilLive(t, cks)
 	for _, ck := range cks {
 		ck.Start(25 * time.Millisecond)
@@ -243,6 +246,10 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 		t.Fatal(err)
 	}
 	<-c.exited
+	awayFrom := make([]int, len(cks))
+	for i, ck := range cks {
+		awayFrom[i] = ck.Sent()
+	}
 	for i, e := range onC {
 		select {
 		case <-e:
@@ -264,8 +271,18 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 		return metricSum(t, a.ops, "routing_push_unacked_total") > pushedBefore
 	})
 
-	// Reconnect to the other realtime instance: the backlog first.
-	onB := connectAll(t, ctx, b, cks)
+	away := 0
+	for i, ck := range cks {
+		away += len(ck.Missing(ck.Sent())) - len(ck.Missing(awayFrom[i]))
+	}
+	t.Logf("%d messages accepted while the recipients were away, %v unacknowledged pushes since the kill",
+		away, metricSum(t, a.ops, "routing_push_unacked_total")-pushedBefore)
+
+	// The killed instance comes back under the same id; the recipients
+	// reconnect, bob and carol to the other realtime instance, dave to
+	// the restarted one: the backlog first.
+	c = start("inst-c", "[realtime]", cDir)
+	onNew := connectAll(t, ctx, cks, b, b, c)
 	backlog := make([]int, len(cks))
 	for i, ck := range cks {
 		backlog[i] = ck.Sent()
@@ -283,7 +300,11 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 	for i, ck := range cks {
 		live[i] = ck.Sent()
 	}
-	liveBefore := metricSum(t, b.ops, "routing_websocket_messages_sent_total", `kind="live"`)
+	liveFrames := func() float64 {
+		return metricSum(t, b.ops, "routing_websocket_messages_sent_total", `kind="live"`) +
+			metricSum(t, c.ops, "routing_websocket_messages_sent_total", `kind="live"`)
+	}
+	liveBefore := liveFrames()
 	waitAccepted(t, cks, 30, "messages after the reconnect")
 	for _, ck := range cks {
 		ck.StopSending()
@@ -299,8 +320,8 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 	})
 	for i, ck := range cks {
 		select {
-		case err := <-onB[i]:
-			t.Errorf("%s: the connection to the other instance ended: %v", faultRecipients[i], err)
+		case err := <-onNew[i]:
+			t.Errorf("%s: the connection made after the kill ended: %v", faultRecipients[i], err)
 		default:
 		}
 		for n := live[i]; n < ck.Sent(); n++ {
@@ -310,17 +331,19 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 		}
 		ck.Check()
 	}
-	if d := metricSum(t, b.ops, "routing_websocket_messages_sent_total", `kind="live"`) - liveBefore; d < 30 {
-		t.Errorf("the other instance wrote %v live frames after the reconnect, want at least 30", d)
+	if d := liveFrames() - liveBefore; d < 30 {
+		t.Errorf("the realtime instances wrote %v live frames after the reconnect, want at least 30", d)
+	} else {
+		t.Logf("%v live frames after the reconnect", d)
 	}
-	// The live messages were routed with the dead instance's entries still
-	// listed beside the new ones.
-	for _, r := range faultRecipients {
+	// The live messages to bob and carol were routed with the killed
+	// instance's stale entries still listed beside the new ones.
+	for _, r := range faultRecipients[:2] {
 		if !holds(r, "inst-c") || !holds(r, "inst-b") {
 			t.Errorf("presence of %s at the end: want both the killed instance's stale entry and the live one", r)
 		}
 	}
-	expectNoDeadLetters(t, a.config, a.ops, b.ops)
+	expectNoDeadLetters(t, a.config, a.ops, b.ops, c.ops)
 }
 
 // An instance running every role gets SIGTERM while senders post a steady
@@ -348,7 +371,7 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	}
 	away := faulttest.NewChecker(t, userOn(t, x, "urn:sm:user:alice"), offline, 0)
 	all := append(slices.Clone(cks), away)
-	ended := connectAll(t, ctx, x, cks)
+	ended := connectAll(t, ctx, cks, x)
 	sendUntilLive(t, cks)
 	for _, ck := range all {
 		ck.Start(10 * time.Millisecond)
@@ -415,7 +438,7 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	for _, ck := range all {
 		ck.SetSender(userOn(t, x, "urn:sm:user:alice"))
 	}
-	connectAll(t, ctx, x, cks)
+	connectAll(t, ctx, cks, x)
 	if err := away.FetchAll(ctx, userOn(t, x, offline)); err != nil {
 		t.Fatalf("fetch %s: %v", offline, err)
 	}
