@@ -347,19 +347,19 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 }
 
 // An instance running every role gets SIGTERM while senders post a steady
-// stream to it, to recipients connected to it and to one that is offline:
+// stream to it, to recipients connected to it and to offline ones (more
+// senders, more sends in flight when the signal comes):
 // it exits 0 within shutdown_timeout; its WebSocket clients are closed
 // with 1001 (going away); sends during the shutdown are refused (503 or
 // connection refused), never answered 202 and lost; once it is back on
 // the same data dir, every message answered 202, before or during the
-// shutdown, arrives (on reconnect, or fetched by the offline recipient),
+// shutdown, arrives (on reconnect, or fetched by the offline recipients),
 // and new messages arrive live; nothing is dead-lettered.
 func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
 	}
 	const shutdownTimeout = 10 * time.Second
-	const offline = "urn:sm:user:erin"
 	cfg := fmt.Sprintf("data_dir: %q\nshutdown_timeout: %s\n", t.TempDir(), shutdownTimeout)
 	x := startChildConfig(t, cfg)
 
@@ -369,8 +369,11 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	for i, r := range faultRecipients {
 		cks[i] = faulttest.NewChecker(t, userOn(t, x, "urn:sm:user:alice"), r, 0)
 	}
-	away := faulttest.NewChecker(t, userOn(t, x, "urn:sm:user:alice"), offline, 0)
-	all := append(slices.Clone(cks), away)
+	offline := make([]*faulttest.Checker, 8)
+	for i := range offline {
+		offline[i] = faulttest.NewChecker(t, userOn(t, x, "urn:sm:user:alice"), fmt.Sprintf("urn:sm:user:offline-%d", i), 0)
+	}
+	all := append(slices.Clone(cks), offline...)
 	ended := connectAll(t, ctx, cks, x)
 	sendUntilLive(t, cks)
 	for _, ck := range all {
@@ -433,14 +436,16 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	t.Logf("%d sends answered 202 after SIGTERM", duringShutdown)
 
 	// Back on the same data dir: the recipients reconnect and get the
-	// rest; the offline one fetches its messages.
+	// rest; the offline ones fetch theirs.
 	x = startChildConfig(t, cfg)
 	for _, ck := range all {
 		ck.SetSender(userOn(t, x, "urn:sm:user:alice"))
 	}
 	connectAll(t, ctx, cks, x)
-	if err := away.FetchAll(ctx, userOn(t, x, offline)); err != nil {
-		t.Fatalf("fetch %s: %v", offline, err)
+	for i, ck := range offline {
+		if err := ck.FetchAll(ctx, userOn(t, x, fmt.Sprintf("urn:sm:user:offline-%d", i))); err != nil {
+			t.Fatalf("fetch offline-%d: %v", i, err)
+		}
 	}
 	faulttest.WaitFor(t, 20*time.Second, "every accepted message after the restart", func() bool {
 		for _, ck := range cks {
