@@ -393,12 +393,13 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	if err := x.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	var exited time.Time
 	select {
 	case err := <-x.exited:
+		exited = time.Now()
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v, want status 0", err)
 		}
-		t.Logf("exited %v after SIGTERM", time.Since(term).Round(time.Millisecond))
 	case <-time.After(shutdownTimeout):
 		t.Fatalf("still running %v after SIGTERM (shutdown_timeout)", shutdownTimeout)
 	}
@@ -429,11 +430,14 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 		ck.StopSending()
 	}
 	stopped = true
-	var duringShutdown int
+	var acc, ref, failed int
 	for _, ck := range all {
-		duringShutdown += ck.AcceptedSince(term)
+		acc += ck.AnsweredBetween(faulttest.Accepted, term, exited)
+		ref += ck.AnsweredBetween(faulttest.Refused, term, exited)
+		failed += ck.AnsweredBetween(faulttest.Failed, term, exited)
 	}
-	t.Logf("%d sends answered 202 after SIGTERM", duringShutdown)
+	t.Logf("exited %v after SIGTERM; sends answered meanwhile: %d accepted, %d refused, %d failed without an answer",
+		exited.Sub(term).Round(time.Millisecond), acc, ref, failed)
 
 	// Back on the same data dir: the recipients reconnect and get the
 	// rest; the offline ones fetch theirs.

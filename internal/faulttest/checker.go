@@ -242,13 +242,14 @@ func (c *Checker) Outcome(n int) Outcome {
 	return c.sent[n]
 }
 
-// AcceptedSince is how many sends were answered 202 at or after since.
-func (c *Checker) AcceptedSince(since time.Time) int {
+// AnsweredBetween is how many sends had outcome o, answered at or after
+// from and before to.
+func (c *Checker) AnsweredBetween(o Outcome, from, to time.Time) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	for i, s := range c.sent {
-		if s == Accepted && !c.answered[i].Before(since) {
+		if s == o && !c.answered[i].Before(from) && c.answered[i].Before(to) {
 			n++
 		}
 	}
