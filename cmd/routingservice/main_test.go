@@ -50,6 +50,7 @@ type child struct {
 	api    string
 	ws     string
 	ops    string
+	config string // the config file's path, for the tool commands
 	exited chan error
 }
 
@@ -83,7 +84,7 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, api: "http://" + api, ws: "ws://" + ws, ops: "http://" + ops, exited: make(chan error, 1)}
+	c := &child{cmd: cmd, api: "http://" + api, ws: "ws://" + ws, ops: "http://" + ops, config: cfgPath, exited: make(chan error, 1)}
 	go func() {
 		s := bufio.NewScanner(stderr)
 		for s.Scan() {
