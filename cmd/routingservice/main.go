@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -159,28 +158,11 @@ func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Con
 	if err := cfg.LoadLocalSecret(); err != nil {
 		return config.Config{}, err
 	}
-	var used []error
-	for _, e := range unjoin(cfg.Check()) {
-		for _, k := range keys {
-			msg := e.Error()
-			if strings.HasPrefix(msg, "config key "+k+":") || strings.HasPrefix(msg, "config key "+k+".") {
-				used = append(used, e)
-				break
-			}
-		}
+	var problems config.Errors
+	if err := cfg.Check(); err != nil && !errors.As(err, &problems) {
+		return config.Config{}, err
 	}
-	return cfg, errors.Join(used...)
-}
-
-// unjoin returns the errors err joins (err alone when it joins none).
-func unjoin(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
+	return cfg, problems.Under(keys...).Err()
 }
 
 func serve(args []string, stderr io.Writer) error {
