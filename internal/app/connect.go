@@ -48,19 +48,19 @@ type BackendCheck struct {
 // config.Check and Preflight.
 func CheckBackends(ctx context.Context, cfg config.Config, timeout time.Duration) []BackendCheck {
 	log := slog.New(slog.DiscardHandler)
-	checks := []struct {
+	type check struct {
 		name string
 		run  func(context.Context) (string, error)
-	}{
+	}
+	checks := []check{
 		{"bus", func(ctx context.Context) (string, error) { return checkBus(ctx, cfg, timeout, log) }},
 		{"store", func(ctx context.Context) (string, error) { return checkStore(ctx, cfg, log) }},
 		{"presence", func(ctx context.Context) (string, error) { return checkPresence(ctx, cfg) }},
 	}
+	// Every role opens the bus, the store and presence; the key set
+	// serves the roles that verify tokens.
 	if cfg.Auth.JWKSURL != "" && (cfg.Has(config.RoleAPI) || cfg.Has(config.RoleRealtime)) {
-		checks = append(checks, struct {
-			name string
-			run  func(context.Context) (string, error)
-		}{"jwks", func(ctx context.Context) (string, error) { return checkJWKS(ctx, cfg) }})
+		checks = append(checks, check{"jwks", func(ctx context.Context) (string, error) { return checkJWKS(ctx, cfg) }})
 	}
 	out := make([]BackendCheck, len(checks))
 	var wg sync.WaitGroup
