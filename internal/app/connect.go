@@ -107,7 +107,8 @@ func checkBus(ctx context.Context, cfg config.Config, timeout time.Duration, log
 			return "", fmt.Errorf("nats %s: %w", conn.ConnectedUrlRedacted(), natsKey(err))
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "nats %s (server %s), JetStream reachable; %s", conn.ConnectedUrlRedacted(), conn.ConnectedServerVersion(),
+		fmt.Fprintf(&b, "nats %s (server %s), JetStream reachable (the account holds %d streams); %s", conn.ConnectedUrlRedacted(),
+			conn.ConnectedServerVersion(), topo.Account.Streams,
 			present(len(topo.Streams), len(topo.Streams)+len(topo.MissingStreams), "stream"))
 		fmt.Fprintf(&b, ", %s", present(len(topo.Consumers), len(topo.Consumers)+len(topo.MissingConsumers), "consumer"))
 		if missing := slices.Concat(topo.MissingStreams, topo.MissingConsumers); len(missing) > 0 {
