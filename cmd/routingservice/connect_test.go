@@ -449,3 +449,79 @@ func connectChild(t *testing.T, path string, envAndArgs ...string) (map[string]s
 	}
 	return backendLines(stdout.String()), code
 }
+
+// The Redis check connects as serve does: with REDIS_PASSWORD (a private
+// redis-server that requires one) and presence.redis.tls (the machine's
+// Redis speaks no TLS).
+func TestConfigCheckConnectRedisSettings(t *testing.T) {
+	private := privateRedis(t, "--requirepass", "s3cret-for-the-check")
+	plain := "presence: {type: redis, redis: {addr: " + q(private) + "}}\n"
+	cases := []struct {
+		name, yaml, password, says string
+	}{
+		{"right password", plain, "s3cret-for-the-check", ""},
+		{"wrong password", plain, "not-the-password", "WRONGPASS"},
+		{"no password", plain, "", "NOAUTH"},
+	}
+	if shared := os.Getenv("ROUTING_TEST_REDIS_ADDR"); shared != "" {
+		cases = append(cases, struct{ name, yaml, password, says string }{
+			"TLS to a server without", "presence: {type: redis, redis: {addr: " + q(shared) + ", tls: true}}\n", "", "presence.redis.tls is true"})
+	} else {
+		t.Log("set ROUTING_TEST_REDIS_ADDR to check presence.redis.tls too")
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("REDIS_PASSWORD", c.password)
+			out, err, lines := connectCheck(t, c.yaml, "--timeout", "1s")
+			if c.says == "" {
+				if err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				wantLine(t, lines, "presence", "ok", "with REDIS_PASSWORD", "PING answered")
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted:\n%s", out)
+			}
+			wantLine(t, lines, "presence", "FAIL", "redis", c.says)
+		})
+	}
+}
+
+// privateRedis starts a redis-server on a free loopback port, keeping
+// nothing on disk, stopped when the test ends; it returns its address.
+func privateRedis(t *testing.T, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server is not installed")
+	}
+	addr := closedPort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir()}, args...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		select {
+		case <-exited:
+			t.Fatal("redis-server exited at start")
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server does not accept connections on %s", addr)
+		}
+	}
+}

@@ -189,6 +189,10 @@ func checkPresence(ctx context.Context, cfg config.Config) (string, error) {
 	case "redis":
 		o := redisOptions(cfg)
 		version, err := redispresence.Check(ctx, o)
+		if err != nil && o.TLS && errors.Is(err, context.DeadlineExceeded) {
+			// A server without TLS never answers the TLS handshake.
+			return "", fmt.Errorf("redis (config key presence.redis.addr; presence.redis.tls is true: does the server speak TLS?): %w", err)
+		}
 		if err != nil {
 			return "", fmt.Errorf("redis (config key presence.redis.addr): %w", err)
 		}
