@@ -64,7 +64,7 @@ func TestCommandHelp(t *testing.T) {
 	}{
 		{[]string{"serve", "-h"}, []string{"usage: routingservice serve", "  -config "}, []string{"-sub", "-ttl", "-limit"}},
 		{[]string{"token", "-h"}, []string{"usage: routingservice token", "  -sub ", "  -ttl ", "  -allow-production", "  -config "}, []string{"-limit", "-json"}},
-		{[]string{"config", "check", "-h"}, []string{"usage: routingservice config check", "  -config "}, []string{"-sub", "-limit"}},
+		{[]string{"config", "check", "-h"}, []string{"usage: routingservice config check", "  -config ", "  -connect", "  -timeout "}, []string{"-sub", "-limit"}},
 		{[]string{"config", "-h"}, []string{"usage: routingservice config check"}, []string{"-sub"}},
 		{[]string{"vapid", "-h"}, []string{"usage: routingservice vapid"}, []string{"-config", "-sub"}},
 		{[]string{"version", "-h"}, []string{"usage: routingservice version"}, []string{"-config", "-sub"}},

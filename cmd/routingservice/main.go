@@ -2,7 +2,7 @@
 //
 //	routingservice serve [--config config.yaml]
 //	routingservice token --sub urn:sm:user:alice [--ttl 1h]
-//	routingservice config check
+//	routingservice config check [--connect]
 //	routingservice vapid
 //	routingservice dlq list|show|replay|purge ...
 //	routingservice version
@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -34,7 +33,8 @@ const usage = `usage: routingservice <command> [flags]
 commands:
   serve           run the service (roles from config; all three by default)
   token           print a development token: token --sub urn:sm:user:alice [--ttl 1h] [--allow-production]
-  config check    run every check serve runs before it starts and print the configuration
+  config check    run every check serve runs before it starts and print the configuration;
+                  --connect also reaches each backend (bus, store, presence, JWKS), changing nothing
   vapid           print a new VAPID key pair for Web Push
   dlq             inspect and replay dead-lettered messages: dlq list|show|replay|purge
   version         print the version, commit and Go version (also --version)
@@ -91,11 +91,11 @@ func command(args []string, stdout, stderr io.Writer) error {
 		return token(args[1:], stdout, stderr)
 	case "config":
 		if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
-			fmt.Fprintln(stderr, "usage: routingservice config check [--config PATH]")
+			fmt.Fprintln(stderr, "usage: routingservice "+configCheckUsage)
 			return nil
 		}
 		if len(args) < 2 || args[1] != "check" {
-			return errors.New("usage: routingservice config check [--config PATH]")
+			return errors.New("usage: routingservice " + configCheckUsage)
 		}
 		return configCheck(args[2:], stdout, stderr)
 	case "vapid":
@@ -159,28 +159,11 @@ func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Con
 	if err := cfg.LoadLocalSecret(); err != nil {
 		return config.Config{}, err
 	}
-	var used []error
-	for _, e := range unjoin(cfg.Check()) {
-		for _, k := range keys {
-			msg := e.Error()
-			if strings.HasPrefix(msg, "config key "+k+":") || strings.HasPrefix(msg, "config key "+k+".") {
-				used = append(used, e)
-				break
-			}
-		}
+	var problems config.Errors
+	if err := cfg.Check(); err != nil && !errors.As(err, &problems) {
+		return config.Config{}, err
 	}
-	return cfg, errors.Join(used...)
-}
-
-// unjoin returns the errors err joins (err alone when it joins none).
-func unjoin(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
+	return cfg, problems.Under(keys...).Err()
 }
 
 func serve(args []string, stderr io.Writer) error {

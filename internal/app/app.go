@@ -126,22 +126,27 @@ func (a *App) openBackends(ctx context.Context) error {
 	a.presence = pr
 	a.closers = append(a.closers, pr.Close)
 
-	v, err := auth.NewVerifier(ctx, auth.Options{
-		HS256Secret: []byte(a.cfg.JWTSecret),
-		Algorithms:  a.cfg.Auth.Algorithms,
-		JWKSURL:     a.cfg.Auth.JWKSURL,
-		JWKSRefresh: a.cfg.Auth.JWKSRefresh,
-		Issuer:      a.cfg.Auth.Issuer,
-		Audience:    a.cfg.Auth.Audience,
-		Leeway:      a.cfg.Auth.Leeway,
-		MaxTokenAge: a.cfg.Auth.MaxTokenAge,
-	})
+	v, err := auth.NewVerifier(ctx, authOptions(a.cfg))
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	a.verifier = v
 	a.closers = append(a.closers, func() error { v.Close(); return nil })
 	return nil
+}
+
+// authOptions maps the configuration onto the token verifier's.
+func authOptions(cfg config.Config) auth.Options {
+	return auth.Options{
+		HS256Secret: []byte(cfg.JWTSecret),
+		Algorithms:  cfg.Auth.Algorithms,
+		JWKSURL:     cfg.Auth.JWKSURL,
+		JWKSRefresh: cfg.Auth.JWKSRefresh,
+		Issuer:      cfg.Auth.Issuer,
+		Audience:    cfg.Auth.Audience,
+		Leeway:      cfg.Auth.Leeway,
+		MaxTokenAge: cfg.Auth.MaxTokenAge,
+	}
 }
 
 func (a *App) authenticate(token string) (string, error) {

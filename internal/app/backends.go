@@ -14,15 +14,32 @@ import (
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 )
 
+// postgresOptions maps the configuration onto the PostgreSQL store's.
+func postgresOptions(cfg config.Config, log *slog.Logger) postgres.Options {
+	return postgres.Options{
+		MaxBatch: cfg.Store.MaxBatch,
+		MaxConns: int32(cfg.Store.MaxConns),
+		Schema:   cfg.Store.PostgresSchema,
+		Logger:   log.With("store", "postgres"),
+	}
+}
+
+// redisOptions maps the configuration onto the Redis presence's.
+func redisOptions(cfg config.Config) redispresence.Options {
+	return redispresence.Options{
+		Addr:      cfg.Presence.Redis.Addr,
+		Password:  cfg.RedisPassword,
+		DB:        cfg.Presence.Redis.DB,
+		KeyPrefix: cfg.Presence.Redis.KeyPrefix,
+		TLS:       cfg.Presence.Redis.TLS,
+		TTL:       cfg.Presence.TTL,
+	}
+}
+
 func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store.Type {
 	case "postgres":
-		s, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
-			MaxBatch: cfg.Store.MaxBatch,
-			MaxConns: int32(cfg.Store.MaxConns),
-			Schema:   cfg.Store.PostgresSchema,
-			Logger:   log.With("store", "postgres"),
-		})
+		s, err := postgres.Open(ctx, cfg.DatabaseURL, postgresOptions(cfg, log))
 		if err != nil {
 			return nil, fmt.Errorf("store (postgres, DATABASE_URL): %w", err)
 		}
@@ -43,14 +60,7 @@ func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.
 func openPresence(ctx context.Context, cfg config.Config) (presence.Presence, error) {
 	switch cfg.Presence.Type {
 	case "redis":
-		p, err := redispresence.New(ctx, redispresence.Options{
-			Addr:      cfg.Presence.Redis.Addr,
-			Password:  cfg.RedisPassword,
-			DB:        cfg.Presence.Redis.DB,
-			KeyPrefix: cfg.Presence.Redis.KeyPrefix,
-			TLS:       cfg.Presence.Redis.TLS,
-			TTL:       cfg.Presence.TTL,
-		})
+		p, err := redispresence.New(ctx, redisOptions(cfg))
 		if err != nil {
 			return nil, fmt.Errorf("presence (redis %s): %w", cfg.Presence.Redis.Addr, err)
 		}

@@ -19,26 +19,38 @@ import (
 // VAPID private key, FCM credentials, the APNs key, the push CA bundle, the
 // NATS and Pub/Sub credentials). It reads those files and nothing else: it
 // creates, migrates and connects to nothing. It reports every problem at
-// once, each naming its key.
+// once, as a config.Errors: each problem a *config.KeyError naming its key.
 //
 // `serve` runs it before it opens anything, and `config check` runs it
 // too, so a configuration that the check accepts is not refused by serve
 // for a file.
 func Preflight(cfg config.Config) error {
-	var errs []error
+	var errs config.Errors
 	bad := func(key string, err error) {
-		errs = append(errs, fmt.Errorf("config key %s: %w", key, err))
+		errs = append(errs, &config.KeyError{Key: key, Err: err})
+	}
+	// named adds an error that names its key already.
+	named := func(key string, err error) {
+		var ke *config.KeyError
+		if !errors.As(err, &ke) {
+			ke = &config.KeyError{Key: key, Err: err}
+		}
+		errs = append(errs, ke)
 	}
 	pc := cfg.Push
 	if pc.CAFile != "" {
 		if _, err := pushRoots(pc.CAFile); err != nil {
-			errs = append(errs, err) // names push.ca_file
+			named("push.ca_file", err)
 		}
 	}
 	if pc.WebPush.Enabled && pc.WebPush.VAPIDPrivateKeyFile != "" {
 		if _, _, err := vapidKeys(cfg); err != nil {
-			errs = append(errs, fmt.Errorf("%w\n  (the file holds the private key that `routingservice vapid` prints as private_key: "+
-				"43 characters of unpadded base64url, a raw P-256 private key, on one line)", err))
+			var ke *config.KeyError
+			if errors.As(err, &ke) && ke.Key == "push.webpush.vapid_private_key_file" {
+				err = &config.KeyError{Key: ke.Key, Msg: ke.Msg, Err: fmt.Errorf("%w\n  (the file holds the private key that `routingservice vapid` prints as private_key: "+
+					"43 characters of unpadded base64url, a raw P-256 private key, on one line)", ke.Err)}
+			}
+			named("push.webpush.vapid_private_key_file", err)
 		}
 	}
 	if pc.FCM.Enabled {
@@ -63,7 +75,7 @@ func Preflight(cfg config.Config) error {
 			bad("bus.pubsub.credentials_file", err)
 		}
 	}
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 // checkNATSCredentials checks a .creds file: a user JWT and its seed.

@@ -15,6 +15,17 @@ import (
 // openPubSub opens the Google Cloud Pub/Sub bus. PUBSUB_EMULATOR_HOST,
 // when set, points the client at an emulator.
 func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (driver.Driver, func() error, error) {
+	pc, opts := pubsubConfig(cfg, log)
+	d, err := gcppubsub.New(ctx, pc, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus (pubsub, project %s; config keys bus.* and bus.pubsub.*): %w", pc.ProjectID, err)
+	}
+	return d, func() error { return nil }, nil
+}
+
+// pubsubConfig maps the configuration onto the Pub/Sub driver's settings
+// and client options (endpoint, credentials).
+func pubsubConfig(cfg config.Config, log *slog.Logger) (gcppubsub.Config, []option.ClientOption) {
 	ps := cfg.Bus.PubSub
 	var opts []option.ClientOption
 	if ps.Endpoint != "" {
@@ -23,7 +34,7 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (drive
 	if ps.CredentialsFile != "" {
 		opts = append(opts, option.WithAuthCredentialsFile(option.ServiceAccount, ps.CredentialsFile))
 	}
-	d, err := gcppubsub.New(ctx, gcppubsub.Config{
+	return gcppubsub.Config{
 		ProjectID:                      ps.ProjectID,
 		IngressTopic:                   cfg.Bus.IngressTopic,
 		IngressSubscription:            cfg.Bus.IngressSubscription,
@@ -39,9 +50,5 @@ func openPubSub(ctx context.Context, cfg config.Config, log *slog.Logger) (drive
 		MaxOutstanding:                 cfg.Bus.MaxOutstanding,
 		IngressPublishTimeout:          cfg.API.PublishTimeout,
 		Logger:                         log,
-	}, opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("bus (pubsub, project %s; config keys bus.* and bus.pubsub.*): %w", ps.ProjectID, err)
-	}
-	return d, func() error { return nil }, nil
+	}, opts
 }

@@ -125,15 +125,15 @@ func vapidKeys(cfg config.Config) (pub, priv string, err error) {
 	} else {
 		b, err := os.ReadFile(wp.VAPIDPrivateKeyFile)
 		if err != nil {
-			return "", "", fmt.Errorf("config key push.webpush.vapid_private_key_file: %w", err)
+			return "", "", &config.KeyError{Key: "push.webpush.vapid_private_key_file", Err: err}
 		}
 		priv = strings.TrimSpace(string(b))
 		if _, pub, err = webpush.ParseVAPIDPrivateKey(priv); err != nil {
-			return "", "", fmt.Errorf("config key push.webpush.vapid_private_key_file: %w", err)
+			return "", "", &config.KeyError{Key: "push.webpush.vapid_private_key_file", Err: err}
 		}
 	}
 	if wp.VAPIDPublicKey != "" && wp.VAPIDPublicKey != pub {
-		return "", "", fmt.Errorf("config key push.webpush.vapid_public_key: does not match the private key")
+		return "", "", &config.KeyError{Key: "push.webpush.vapid_public_key", Msg: "does not match the private key"}
 	}
 	return pub, priv, nil
 }
@@ -150,10 +150,10 @@ func pushRoots(caFile string) (*x509.CertPool, error) {
 	}
 	b, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("config key push.ca_file: %w", err)
+		return nil, &config.KeyError{Key: "push.ca_file", Err: err}
 	}
 	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("config key push.ca_file: no PEM certificate in %s", caFile)
+		return nil, &config.KeyError{Key: "push.ca_file", Msg: "no PEM certificate in " + caFile}
 	}
 	return pool, nil
 }

@@ -170,15 +170,8 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 		if refresh <= 0 {
 			refresh = time.Hour
 		}
-		var client http.Client
-		if o.HTTPClient != nil {
-			client = *o.HTTPClient
-		}
-		// The key set is fetched from the configured URL only: a redirect
-		// (to an internal address, or to keys an attacker controls) is an
-		// error, never followed.
-		client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-		v.jwks = startKeySet(ctx, o.JWKSURL, &client, refresh, tune, slog.Default().With("component", "auth"))
+		// A redirect is an error, never followed (see jwksClient).
+		v.jwks = startKeySet(ctx, o.JWKSURL, jwksClient(o.HTTPClient), refresh, tune, slog.Default().With("component", "auth"))
 	}
 	return v, nil
 }

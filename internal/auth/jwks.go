@@ -193,31 +193,53 @@ func (s *keySet) fetch(ctx context.Context) error {
 	s.fetches.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, s.tune.fetchTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+	ks, skipped, err := loadKeys(ctx, s.client, s.url)
 	if err != nil {
-		return fmt.Errorf("jwks request: %w", err)
+		return err
+	}
+	for _, sk := range skipped {
+		s.log.Debug("jwks: key skipped", "url", s.url, "index", sk.index, "kid", sk.kid, "reason", sk.reason)
+	}
+	s.current.Store(ks)
+	return nil
+}
+
+// skippedKey is a key of the set that cannot verify tokens.
+type skippedKey struct {
+	index  int
+	kid    string
+	reason error
+}
+
+// loadKeys fetches the set at url and parses its usable keys; the others
+// are returned as skipped.
+func loadKeys(ctx context.Context, client *http.Client, url string) (*keys, []skippedKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("jwks request: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := s.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("jwks get: %w", err)
+		return nil, nil, fmt.Errorf("jwks get: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxJWKSBytes))
-		return fmt.Errorf("jwks get: status %d", resp.StatusCode)
+		return nil, nil, fmt.Errorf("jwks get: status %d", resp.StatusCode)
 	}
 	var doc jwkset.JWKSMarshal
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJWKSBytes)).Decode(&doc); err != nil {
-		return fmt.Errorf("jwks decode: %w", err)
+		return nil, nil, fmt.Errorf("jwks decode: %w", err)
 	}
 	ks := &keys{byKID: make(map[string]publicKey, len(doc.Keys))}
+	var skipped []skippedKey
 	for i, m := range doc.Keys {
 		k, err := parseKey(m)
 		if err != nil {
 			// One odd key (another use, an unsupported type) must not
 			// hide the others.
-			s.log.Debug("jwks: key skipped", "url", s.url, "index", i, "kid", m.KID, "reason", err)
+			skipped = append(skipped, skippedKey{index: i, kid: m.KID, reason: err})
 			continue
 		}
 		ks.all = append(ks.all, k)
@@ -225,8 +247,61 @@ func (s *keySet) fetch(ctx context.Context) error {
 			ks.byKID[m.KID] = k
 		}
 	}
-	s.current.Store(ks)
-	return nil
+	return ks, skipped, nil
+}
+
+// KeySet is what FetchKeySet found in a key set.
+type KeySet struct {
+	// Keys counts the usable keys by the algorithm they verify.
+	Keys map[string]int
+	// Skipped describes each key that cannot verify tokens, and why.
+	Skipped []string
+}
+
+// Usable is the number of usable keys.
+func (k KeySet) Usable() int {
+	n := 0
+	for _, c := range k.Keys {
+		n += c
+	}
+	return n
+}
+
+// FetchKeySet fetches and parses the key set at o.JWKSURL once, as a
+// Verifier of o does (same HTTP client, no redirect followed, same size
+// limit and key rules), bounded by ctx. It starts nothing.
+func FetchKeySet(ctx context.Context, o Options) (KeySet, error) {
+	if o.JWKSURL == "" {
+		return KeySet{}, errors.New("auth: no JWKS URL")
+	}
+	ks, skipped, err := loadKeys(ctx, jwksClient(o.HTTPClient), o.JWKSURL)
+	if err != nil {
+		return KeySet{}, fmt.Errorf("auth: %w", err)
+	}
+	out := KeySet{Keys: map[string]int{}}
+	for _, k := range ks.all {
+		out.Keys[k.alg]++
+	}
+	for _, sk := range skipped {
+		d := fmt.Sprintf("key %d", sk.index)
+		if sk.kid != "" {
+			d += fmt.Sprintf(" (kid %q)", sk.kid)
+		}
+		out.Skipped = append(out.Skipped, d+": "+sk.reason.Error())
+	}
+	return out, nil
+}
+
+// jwksClient is a copy of c (a zero client when nil) that follows no
+// redirect: the key set is fetched from the configured URL only, never
+// from an internal address or keys an attacker controls.
+func jwksClient(c *http.Client) *http.Client {
+	var client http.Client
+	if c != nil {
+		client = *c
+	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &client
 }
 
 // parseKey turns one JWK into a verification key. It reads public material

@@ -556,7 +556,7 @@ func (c *Config) LoadLocalSecret() error {
 	}
 	secret, err := loadOrCreateSecret(filepath.Join(c.DataDir, LocalSecretFile))
 	if err != nil {
-		return fmt.Errorf("config key data_dir: local JWT secret: %w", err)
+		return &KeyError{Key: "data_dir", Msg: "local JWT secret", Err: err}
 	}
 	c.JWTSecret, c.LocalSecret = secret, true
 	return nil
@@ -620,13 +620,14 @@ func readSecret(path string) (string, error) {
 	return s, nil
 }
 
-// Check reports every invalid key of c, each error naming its key. It
-// changes nothing: the derived defaults must be filled already (see
-// FillDefaults), and an unset one is an error.
+// Check reports every invalid key of c at once. The error is an Errors,
+// one *KeyError a problem naming its key (callers that use only some keys
+// keep those with Errors.Under). It changes nothing: the derived defaults
+// must be filled already (see FillDefaults), and an unset one is an error.
 func (c Config) Check() error {
-	var errs []error
+	var errs Errors
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("config key %s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	prod := c.RunMode == ModeProduction
 	if c.RunMode != ModeLocal && !prod {
@@ -908,7 +909,7 @@ func (c Config) Check() error {
 	if c.Telemetry.SampleRatio < 0 || c.Telemetry.SampleRatio > 1 {
 		bad("telemetry.sample_ratio", "must be between 0 and 1")
 	}
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 // publishedSecrets are HS256 secrets that appeared in public source; a

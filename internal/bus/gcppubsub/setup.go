@@ -29,19 +29,30 @@ func (b *Driver) subscriptionName(id string) string {
 	return "projects/" + b.cfg.ProjectID + "/subscriptions/" + id
 }
 
-// setup creates or verifies every topic and shared subscription the bus uses.
-func (b *Driver) setup(ctx context.Context) error {
-	for _, t := range []string{b.cfg.IngressTopic, b.cfg.DeliveryTopic, b.cfg.IngressDeadLetterTopic, b.cfg.DeliveryDeadLetterTopic} {
-		if err := b.ensureTopic(ctx, b.topicName(t)); err != nil {
-			return err
-		}
-	}
-	subs := []*pubsubpb.Subscription{
+// sharedTopics are the full names of every topic the bus uses.
+func (b *Driver) sharedTopics() []string {
+	return []string{b.topicName(b.cfg.IngressTopic), b.topicName(b.cfg.DeliveryTopic),
+		b.topicName(b.cfg.IngressDeadLetterTopic), b.topicName(b.cfg.DeliveryDeadLetterTopic)}
+}
+
+// sharedSubscriptions are the subscriptions every instance shares (the
+// delivery subscriptions are each instance's own).
+func (b *Driver) sharedSubscriptions() []*pubsubpb.Subscription {
+	return []*pubsubpb.Subscription{
 		b.ingressSubscriptionSpec(),
 		b.holdSubscriptionSpec(b.cfg.IngressDeadLetterTopic),
 		b.holdSubscriptionSpec(b.cfg.DeliveryDeadLetterTopic),
 	}
-	for _, want := range subs {
+}
+
+// setup creates or verifies every topic and shared subscription the bus uses.
+func (b *Driver) setup(ctx context.Context) error {
+	for _, t := range b.sharedTopics() {
+		if err := b.ensureTopic(ctx, t); err != nil {
+			return err
+		}
+	}
+	for _, want := range b.sharedSubscriptions() {
 		if _, err := b.ensureSubscription(ctx, want); err != nil {
 			return err
 		}
@@ -143,8 +154,7 @@ func (b *Driver) ensureSubscription(ctx context.Context, want *pubsubpb.Subscrip
 	}
 	fixed, differs := compareSubscription(got, want)
 	if len(differs) > 0 {
-		return false, fmt.Errorf("subscription %s exists with settings Pub/Sub cannot change: %s; delete it or change the configuration",
-			want.Name, strings.Join(differs, "; "))
+		return false, immutableDiffers(want.Name, differs)
 	}
 	if len(fixed) == 0 {
 		return false, nil
@@ -158,6 +168,13 @@ func (b *Driver) ensureSubscription(ctx context.Context, want *pubsubpb.Subscrip
 	}
 	b.log.Info("updated Pub/Sub subscription settings", "subscription", want.Name, "fields", fixed)
 	return false, nil
+}
+
+// immutableDiffers is the error of a subscription whose settings differ
+// in ways Pub/Sub cannot change.
+func immutableDiffers(name string, differs []string) error {
+	return fmt.Errorf("subscription %s exists with settings Pub/Sub cannot change: %s; delete it or change the configuration",
+		name, strings.Join(differs, "; "))
 }
 
 // compareSubscription returns the update-mask paths of the mutable settings

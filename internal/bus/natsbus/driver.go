@@ -190,24 +190,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: jetstream: %w", err)
 	}
-	p := cfg.SubjectPrefix
-	d := &Driver{
-		cfg:             cfg,
-		nc:              nc,
-		js:              js,
-		log:             cfg.Logger.With("component", "natsbus"),
-		ingressSubject:  p + ".ingress",
-		ingressConsumer: p + "-pipeline",
-		ingress:         queue{name: driver.QueueIngress, stream: p + "-ingress", dlqStream: p + "-ingress-dlq", dlqSub: p + ".dlq.ingress"},
-		delivery:        queue{name: driver.QueueDelivery, stream: p + "-delivery", dlqStream: p + "-delivery-dlq", dlqSub: p + ".dlq.delivery"},
-	}
-	streams := []jetstream.StreamConfig{
-		d.streamConfig(d.ingress.stream, d.ingressSubject, jetstream.WorkQueuePolicy),
-		d.streamConfig(d.delivery.stream, p+".delivery.*", jetstream.InterestPolicy),
-		d.streamConfig(d.ingress.dlqStream, d.ingress.dlqSub, jetstream.LimitsPolicy),
-		d.streamConfig(d.delivery.dlqStream, d.delivery.dlqSub, jetstream.LimitsPolicy),
-	}
-	for _, sc := range streams {
+	d := newDriver(nc, js, cfg)
+	for _, sc := range d.streams() {
 		if err := d.ensureStream(ctx, sc); err != nil {
 			return nil, err
 		}
@@ -221,6 +205,32 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// newDriver names the streams and consumers of cfg's subject prefix; it
+// creates nothing.
+func newDriver(nc *nats.Conn, js jetstream.JetStream, cfg Config) *Driver {
+	p := cfg.SubjectPrefix
+	return &Driver{
+		cfg:             cfg,
+		nc:              nc,
+		js:              js,
+		log:             cfg.Logger.With("component", "natsbus"),
+		ingressSubject:  p + ".ingress",
+		ingressConsumer: p + "-pipeline",
+		ingress:         queue{name: driver.QueueIngress, stream: p + "-ingress", dlqStream: p + "-ingress-dlq", dlqSub: p + ".dlq.ingress"},
+		delivery:        queue{name: driver.QueueDelivery, stream: p + "-delivery", dlqStream: p + "-delivery-dlq", dlqSub: p + ".dlq.delivery"},
+	}
+}
+
+// streams are the settings of every stream of the deployment.
+func (d *Driver) streams() []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		d.streamConfig(d.ingress.stream, d.ingressSubject, jetstream.WorkQueuePolicy),
+		d.streamConfig(d.delivery.stream, d.cfg.SubjectPrefix+".delivery.*", jetstream.InterestPolicy),
+		d.streamConfig(d.ingress.dlqStream, d.ingress.dlqSub, jetstream.LimitsPolicy),
+		d.streamConfig(d.delivery.dlqStream, d.delivery.dlqSub, jetstream.LimitsPolicy),
+	}
 }
 
 // Capabilities: JetStream deduplicates by Nats-Msg-Id within the duplicate
@@ -257,15 +267,8 @@ func (d *Driver) ensureStream(ctx context.Context, want jetstream.StreamConfig) 
 		return fmt.Errorf("natsbus: stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
-	if !slices.Equal(have.Subjects, want.Subjects) {
-		return fmt.Errorf("natsbus: stream %s holds subjects %v, not %v: %w", want.Name, have.Subjects, want.Subjects, ErrForeignStream)
-	}
-	if have.Retention != want.Retention {
-		return fmt.Errorf("natsbus: stream %s has retention %s, want %s (a stream's retention cannot change; delete it or use another subject prefix)",
-			want.Name, have.Retention, want.Retention)
-	}
-	if have.Storage != want.Storage {
-		return fmt.Errorf("natsbus: stream %s uses %s storage, want %s", want.Name, have.Storage, want.Storage)
+	if err := refuseStream(have, want); err != nil {
+		return err
 	}
 	if have.Replicas == want.Replicas && have.Duplicates == want.Duplicates && have.MaxAge == want.MaxAge {
 		return nil
@@ -276,6 +279,23 @@ func (d *Driver) ensureStream(ctx context.Context, want jetstream.StreamConfig) 
 		return fmt.Errorf("natsbus: update stream %s: %w", want.Name, err)
 	}
 	d.log.Info("stream settings updated", "stream", want.Name)
+	return nil
+}
+
+// refuseStream returns the error of an existing stream whose settings
+// cannot be made those wanted: it is another deployment's (other
+// subjects), or its retention or storage differs, which JetStream cannot
+// change.
+func refuseStream(have, want jetstream.StreamConfig) error {
+	switch {
+	case !slices.Equal(have.Subjects, want.Subjects):
+		return fmt.Errorf("natsbus: stream %s holds subjects %v, not %v: %w", want.Name, have.Subjects, want.Subjects, ErrForeignStream)
+	case have.Retention != want.Retention:
+		return fmt.Errorf("natsbus: stream %s has retention %s, want %s (a stream's retention cannot change; delete it or use another subject prefix)",
+			want.Name, have.Retention, want.Retention)
+	case have.Storage != want.Storage:
+		return fmt.Errorf("natsbus: stream %s uses %s storage, want %s", want.Name, have.Storage, want.Storage)
+	}
 	return nil
 }
 

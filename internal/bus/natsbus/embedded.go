@@ -104,23 +104,24 @@ func (s *EmbeddedServer) Shutdown(ctx context.Context) error {
 
 // Connect connects to an external NATS cluster at url (comma-separated for
 // several seeds), authenticating with the credentials file when it is not
-// empty. The connection reconnects forever; the caller closes it.
+// empty. The connection reconnects forever; the caller closes it. opts
+// come after the defaults, so they may override them (nats.Timeout).
 //
 // It keeps no reconnect buffer: while it is disconnected a publish fails
 // at once instead of waiting to be sent on reconnect, so a publish that
 // returned an error (an ingress publish the API answered 503 for) is never
 // sent later.
-func Connect(url string, credentialsFile string) (*nats.Conn, error) {
+func Connect(url string, credentialsFile string, opts ...nats.Option) (*nats.Conn, error) {
 	if url == "" {
 		return nil, errors.New("natsbus: connect: empty url")
 	}
-	opts := []nats.Option{
+	opts = append([]nats.Option{
 		nats.Name("routingservice"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.Timeout(5 * time.Second),
 		nats.ReconnectBufSize(-1),
-	}
+	}, opts...)
 	if credentialsFile != "" {
 		opts = append(opts, nats.UserCredentials(credentialsFile))
 	}

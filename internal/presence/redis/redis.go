@@ -97,13 +97,9 @@ func New(ctx context.Context, opts Options) (*Presence, error) {
 	if opts.TTL < time.Millisecond {
 		return nil, fmt.Errorf("presence redis: TTL must be at least 1ms, got %v", opts.TTL)
 	}
-	ro := &goredis.Options{Addr: opts.Addr, Password: opts.Password, DB: opts.DB}
-	if opts.TLS {
-		host, _, err := net.SplitHostPort(opts.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("presence redis: Addr %q: %w", opts.Addr, err)
-		}
-		ro.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	ro, err := clientOptions(opts)
+	if err != nil {
+		return nil, err
 	}
 	p := &Presence{
 		client:    goredis.NewClient(ro),
@@ -121,6 +117,48 @@ func New(ctx context.Context, opts Options) (*Presence, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// clientOptions are the Redis client's settings for opts.
+func clientOptions(opts Options) (*goredis.Options, error) {
+	if opts.Addr == "" {
+		return nil, errors.New("presence redis: Addr is required")
+	}
+	ro := &goredis.Options{Addr: opts.Addr, Password: opts.Password, DB: opts.DB}
+	if opts.TLS {
+		host, _, err := net.SplitHostPort(opts.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("presence redis: Addr %q: %w", opts.Addr, err)
+		}
+		ro.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	}
+	return ro, nil
+}
+
+// Check connects as New does (address, password, database, TLS), sends
+// PING and reads the server's version (INFO server; "" when refused); it
+// loads no script and writes nothing.
+func Check(ctx context.Context, opts Options) (version string, err error) {
+	ro, err := clientOptions(opts)
+	if err != nil {
+		return "", err
+	}
+	ro.MaxRetries = -1 // one answer or one error, within ctx
+	c := goredis.NewClient(ro)
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return "", fmt.Errorf("presence redis: ping %s: %w", opts.Addr, err)
+	}
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return "", nil // INFO may be refused (ACLs); the service does not need it
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			return v, nil
+		}
+	}
+	return "", nil
 }
 
 func (p *Presence) loadScripts(ctx context.Context) error {

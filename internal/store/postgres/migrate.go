@@ -73,7 +73,7 @@ func migrateTo(ctx context.Context, cfg *pgx.ConnConfig, schema string, log *slo
 		return fmt.Errorf("migrate: read schema version: %w", err)
 	}
 	if latest := all[len(all)-1].Version; current > latest {
-		return fmt.Errorf("migrate: schema %s is at version %d, newer than this program's %d", schema, current, latest)
+		return fmt.Errorf("migrate: %w", newerSchema(schema, current, latest))
 	}
 	for _, m := range all {
 		if m.Version <= current || (last > 0 && m.Version > last) {
@@ -94,4 +94,10 @@ func migrateTo(ctx context.Context, cfg *pgx.ConnConfig, schema string, log *slo
 		log.Info("store migration applied", "version", m.Version, "name", m.Name)
 	}
 	return nil
+}
+
+// newerSchema is the error of a schema migrated by a later version of this
+// program.
+func newerSchema(schema string, current, latest int) error {
+	return fmt.Errorf("schema %s is at version %d, newer than this program's %d", schema, current, latest)
 }

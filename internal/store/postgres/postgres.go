@@ -83,29 +83,12 @@ var _ store.Store = (*Store)(nil)
 // applies the migrations it lacks and starts the group-commit writer. The
 // caller must Close the returned Store.
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
-	if opts.MaxBatch <= 0 {
-		opts.MaxBatch = DefaultMaxBatch
-	}
-	if opts.Schema == "" {
-		opts.Schema = "public"
-	}
-	if len(opts.Schema) > 63 {
-		return nil, fmt.Errorf("postgres open: schema name %.20q... is longer than 63 bytes", opts.Schema)
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	opts = opts.withDefaults()
+	cfg, err := poolConfig(url, opts)
+	if err != nil {
+		return nil, fmt.Errorf("postgres open: %w", err)
 	}
 	log := opts.Logger.With("component", "store", "engine", "postgres", "schema", opts.Schema)
-
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		// The parse error may quote the URL, password included: keep it out.
-		return nil, errors.New("postgres open: cannot parse the database URL")
-	}
-	if opts.MaxConns > 0 {
-		cfg.MaxConns = opts.MaxConns
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
 
 	if err := migrate(ctx, cfg.ConnConfig, opts.Schema, log); err != nil {
 		return nil, fmt.Errorf("postgres open: %w", err)
@@ -125,6 +108,37 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.Schema == "" {
+		o.Schema = "public"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// poolConfig is the connection settings of url and opts (with its
+// defaults): every connection's search_path is the schema.
+func poolConfig(url string, opts Options) (*pgxpool.Config, error) {
+	if len(opts.Schema) > 63 {
+		return nil, fmt.Errorf("schema name %.20q... is longer than 63 bytes", opts.Schema)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The parse error may quote the URL, password included: keep it out.
+		return nil, errors.New("cannot parse the database URL")
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	return cfg, nil
 }
 
 // Ping reports whether the database answers.

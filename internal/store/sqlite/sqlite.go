@@ -90,8 +90,8 @@ var _ store.Store = (*Store)(nil)
 // schema migrations it lacks and starts the group-commit writer. The caller
 // must Close the returned Store.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
-	if path == "" || strings.ContainsAny(path, "?#") {
-		return nil, fmt.Errorf("sqlite open: path %q must be a non-empty file path without '?' or '#'", path)
+	if err := checkPathName(path); err != nil {
+		return nil, fmt.Errorf("sqlite open: %w", err)
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
@@ -219,6 +219,14 @@ func (s *Store) wrap(op string, err error) error {
 		return fmt.Errorf("sqlite %s: %w", op, store.ErrClosed)
 	}
 	return fmt.Errorf("sqlite %s: %w", op, err)
+}
+
+// checkPathName refuses a path the driver's DSN cannot carry.
+func checkPathName(path string) error {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return fmt.Errorf("path %q must be a non-empty file path without '?' or '#'", path)
+	}
+	return nil
 }
 
 // ownerOnly creates the database file with mode 0600 if it does not exist,
