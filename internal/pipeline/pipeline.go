@@ -76,7 +76,7 @@ type Options struct {
 	// reroute sweep's age, or the sweep routes those messages again.
 	MarkDelay time.Duration
 	Logger    *slog.Logger
-	Metrics    *telemetry.Metrics
+	Metrics   *telemetry.Metrics
 	// TracerProvider, when set, traces each message's hops through the
 	// pipeline (store write, presence lookup, local hand-off, push
 	// request) under its processing span.
