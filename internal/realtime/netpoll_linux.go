@@ -38,7 +38,7 @@ type watch struct {
 	raw   syscall.RawConn
 	fd    int32
 	seq   uint32
-	ready func()
+	ready func(*watch)
 }
 
 const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
@@ -64,11 +64,11 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-// watch calls ready, on a goroutine of its own, when c has data to read or
+// watch calls ready with the watch, on a goroutine of its own, when c has data to read or
 // its peer closed it; then c is not watched until the watch is rearmed.
 // It fails if c is not a pollable connection (the caller then reads with
 // a goroutine).
-func (p *poller) watch(c syscall.Conn, ready func()) (*watch, error) {
+func (p *poller) watch(c syscall.Conn, ready func(*watch)) (*watch, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -149,7 +149,7 @@ func (p *poller) run() {
 			if w == nil || w.seq != uint32(ev.Pad) {
 				continue // a connection since closed
 			}
-			go w.ready()
+			go w.ready(w)
 		}
 		p.mu.Unlock()
 	}

@@ -14,7 +14,7 @@ type watch struct{}
 
 func newPoller() (*poller, error) { return nil, errors.New("no epoll on this system") }
 
-func (p *poller) watch(syscall.Conn, func()) (*watch, error) {
+func (p *poller) watch(syscall.Conn, func(*watch)) (*watch, error) {
 	return nil, errors.New("no epoll on this system")
 }
 

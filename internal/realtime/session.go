@@ -36,8 +36,6 @@ type session struct {
 	// pending holds what the upgrade read past the handshake (usually
 	// nothing); the first read takes it.
 	pending *bufio.Reader
-	// watch is the poller's registration (nil: a goroutine reads).
-	watch *watch
 
 	// wmu serialises the frames written to conn.
 	wmu sync.Mutex
@@ -67,6 +65,8 @@ type session struct {
 	ended   bool
 	// counted is set while the session counts in WSConnections.
 	counted bool
+	// watch is the poller's registration (nil: a goroutine reads).
+	watch *watch
 	// awaitingPong is set from a ping until its pong; pingGen invalidates
 	// a timer firing that a pong overtook.
 	awaitingPong bool
@@ -150,7 +150,13 @@ func (ss *session) startReading() {
 			if p := ss.srv.poller(); p != nil {
 				w, err := p.watch(sc, ss.readReady)
 				if err == nil {
+					ss.mu.Lock()
 					ss.watch = w
+					ended := ss.ended
+					ss.mu.Unlock()
+					if ended {
+						w.stop()
+					}
 					return
 				}
 			}
@@ -171,14 +177,14 @@ func (ss *session) readLoop() {
 }
 
 // readReady is the poller's call: the connection has data, or was closed.
-func (ss *session) readReady() {
+func (ss *session) readReady(w *watch) {
 	br := readBufs.Get().(*bufio.Reader)
 	br.Reset(ss.conn)
 	more := ss.readMessages(br, true)
 	br.Reset(nil)
 	readBufs.Put(br)
 	if more {
-		if err := ss.watch.rearm(); err != nil {
+		if err := w.rearm(); err != nil {
 			ss.end()
 		}
 	}
@@ -608,12 +614,13 @@ func (ss *session) end() {
 			t.Stop()
 		}
 	}
+	w := ss.watch
 	ss.mu.Unlock()
 	ss.cancel()
 	s := ss.srv
 	s.hub.remove(ss)
-	if ss.watch != nil {
-		ss.watch.stop()
+	if w != nil {
+		w.stop()
 	}
 	_ = ss.conn.Close()
 	go ss.unregister()
