@@ -54,7 +54,10 @@ func newServerWith(t *testing.T, o Options, st Store) (*Server, *telemetry.Metri
 	if o.PongTimeout == 0 {
 		o.PongTimeout = time.Second
 	}
-	o.WriteTimeout, o.BacklogPage, o.MaxConnsPerUser, o.Heartbeat = 5*time.Second, 100, 4, time.Hour
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 5 * time.Second
+	}
+	o.BacklogPage, o.MaxConnsPerUser, o.Heartbeat = 100, 4, time.Hour
 	if o.SendQueue == 0 {
 		o.SendQueue = 16
 	}
@@ -140,7 +143,10 @@ func TestUnansweredPingsDisconnect(t *testing.T) {
 
 // A client that reads (and so answers pings) stays connected across many pings.
 func TestAnsweredPingsKeepTheConnection(t *testing.T) {
-	s, m, url := newServer(t, Options{PingInterval: 20 * time.Millisecond, PongTimeout: 300 * time.Millisecond})
+	// The pongs are all the client sends: the server's reader must not
+	// wait after one for more (the I/O timeout is far shorter than the
+	// wait for the message).
+	s, m, url := newServer(t, Options{PingInterval: 20 * time.Millisecond, PongTimeout: 300 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
 	c := dial(t, url, "urn:sm:user:alive")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

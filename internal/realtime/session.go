@@ -206,7 +206,7 @@ func (ss *session) readMessages(br *bufio.Reader, drain bool) bool {
 			if !ss.readFailed(br, err) {
 				return false
 			}
-		} else if !ss.isClosing() {
+		} else if !op.IsControl() && !ss.isClosing() {
 			ss.handle(op, data)
 		}
 		if drain && br.Buffered() == 0 {

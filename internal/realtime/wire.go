@@ -73,7 +73,9 @@ var errPeerClosed = errors.New("closed by the client")
 type control func(op ws.OpCode, payload []byte) error
 
 // readMessage reads one client message of at most max bytes from r,
-// handling the control frames before and between its fragments with ctl.
+// handling the control frames between its fragments with ctl. A control
+// frame before a message is handled and returned alone (its opcode, no
+// data), so that a reader does not wait for a message that may not come.
 // A message over max is a *tooBigError, read up to the header of the frame
 // that crosses the limit.
 func readMessage(r io.Reader, max int64, ctl control) (ws.OpCode, []byte, error) {
@@ -103,6 +105,10 @@ func readMessage(r io.Reader, max int64, ctl control) (ws.OpCode, []byte, error)
 			ws.Cipher(p, h.Mask, 0)
 			if err := ctl(h.OpCode, p); err != nil {
 				return 0, nil, err
+			}
+			if msg == nil && !state.Fragmented() {
+				// Between messages: nothing more need be waiting.
+				return h.OpCode, nil, nil
 			}
 			continue
 		}
