@@ -346,6 +346,28 @@ func TestNewRightAfterLastStreamsDeleted(t *testing.T) {
 	t.Logf("%d deployments created right after the previous one's streams were deleted; %d stream creations asked again", cycles, retries.n.Load())
 }
 
+// TestStoreRefusedIsNarrow checks that only the server's refusal of a
+// stream's store is asked again, not every stream creation error.
+func TestStoreRefusedIsNarrow(t *testing.T) {
+	t.Parallel()
+	refused := &jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "error creating store for stream"}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{refused, true},
+		{fmt.Errorf("create: %w", refused), true},
+		{&jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "subjects overlap with an existing stream"}, false},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamNameInUse, Description: "stream name already in use"}, false},
+		{errors.New("error creating store for stream"), false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := storeRefused(tc.err); got != tc.want {
+			t.Errorf("storeRefused(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
 // countingHandler counts the log records of level with message msg.
 type countingHandler struct {
 	level slog.Level
