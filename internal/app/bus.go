@@ -73,7 +73,7 @@ func openDriver(ctx context.Context, cfg config.Config, log *slog.Logger) (drive
 	nc := natsConfig(cfg, log)
 	switch cfg.Bus.Type {
 	case "embedded":
-		eo := natsbus.EmbeddedOptions{SyncAlways: cfg.Bus.NATS.Sync == "always"}
+		eo := natsbus.EmbeddedOptions{SyncAlways: cfg.Bus.NATS.Sync == "always", Logger: log}
 		if !eo.SyncAlways {
 			d, err := time.ParseDuration(cfg.Bus.NATS.Sync)
 			if err != nil {

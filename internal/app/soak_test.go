@@ -5,13 +5,16 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
@@ -111,6 +114,64 @@ func soakDuration(t *testing.T) time.Duration {
 	return d
 }
 
+// soakDuplicateWindow is ROUTING_SOAK_DUPLICATE_WINDOW (a Go duration), the
+// bus.nats.duplicate_window of the run; zero (unset) keeps the default.
+// JetStream's memory for the window levels off only after about three
+// windows, so a short window shows within a soak of a few minutes what the
+// default 2m shows after ten.
+func soakDuplicateWindow(t *testing.T) time.Duration {
+	v := os.Getenv("ROUTING_SOAK_DUPLICATE_WINDOW")
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		t.Fatalf("ROUTING_SOAK_DUPLICATE_WINDOW=%q: want a positive Go duration", v)
+	}
+	return d
+}
+
+// soakHeapProfiles is ROUTING_SOAK_HEAPPROFILE: a directory to write a heap
+// profile to at every sample (heap-NN.prof, NN the sample's number: 00 at
+// the start, the last at the end, 10 near the middle), or "" for none. Compare two with
+// `go tool pprof -base heap-10.prof heap-20.prof -top -inuse_space`.
+func soakHeapProfiles(t *testing.T) string {
+	dir := os.Getenv("ROUTING_SOAK_HEAPPROFILE")
+	if dir == "" {
+		return ""
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("ROUTING_SOAK_HEAPPROFILE=%q: %v", dir, err)
+	}
+	return dir
+}
+
+// With ROUTING_SOAK_HEAPPROFILE set, the profiler samples an allocation
+// every 4 KiB on average rather than 512 KiB, from the process's start, so
+// that a difference of a few hundred KiB between two profiles shows.
+func init() {
+	if os.Getenv("ROUTING_SOAK_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 4 << 10
+	}
+}
+
+// writeHeapProfile writes the heap profile of sample n into dir (nothing
+// when dir is ""). The sample's runtime.GC makes it current.
+func writeHeapProfile(t *testing.T, dir string, n int) {
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("heap-%02d.prof", n)))
+	if err != nil {
+		t.Errorf("heap profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		t.Errorf("heap profile: %v", err)
+	}
+}
+
 // TestSoakSteadyLoad sends 200 messages/s for ROUTING_SOAK_DURATION (20 s by
 // default) to recipients connected over WebSocket, which ack each message,
 // and to offline recipients, which fetch and ack theirs at the end. It checks
@@ -129,7 +190,13 @@ func TestSoakSteadyLoad(t *testing.T) {
 		offlineEvery = 10 // every 10th message goes to an offline recipient
 	)
 	duration := soakDuration(t)
-	ta := startApp(t, nil)
+	profiles := soakHeapProfiles(t)
+	window := soakDuplicateWindow(t)
+	ta := startApp(t, func(c *config.Config) {
+		if window > 0 {
+			c.Bus.NATS.DuplicateWindow = window
+		}
+	})
 
 	transport := &http.Transport{MaxIdleConnsPerHost: workers, MaxIdleConns: 2 * workers, IdleConnTimeout: time.Minute}
 	t.Cleanup(transport.CloseIdleConnections)
@@ -222,6 +289,7 @@ func TestSoakSteadyLoad(t *testing.T) {
 	sampleTick := time.NewTicker(sampleEvery)
 	end := time.NewTimer(duration)
 	samples := []soakSample{takeSoakSample(start)}
+	writeHeapProfile(t, profiles, 0)
 	sent, dropped := 0, 0
 loop:
 	for {
@@ -239,6 +307,7 @@ loop:
 			}
 		case <-sampleTick.C:
 			samples = append(samples, takeSoakSample(start))
+			writeHeapProfile(t, profiles, len(samples)-1)
 		case <-end.C:
 			break loop
 		}
@@ -249,6 +318,7 @@ loop:
 	senders.Wait()
 	elapsed := time.Since(start)
 	samples = append(samples, takeSoakSample(start))
+	writeHeapProfile(t, profiles, len(samples)-1)
 
 	ledger.mu.Lock()
 	sendErrors, firstErr := ledger.sendErrors, ledger.firstErr

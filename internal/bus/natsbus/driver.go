@@ -258,10 +258,7 @@ func (d *Driver) streamConfig(name, subject string, retention jetstream.Retentio
 func (d *Driver) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
 	s, err := d.js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if _, err := d.js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return fmt.Errorf("natsbus: create stream %s: %w", want.Name, err)
-		}
-		return nil
+		return d.createStream(ctx, want)
 	}
 	if err != nil {
 		return fmt.Errorf("natsbus: stream %s: %w", want.Name, err)
@@ -298,6 +295,57 @@ func refuseStream(have, want jetstream.StreamConfig) error {
 	}
 	return nil
 }
+
+// storeCreateAttempts bounds how often createStream asks for a stream whose
+// store the server could not create.
+const storeCreateAttempts = 5
+
+// createStream creates the stream. A refusal to create its store ("error
+// creating store for stream") is tried again, up to storeCreateAttempts
+// times with a backoff from 50 ms. nats-server (2.15.2, the version
+// embedded here) answers it when it has just deleted the last stream of
+// an account while another is being created: the deletion removes the
+// then empty <store>/<account>/streams directory in a goroutine of its
+// own, which can run in the middle of the new stream's MkdirAll ("could
+// not create storage directory - mkdir .../streams: no such file or
+// directory" in the server's log). Asking again creates the directories
+// anew. A store that keeps failing (disk full, no permission) fails after
+// the last attempt, with the server's answer.
+func (d *Driver) createStream(ctx context.Context, want jetstream.StreamConfig) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := d.js.CreateStream(ctx, want)
+		if err == nil || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil
+		}
+		if !storeRefused(err) || attempt == storeCreateAttempts {
+			return fmt.Errorf("natsbus: create stream %s: %w", want.Name, err)
+		}
+		d.log.Warn("server could not create the stream's store; asking again (the server's log has the cause)",
+			"stream", want.Name, "attempt", attempt, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("natsbus: create stream %s: %w (last refusal: %v)", want.Name, ctx.Err(), err)
+		}
+		backoff *= 2
+	}
+}
+
+// storeRefused reports whether err is the server's refusal to create a
+// stream's store (JetStream API error 10049, "error creating store for
+// stream"), which hides the file system error in the server's log.
+func storeRefused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeStreamCreate &&
+		strings.Contains(apiErr.Description, "error creating store for stream")
+}
+
+// jsErrCodeStreamCreate is JetStream's generic stream creation error
+// (JSStreamCreateErrF), which the jetstream package does not name.
+const jsErrCodeStreamCreate jetstream.ErrorCode = 10049
 
 // ensureConsumer creates or updates a durable pull consumer with the
 // delivery settings of the configuration.

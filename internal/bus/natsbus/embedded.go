@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -24,6 +25,11 @@ type EmbeddedOptions struct {
 	// StartTimeout bounds how long StartEmbedded waits for the server to
 	// accept connections; default 10s.
 	StartTimeout time.Duration
+	// Logger receives the server's log: notices at Debug (its start-up
+	// banner alone is some thirty lines), warnings at Warn (the file system
+	// error behind a refused stream store is only there), errors at Error.
+	// Nil drops it.
+	Logger *slog.Logger
 }
 
 // EmbeddedServer is a NATS server with JetStream running inside the process.
@@ -58,6 +64,9 @@ func StartEmbedded(dir string, o EmbeddedOptions) (*EmbeddedServer, error) {
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: new embedded server: %w", err)
+	}
+	if o.Logger != nil {
+		srv.SetLogger(serverLogger{o.Logger.With("component", "nats-server")}, false, false)
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(o.StartTimeout) {
@@ -131,3 +140,16 @@ func Connect(url string, credentialsFile string, opts ...nats.Option) (*nats.Con
 	}
 	return nc, nil
 }
+
+// serverLogger passes the embedded server's log lines to slog: notices at
+// Debug, warnings at Warn, errors and fatal errors at Error (a fatal error
+// does not end the process). The server's debug and trace lines are
+// dropped.
+type serverLogger struct{ log *slog.Logger }
+
+func (l serverLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l serverLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l serverLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l serverLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l serverLogger) Debugf(string, ...any)           {}
+func (l serverLogger) Tracef(string, ...any)           {}

@@ -66,7 +66,7 @@ func busOptions(o bustest.Options) bus.Options {
 // down when t ends.
 func startEmbedded(t testing.TB) *EmbeddedServer {
 	t.Helper()
-	s, err := StartEmbedded(t.TempDir(), EmbeddedOptions{})
+	s, err := StartEmbedded(t.TempDir(), EmbeddedOptions{Logger: quietLogger})
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
 	}
@@ -106,28 +106,13 @@ func externalConn(t testing.TB) *nats.Conn {
 	return nc
 }
 
-// creating serialises New in tests: a service creates its streams one
-// after another at start, and the embedded server has been seen to fail
-// ("error creating store for stream") when dozens of streams are created
-// at the same moment on a loaded machine.
-var creating sync.Mutex
-
 // newTestDriver builds a driver on nc with fresh streams; it is closed and
 // its streams are deleted when t ends.
 func newTestDriver(t testing.TB, nc *nats.Conn, cfg Config) *Driver {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	creating.Lock()
 	d, err := New(ctx, nc, cfg)
-	// The embedded server sometimes refuses a stream just after it started
-	// under load ("error creating store for stream"); the stream is not
-	// what these tests are about, so they try again.
-	for try := 0; err != nil && strings.Contains(err.Error(), "error creating store for stream") && try < 5; try++ {
-		time.Sleep(100 * time.Millisecond)
-		d, err = New(ctx, nc, cfg)
-	}
-	creating.Unlock()
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -313,6 +298,92 @@ func TestAckTimeoutDeadLetters(t *testing.T) {
 		}
 	})
 }
+
+// TestEmbeddedServerLogs checks that the embedded server's log reaches the
+// configured logger, its notices at Debug.
+func TestEmbeddedServerLogs(t *testing.T) {
+	t.Parallel()
+	ready := &countingHandler{level: slog.LevelDebug, msg: "Server is ready"}
+	s, err := StartEmbedded(t.TempDir(), EmbeddedOptions{Logger: slog.New(ready)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := ready.n.Load(); n != 1 {
+		t.Errorf("the server's %q notice reached the logger at Debug %d times, want 1", ready.msg, n)
+	}
+}
+
+// TestNewRightAfterLastStreamsDeleted creates a deployment's streams on an
+// embedded server just after the server deleted every other stream, over
+// and over: the deletion removes the emptied streams directory in a
+// goroutine of the server's own, which now and then breaks the next
+// stream's store ("error creating store for stream"), and New must ask
+// again rather than fail.
+func TestNewRightAfterLastStreamsDeleted(t *testing.T) {
+	t.Parallel()
+	nc := connectEmbedded(t, startEmbedded(t))
+	retries := &countingHandler{level: slog.LevelWarn, msg: "server could not create the stream's store; asking again (the server's log has the cause)"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const cycles = 250
+	for i := 0; i < cycles; i++ {
+		cfg := testConfig(bustest.Options{})
+		cfg.Logger = slog.New(retries)
+		d, err := New(ctx, nc, cfg)
+		if err != nil {
+			t.Fatalf("cycle %d: New: %v", i, err)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatalf("cycle %d: Close: %v", i, err)
+		}
+		deleteStreams(t, nc, cfg.SubjectPrefix)
+	}
+	t.Logf("%d deployments created right after the previous one's streams were deleted; %d stream creations asked again", cycles, retries.n.Load())
+}
+
+// TestStoreRefusedIsNarrow checks that only the server's refusal of a
+// stream's store is asked again, not every stream creation error.
+func TestStoreRefusedIsNarrow(t *testing.T) {
+	t.Parallel()
+	refused := &jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "error creating store for stream"}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{refused, true},
+		{fmt.Errorf("create: %w", refused), true},
+		{&jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "subjects overlap with an existing stream"}, false},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamNameInUse, Description: "stream name already in use"}, false},
+		{errors.New("error creating store for stream"), false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := storeRefused(tc.err); got != tc.want {
+			t.Errorf("storeRefused(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// countingHandler counts the log records of level with message msg.
+type countingHandler struct {
+	level slog.Level
+	msg   string
+	n     atomic.Int64
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level == h.level && r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
 
 // TestRestartKeepsMessages publishes on an embedded server, restarts it on
 // the same directory, and receives the message.
