@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/faulttest"
+	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
 // deadLettered is how many messages ta moved to a dead-letter queue.
@@ -261,5 +262,70 @@ func TestFaultStoreCut(t *testing.T) {
 	ck.Check()
 	if n := deadLettered(ta); n != 0 {
 		t.Errorf("%v messages dead-lettered by a store outage", n)
+	}
+}
+
+// A recipient that stops reading while messages stream to it is cut off
+// as a slow consumer; another recipient's live stream goes on untouched;
+// on reconnect the slow one gets every message accepted meanwhile (from
+// the store, then live), and nothing is dead-lettered.
+func TestFaultSlowConsumer(t *testing.T) {
+	ta := startApp(t, func(c *config.Config) { c.Realtime.SendQueue = 16 })
+	alice := ta.client(t, "urn:sm:user:alice")
+	carol := ta.client(t, "urn:sm:user:carol")
+	cconn, err := carol.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cconn.Close()
+	bob := ta.client(t, "urn:sm:user:bob")
+	stuck, err := bob.Connect(ctxT(t)) // never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	connected(t, ta, 2)
+
+	ckC := faulttest.NewChecker(t, alice, "urn:sm:user:carol", 0)
+	carolEnded := ckC.Receive(cconn)
+	ckC.Start(10 * time.Millisecond)
+	ckB := faulttest.NewChecker(t, alice, "urn:sm:user:bob", 0)
+	ckB.Start(10 * time.Millisecond)
+
+	// Large messages fill bob's socket, then his queue.
+	dropped := func() float64 { return testutil.ToFloat64(ta.app.Metrics().WSDropped.WithLabelValues("slow_consumer")) }
+	fill := make([]byte, 60<<10)
+	for i := 0; i < 1000 && dropped() == 0; i++ {
+		if _, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:bob", Payload: fill}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faulttest.WaitFor(t, 10*time.Second, "bob cut off as a slow consumer", func() bool { return dropped() == 1 })
+	connected(t, ta, 1)
+
+	before := ckB.Count(faulttest.Accepted, nil)
+	bconn, err := bob.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bconn.Close()
+	ckB.Receive(bconn)
+	faulttest.WaitFor(t, 10*time.Second, "messages to bob after the reconnect", func() bool { return ckB.Count(faulttest.Accepted, nil) >= before+20 })
+	ckB.StopSending()
+	ckC.StopSending()
+	faulttest.WaitFor(t, 30*time.Second, "every message accepted for bob", ckB.AllStoredArrived)
+	faulttest.WaitFor(t, 10*time.Second, "every message accepted for carol", ckC.AllStoredArrived)
+	ckB.Check()
+	ckC.Check()
+	select {
+	case err := <-carolEnded:
+		t.Fatalf("carol's connection ended: %v", err)
+	default:
+	}
+	if n := dropped(); n != 1 {
+		t.Errorf("%v slow consumers cut off, want 1 (bob)", n)
+	}
+	if n := deadLettered(ta); n != 0 {
+		t.Errorf("%v messages dead-lettered", n)
 	}
 }

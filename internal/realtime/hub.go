@@ -19,6 +19,8 @@ type frame struct {
 	// trace is the span of the message's delivery to this instance
 	// (invalid when tracing is off).
 	trace trace.SpanContext
+	// ephemeral: the message is not stored (only a live frame carries it).
+	ephemeral bool
 }
 
 // hub is the registry of this instance's live sessions by user.
@@ -80,7 +82,7 @@ func (h *hub) deliver(env *envelope.Envelope, sc trace.SpanContext) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	f := frame{id: env.ID, data: data, accepted: env.CreatedAt, trace: sc}
+	f := frame{id: env.ID, data: data, accepted: env.CreatedAt, trace: sc, ephemeral: env.Ephemeral}
 	for _, s := range sessions {
 		s.enqueue(f)
 	}

@@ -294,6 +294,9 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		ip:     ip,
 		ctx:    sctx,
 		cancel: cancel,
+		// Frames delivered before the connection is open are queued:
+		// start writes them after the backlog.
+		writing: true,
 	}
 	if !exp.IsZero() {
 		ss.expires = exp.Add(s.o.Leeway)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -51,6 +52,8 @@ type session struct {
 	// resync asks the writer to send the backlog again (live events may
 	// have missed this connection while presence had lost it).
 	resync bool
+	// backlogging is set while the writer sends the backlog.
+	backlogging bool
 	// sent holds the ids of the last backlog, whose messages may arrive
 	// live too, until sentUntil.
 	sent      map[string]struct{}
@@ -112,17 +115,7 @@ func (ss *session) start() {
 		ss.startReading()
 		return
 	}
-	// Counted once registered everywhere: a message routed from now on reaches it.
 	ss.mu.Lock()
-	if ss.ended {
-		ss.mu.Unlock()
-		return
-	}
-	if s.m != nil {
-		s.m.WSConnections.Inc()
-		ss.counted = true
-	}
-	ss.writing = true // the backlog first
 	if s.o.PingInterval > 0 {
 		ss.pingTimer = time.AfterFunc(s.o.PingInterval, ss.pingDue(0))
 	}
@@ -138,7 +131,20 @@ func (ss *session) start() {
 	}
 	ss.mu.Unlock()
 	ss.startReading()
-	ss.writeLoop(true)
+	// The writer's role is this goroutine's (ss.writing is set from the
+	// start): the backlog first, then what was queued meanwhile.
+	if !ss.backlogPass() {
+		return
+	}
+	// Counted once registered everywhere and its backlog sent: from now
+	// on a message routed to it is written live.
+	ss.mu.Lock()
+	if !ss.ended && s.m != nil {
+		s.m.WSConnections.Inc()
+		ss.counted = true
+	}
+	ss.mu.Unlock()
+	ss.writeLoop(false)
 }
 
 // startReading hands the connection to the poller, or to a goroutine of
@@ -379,6 +385,17 @@ func (ss *session) enqueue(f frame) {
 		ss.mu.Unlock()
 		return
 	}
+	if len(ss.queue) >= ss.srv.o.SendQueue && ss.backlogging {
+		// A client busy with a long backlog is not slow: the stored
+		// messages queued since it began are sent by another pass over
+		// the store when it ends; only ephemeral ones stay queued.
+		ss.queue = slices.DeleteFunc(ss.queue, func(q frame) bool { return !q.ephemeral })
+		ss.resync = true
+		if !f.ephemeral {
+			ss.mu.Unlock()
+			return
+		}
+	}
 	if len(ss.queue) >= ss.srv.o.SendQueue {
 		ss.mu.Unlock()
 		if ss.srv.m != nil {
@@ -417,7 +434,7 @@ func (ss *session) requestResync() {
 func (ss *session) writeLoop(backlog bool) {
 	var batch []frame
 	for {
-		if backlog && !ss.sendBacklog() {
+		if backlog && !ss.backlogPass() {
 			return
 		}
 		ss.mu.Lock()
@@ -491,12 +508,33 @@ func (ss *session) writeLive(batch []frame, sent map[string]struct{}) bool {
 	return true
 }
 
+// backlogPass sends the backlog (see sendBacklog) with the queue's
+// overflow rule for a client busy with its backlog in force.
+func (ss *session) backlogPass() bool {
+	ss.mu.Lock()
+	ss.backlogging = true
+	ss.mu.Unlock()
+	ok := ss.sendBacklog()
+	ss.mu.Lock()
+	ss.backlogging = false
+	ss.mu.Unlock()
+	return ok
+}
+
 // sendBacklog sends the user's stored messages, oldest first, and
 // remembers their ids for a minute (a message stored while the backlog was
 // read can arrive live too: it is sent once).
 func (ss *session) sendBacklog() bool {
 	s := ss.srv
+	// Another pass right after one (a resync) skips what that one sent:
+	// the client has those messages.
+	ss.mu.Lock()
 	var sent map[string]struct{}
+	if time.Now().Before(ss.sentUntil) {
+		sent = ss.sent
+	}
+	ss.mu.Unlock()
+	prev := len(sent) > 0
 	cursor := ""
 	for {
 		qctx, cancel := context.WithTimeout(ss.ctx, s.o.WriteTimeout)
@@ -513,6 +551,9 @@ func (ss *session) sendBacklog() bool {
 		}
 		bufs := make(net.Buffers, 0, len(page.Envelopes))
 		for _, env := range page.Envelopes {
+			if _, done := sent[env.ID]; done && prev {
+				continue
+			}
 			data, err := encodeMessage(env)
 			if err != nil {
 				s.log.Error("message frame encode failed; backlog message skipped", "id", env.ID, "err", err)
@@ -551,12 +592,19 @@ func (ss *session) isClosing() bool {
 // write writes one frame (a control frame, or an error event).
 func (ss *session) write(b []byte) bool { return ss.writeBuffers(net.Buffers{b}) }
 
-// writeBuffers writes whole frames within the write timeout; a failed
-// write drops the connection.
+// writeBuffers writes whole frames; a write that makes no progress for
+// the write timeout, or fails, drops the connection.
 func (ss *session) writeBuffers(bufs net.Buffers) bool {
 	ss.wmu.Lock()
-	_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.o.WriteTimeout))
-	_, err := bufs.WriteTo(ss.conn)
+	var err error
+	for {
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.o.WriteTimeout))
+		var n int64
+		n, err = bufs.WriteTo(ss.conn) // consumes what it wrote
+		if err == nil || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+	}
 	ss.wmu.Unlock()
 	if err == nil {
 		return true
