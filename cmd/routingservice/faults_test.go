@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -228,17 +229,7 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 	}
 	onC := connectAll(t, ctx, cks, c)
 	sendUntilLive(t, cks)
-	for _, ck := range cks {
-		ck.Start(25 * time.Millisecond)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			for _, ck := range cks {
-				ck.StopSending()
-			}
-		}
-	}()
+	stopSending := startSending(t, cks, 25*time.Millisecond)
 	waitAccepted(t, cks, 20, "messages before the kill")
 
 	pushedBefore := metricSum(t, a.ops, "routing_push_unacked_total")
@@ -306,10 +297,7 @@ push: {unacked_after: 2s, webpush: {enabled: false}}
 	}
 	liveBefore := liveFrames()
 	waitAccepted(t, cks, 30, "messages after the reconnect")
-	for _, ck := range cks {
-		ck.StopSending()
-	}
-	stopped = true
+	stopSending()
 	faulttest.WaitFor(t, 20*time.Second, "every accepted message", func() bool {
 		for _, ck := range cks {
 			if !ck.AllStoredArrived() {
@@ -376,17 +364,7 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	all := append(slices.Clone(cks), offline...)
 	ended := connectAll(t, ctx, cks, x)
 	sendUntilLive(t, cks)
-	for _, ck := range all {
-		ck.Start(10 * time.Millisecond)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			for _, ck := range all {
-				ck.StopSending()
-			}
-		}
-	}()
+	stopSending := startSending(t, all, 10*time.Millisecond)
 	waitAccepted(t, all, 30, "messages before SIGTERM")
 
 	term := time.Now()
@@ -426,10 +404,7 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 		}
 		return true
 	})
-	for _, ck := range all {
-		ck.StopSending()
-	}
-	stopped = true
+	stopSending()
 	var acc, ref, failed int
 	for _, ck := range all {
 		acc += ck.AnsweredBetween(faulttest.Accepted, term, exited)
@@ -472,4 +447,20 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 		}
 	}
 	expectNoDeadLetters(t, x.config, x.ops)
+}
+
+// startSending starts every checker's stream, one send per every; the
+// function it returns stops them all and waits for their last sends (once;
+// at the end of the test if not before).
+func startSending(t *testing.T, cks []*faulttest.Checker, every time.Duration) (stop func()) {
+	for _, ck := range cks {
+		ck.Start(every)
+	}
+	stop = sync.OnceFunc(func() {
+		for _, ck := range cks {
+			ck.StopSending()
+		}
+	})
+	t.Cleanup(stop)
+	return stop
 }
