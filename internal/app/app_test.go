@@ -106,6 +106,17 @@ func (ta *testApp) client(t *testing.T, sub string) *client.Client {
 	return &client.Client{APIURL: ta.apiURL, WSURL: ta.wsURL, Token: tok}
 }
 
+// connect opens a WebSocket as c; it is closed when the test ends.
+func connect(t *testing.T, c *client.Client) *client.Conn {
+	t.Helper()
+	conn, err := c.Connect(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)

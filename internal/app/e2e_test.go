@@ -34,11 +34,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("online delivery", func(t *testing.T) {
 		bob := ta.client(t, "urn:sm:user:bob-online")
 		idle(t, ta)
-		conn, err := bob.Connect(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := connect(t, bob)
 		connected(t, ta, 1)
 		acc, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:bob-online", Payload: []byte{0, 1, 2, 255}, Type: "chat"})
 		if err != nil {
@@ -150,11 +146,7 @@ func TestEndToEnd(t *testing.T) {
 			return err == nil && len(p.Messages) == 3
 		})
 		conn.Close()
-		conn2, err := dave.Connect(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn2.Close()
+		conn2 := connect(t, dave)
 		for _, want := range []string{ids[1], ids[2], acc.ID} {
 			if env := next(t, conn2); env.ID != want {
 				t.Fatalf("second backlog: got %s want %s", env.ID, want)
@@ -165,16 +157,8 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("fan-out to every connection", func(t *testing.T) {
 		erin := ta.client(t, "urn:sm:user:erin")
 		before := idle(t, ta)
-		c1, err := erin.Connect(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c1.Close()
-		c2, err := erin.Connect(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c2.Close()
+		c1 := connect(t, erin)
+		c2 := connect(t, erin)
 		connected(t, ta, before+2)
 		acc, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:erin", Payload: []byte("both")})
 		if err != nil {
@@ -212,11 +196,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		// Online: delivered live.
 		before := idle(t, ta)
-		conn, err := frank.Connect(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := connect(t, frank)
 		connected(t, ta, before+1)
 		acc, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:frank", Payload: []byte("typing"), Ephemeral: true})
 		if err != nil {
@@ -295,11 +275,7 @@ func TestBacklogThenLiveSendsOnce(t *testing.T) {
 		p, err := ivan.Fetch(ctxT(t), "", 100)
 		return err == nil && len(p.Messages) == n
 	})
-	conn, err := ivan.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, ivan)
 	// Send while the backlog (one message per page) is being read.
 	var live []string
 	for i := 0; i < 10; i++ {
@@ -333,11 +309,7 @@ func TestSweepRoutesStoredButUnroutedMessage(t *testing.T) {
 	ta := startAppWith(t, func(c *config.Config) { c.Pipeline.RerouteAfter = 300 * time.Millisecond },
 		app.Options{WrapStore: func(s store.Store) store.Store { st = s; return s }})
 	bob := ta.client(t, "urn:sm:user:bob-sweep")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 
 	// What the API does before its publish, and no more.

@@ -38,11 +38,7 @@ func TestFaultBusDownRefusedNeverDelivered(t *testing.T) {
 		c.Pipeline.RerouteAfter = time.Second
 	})
 	bob := ta.client(t, "urn:sm:user:bob")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 	ck := faulttest.NewChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 2)
 	ck.Receive(conn)
@@ -82,11 +78,7 @@ func TestFaultPresenceRestartedEmpty(t *testing.T) {
 		c.Bus.MaxDeliveryAttempts = 3 // a budget of well under a second of retries
 	})
 	bob := ta.client(t, "urn:sm:user:bob")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 	ck := faulttest.NewChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
 	ck.Receive(conn)
@@ -171,11 +163,7 @@ func TestFaultBusRestartsResumeEachTime(t *testing.T) {
 		c.Bus.MaxBackoff = time.Minute
 	})
 	bob := ta.client(t, "urn:sm:user:bob")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 	ck := faulttest.NewChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 1) // ephemeral: live only
 	ck.Receive(conn)
@@ -237,11 +225,7 @@ func TestFaultStoreCut(t *testing.T) {
 		c.API.PublishTimeout = time.Second
 	})
 	bob := ta.client(t, "urn:sm:user:bob")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 	ck := faulttest.NewChecker(t, ta.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
 	ck.Receive(conn)
@@ -273,17 +257,9 @@ func TestFaultSlowConsumer(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) { c.Realtime.SendQueue = 16 })
 	alice := ta.client(t, "urn:sm:user:alice")
 	carol := ta.client(t, "urn:sm:user:carol")
-	cconn, err := carol.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cconn.Close()
+	cconn := connect(t, carol)
 	bob := ta.client(t, "urn:sm:user:bob")
-	stuck, err := bob.Connect(ctxT(t)) // never read
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stuck.Close()
+	connect(t, bob) // a connection that is never read
 	connected(t, ta, 2)
 
 	ckC := faulttest.NewChecker(t, alice, "urn:sm:user:carol", 0)
@@ -304,11 +280,7 @@ func TestFaultSlowConsumer(t *testing.T) {
 	connected(t, ta, 1)
 
 	before := ckB.Count(faulttest.Accepted, nil)
-	bconn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bconn.Close()
+	bconn := connect(t, bob)
 	ckB.Receive(bconn)
 	faulttest.WaitFor(t, 10*time.Second, "messages to bob after the reconnect", func() bool { return ckB.Count(faulttest.Accepted, nil) >= before+20 })
 	ckB.StopSending()

@@ -22,11 +22,7 @@ func TestOnePort(t *testing.T) {
 	}
 	alice := ta.client(t, "urn:sm:user:alice")
 	bob := ta.client(t, "urn:sm:user:bob")
-	conn, err := bob.Connect(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := connect(t, bob)
 	connected(t, ta, 1)
 	// Past both API timeouts: the session must still carry messages both ways.
 	time.Sleep(1500 * time.Millisecond)
