@@ -253,15 +253,9 @@ func (ss *session) readFailed(br *bufio.Reader, err error) bool {
 		}
 		ss.end()
 		return false
-	case errors.Is(err, errPeerClosed):
-		ss.end()
-		return false
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		// A message begun and not finished in time, or no answer to a
-		// close: the client is not there.
-		ss.end()
-		return false
-	default: // the connection failed or the client went away
+	default:
+		// The client closed, went away or broke the connection, or did
+		// not finish a message (or answer a close) in time.
 		ss.end()
 		return false
 	}
@@ -354,7 +348,7 @@ func (ss *session) pingDue(gen uint64) func() {
 			if s.m != nil {
 				s.m.WSDropped.WithLabelValues("pong_timeout").Inc()
 			}
-			ss.drop()
+			ss.end()
 			return
 		}
 		ss.awaitingPong = true
@@ -401,7 +395,7 @@ func (ss *session) enqueue(f frame) {
 		if ss.srv.m != nil {
 			ss.srv.m.WSDropped.WithLabelValues("slow_consumer").Inc()
 		}
-		ss.drop()
+		ss.end()
 		return
 	}
 	ss.queue = append(ss.queue, f)
@@ -470,12 +464,13 @@ func (ss *session) writeLoop(backlog bool) {
 // writeLive writes live frames, skipping those sent with the backlog.
 func (ss *session) writeLive(batch []frame, sent map[string]struct{}) bool {
 	s := ss.srv
-	bufs := make(net.Buffers, 0, len(batch))
+	batch = slices.DeleteFunc(batch, func(f frame) bool { _, dup := sent[f.id]; return dup })
+	if len(batch) == 0 {
+		return true
+	}
+	bufs := make(net.Buffers, len(batch))
 	var spans []trace.Span
-	for _, f := range batch {
-		if _, dup := sent[f.id]; dup {
-			continue
-		}
+	for i, f := range batch {
 		if s.tracer != nil && f.trace.IsValid() {
 			_, span := s.tracer.Start(trace.ContextWithSpanContext(ss.ctx, f.trace), "websocket write", trace.WithSpanKind(trace.SpanKindInternal))
 			span.SetAttributes(telemetry.AttrMessageID.String(f.id))
@@ -483,10 +478,9 @@ func (ss *session) writeLive(batch []frame, sent map[string]struct{}) bool {
 			ss.remember(f.id, span.SpanContext())
 			spans = append(spans, span)
 		}
-		bufs = append(bufs, f.data)
+		bufs[i] = f.data
 	}
-	n := len(bufs)
-	ok := n == 0 || ss.writeBuffers(bufs)
+	ok := ss.writeBuffers(bufs)
 	for _, span := range spans {
 		if !ok {
 			span.SetStatus(codes.Error, "write failed")
@@ -496,11 +490,11 @@ func (ss *session) writeLive(batch []frame, sent map[string]struct{}) bool {
 	if !ok {
 		return false
 	}
-	if s.m != nil && n > 0 {
-		s.m.WSMessagesSent.WithLabelValues("live").Add(float64(n))
+	if s.m != nil {
+		s.m.WSMessagesSent.WithLabelValues("live").Add(float64(len(batch)))
 		now := time.Now()
 		for _, f := range batch {
-			if _, dup := sent[f.id]; !dup && !f.accepted.IsZero() {
+			if !f.accepted.IsZero() {
 				s.m.DeliveryLatency.Observe(now.Sub(f.accepted).Seconds())
 			}
 		}
@@ -620,7 +614,7 @@ func (ss *session) writeBuffers(bufs net.Buffers) bool {
 			m.WSDropped.WithLabelValues("write_failed").Inc()
 		}
 	}
-	ss.drop()
+	ss.end()
 	return false
 }
 
@@ -642,12 +636,10 @@ func (ss *session) stop(code ws.StatusCode, reason string) {
 	go ss.write(closeFrame(code, reason))
 }
 
-// drop ends the session of a client that cannot take a close handshake
-// (it stopped reading, or the connection failed): no close frame.
-func (ss *session) drop() { ss.end() }
-
-// end ends the session: the connection is closed and the session
-// unregistered. It is idempotent and does not block.
+// end ends the session: the connection is closed, without a close frame
+// of its own (stop sends one first; a client that stopped reading could
+// not take one), and the session unregistered. It is idempotent and does
+// not block.
 func (ss *session) end() {
 	ss.mu.Lock()
 	if ss.ended {
