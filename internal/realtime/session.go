@@ -244,11 +244,7 @@ func (ss *session) readFailed(br *bufio.Reader, err error) bool {
 		return true
 	case errors.As(err, &proto):
 		// The rest of the stream cannot be framed: no answer is waited for.
-		ss.mu.Lock()
-		closing := ss.closing
-		ss.closing = true
-		ss.mu.Unlock()
-		if !closing {
+		if ss.beginClose() {
 			ss.write(closeFrame(proto.code, proto.reason))
 		}
 		ss.end()
@@ -270,11 +266,7 @@ func (ss *session) control(op ws.OpCode, payload []byte) error {
 		ss.pongReceived()
 	case ws.OpClose:
 		code, reason := ws.ParseCloseFrameData(payload)
-		ss.mu.Lock()
-		answered := ss.closing
-		ss.closing = true
-		ss.mu.Unlock()
-		if !answered {
+		if ss.beginClose() {
 			// The client closes: echo its code.
 			if code.Empty() {
 				code = ws.StatusNormalClosure
@@ -634,6 +626,17 @@ func (ss *session) stop(code ws.StatusCode, reason string) {
 	// Not on the caller's goroutine: the write may wait for a client that
 	// does not read (up to the write timeout).
 	go ss.write(closeFrame(code, reason))
+}
+
+// beginClose marks the session closing (no more message frames are
+// queued or handled) and reports whether it was not closing yet: the
+// caller then sends the close frame.
+func (ss *session) beginClose() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	first := !ss.closing
+	ss.closing = true
+	return first
 }
 
 // end ends the session: the connection is closed, without a close frame
