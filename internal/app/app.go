@@ -236,7 +236,7 @@ func (a *App) wire(ctx context.Context) error {
 			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
 			MaxBatch:       cfg.Store.MaxBatch,
 			UnackedAfter:   cfg.Push.UnackedAfter,
-			MarkDelay:      min(markDelay, cfg.Pipeline.RerouteAfter/4),
+			MarkDelay:      min(pipeline.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4),
 			Logger:         a.log.With("role", "pipeline"),
 			Metrics:        a.metrics,
 			TracerProvider: a.tp,

@@ -11,11 +11,6 @@ import (
 // lagInterval is how often the pipeline reads its lag.
 const lagInterval = 5 * time.Second
 
-// markDelay is how long the pipeline holds a batch's routed marks back
-// (at most a quarter of pipeline.reroute_after): by then a message
-// delivered live is usually acknowledged, and its mark writes nothing.
-const markDelay = time.Second
-
 // openTracing sets up the tracer provider telemetry.traces asks for (or
 // the one the options give). With otlp, closing the App flushes the spans
 // still buffered, after every role has stopped.

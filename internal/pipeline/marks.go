@@ -6,6 +6,11 @@ import (
 	"time"
 )
 
+// DefaultMarkDelay is how long a batch's routed marks are usually held
+// back (Options.MarkDelay): by then a message delivered live is usually
+// acknowledged, and its mark writes nothing.
+const DefaultMarkDelay = time.Second
+
 // maxDeferredMarks bounds the routed marks held back at a time; past it a
 // batch's marks are written at once.
 const maxDeferredMarks = 100_000
