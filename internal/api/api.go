@@ -37,6 +37,12 @@ type Publisher interface {
 	PublishIngress(ctx context.Context, m *bus.Message) error
 }
 
+// LocalRouter is this instance's own pipeline: it takes the routing event
+// of a stored message in process, or reports false when it cannot.
+type LocalRouter interface {
+	Offer(m *bus.Message, env *envelope.Envelope) bool
+}
+
 // Options configures the API.
 type Options struct {
 	MaxBodyBytes      int64
@@ -53,6 +59,9 @@ type Options struct {
 	// Backpressure, when set, refuses sends while the ingress backlog is
 	// over its limit.
 	Backpressure *Backpressure
+	// Local, when set, routes the stored messages this API accepts in
+	// process; the ingress topic carries those it does not take.
+	Local LocalRouter
 	// RateLimit is each user's average requests per second over the /v1
 	// endpoints (<= 0: none), with bursts of RateBurst.
 	RateLimit float64
@@ -286,9 +295,10 @@ var storedAttrs = map[string]string{bus.AttrStored: "1"}
 // nothing was accepted. The durable point is the store: concurrent accepts
 // share one commit (and one fsync) through the store's group commit, and
 // the answer waits for it. The routing event then goes on the ingress
-// queue; if that publish fails the message is still accepted, and the
-// pipeline's sweep of unrouted envelopes routes it. An ephemeral envelope
-// is never stored: it is accepted once the bus holds it.
+// queue, or to this instance's own pipeline when it takes it (Local); if
+// that publish fails the message is still accepted, and the pipeline's
+// sweep of unrouted envelopes routes it. An ephemeral envelope is never
+// stored: it is accepted once the bus holds it.
 func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error {
 	data, err := envelope.Marshal(env)
 	if err != nil {
@@ -315,6 +325,15 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 			return nil // a retry of a message its recipient already acknowledged
 		}
 		m.Attributes = storedAttrs
+		if s.o.Local != nil {
+			if s.tracer != nil {
+				m.Trace = trace.SpanContextFromContext(ctx)
+			}
+			if s.o.Local.Offer(m, env) {
+				return nil
+			}
+			m.Trace = trace.SpanContext{}
+		}
 	}
 	if err := s.bus.PublishIngress(ctx, m); err != nil {
 		if env.Ephemeral {

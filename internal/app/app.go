@@ -247,6 +247,10 @@ func (a *App) wire(ctx context.Context) error {
 		if a.push != nil {
 			po.Notifier = a.push
 		}
+		if cfg.Has(config.RoleAPI) && cfg.Pipeline.LocalHandoff {
+			po.LocalQueue = pipeline.DefaultLocalQueue
+			po.Requeue = a.bus.PublishIngress
+		}
 		a.pipeline = pipeline.New(po, a.store, a.presence, a.bus)
 	}
 	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
@@ -268,6 +272,7 @@ func (a *App) wire(ctx context.Context) error {
 			RateLimit:              cfg.API.RateLimit,
 			RateBurst:              cfg.API.RateBurst,
 			Backpressure:           a.backpressure(),
+			Local:                  a.localRouter(),
 			Logger:                 a.log.With("role", "api"),
 			Metrics:                a.metrics,
 			TracerProvider:         a.tp,
@@ -356,6 +361,14 @@ func (a *App) backpressure() *api.Backpressure {
 	return a.backlog
 }
 
+// localRouter is the pipeline's in-process hand-off for the API, or nil.
+func (a *App) localRouter() api.LocalRouter {
+	if a.pipeline == nil || !a.cfg.Pipeline.LocalHandoff {
+		return nil
+	}
+	return a.pipeline
+}
+
 // APIAddr is the API listener's address ("" without the api role).
 func (a *App) APIAddr() string {
 	if a.apiLn == nil {
@@ -437,6 +450,7 @@ func (a *App) Run(ctx context.Context) error {
 		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
 		goRole("unacked", func() error { a.pipeline.PushUnacked(work); return nil })
 		goRole("marks", func() error { a.pipeline.WriteMarks(work); return nil })
+		goRole("local", func() error { a.pipeline.RunLocal(work); return nil })
 		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
 	}
 	if a.admin != nil {

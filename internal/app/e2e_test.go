@@ -3,6 +3,7 @@ package app_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -367,5 +368,41 @@ func TestBackpressureRefusesPastTheBacklogLimit(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(ta.app.Metrics().SendsRefused.WithLabelValues("backlog")); v != float64(refused) {
 		t.Fatalf("refused counter %v, want %d", v, refused)
+	}
+}
+
+// With the api and pipeline roles in one instance, what its API stores is
+// routed in process, not over the ingress topic; pipeline.local_handoff:
+// false sends it over the topic. Delivered either way.
+func TestLocalHandoff(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprint("local_handoff=", on), func(t *testing.T) {
+			ta := startApp(t, func(c *config.Config) { c.Pipeline.LocalHandoff = on })
+			alice := ta.client(t, "urn:sm:user:alice")
+			bob := ta.client(t, "urn:sm:user:bob-local")
+			conn := connect(t, bob)
+			connected(t, ta, 1)
+			const n = 5
+			var ids []string
+			for i := range n {
+				acc, err := alice.Send(ctxT(t), client.Message{Recipient: "urn:sm:user:bob-local", Payload: []byte(fmt.Sprint(i))})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, acc.ID)
+			}
+			for i, id := range ids {
+				if got := next(t, conn); got.ID != id {
+					t.Fatalf("delivery %d is %s, want %s", i, got.ID, id)
+				}
+			}
+			want := 0.0
+			if on {
+				want = n
+			}
+			if got := testutil.ToFloat64(ta.app.Metrics().IngressLocal.WithLabelValues("routed")); got != want {
+				t.Errorf("routed in process: %v, want %v", got, want)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -145,15 +146,18 @@ func newRecorder() (*tracetest.SpanRecorder, *sdktrace.TracerProvider) {
 }
 
 // The hops from the caller to the ingress consumer, and from the frame's
-// write to the store delete, on every setup.
+// write to the store delete, on every setup that routes over the ingress
+// topic.
 var (
-	acceptHops = []hop{
+	acceptHops = append(storeHops,
+		hop{"send ingress", "accept"},
+		hop{"process ingress", "send ingress"},
+		hop{"presence lookup", "process ingress"},
+	)
+	storeHops = []hop{
 		{"POST /v1/messages", "caller"},
 		{"accept", "POST /v1/messages"},
 		{"store write", "accept"},
-		{"send ingress", "accept"},
-		{"process ingress", "send ingress"},
-		{"presence lookup", "process ingress"},
 	}
 	ackHops = []hop{
 		{"websocket ack", "websocket write"},
@@ -161,14 +165,28 @@ var (
 	}
 )
 
-// On the embedded default, one message sent with a caller's traceparent
-// and delivered in process to a WebSocket is one trace from the caller's
-// span to the store delete of its ack.
+// On the embedded default, one message sent with a caller's traceparent,
+// routed and delivered in process to a WebSocket, is one trace from the
+// caller's span to the store delete of its ack.
 func TestOneTracePerMessageEmbedded(t *testing.T) {
 	rec, tp := newRecorder()
 	ta := startAppWith(t, nil, app.Options{TracerProvider: tp})
 	caller, _ := sendTraced(t, tp, ta, ta)
-	hops := append(append(acceptHops,
+	hops := append(append(slices.Clone(storeHops),
+		hop{"route local", "accept"},
+		hop{"presence lookup", "route local"},
+		hop{"deliver local", "route local"},
+		hop{"websocket write", "deliver local"}), ackHops...)
+	checkTrace(t, rec, caller, hops)
+}
+
+// The same with pipeline.local_handoff off: the routing event crosses the
+// ingress topic of the embedded bus.
+func TestOneTracePerMessageEmbeddedIngressTopic(t *testing.T) {
+	rec, tp := newRecorder()
+	ta := startAppWith(t, func(c *config.Config) { c.Pipeline.LocalHandoff = false }, app.Options{TracerProvider: tp})
+	caller, _ := sendTraced(t, tp, ta, ta)
+	hops := append(append(slices.Clone(acceptHops),
 		hop{"deliver local", "process ingress"},
 		hop{"websocket write", "deliver local"}), ackHops...)
 	checkTrace(t, rec, caller, hops)
@@ -245,7 +263,7 @@ func runSplitRoles(t *testing.T, busConfig func(*config.Config)) {
 	rt := start("trace-realtime", config.RoleRealtime)
 	api := start("trace-api", config.RoleAPI)
 	caller, _ := sendTraced(t, tp, api, rt)
-	hops := append(append(acceptHops,
+	hops := append(append(slices.Clone(acceptHops),
 		hop{"send delivery", "process ingress"},
 		hop{"process delivery", "send delivery"},
 		hop{"websocket write", "process delivery"}), ackHops...)
@@ -281,7 +299,7 @@ func TestOTLPSpansFlushedOnShutdown(t *testing.T) {
 			t.Errorf("span %q: resource %v", s.Name, s.Resource)
 		}
 	}
-	for _, want := range []string{"POST /v1/messages", "accept", "store write", "send ingress", "process ingress"} {
+	for _, want := range []string{"POST /v1/messages", "accept", "store write", "route local", "presence lookup"} {
 		if !names[want] {
 			t.Errorf("span %q did not reach the collector; got %v", want, names)
 		}

@@ -262,6 +262,10 @@ type Pipeline struct {
 	// RerouteAfter is how long a stored message may wait for its routing
 	// event before the sweep of unrouted messages routes it.
 	RerouteAfter time.Duration `yaml:"reroute_after"`
+	// LocalHandoff routes the messages this instance's API stored in
+	// process when the instance runs the pipeline too, rather than over the
+	// ingress topic (which still carries what the hand-off cannot take).
+	LocalHandoff bool `yaml:"local_handoff"`
 }
 
 // Push configures push notifications.
@@ -445,7 +449,7 @@ func Default() Config {
 			Heartbeat: 20 * time.Second,
 			Redis:     Redis{Addr: "127.0.0.1:6379", KeyPrefix: "routing:"},
 		},
-		Pipeline: Pipeline{Concurrency: 64, HandlerTimeout: 10 * time.Second, RerouteAfter: 30 * time.Second},
+		Pipeline: Pipeline{Concurrency: 64, HandlerTimeout: 10 * time.Second, RerouteAfter: 30 * time.Second, LocalHandoff: true},
 		Push: Push{
 			CoalesceWindow:    5 * time.Second,
 			Concurrency:       16,

@@ -75,8 +75,15 @@ type Options struct {
 	// that long (written by WriteMarks); it must stay well below the
 	// reroute sweep's age, or the sweep routes those messages again.
 	MarkDelay time.Duration
-	Logger    *slog.Logger
-	Metrics   *telemetry.Metrics
+	// LocalQueue, when positive, lets this instance's API hand the routing
+	// events of the messages it stored to this pipeline in process (Offer)
+	// rather than over the ingress topic, up to that many waiting.
+	LocalQueue int
+	// Requeue publishes on the ingress topic a message handed over by Offer
+	// whose routing failed here, to be retried there.
+	Requeue func(ctx context.Context, m *bus.Message) error
+	Logger  *slog.Logger
+	Metrics *telemetry.Metrics
 	// TracerProvider, when set, traces each message's hops through the
 	// pipeline (store write, presence lookup, local hand-off, push
 	// request) under its processing span.
@@ -93,6 +100,7 @@ type Pipeline struct {
 	tracer   trace.Tracer     // nil when tracing is off
 	unacked  *unackedSchedule // nil when unacknowledged messages are not watched
 	marks    *deferredMarks   // nil when routed marks are written at once
+	local    *localQueue      // nil without the in-process hand-off
 }
 
 // New returns a pipeline.
@@ -112,6 +120,9 @@ func New(o Options, st Store, pr Presence, b Bus) *Pipeline {
 	}
 	if o.MarkDelay > 0 {
 		p.marks = &deferredMarks{}
+	}
+	if o.LocalQueue > 0 {
+		p.local = &localQueue{ch: make(chan localMsg, o.LocalQueue)}
 	}
 	return p
 }
@@ -142,6 +153,12 @@ func (p *Pipeline) HandleBatch(ctx context.Context, ms []*bus.Message) []error {
 // handleBatch is HandleBatch; deferMarks holds the routed marks back
 // (MarkDelay) rather than writing them with the batch.
 func (p *Pipeline) handleBatch(ctx context.Context, ms []*bus.Message, deferMarks bool) []error {
+	return p.handleDecoded(ctx, ms, nil, deferMarks)
+}
+
+// handleDecoded is handleBatch with the messages' envelopes decoded
+// already, when decoded is not nil (decoded[i] is ms[i]'s).
+func (p *Pipeline) handleDecoded(ctx context.Context, ms []*bus.Message, decoded []*envelope.Envelope, deferMarks bool) []error {
 	start := time.Now()
 	errs := make([]error, len(ms))
 	defer func() {
@@ -173,11 +190,16 @@ func (p *Pipeline) handleBatch(ctx context.Context, ms []*bus.Message, deferMark
 	var toStoreAt []int
 	var oldest time.Time
 	for i, m := range ms {
-		env := new(envelope.Envelope)
-		if err := envelope.Unmarshal(m.Data, env); err != nil {
-			p.log.WarnContext(bus.ContextOf(ctx, m), "pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
-			errs[i] = fmt.Errorf("%w: %v", bus.ErrPermanent, err)
-			continue
+		var env *envelope.Envelope
+		if decoded != nil {
+			env = decoded[i]
+		} else {
+			env = new(envelope.Envelope)
+			if err := envelope.Unmarshal(m.Data, env); err != nil {
+				p.log.WarnContext(bus.ContextOf(ctx, m), "pipeline: unprocessable ingress message", "bus_id", m.ID, "err", err)
+				errs[i] = fmt.Errorf("%w: %v", bus.ErrPermanent, err)
+				continue
+			}
 		}
 		envs[i] = env
 		if oldest.IsZero() || env.CreatedAt.Before(oldest) {

@@ -23,7 +23,8 @@ type Metrics struct {
 	RoutingDeferred     prometheus.Counter     // accepted, routing event not published: left to the sweep
 	SendsRefused        *prometheus.CounterVec // reason: backlog, recipient_queue_full
 	IngressBacklog      prometheus.Gauge
-	Rerouted            prometheus.Counter // routed by the sweep of unrouted envelopes
+	IngressLocal        *prometheus.CounterVec // result: routed, full, requeued
+	Rerouted            prometheus.Counter     // routed by the sweep of unrouted envelopes
 	RouteMarkFailed     prometheus.Counter
 	PipelineHandled     *prometheus.CounterVec // result: ok, retry, dead
 	PipelineDuration    prometheus.Histogram
@@ -69,6 +70,9 @@ func NewMetrics() *Metrics {
 		SendsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_sends_refused_total", Help: "Sends refused before anything was stored, by reason (backlog: the pipeline is behind, answered 503; recipient_queue_full: the recipient has store.max_pending_per_recipient pending messages, answered 429).",
 		}, []string{"reason"}),
+		IngressLocal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routing_ingress_local_total", Help: "Accepted messages handed to this instance's pipeline in process, without the ingress topic, by result: routed; full (the hand-off was full: sent over the ingress topic); requeued (routing failed: sent over the ingress topic to be retried).",
+		}, []string{"result"}),
 		IngressBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_ingress_backlog", Help: "Ingress messages waiting for the pipeline or being handled, as last read by this API instance.",
 		}),
@@ -148,7 +152,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
-		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog,
+		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog, m.IngressLocal,
 		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.PushUnacked, m.UnackedDropped, m.WSConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.StorePending, m.ReceivePaused, m.BackendUp,
