@@ -30,7 +30,9 @@ type Store interface {
 	Stored(ctx context.Context, ids []string) ([]string, error)
 }
 
-// Presence tells which instances hold a user's connections.
+// Presence tells which instances hold a user's connections. One that
+// also has InstancesOf(ctx, users) ([][]string, error) (presence.Presence
+// has) is asked about a batch's recipients with one call.
 type Presence interface {
 	Instances(ctx context.Context, user string) ([]string, error)
 }
@@ -245,8 +247,8 @@ func (p *Pipeline) handleDecoded(ctx context.Context, ms []*bus.Message, decoded
 	var batch []pending
 	live := make([]bool, len(envs)) // routed to a live connection
 	failed := map[string]error{}
-	var down error                 // presence is down: no use asking it for the rest
-	where := map[string][]string{} // presence, looked up once per recipient per batch
+	var down error                            // presence is down: no use asking it for the rest
+	where := p.lookupAll(ctx, ms, envs, errs) // presence, looked up once per recipient per batch
 	for i, env := range envs {
 		if env == nil {
 			continue
@@ -291,6 +293,59 @@ func (p *Pipeline) handleDecoded(ctx context.Context, ms []*bus.Message, decoded
 		}
 	}
 	return errs
+}
+
+// batchPresence is a Presence that looks up many users in one call.
+type batchPresence interface {
+	InstancesOf(ctx context.Context, users []string) ([][]string, error)
+}
+
+// lookupAll looks up the presence of the recipients of envs (those of
+// messages without an error) with one call, when the presence registry
+// takes many users at once and there is more than one. What it could not
+// look up, route looks up one recipient at a time, with the errors that
+// brings.
+func (p *Pipeline) lookupAll(ctx context.Context, ms []*bus.Message, envs []*envelope.Envelope, errs []error) map[string][]string {
+	where := map[string][]string{}
+	bp, ok := p.presence.(batchPresence)
+	if !ok {
+		return where
+	}
+	var users []string
+	var first []int // the message that asks for each user
+	seen := map[string]struct{}{}
+	for i, env := range envs {
+		if env == nil || errs[i] != nil {
+			continue
+		}
+		if _, dup := seen[env.Recipient]; !dup {
+			seen[env.Recipient] = struct{}{}
+			users = append(users, env.Recipient)
+			first = append(first, i)
+		}
+	}
+	if len(users) < 2 {
+		return where
+	}
+	var spans []trace.Span
+	if p.tracer != nil {
+		spans = make([]trace.Span, len(users))
+		for j, i := range first {
+			_, spans[j] = telemetry.Start(bus.ContextOf(ctx, ms[i]), p.tracer, "presence lookup", trace.SpanKindInternal)
+			spans[j].SetAttributes(telemetry.AttrMessageID.String(envs[i].ID), telemetry.AttrCount.Int(len(users)))
+		}
+	}
+	got, err := bp.InstancesOf(ctx, users)
+	for _, s := range spans {
+		telemetry.End(s, err)
+	}
+	if err != nil {
+		return where
+	}
+	for j, u := range users {
+		where[u] = got[j]
+	}
+	return where
 }
 
 // markRouted records that the stored envelopes of the batch that were

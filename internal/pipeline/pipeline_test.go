@@ -459,3 +459,67 @@ func (nopStore) Stored(context.Context, []string) ([]string, error)             
 func (nopStore) Unrouted(context.Context, time.Time, int) ([]*envelope.Envelope, error) {
 	return nil, nil
 }
+
+// batchPresenceFake counts its calls; InstancesOf fails while failBatch.
+type batchPresenceFake struct {
+	presenceByUser
+	mu               sync.Mutex
+	single, batches  int
+	failBatch        bool
+	lastBatchUserCnt int
+}
+
+func (p *batchPresenceFake) Instances(ctx context.Context, user string) ([]string, error) {
+	p.mu.Lock()
+	p.single++
+	p.mu.Unlock()
+	return p.presenceByUser.Instances(ctx, user)
+}
+
+func (p *batchPresenceFake) InstancesOf(ctx context.Context, users []string) ([][]string, error) {
+	p.mu.Lock()
+	p.batches++
+	p.lastBatchUserCnt = len(users)
+	fail := p.failBatch
+	p.mu.Unlock()
+	if fail {
+		return nil, errors.New("batch lookup failed")
+	}
+	out := make([][]string, len(users))
+	for i, u := range users {
+		out[i] = p.presenceByUser[u]
+	}
+	return out, nil
+}
+
+// A batch's recipients are looked up with one call when the registry takes
+// many at once; when that call fails, each is looked up alone, and a
+// recipient whose lookup fails holds up only its own messages.
+func TestHandleBatchLooksUpPresenceOnce(t *testing.T) {
+	pr := &batchPresenceFake{presenceByUser: presenceByUser{"urn:sm:user:x": {"c"}, "urn:sm:user:y": {}, "urn:sm:user:z": {"c"}}}
+	b, n := &fakeBus{}, &fakeNotifier{}
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, &fakeStore{}, pr, b)
+	ms := []*bus.Message{message(t, "urn:sm:user:x"), message(t, "urn:sm:user:y"), message(t, "urn:sm:user:x"), message(t, "urn:sm:user:z")}
+	for i, err := range p.HandleBatch(context.Background(), ms) {
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if pr.batches != 1 || pr.lastBatchUserCnt != 3 || pr.single != 0 {
+		t.Fatalf("%d batch lookups of %d users and %d single ones, want 1 of 3 and none", pr.batches, pr.lastBatchUserCnt, pr.single)
+	}
+	if len(b.out) != 3 || len(n.notifications()) != 1 {
+		t.Fatalf("%d deliveries published and %d pushes, want 3 and 1", len(b.out), len(n.notifications()))
+	}
+
+	pr.failBatch = true
+	pr.presenceByUser["urn:sm:user:down"] = nil // its lookup fails
+	ms = []*bus.Message{message(t, "urn:sm:user:down"), message(t, "urn:sm:user:z"), message(t, "urn:sm:user:down")}
+	errs := p.HandleBatch(context.Background(), ms)
+	if errs[0] == nil || errs[2] == nil || errs[1] != nil {
+		t.Fatalf("errors %v, want the failed recipient's two only", errs)
+	}
+	if pr.single != 2 {
+		t.Fatalf("%d single lookups after the batch lookup failed, want 2", pr.single)
+	}
+}

@@ -35,6 +35,9 @@ type Presence interface {
 	// Instances returns the distinct instances that hold at least one
 	// unexpired connection of user, in no particular order.
 	Instances(ctx context.Context, user string) ([]string, error)
+	// InstancesOf is Instances of each of users (out[i] is users[i]'s), in
+	// one round trip to a remote registry.
+	InstancesOf(ctx context.Context, users []string) ([][]string, error)
 	// Ping reports whether the registry answers.
 	Ping(ctx context.Context) error
 	// Close releases resources.

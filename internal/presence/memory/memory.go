@@ -162,6 +162,18 @@ func (p *Presence) Instances(_ context.Context, user string) ([]string, error) {
 	return out, nil
 }
 
+// InstancesOf returns Instances of each of users.
+func (p *Presence) InstancesOf(ctx context.Context, users []string) ([][]string, error) {
+	out := make([][]string, len(users))
+	for i, u := range users {
+		var err error
+		if out[i], err = p.Instances(ctx, u); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // Ping reports ErrClosed after Close and nil before.
 func (p *Presence) Ping(context.Context) error {
 	p.mu.RLock()

@@ -35,6 +35,7 @@ func RunConformanceTests(t *testing.T, newPresence func(t *testing.T, ttl time.D
 	}{
 		{"AddInstances", testAddInstances},
 		{"UnknownUser", testUnknownUser},
+		{"InstancesOf", testInstancesOf},
 		{"ManyConnsManyInstances", testManyConnsManyInstances},
 		{"RemoveKeepsInstanceWithOtherConn", testRemoveKeepsInstance},
 		{"RemoveUnknownIsNoop", testRemoveUnknown},
@@ -360,5 +361,44 @@ func testCanceledContext(t *testing.T, newPresence func(*testing.T, time.Duratio
 	err := p.Add(ctx, presence.Conn{User: "urn:sm:user:mia", Instance: "i1", ID: "c1"})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatalf("Add with canceled context: got %v, want nil or context.Canceled", err)
+	}
+}
+
+// InstancesOf answers for many users at once what Instances answers for
+// each, in the order asked, unknown users and repeats included.
+func testInstancesOf(t *testing.T, newPresence func(*testing.T, time.Duration) presence.Presence) {
+	ctx := ctxFor(t)
+	p := newPresence(t, time.Minute)
+	mustAdd(ctx, t, p, presence.Conn{User: "urn:sm:user:a", Instance: "i1", ID: "c1"})
+	mustAdd(ctx, t, p, presence.Conn{User: "urn:sm:user:a", Instance: "i2", ID: "c2"})
+	mustAdd(ctx, t, p, presence.Conn{User: "urn:sm:user:b", Instance: "i2", ID: "c3"})
+	var users []string
+	for i := range 1500 { // more than one round trip's worth
+		users = append(users, fmt.Sprintf("urn:sm:user:nobody%d", i))
+	}
+	users = append(users, "urn:sm:user:b", "urn:sm:user:a", "urn:sm:user:b")
+	got, err := p.InstancesOf(ctx, users)
+	if err != nil {
+		t.Fatalf("InstancesOf: %v", err)
+	}
+	if len(got) != len(users) {
+		t.Fatalf("InstancesOf returned %d answers for %d users", len(got), len(users))
+	}
+	for i, u := range users {
+		want, err := p.Instances(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(want)
+		g := slices.Sorted(slices.Values(got[i]))
+		if !slices.Equal(g, want) {
+			t.Fatalf("InstancesOf[%d] (%s) = %q, Instances = %q", i, u, g, want)
+		}
+	}
+	if n := len(got[len(got)-2]); n != 2 {
+		t.Fatalf("user a: %d instances, want 2", n)
+	}
+	if got, err := p.InstancesOf(ctx, nil); err != nil || len(got) != 0 {
+		t.Fatalf("InstancesOf(nil) = %v, %v", got, err)
 	}
 }

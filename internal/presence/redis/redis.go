@@ -271,6 +271,55 @@ func (p *Presence) Instances(ctx context.Context, user string) ([]string, error)
 	return out, nil
 }
 
+// InstancesOf returns Instances of each of users, pipelining up to 1,000
+// users per round trip.
+func (p *Presence) InstancesOf(ctx context.Context, users []string) ([][]string, error) {
+	if p.closed.Load() {
+		return nil, presence.ErrClosed
+	}
+	out := make([][]string, 0, len(users))
+	for len(users) > 0 {
+		n := min(len(users), refreshBatch)
+		got, err := p.instancesOf(ctx, users[:n])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, got...)
+		users = users[n:]
+	}
+	return out, nil
+}
+
+func (p *Presence) instancesOf(ctx context.Context, users []string) ([][]string, error) {
+	run := func() ([]*goredis.Cmd, error) {
+		pipe := p.client.Pipeline()
+		cmds := make([]*goredis.Cmd, len(users))
+		for i, u := range users {
+			cmds[i] = p.instances.EvalSha(ctx, pipe, []string{p.key(u)})
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+		// The server lost its script cache (restart, failover, SCRIPT FLUSH).
+		if lerr := p.loadScripts(ctx); lerr != nil {
+			return nil, p.wrap(lerr, "instances of %d users", len(users))
+		}
+		cmds, err = run()
+	}
+	if err != nil {
+		return nil, p.wrap(err, "instances of %d users", len(users))
+	}
+	out := make([][]string, len(users))
+	for i, c := range cmds {
+		if out[i], err = c.StringSlice(); err != nil {
+			return nil, p.wrap(err, "instances %s", users[i])
+		}
+	}
+	return out, nil
+}
+
 // Ping reports whether the Redis server answers.
 func (p *Presence) Ping(ctx context.Context) error {
 	if p.closed.Load() {
