@@ -7,11 +7,13 @@ import (
 
 // queueCounts remembers the pending counts read for recipients, so that a
 // send to a recipient far below the cap does not read the store: a count
-// read less than a second ago, plus the sends this instance accepted for
+// read less than countFresh ago, plus the sends this instance accepted for
 // that recipient since, below half the cap, lets a send through. Anything
 // closer to the cap reads the store again, and only a count read from the
 // store refuses a send. Acks only lower the real count, so the remembered
-// one errs on the side of reading.
+// one errs on the side of reading. Other instances' sends meanwhile are
+// not seen: with N instances sending to one recipient, each lets through
+// at most half the cap past its last read, whatever countFresh is.
 type queueCounts struct {
 	mu sync.Mutex
 	m  map[string]queueCount
@@ -22,6 +24,11 @@ type queueCount struct {
 	at time.Time
 }
 
+// countFresh is how long a count read from the store is used: most
+// recipients get a message now and then, and a read per send would cost
+// the store more than the send itself.
+const countFresh = 10 * time.Second
+
 // maxQueueCounts bounds the memory: the map starts over when it is full.
 const maxQueueCounts = 1 << 16
 
@@ -31,7 +38,7 @@ func (q *queueCounts) roomFor(recipient string, limit int, now time.Time) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	c, ok := q.m[recipient]
-	if !ok || now.Sub(c.at) >= time.Second || c.n >= limit/2 {
+	if !ok || now.Sub(c.at) >= countFresh || c.n >= limit/2 {
 		return false
 	}
 	c.n++

@@ -21,8 +21,11 @@ func TestQueueCountsRoomFor(t *testing.T) {
 		t.Fatal("room at half the cap: the store must be read")
 	}
 	q.read("carol", 0, now)
-	if q.roomFor("carol", 10, now.Add(time.Second)) {
-		t.Fatal("room from a count a second old")
+	if !q.roomFor("carol", 10, now.Add(countFresh-time.Millisecond)) {
+		t.Fatal("no room from a fresh count")
+	}
+	if q.roomFor("carol", 10, now.Add(countFresh)) {
+		t.Fatal("room from a stale count")
 	}
 	q.read("dave", 0, now)
 	if q.roomFor("dave", 1, now) {
