@@ -160,6 +160,9 @@ func checkStore(ctx context.Context, cfg config.Config, log *slog.Logger) (strin
 		default:
 			d += fmt.Sprintf("at migration %d of %d", st.Version, st.Latest)
 		}
+		if !st.Autovacuum {
+			d += "; warning: autovacuum is off, the store's tables grow without bound and writes slow down"
+		}
 		return d, nil
 	case "sqlite":
 		path := cfg.Store.SQLitePath

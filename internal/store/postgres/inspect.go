@@ -11,6 +11,10 @@ import (
 type Status struct {
 	// ServerVersion is the server's server_version (e.g. "16.4").
 	ServerVersion string
+	// Autovacuum is the server's autovacuum setting. Without it the
+	// store's tables, whose rows are all short-lived, grow without bound
+	// and every write slows down.
+	Autovacuum bool
 	// Schema is the schema Open would use; SchemaExists whether it exists.
 	Schema       string
 	SchemaExists bool
@@ -51,6 +55,9 @@ func Inspect(ctx context.Context, url string, opts Options) (Status, error) {
 		if err := tx.QueryRow(ctx, "SHOW server_version").Scan(&st.ServerVersion); err != nil {
 			return fmt.Errorf("server version: %w", err)
 		}
+		if st.Autovacuum, err = autovacuum(ctx, tx); err != nil {
+			return err
+		}
 		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", opts.Schema).Scan(&st.SchemaExists); err != nil {
 			return fmt.Errorf("schema %s: %w", opts.Schema, err)
 		}
@@ -73,4 +80,18 @@ func Inspect(ctx context.Context, url string, opts Options) (Status, error) {
 		return st, fmt.Errorf("postgres inspect: %w", newerSchema(opts.Schema, st.Version, st.Latest))
 	}
 	return st, nil
+}
+
+// querier is a connection, pool or transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// autovacuum reads the server's autovacuum setting.
+func autovacuum(ctx context.Context, q querier) (bool, error) {
+	var v string
+	if err := q.QueryRow(ctx, "SHOW autovacuum").Scan(&v); err != nil {
+		return false, fmt.Errorf("autovacuum setting: %w", err)
+	}
+	return v == "on", nil
 }

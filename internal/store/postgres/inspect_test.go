@@ -34,6 +34,13 @@ func TestInspect(t *testing.T) {
 	if st.ServerVersion == "" || st.SchemaExists || st.Migrated || st.Version != 0 || st.Latest < 1 {
 		t.Fatalf("absent schema: %+v", st)
 	}
+	var av string
+	if err := conn.QueryRow(ctx, "SHOW autovacuum").Scan(&av); err != nil {
+		t.Fatal(err)
+	}
+	if st.Autovacuum != (av == "on") {
+		t.Fatalf("Autovacuum = %v, the server says %q", st.Autovacuum, av)
+	}
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil || exists {
 		t.Fatalf("schema exists after Inspect: %v %v", exists, err)

@@ -101,6 +101,9 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres open: ping: %w", err)
 	}
+	if on, err := autovacuum(ctx, pool); err == nil && !on {
+		log.Warn("the server's autovacuum is off: the store's tables, whose rows are short-lived, grow without bound and writes slow down; turn it on (autovacuum = on) or vacuum them on a schedule")
+	}
 	s := &Store{
 		pool:   pool,
 		schema: opts.Schema,
