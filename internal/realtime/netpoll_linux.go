@@ -4,7 +4,9 @@ package realtime
 
 import (
 	"errors"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -12,8 +14,10 @@ import (
 
 // poller watches idle connections for readability with one epoll instance,
 // so that an idle connection costs no goroutine and no read buffer: when a
-// connection has data (or is closed by its peer), the poller starts a
-// goroutine that reads what arrived and re-arms the watch.
+// connection has data (or is closed by its peer), the poller hands it to
+// a goroutine that reads what arrived and re-arms the watch: an idle one
+// of a few kept for that (whose stacks have grown already), or a new one
+// when none is idle.
 //
 // Each watch is one-shot (EPOLLONESHOT): after an event the connection is
 // not watched until rearm, so one connection never has two readers. A
@@ -30,6 +34,22 @@ type poller struct {
 	seq     uint32
 	closed  bool
 	done    chan struct{}
+
+	jobs chan *watch  // to an idle reader; unbuffered
+	idle atomic.Int32 // readers waiting on jobs
+}
+
+// maxIdleReaders bounds the reading goroutines kept waiting for work. A
+// reader that finds more waiting ends; a new one must grow its stack again,
+// which cost busy servers more than the rest of reading an ack.
+var maxIdleReaders = int32(64 * runtime.GOMAXPROCS(0))
+
+// idleReaders is how many reading goroutines wait for work.
+func (p *poller) idleReaders() int {
+	if p == nil {
+		return 0
+	}
+	return int(p.idle.Load())
 }
 
 // watch is one connection's registration.
@@ -59,12 +79,12 @@ func newPoller() (*poller, error) {
 		unix.Close(wake)
 		return nil, err
 	}
-	p := &poller{epfd: epfd, wake: wake, watches: map[int32]*watch{}, done: make(chan struct{})}
+	p := &poller{epfd: epfd, wake: wake, watches: map[int32]*watch{}, done: make(chan struct{}), jobs: make(chan *watch)}
 	go p.run()
 	return p, nil
 }
 
-// watch calls ready with the watch, on a goroutine of its own, when c has data to read or
+// watch calls ready with the watch, on a reading goroutine, when c has data to read or
 // its peer closed it; then c is not watched until the watch is rearmed.
 // It fails if c is not a pollable connection (the caller then reads with
 // a goroutine).
@@ -149,9 +169,37 @@ func (p *poller) run() {
 			if w == nil || w.seq != uint32(ev.Pad) {
 				continue // a connection since closed
 			}
-			go w.ready(w)
+			p.dispatch(w)
 		}
 		p.mu.Unlock()
+	}
+}
+
+// dispatch hands w to an idle reader, or to a new one.
+func (p *poller) dispatch(w *watch) {
+	select {
+	case p.jobs <- w:
+	default:
+		go p.reader(w)
+	}
+}
+
+// reader runs w's ready, then waits for more work while no more than
+// maxIdleReaders others wait, until the poller closes.
+func (p *poller) reader(w *watch) {
+	for {
+		w.ready(w)
+		if p.idle.Add(1) > maxIdleReaders {
+			p.idle.Add(-1)
+			return
+		}
+		select {
+		case w = <-p.jobs:
+			p.idle.Add(-1)
+		case <-p.done:
+			p.idle.Add(-1)
+			return
+		}
 	}
 }
 

@@ -21,3 +21,5 @@ func (p *poller) watch(syscall.Conn, func(*watch)) (*watch, error) {
 func (w *watch) rearm() error { return errors.New("no epoll on this system") }
 func (w *watch) stop()        {}
 func (p *poller) close()      {}
+
+func (p *poller) idleReaders() int { return 0 }
