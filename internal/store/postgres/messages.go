@@ -473,10 +473,21 @@ func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 }
 
 // DeleteTombstonesBefore deletes the tombstones of acks made before t, in
-// statements of at most 5000 rows, and returns how many it deleted.
+// statements of at most 5000 rows, and returns how many it deleted; then
+// the count rows of recipients with nothing pending.
 func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
-	return s.deleteInChunks(ctx, "tombstone retention",
+	n, err := s.deleteInChunks(ctx, "tombstone retention",
 		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < $1 LIMIT $2)`, t)
+	if err != nil {
+		return n, err
+	}
+	// The count rows of recipients with nothing pending (the ack trigger
+	// leaves them at zero; a send racing this delete waits for its row
+	// lock and inserts the row again).
+	if _, err := s.pool.Exec(ctx, `DELETE FROM pending_counts WHERE pending <= 0`); err != nil {
+		return n, s.wrap("pending count retention", err)
+	}
+	return n, nil
 }
 
 // deleteInChunks runs query (with the cut-off and the chunk size as its

@@ -522,10 +522,19 @@ func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 }
 
 // DeleteTombstonesBefore deletes the tombstones of acks made before t, in
-// short transactions of at most 5000 rows, and returns how many it deleted.
+// short transactions of at most 5000 rows, and returns how many it deleted;
+// then the count rows of recipients with nothing pending (the ack trigger
+// leaves them at zero).
 func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
-	return s.deleteInChunks(ctx, "tombstone retention",
+	n, err := s.deleteInChunks(ctx, "tombstone retention",
 		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < ? LIMIT ?)`, t)
+	if err != nil {
+		return n, err
+	}
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM pending_counts WHERE pending <= 0`); err != nil {
+		return n, s.wrap("pending count retention", err)
+	}
+	return n, nil
 }
 
 // deleteInChunks runs query (with the cut-off and the chunk size as its
