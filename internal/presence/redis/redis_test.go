@@ -212,6 +212,33 @@ func BenchmarkInstances(b *testing.B) {
 	})
 }
 
+// BenchmarkInstancesOf64 looks up 64 users per call, one after another (the
+// pipeline's batch); ns/op is per batch.
+func BenchmarkInstancesOf64(b *testing.B) {
+	p, _ := newTestPresence(b, time.Minute)
+	ctx := b.Context()
+	const users = 1000
+	names := make([]string, users)
+	for u := range names {
+		names[u] = fmt.Sprintf("urn:sm:user:u%d", u)
+		for k := range 2 {
+			if err := p.Add(ctx, presence.Conn{User: names[u], Instance: fmt.Sprintf("i%d", k), ID: "c"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		batch := names[i%(users-64) : i%(users-64)+64]
+		got, err := p.InstancesOf(ctx, batch)
+		if err != nil || len(got) != 64 || len(got[0]) != 2 {
+			b.Fatalf("InstancesOf = %d answers, %v", len(got), err)
+		}
+		i += 64
+	}
+}
+
 func BenchmarkRefresh1000(b *testing.B) {
 	p, _ := newTestPresence(b, time.Minute)
 	ctx := b.Context()
