@@ -329,11 +329,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		endUpgrade(upgrade, http.StatusSwitchingProtocols)
 		upgrade = nil
 	}
-	ss.conn = conn
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		ss.pending = rw.Reader
 	}
-	ss.start()
+	ss.opened(conn)
 }
 
 // allow takes a token of key's bucket of l, or writes a 429 and returns false.

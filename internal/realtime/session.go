@@ -33,6 +33,8 @@ type session struct {
 	id   string
 	user string
 	ip   string
+	// conn is set, under mu, once the upgrade has opened the connection
+	// (opened); nothing writes or closes it before.
 	conn net.Conn
 	// pending holds what the upgrade read past the handshake (usually
 	// nothing); the first read takes it.
@@ -77,6 +79,9 @@ type session struct {
 	pingTimer    *time.Timer
 	expiryTimer  *time.Timer
 	closeTimer   *time.Timer
+	// earlyClose is the close frame of a stop that came before the
+	// connection was open; opened sends it.
+	earlyClose []byte
 
 	// ctx is cancelled when the session ends: a store call on its behalf
 	// returns at once.
@@ -620,6 +625,12 @@ func (ss *session) stop(code ws.StatusCode, reason string) {
 		return
 	}
 	ss.closing = true
+	if ss.conn == nil { // the upgrade is still under way: opened closes it
+		ss.earlyClose = closeFrame(code, reason)
+		ss.mu.Unlock()
+		ss.cancel()
+		return
+	}
 	ss.closeTimer = time.AfterFunc(closeWait, ss.end)
 	ss.mu.Unlock()
 	ss.cancel() // a store call for the session returns
@@ -657,7 +668,7 @@ func (ss *session) end() {
 			t.Stop()
 		}
 	}
-	w := ss.watch
+	w, conn := ss.watch, ss.conn
 	ss.mu.Unlock()
 	ss.cancel()
 	s := ss.srv
@@ -665,8 +676,33 @@ func (ss *session) end() {
 	if w != nil {
 		w.stop()
 	}
-	_ = ss.conn.Close()
+	if conn != nil { // else opened closes it
+		_ = conn.Close()
+	}
 	go ss.unregister()
+}
+
+// opened gives the session its connection, once the upgrade is done, and
+// runs it (start); a session stopped or ended during the upgrade is closed
+// instead: with the close frame of its stop, then the client's answer.
+func (ss *session) opened(conn net.Conn) {
+	ss.mu.Lock()
+	ss.conn = conn
+	early, ended := ss.earlyClose, ss.ended
+	ss.earlyClose = nil
+	if early != nil && !ended {
+		ss.closeTimer = time.AfterFunc(closeWait, ss.end)
+	}
+	ss.mu.Unlock()
+	switch {
+	case ended:
+		_ = conn.Close()
+	case early != nil:
+		go ss.write(early)
+		ss.startReading()
+	default:
+		ss.start()
+	}
 }
 
 // unregister removes the session from presence and the counts.

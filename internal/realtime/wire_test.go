@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -201,4 +202,41 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// A session stopped while its upgrade is under way (Shutdown sees every
+// admitted session) is closed once the connection opens: the client gets
+// the stop's close frame, and its answer ends the session.
+func TestStopDuringUpgrade(t *testing.T) {
+	s, _, _ := newServer(t, Options{})
+	sctx, cancel := context.WithCancel(context.Background())
+	ss := &session{srv: s, id: "early", user: "urn:sm:user:early", ip: "192.0.2.1", ctx: sctx, cancel: cancel, writing: true}
+	if !s.admit(httptest.NewRecorder(), ss, ss.ip) {
+		t.Fatal("session not admitted")
+	}
+	ss.stop(ws.StatusGoingAway, "server shutting down")
+	server, client := net.Pipe()
+	defer client.Close()
+	ss.opened(server)
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	f, err := ws.ReadFrame(client)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if f.Header.OpCode != ws.OpClose {
+		t.Fatalf("first frame %v, want a close frame", f.Header.OpCode)
+	}
+	if code, reason := ws.ParseCloseFrameData(f.Payload); code != ws.StatusGoingAway || reason != "server shutting down" {
+		t.Fatalf("close %d %q, want 1001 server shutting down", code, reason)
+	}
+	if err := ws.WriteFrame(client, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))); err != nil {
+		t.Fatalf("answer the close: %v", err)
+	}
+	ended := make(chan struct{})
+	go func() { s.sessions.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(closeWait - time.Second): // the answer, not the close wait, ends it
+		t.Fatal("the session did not end after the client answered its close")
+	}
 }
