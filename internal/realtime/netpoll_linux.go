@@ -39,10 +39,11 @@ type poller struct {
 	idle atomic.Int32 // readers waiting on jobs
 }
 
-// maxIdleReaders bounds the reading goroutines kept waiting for work. A
-// reader that finds more waiting ends; a new one must grow its stack again,
-// which cost busy servers more than the rest of reading an ack.
-var maxIdleReaders = int32(64 * runtime.GOMAXPROCS(0))
+// maxIdleReaders bounds the reading goroutines kept waiting for work (64
+// per core, at most 256). A reader that finds that many waiting ends; a
+// new one must grow its stack again, which cost busy servers more than the
+// rest of reading an ack.
+var maxIdleReaders = int32(min(64*runtime.GOMAXPROCS(0), 256))
 
 // idleReaders is how many reading goroutines wait for work.
 func (p *poller) idleReaders() int {
