@@ -332,7 +332,6 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 			if s.o.Local.Offer(m, env) {
 				return nil
 			}
-			m.Trace = trace.SpanContext{}
 		}
 	}
 	if err := s.bus.PublishIngress(ctx, m); err != nil {

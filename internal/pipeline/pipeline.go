@@ -213,19 +213,9 @@ func (p *Pipeline) handleDecoded(ctx context.Context, ms []*bus.Message, decoded
 		}
 	}
 	if len(toStore) > 0 {
-		var spans []trace.Span
-		if p.tracer != nil {
-			// The batch's one store call, in each message's own trace.
-			spans = make([]trace.Span, len(toStore))
-			for j, i := range toStoreAt {
-				_, spans[j] = telemetry.Start(bus.ContextOf(ctx, ms[i]), p.tracer, "store write", trace.SpanKindInternal)
-				spans[j].SetAttributes(telemetry.AttrMessageID.String(toStore[j].ID), telemetry.AttrCount.Int(len(toStore)))
-			}
-		}
+		spans := p.batchSpans(ctx, "store write", ms, envs, toStoreAt)
 		acked, err := p.store.PutMessages(ctx, toStore)
-		for _, s := range spans {
-			telemetry.End(s, err)
-		}
+		endSpans(spans, err)
 		if err != nil {
 			err = outage(ctx, p.store, err)
 			for i := range ms {
@@ -327,18 +317,9 @@ func (p *Pipeline) lookupAll(ctx context.Context, ms []*bus.Message, envs []*env
 	if len(users) < 2 {
 		return where
 	}
-	var spans []trace.Span
-	if p.tracer != nil {
-		spans = make([]trace.Span, len(users))
-		for j, i := range first {
-			_, spans[j] = telemetry.Start(bus.ContextOf(ctx, ms[i]), p.tracer, "presence lookup", trace.SpanKindInternal)
-			spans[j].SetAttributes(telemetry.AttrMessageID.String(envs[i].ID), telemetry.AttrCount.Int(len(users)))
-		}
-	}
+	spans := p.batchSpans(ctx, "presence lookup", ms, envs, first)
 	got, err := bp.InstancesOf(ctx, users)
-	for _, s := range spans {
-		telemetry.End(s, err)
-	}
+	endSpans(spans, err)
 	if err != nil {
 		return where
 	}
@@ -346,6 +327,27 @@ func (p *Pipeline) lookupAll(ctx context.Context, ms []*bus.Message, envs []*env
 		where[u] = got[j]
 	}
 	return where
+}
+
+// batchSpans starts, when tracing is on, a span named name in the trace of
+// each message ms[i], i in at: one call made for all of them at once.
+func (p *Pipeline) batchSpans(ctx context.Context, name string, ms []*bus.Message, envs []*envelope.Envelope, at []int) []trace.Span {
+	if p.tracer == nil {
+		return nil
+	}
+	spans := make([]trace.Span, len(at))
+	for j, i := range at {
+		_, spans[j] = telemetry.Start(bus.ContextOf(ctx, ms[i]), p.tracer, name, trace.SpanKindInternal)
+		spans[j].SetAttributes(telemetry.AttrMessageID.String(envs[i].ID), telemetry.AttrCount.Int(len(at)))
+	}
+	return spans
+}
+
+// endSpans ends spans with the call's outcome.
+func endSpans(spans []trace.Span, err error) {
+	for _, s := range spans {
+		telemetry.End(s, err)
+	}
 }
 
 // markRouted records that the stored envelopes of the batch that were

@@ -236,26 +236,35 @@ func (p *Presence) refreshBatch(ctx context.Context, conns []presence.Conn) erro
 		}
 		items[i] = item{p.key(c.User), m}
 	}
-	run := func() error {
-		pipe := p.client.Pipeline()
+	err := p.execScripts(ctx, func(pipe goredis.Pipeliner) {
 		for _, it := range items {
 			p.upsert.EvalSha(ctx, pipe, []string{it.key}, it.member, p.ttlMillis)
 		}
+	})
+	if err != nil {
+		return p.wrap(err, "refresh %d connections", len(conns))
+	}
+	return nil
+}
+
+// execScripts runs the script calls that queue puts on a pipeline, in one
+// round trip; if the server lost its script cache (restart, failover,
+// SCRIPT FLUSH), it loads the scripts again and runs the calls once more.
+func (p *Presence) execScripts(ctx context.Context, queue func(goredis.Pipeliner)) error {
+	run := func() error {
+		pipe := p.client.Pipeline()
+		queue(pipe)
 		_, err := pipe.Exec(ctx)
 		return err
 	}
 	err := run()
 	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
-		// The server lost its script cache (restart, failover, SCRIPT FLUSH).
-		if lerr := p.loadScripts(ctx); lerr != nil {
-			return p.wrap(lerr, "refresh %d connections", len(conns))
+		if err := p.loadScripts(ctx); err != nil {
+			return err
 		}
 		err = run()
 	}
-	if err != nil {
-		return p.wrap(err, "refresh %d connections", len(conns))
-	}
-	return nil
+	return err
 }
 
 // Instances returns the distinct instances that hold an unexpired connection
@@ -291,23 +300,12 @@ func (p *Presence) InstancesOf(ctx context.Context, users []string) ([][]string,
 }
 
 func (p *Presence) instancesOf(ctx context.Context, users []string) ([][]string, error) {
-	run := func() ([]*goredis.Cmd, error) {
-		pipe := p.client.Pipeline()
-		cmds := make([]*goredis.Cmd, len(users))
+	cmds := make([]*goredis.Cmd, len(users))
+	err := p.execScripts(ctx, func(pipe goredis.Pipeliner) {
 		for i, u := range users {
 			cmds[i] = p.instances.EvalSha(ctx, pipe, []string{p.key(u)})
 		}
-		_, err := pipe.Exec(ctx)
-		return cmds, err
-	}
-	cmds, err := run()
-	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
-		// The server lost its script cache (restart, failover, SCRIPT FLUSH).
-		if lerr := p.loadScripts(ctx); lerr != nil {
-			return nil, p.wrap(lerr, "instances of %d users", len(users))
-		}
-		cmds, err = run()
-	}
+	})
 	if err != nil {
 		return nil, p.wrap(err, "instances of %d users", len(users))
 	}

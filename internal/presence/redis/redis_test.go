@@ -185,19 +185,26 @@ func TestNewFailsWhenUnreachable(t *testing.T) {
 	}
 }
 
-func BenchmarkInstances(b *testing.B) {
-	p, _ := newTestPresence(b, time.Minute)
-	ctx := b.Context()
-	const users = 1000
-	names := make([]string, users)
+// addUsers registers n users, each with a connection on two instances,
+// and returns their names.
+func addUsers(b *testing.B, p *Presence, n int) []string {
+	names := make([]string, n)
 	for u := range names {
 		names[u] = fmt.Sprintf("urn:sm:user:u%d", u)
 		for k := range 2 {
-			if err := p.Add(ctx, presence.Conn{User: names[u], Instance: fmt.Sprintf("i%d", k), ID: "c"}); err != nil {
+			if err := p.Add(b.Context(), presence.Conn{User: names[u], Instance: fmt.Sprintf("i%d", k), ID: "c"}); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
+	return names
+}
+
+func BenchmarkInstances(b *testing.B) {
+	p, _ := newTestPresence(b, time.Minute)
+	ctx := b.Context()
+	const users = 1000
+	names := addUsers(b, p, users)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -218,15 +225,7 @@ func BenchmarkInstancesOf64(b *testing.B) {
 	p, _ := newTestPresence(b, time.Minute)
 	ctx := b.Context()
 	const users = 1000
-	names := make([]string, users)
-	for u := range names {
-		names[u] = fmt.Sprintf("urn:sm:user:u%d", u)
-		for k := range 2 {
-			if err := p.Add(ctx, presence.Conn{User: names[u], Instance: fmt.Sprintf("i%d", k), ID: "c"}); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	names := addUsers(b, p, users)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

@@ -5,9 +5,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"testing"
-	"time"
-
-	"github.com/go-routing-service/routingservice/internal/envelope"
 
 	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
@@ -128,51 +125,18 @@ func TestPragmas(t *testing.T) {
 }
 
 // A recipient's count row stays at zero when their last message is acked,
-// and the sweep deletes it; the counts read the same either way.
+// and the sweep deletes it.
 func TestPendingCountRowsAtZero(t *testing.T) {
 	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ctx := t.Context()
-	rows := func() int {
+	storetest.RunPendingCountRowsTest(t, s, func() int {
 		var n int
-		if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM pending_counts").Scan(&n); err != nil {
+		if err := s.r.QueryRowContext(t.Context(), "SELECT count(*) FROM pending_counts").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
-	}
-	count := func() int {
-		n, err := s.PendingCount(ctx, "urn:sm:user:b")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	put := func() string {
-		now := envelope.Now()
-		env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("x"), CreatedAt: now}
-		if _, err := s.PutMessages(ctx, []*envelope.Envelope{env}); err != nil {
-			t.Fatal(err)
-		}
-		return env.ID
-	}
-	id := put()
-	if _, err := s.Ack(ctx, "urn:sm:user:b", []string{id}); err != nil {
-		t.Fatal(err)
-	}
-	if count() != 0 || rows() != 1 {
-		t.Fatalf("after the last ack: count %d, %d rows; want 0 and the row kept", count(), rows())
-	}
-	if _, err := s.DeleteTombstonesBefore(ctx, time.Now().Add(-time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if count() != 0 || rows() != 0 {
-		t.Fatalf("after the sweep: count %d, %d rows; want 0 and no row", count(), rows())
-	}
-	put()
-	if count() != 1 {
-		t.Fatalf("after a send: count %d, want 1", count())
-	}
+	})
 }
