@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/gobwas/ws"
 
@@ -119,7 +120,7 @@ func readMessage(r io.Reader, max int64, ctl control) (ws.OpCode, []byte, error)
 			return 0, nil, &tooBigError{remaining: h.Length}
 		}
 		n := len(msg)
-		msg = append(msg, make([]byte, h.Length)...)
+		msg = slices.Grow(msg, int(h.Length))[:n+int(h.Length)]
 		if _, err := io.ReadFull(r, msg[n:]); err != nil {
 			return 0, nil, err
 		}
