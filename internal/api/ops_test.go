@@ -86,3 +86,30 @@ func TestReadyzReportsPassFailWithoutErrorText(t *testing.T) {
 		t.Fatalf("all passing: %d %s", w.Code, w.Body)
 	}
 }
+
+// Profiles are served under /debug/pprof/ only when asked for.
+func TestOpsPprof(t *testing.T) {
+	get := func(rt *Router, path string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		rt.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		return w
+	}
+	off := NewRouter(nil, nil)
+	MountOps(off, Ops{})
+	for _, p := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/profile"} {
+		if w := get(off, p); w.Code != http.StatusNotFound {
+			t.Fatalf("pprof off: GET %s = %d, want 404", p, w.Code)
+		}
+	}
+	on := NewRouter(nil, nil)
+	MountOps(on, Ops{Pprof: true})
+	if w := get(on, "/debug/pprof/"); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "goroutine") {
+		t.Fatalf("pprof index = %d %q", w.Code, w.Body.String())
+	}
+	if w := get(on, "/debug/pprof/goroutine?debug=1"); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "goroutine profile:") {
+		t.Fatalf("goroutine profile = %d %q", w.Code, w.Body.String())
+	}
+	if w := get(on, "/debug/pprof/heap"); w.Code != http.StatusOK || w.Body.Len() == 0 {
+		t.Fatalf("heap profile = %d, %d bytes", w.Code, w.Body.Len())
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
+	rpprof "runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -169,6 +171,8 @@ type Ops struct {
 	// CheckTimeout bounds each check (default 1s).
 	CheckTimeout time.Duration
 	Logger       *slog.Logger
+	// Pprof mounts Go's runtime profiles under /debug/pprof/.
+	Pprof bool
 }
 
 // MountOps adds the operations endpoints (no token): /healthz, /readyz and
@@ -230,5 +234,23 @@ func MountOps(rt *Router, o Ops) {
 	})
 	if o.Metrics != nil {
 		rt.Handle(http.MethodGet, "/metrics", o.Metrics)
+	}
+	if o.Pprof {
+		mountPprof(rt)
+	}
+}
+
+// mountPprof adds Go's runtime profiles (net/http/pprof) under
+// /debug/pprof/: the index, the CPU profile and execution trace, and each
+// named profile.
+func mountPprof(rt *Router) {
+	rt.HandleFunc(http.MethodGet, "/debug/pprof/", pprof.Index)
+	rt.HandleFunc(http.MethodGet, "/debug/pprof/cmdline", pprof.Cmdline)
+	rt.HandleFunc(http.MethodGet, "/debug/pprof/profile", pprof.Profile)
+	rt.HandleFunc(http.MethodGet, "/debug/pprof/symbol", pprof.Symbol)
+	rt.HandleFunc(http.MethodPost, "/debug/pprof/symbol", pprof.Symbol)
+	rt.HandleFunc(http.MethodGet, "/debug/pprof/trace", pprof.Trace)
+	for _, p := range rpprof.Profiles() {
+		rt.Handle(http.MethodGet, "/debug/pprof/"+p.Name(), pprof.Handler(p.Name()))
 	}
 }

@@ -315,7 +315,7 @@ func (a *App) wire(ctx context.Context) error {
 // apart from the public ports.
 func (a *App) listenOps(checks map[string]api.ReadyFunc) error {
 	rt := api.NewRouter(nil, a.log)
-	api.MountOps(rt, api.Ops{Checks: checks, Metrics: a.metrics.Handler(), CheckTimeout: a.cfg.Ops.CheckTimeout,
+	api.MountOps(rt, api.Ops{Checks: checks, Metrics: a.metrics.Handler(), CheckTimeout: a.cfg.Ops.CheckTimeout, Pprof: a.cfg.Ops.Pprof,
 		Logger: a.log.With("role", "ops")})
 	a.opsSrv = &http.Server{
 		Handler:           rt,

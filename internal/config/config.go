@@ -87,6 +87,11 @@ type Ops struct {
 	Listen string `yaml:"listen"`
 	// CheckTimeout bounds each backend check of /readyz.
 	CheckTimeout time.Duration `yaml:"check_timeout"`
+	// Pprof serves Go's runtime profiles (CPU, heap, goroutines, execution
+	// trace) under /debug/pprof/ on this listener. Off by default; in
+	// production only on a loopback listen address, since a profile names
+	// the code's internals and a CPU profile or trace costs CPU while it runs.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Log configures structured logging.
@@ -852,6 +857,9 @@ func (c Config) Check() error {
 	if c.Ops.Listen == "" {
 		bad("ops.listen", "must not be empty (it serves /healthz, /readyz and /metrics)")
 	}
+	if c.Ops.Pprof && prod && !loopbackListen(c.Ops.Listen) {
+		bad("ops.pprof", "needs a loopback ops.listen in production, got %q", c.Ops.Listen)
+	}
 	if c.Ops.CheckTimeout <= 0 || c.Ops.CheckTimeout > 30*time.Second {
 		bad("ops.check_timeout", "must be between 0 and 30s")
 	}
@@ -1073,4 +1081,19 @@ func defaultInstanceID() string {
 		name = append(name, "instance"...)
 	}
 	return string(name) + "-" + hex.EncodeToString(b[:])
+}
+
+// loopbackListen reports whether addr (host:port) binds a loopback address
+// only: "localhost" or a literal loopback IP, not an empty host (every
+// interface).
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

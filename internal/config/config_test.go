@@ -202,6 +202,46 @@ push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 	}
 }
 
+func TestProductionPprofOnlyOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		ok     bool
+	}{
+		{"127.0.0.1:9090", true},
+		{"[::1]:9090", true},
+		{"localhost:9090", true},
+		{":9090", false},
+		{"0.0.0.0:9090", false},
+		{"10.0.0.5:9090", false},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			c := Default()
+			y := `run_mode: production
+bus: {type: nats, nats: {url: "tls://10.0.0.1:4222", credentials_file: /run/secrets/nats.creds}}
+store: {type: postgres}
+presence: {type: redis, redis: {tls: true}}
+push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
+ops: {pprof: true, listen: "` + tc.listen + `"}
+`
+			if err := Parse([]byte(y), &c); err != nil {
+				t.Fatal(err)
+			}
+			c.FromEnv(func(k string) string {
+				return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "host=db user=routing sslmode=verify-ca",
+					"REDIS_PASSWORD": "p"}[k]
+			})
+			c.FillDefaults()
+			err := c.Check()
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && (err == nil || !strings.Contains(err.Error(), "config key ops.pprof:")) {
+				t.Fatalf("error %v does not name ops.pprof", err)
+			}
+		})
+	}
+}
+
 // config/production.yaml is a complete, valid production setup.
 func TestProductionExampleIsValid(t *testing.T) {
 	b, err := os.ReadFile("../../config/production.yaml")
