@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -180,6 +181,10 @@ type Options struct {
 	// System names the engine in spans (messaging.system: nats,
 	// gcp_pubsub).
 	System string
+	// PackDeliveries sends the delivery events of one PublishDeliveries
+	// call that go to one instance as one engine message (see AttrPacked).
+	// Receivers unpack packs whatever this says.
+	PackDeliveries bool
 }
 
 func (o Options) withDefaults() Options {
@@ -229,12 +234,17 @@ type Bus struct {
 	active sync.WaitGroup // running receive calls
 
 	deadOps sync.Mutex // serialises replays and purges
+
+	// packKey is the ordering key of this bus's packs; packSeq numbers them.
+	packKey string
+	packSeq atomic.Uint64
 }
 
 // New returns a Bus over d with the delivery policy o.
 func New(d driver.Driver, o Options) *Bus {
 	o = o.withDefaults()
-	b := &Bus{d: d, caps: d.Capabilities(), o: o, log: o.Logger.With("component", "bus"), tracer: newTracer(o.TracerProvider)}
+	b := &Bus{d: d, caps: d.Capabilities(), o: o, log: o.Logger.With("component", "bus"), tracer: newTracer(o.TracerProvider),
+		packKey: newPackKey()}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	d.OnEngineDeadLetter(func(queue string) { b.deadLettered(queue, reasonEngine) })
 	return b
@@ -284,7 +294,8 @@ func (b *Bus) PublishDelivery(ctx context.Context, instance string, m *Message) 
 
 // PublishDeliveries publishes many delivery events at once, keeping their
 // order, and returns once the engine durably accepted all of them; on an
-// error, any of them may have been published.
+// error, any of them may have been published. With
+// Options.PackDeliveries, the events for one instance travel as one pack.
 func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) (err error) {
 	if b.isClosed() {
 		return ErrClosed
@@ -318,6 +329,9 @@ func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) (err error) 
 			return fmt.Errorf("bus: publish delivery: %w", err)
 		}
 		ms[i] = dm
+	}
+	if b.o.PackDeliveries {
+		ms = b.packs(ms)
 	}
 	if err := b.d.Publish(ctx, QueueDelivery, ms); err != nil {
 		if len(ds) == 1 {

@@ -282,7 +282,7 @@ func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h Ba
 					}
 					batch = append(batch[:0], r)
 				}
-				b.run(ctx, queue, h, batch, g)
+				b.runAll(ctx, queue, maxBatch, h, batch, g)
 				for range batch {
 					<-tokens
 				}
@@ -325,6 +325,25 @@ func fnv32(s string) uint32 {
 		h *= 16777619
 	}
 	return h
+}
+
+// runAll runs a worker's batch: packs one by one, the events of each in
+// turn (runPack), and the messages between them as batches (run).
+func (b *Bus) runAll(ctx context.Context, queue string, maxBatch int, h BatchHandler, batch []received, g *gate) {
+	start := 0
+	for i, r := range batch {
+		if !isPack(r.dm) {
+			continue
+		}
+		if start < i {
+			b.run(ctx, queue, h, batch[start:i], g)
+		}
+		b.runPack(ctx, queue, maxBatch, h, r, g)
+		start = i + 1
+	}
+	if start < len(batch) {
+		b.run(ctx, queue, h, batch[start:], g)
+	}
 }
 
 // run calls h on a batch and settles each message by its result. Messages

@@ -188,8 +188,23 @@ type Bus struct {
 	MaxOutstanding          int           `yaml:"max_outstanding"`
 	IngressDeadLetterTopic  string        `yaml:"ingress_dead_letter_topic"`
 	DeliveryDeadLetterTopic string        `yaml:"delivery_dead_letter_topic"`
-	NATS                    NATS          `yaml:"nats"`
-	PubSub                  PubSub        `yaml:"pubsub"`
+	// PackDeliveries sends the delivery events that one pipeline batch
+	// addresses to one realtime instance as one bus message: one engine
+	// write, delivery and ack for many events. Unset: on for NATS (embedded
+	// and external), off for Pub/Sub, where a pack's ordering key carries
+	// every event from one pipeline to one instance and Pub/Sub caps one
+	// ordering key at 1 MB/s. Realtime instances read packs whatever it says.
+	PackDeliveries *bool  `yaml:"pack_deliveries"`
+	NATS           NATS   `yaml:"nats"`
+	PubSub         PubSub `yaml:"pubsub"`
+}
+
+// Packing reports whether delivery events are packed (see PackDeliveries).
+func (b Bus) Packing() bool {
+	if b.PackDeliveries != nil {
+		return *b.PackDeliveries
+	}
+	return b.Type != "pubsub"
 }
 
 // NATS configures the embedded server and the external cluster client.

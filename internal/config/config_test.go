@@ -202,6 +202,27 @@ push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 	}
 }
 
+func TestPackDeliveriesDefaultsByEngine(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{"bus: {type: embedded}", true},
+		{"bus: {type: nats}", true},
+		{"bus: {type: pubsub}", false},
+		{"bus: {type: pubsub, pack_deliveries: true}", true},
+		{"bus: {type: nats, pack_deliveries: false}", false},
+	} {
+		c := Default()
+		if err := Parse([]byte(tc.yaml), &c); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Bus.Packing(); got != tc.want {
+			t.Errorf("%s: Packing() = %v, want %v", tc.yaml, got, tc.want)
+		}
+	}
+}
+
 func TestProductionPprofOnlyOnLoopback(t *testing.T) {
 	for _, tc := range []struct {
 		listen string

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 
@@ -125,14 +124,7 @@ func testPublishDeliveries(t *testing.T, h Harness) {
 	for _, inst := range []string{"batch-a", "batch-b"} {
 		c := newOrderChecker("pd-" + inst)
 		checkers[inst] = c
-		probes := newCollector()
-		startDelivery(t, b, inst, func(ctx context.Context, m *bus.Message) error {
-			if strings.HasPrefix(m.ID, "probe-") {
-				return probes.handler(ctx, m)
-			}
-			return c.handler(ctx, m)
-		})
-		awaitDeliverySubscription(t, b, inst, probes)
+		startProbed(t, b, inst, c.handler)
 	}
 	var ds []bus.Delivery
 	for i := range checkers["batch-a"].msgs {

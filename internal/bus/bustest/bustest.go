@@ -50,6 +50,9 @@ type Options struct {
 	// MaxOutstanding bounds the messages a receiver holds unacknowledged
 	// (and so the handlers running at once).
 	MaxOutstanding int
+	// PackDeliveries packs the delivery events of one PublishDeliveries
+	// call per instance (bus.Options.PackDeliveries).
+	PackDeliveries bool
 }
 
 // Harness builds drivers for the suites.
@@ -69,6 +72,7 @@ func makeBus(t *testing.T, h Harness, o Options) *bus.Bus {
 		MinBackoff:          o.MinBackoff,
 		MaxBackoff:          o.MaxBackoff,
 		MaxOutstanding:      o.MaxOutstanding,
+		PackDeliveries:      o.PackDeliveries,
 		Logger:              testLogger(t),
 	})
 	t.Cleanup(func() {

@@ -43,6 +43,7 @@ func tracedBus(t *testing.T, h Harness, o Options) (*bus.Bus, *tracetest.SpanRec
 		MinBackoff:          o.MinBackoff,
 		MaxBackoff:          o.MaxBackoff,
 		MaxOutstanding:      o.MaxOutstanding,
+		PackDeliveries:      o.PackDeliveries,
 		Logger:              testLogger(t),
 		TracerProvider:      tp,
 		System:              "test",

@@ -86,6 +86,16 @@ type Extender interface {
 	Extend() error
 }
 
+// PackMember is the Acker of one event that the portable bus unpacked from
+// a pack (several delivery events sent as one engine message). A driver
+// that needs its own Acker to dead-letter a message (NATS: the stream
+// sequence and subject) finds the pack's there.
+type PackMember interface {
+	Acker
+	// Pack returns the pack's Acker and the event's place in the pack.
+	Pack() (pack Acker, index int)
+}
+
 // DeadMessage is one message in a dead-letter queue.
 type DeadMessage struct {
 	// ID identifies it within its dead-letter queue (driver-defined).

@@ -158,6 +158,10 @@ func TestBatches(t *testing.T) {
 	bustest.RunBatchTests(t, harness{})
 }
 
+func TestPacks(t *testing.T) {
+	bustest.RunPackTests(t, harness{})
+}
+
 func TestTraces(t *testing.T) {
 	bustest.RunTraceTests(t, harness{})
 }

@@ -40,14 +40,20 @@ func (d *Driver) DeadLetter(ctx context.Context, queueName string, m *driver.Mes
 	if err != nil {
 		return err
 	}
-	a, ok := m.Acker.(*acker)
+	ak, member := m.Acker, ""
+	if pm, ok := ak.(driver.PackMember); ok { // an event of a pack: the pack's stream message, and its place in it
+		var index int
+		ak, index = pm.Pack()
+		member = "." + strconv.Itoa(index)
+	}
+	a, ok := ak.(*acker)
 	if !ok {
 		return fmt.Errorf("natsbus: dead-letter %s: not a message this driver received", m.ID)
 	}
 	cp := *m
 	cp.DedupID = ""
 	if a.streamSeq != 0 {
-		cp.DedupID = q.stream + ":" + strconv.FormatUint(a.streamSeq, 10)
+		cp.DedupID = q.stream + ":" + strconv.FormatUint(a.streamSeq, 10) + member
 	}
 	msg := natsMsg(q.dlqSub, &cp)
 	msg.Header.Set(hdrID, m.ID)

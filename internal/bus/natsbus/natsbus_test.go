@@ -205,6 +205,16 @@ func TestTracesExternal(t *testing.T) {
 	bustest.RunTraceTests(t, externalHarness(t))
 }
 
+func TestPacksEmbedded(t *testing.T) {
+	t.Parallel()
+	bustest.RunPackTests(t, embeddedHarness(t))
+}
+
+func TestPacksExternal(t *testing.T) {
+	t.Parallel()
+	bustest.RunPackTests(t, externalHarness(t))
+}
+
 func TestDeadLettersEmbedded(t *testing.T) {
 	t.Parallel()
 	bustest.RunDeadLetterTests(t, embeddedHarness(t))
