@@ -133,3 +133,26 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkPack packs 16 delivery events of 400-byte bodies for one
+// instance; BenchmarkUnpack reads them back.
+func BenchmarkPack(b *testing.B) {
+	bus := &Bus{packKey: newPackKey()}
+	evs := testEvents("inst", 16, 400)
+	b.ReportAllocs()
+	for b.Loop() {
+		bus.packs(evs)
+	}
+}
+
+func BenchmarkUnpack(b *testing.B) {
+	bus := &Bus{packKey: newPackKey()}
+	p := bus.packs(testEvents("inst", 16, 400))[0]
+	b.ReportAllocs()
+	b.SetBytes(int64(len(p.Body)))
+	for b.Loop() {
+		if _, err := unpack(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
