@@ -567,6 +567,10 @@ func (c *Config) FillDefaults() {
 	if c.Store.Type == "sqlite" && c.Store.SQLitePath == "" {
 		c.Store.SQLitePath = filepath.Join(c.DataDir, "routing.db")
 	}
+	if c.Bus.PackDeliveries == nil {
+		pack := c.Bus.Packing()
+		c.Bus.PackDeliveries = &pack
+	}
 }
 
 // LoadLocalSecret gives local mode with HS256 and no JWT_SECRET its secret:

@@ -220,6 +220,10 @@ func TestPackDeliveriesDefaultsByEngine(t *testing.T) {
 		if got := c.Bus.Packing(); got != tc.want {
 			t.Errorf("%s: Packing() = %v, want %v", tc.yaml, got, tc.want)
 		}
+		c.FillDefaults() // the effective value, as config check prints it
+		if c.Bus.PackDeliveries == nil || *c.Bus.PackDeliveries != tc.want {
+			t.Errorf("%s: after FillDefaults pack_deliveries = %v, want %v", tc.yaml, c.Bus.PackDeliveries, tc.want)
+		}
 	}
 }
 
