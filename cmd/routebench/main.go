@@ -79,6 +79,7 @@ type options struct {
 	payload    int
 	jsonOut    bool
 	cpuProfile string
+	memProfile string
 	set        map[string]bool // flags given on the command line
 }
 
@@ -118,6 +119,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.payload, "payload", 256, "payload bytes (the first 8 carry the send time)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout (progress on stderr)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write this process's allocation profile (allocs) to the file at the end")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		o.scenario, args = args[0], args[1:]
 		if err := fs.Parse(args); err != nil {
@@ -268,6 +270,13 @@ func run(args []string) error {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	if o.memProfile != "" {
+		defer func() {
+			if err := writeAllocs(o.memProfile); err != nil {
+				fmt.Fprintln(os.Stderr, "routebench: memprofile:", err)
+			}
+		}()
+	}
 	if o.scenario == "server" {
 		return runServer(o)
 	}
@@ -355,4 +364,18 @@ func (e *env) clients(tokens []string) []*client.Client {
 		cs[i] = &client.Client{APIURL: e.t.api, WSURL: e.t.ws, Token: tok, HTTP: e.hc}
 	}
 	return cs
+}
+
+// writeAllocs writes the allocation profile (every allocation since the
+// start, sampled) to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
