@@ -93,7 +93,7 @@ func checkAttributes(attrs map[string]string) error {
 	}
 	for k, v := range attrs {
 		if !validAttrKey(k) {
-			return fmt.Errorf("attribute key %q: want 1-64 of [A-Za-z0-9_.-] starting with a letter, not starting with nats-, routing, goog or dead_letter_", k)
+			return fmt.Errorf("attribute key %q: want 1-64 of [A-Za-z0-9_.-] starting with a letter, not starting with nats-, routing, goog or dead_letter_, not packed", k)
 		}
 		if !validValue(v) {
 			return fmt.Errorf("attribute %q: value over %d bytes, with a line break, or not UTF-8", k, maxAttrValue)
@@ -126,7 +126,7 @@ func validAttrKey(k string) bool {
 			return false
 		}
 	}
-	return true
+	return lk != AttrPacked // marks the bus's own packs
 }
 
 // deadCopy is m with the dead-letter attributes added (a new map).

@@ -98,8 +98,8 @@ type Message struct {
 	// Attributes are small string key/values carried beside the body
 	// (trace context, ...). Keys are 1-64 of [A-Za-z0-9_.-] starting with
 	// a letter, never starting with "nats-", "routing", "goog" or
-	// "dead_letter_" (any case); values are at most 1024 bytes without line
-	// breaks.
+	// "dead_letter_" and never "packed" (any case); values are at most
+	// 1024 bytes without line breaks.
 	Attributes map[string]string
 	// OrderingKey, when not empty, orders messages: a receiver hands the
 	// messages of one key to its handler one at a time, in the order the

@@ -31,6 +31,7 @@ func TestOutgoingChecksWhatEveryEngineCarries(t *testing.T) {
 		"pubsub id":          {ID: "a", Attributes: map[string]string{"routing_message_id": "x"}},
 		"goog":               {ID: "a", Attributes: map[string]string{"googclient_x": "x"}},
 		"dead-letter reason": {ID: "a", Attributes: map[string]string{AttrDeadReason: "x"}},
+		"pack marker":        {ID: "a", Attributes: map[string]string{AttrPacked: "2"}},
 		"colon in key":       {ID: "a", Attributes: map[string]string{"a:b": "x"}},
 		"digit first":        {ID: "a", Attributes: map[string]string{"1a": "x"}},
 	}
