@@ -181,14 +181,17 @@ func TestUnknownKeyIsAnError(t *testing.T) {
 	}
 }
 
-func TestProductionAcceptsACompleteSetup(t *testing.T) {
+// productionSetup is a complete production configuration, with extra
+// YAML appended, filled in as serve fills it.
+func productionSetup(t *testing.T, extra string) Config {
+	t.Helper()
 	c := Default()
 	y := `run_mode: production
 bus: {type: nats, nats: {url: "tls://10.0.0.1:4222, tls://10.0.0.2:4222", credentials_file: /run/secrets/nats.creds}}
 store: {type: postgres}
 presence: {type: redis, redis: {tls: true}}
 push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
-`
+` + extra
 	if err := Parse([]byte(y), &c); err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +200,11 @@ push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
 			"REDIS_PASSWORD": "p"}[k]
 	})
 	c.FillDefaults()
+	return c
+}
+
+func TestProductionAcceptsACompleteSetup(t *testing.T) {
+	c := productionSetup(t, "")
 	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
@@ -240,22 +248,7 @@ func TestProductionPprofOnlyOnLoopback(t *testing.T) {
 		{"10.0.0.5:9090", false},
 	} {
 		t.Run(tc.listen, func(t *testing.T) {
-			c := Default()
-			y := `run_mode: production
-bus: {type: nats, nats: {url: "tls://10.0.0.1:4222", credentials_file: /run/secrets/nats.creds}}
-store: {type: postgres}
-presence: {type: redis, redis: {tls: true}}
-push: {webpush: {vapid_private_key_file: /run/secrets/vapid}}
-ops: {pprof: true, listen: "` + tc.listen + `"}
-`
-			if err := Parse([]byte(y), &c); err != nil {
-				t.Fatal(err)
-			}
-			c.FromEnv(func(k string) string {
-				return map[string]string{"JWT_SECRET": strings.Repeat("k", 48), "DATABASE_URL": "host=db user=routing sslmode=verify-ca",
-					"REDIS_PASSWORD": "p"}[k]
-			})
-			c.FillDefaults()
+			c := productionSetup(t, `ops: {pprof: true, listen: "`+tc.listen+`"}`+"\n")
 			err := c.Check()
 			if tc.ok && err != nil {
 				t.Fatalf("refused: %v", err)

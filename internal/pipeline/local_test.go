@@ -33,6 +33,20 @@ func stored(t *testing.T, recipient string) (*bus.Message, *envelope.Envelope) {
 	return &bus.Message{ID: env.ID, Data: data, OrderingKey: recipient, Attributes: map[string]string{bus.AttrStored: "1"}}, env
 }
 
+// offer hands p n stored messages to recipient and returns their ids.
+func offer(t *testing.T, p *Pipeline, recipient string, n int) []string {
+	t.Helper()
+	var ids []string
+	for range n {
+		msg, env := stored(t, recipient)
+		if !p.Offer(msg, env) {
+			t.Fatal("hand-off refused with room left")
+		}
+		ids = append(ids, env.ID)
+	}
+	return ids
+}
+
 // runLocal starts p.RunLocal and returns a function that stops it and
 // waits for it to return.
 func runLocal(p *Pipeline) (stop func()) {
@@ -54,14 +68,7 @@ func TestLocalHandoffRoutesInOrder(t *testing.T) {
 		Requeue: func(context.Context, *bus.Message) error { requeued++; return nil }, Metrics: m},
 		st, presenceByUser{"urn:sm:user:here": {"self"}, "urn:sm:user:there": {"c"}, "urn:sm:user:off": {}}, b)
 	stop := runLocal(p)
-	var want []string
-	for range 20 {
-		msg, env := stored(t, "urn:sm:user:here")
-		if !p.Offer(msg, env) {
-			t.Fatal("hand-off refused with room left")
-		}
-		want = append(want, env.ID)
-	}
+	want := offer(t, p, "urn:sm:user:here", 20)
 	there, thereEnv := stored(t, "urn:sm:user:there")
 	off, offEnv := stored(t, "urn:sm:user:off")
 	if !p.Offer(there, thereEnv) || !p.Offer(off, offEnv) {
@@ -119,14 +126,7 @@ func TestLocalHandoffDrainsOnStop(t *testing.T) {
 	n := &fakeNotifier{}
 	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 4, LocalQueue: 64, MarkDelay: time.Hour},
 		st, presenceByUser{}, &fakeBus{})
-	var ids []string
-	for range 50 {
-		msg, env := stored(t, "urn:sm:user:b")
-		if !p.Offer(msg, env) {
-			t.Fatal("hand-off refused with room left")
-		}
-		ids = append(ids, env.ID)
-	}
+	ids := offer(t, p, "urn:sm:user:b", 50)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	p.RunLocal(ctx) // stopped before it starts: drains what is waiting

@@ -67,14 +67,25 @@ type Harness interface {
 // makeBus returns the portable bus over a new driver of h, closed when t ends.
 func makeBus(t *testing.T, h Harness, o Options) *bus.Bus {
 	t.Helper()
-	b := bus.New(h.MakeDriver(t, o), bus.Options{
+	return newBus(t, h.MakeDriver(t, o), busOptions(t, o))
+}
+
+// busOptions maps o onto the portable bus's options.
+func busOptions(t *testing.T, o Options) bus.Options {
+	return bus.Options{
 		MaxDeliveryAttempts: o.MaxDeliveryAttempts,
 		MinBackoff:          o.MinBackoff,
 		MaxBackoff:          o.MaxBackoff,
 		MaxOutstanding:      o.MaxOutstanding,
 		PackDeliveries:      o.PackDeliveries,
 		Logger:              testLogger(t),
-	})
+	}
+}
+
+// newBus returns the portable bus over d with bo, closed when t ends.
+func newBus(t *testing.T, d driver.Driver, bo bus.Options) *bus.Bus {
+	t.Helper()
+	b := bus.New(d, bo)
 	t.Cleanup(func() {
 		if err := b.Close(); err != nil {
 			t.Errorf("Close: %v", err)

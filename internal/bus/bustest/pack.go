@@ -58,21 +58,9 @@ func (d *countingDriver) Publish(ctx context.Context, queue string, ms []*driver
 // publishes.
 func packedBus(t *testing.T, h Harness, o Options) (*bus.Bus, *countingDriver) {
 	t.Helper()
+	o.PackDeliveries = true
 	d := &countingDriver{Driver: h.MakeDriver(t, o)}
-	b := bus.New(d, bus.Options{
-		MaxDeliveryAttempts: o.MaxDeliveryAttempts,
-		MinBackoff:          o.MinBackoff,
-		MaxBackoff:          o.MaxBackoff,
-		MaxOutstanding:      o.MaxOutstanding,
-		PackDeliveries:      true,
-		Logger:              testLogger(t),
-	})
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return b, d
+	return newBus(t, d, busOptions(t, o)), d
 }
 
 // startProbed starts instance's delivery receiver with h for every event

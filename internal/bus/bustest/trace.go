@@ -38,21 +38,9 @@ func tracedBus(t *testing.T, h Harness, o Options) (*bus.Bus, *tracetest.SpanRec
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	b := bus.New(h.MakeDriver(t, o), bus.Options{
-		MaxDeliveryAttempts: o.MaxDeliveryAttempts,
-		MinBackoff:          o.MinBackoff,
-		MaxBackoff:          o.MaxBackoff,
-		MaxOutstanding:      o.MaxOutstanding,
-		PackDeliveries:      o.PackDeliveries,
-		Logger:              testLogger(t),
-		TracerProvider:      tp,
-		System:              "test",
-	})
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
+	bo := busOptions(t, o)
+	bo.TracerProvider, bo.System = tp, "test"
+	b := newBus(t, h.MakeDriver(t, o), bo)
 	return b, rec, tp.Tracer("test")
 }
 

@@ -41,8 +41,9 @@ type Options struct {
 	TTL time.Duration
 }
 
-// refreshBatch is the number of connections sent per pipelined round trip.
-const refreshBatch = 1000
+// roundTripBatch is the number of connections refreshed, or users looked
+// up, per pipelined round trip.
+const roundTripBatch = 1000
 
 // upsertSrc registers or refreshes one connection.
 // KEYS[1] user key; ARGV[1] member; ARGV[2] TTL in milliseconds.
@@ -217,7 +218,7 @@ func (p *Presence) Refresh(ctx context.Context, conns []presence.Conn) error {
 		return presence.ErrClosed
 	}
 	for len(conns) > 0 {
-		n := min(len(conns), refreshBatch)
+		n := min(len(conns), roundTripBatch)
 		if err := p.refreshBatch(ctx, conns[:n]); err != nil {
 			return err
 		}
@@ -288,7 +289,7 @@ func (p *Presence) InstancesOf(ctx context.Context, users []string) ([][]string,
 	}
 	out := make([][]string, 0, len(users))
 	for len(users) > 0 {
-		n := min(len(users), refreshBatch)
+		n := min(len(users), roundTripBatch)
 		got, err := p.instancesOf(ctx, users[:n])
 		if err != nil {
 			return nil, err

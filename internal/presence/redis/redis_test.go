@@ -148,7 +148,7 @@ func TestRefreshBatchesAndReloadsScripts(t *testing.T) {
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])
 	p.upsert = goredis.NewScript(upsertSrc + "-- " + hex.EncodeToString(nonce[:]) + "\n")
-	conns := make([]presence.Conn, 2*refreshBatch+7)
+	conns := make([]presence.Conn, 2*roundTripBatch+7)
 	for i := range conns {
 		conns[i] = presence.Conn{User: fmt.Sprintf("urn:sm:user:u%d", i%500), Instance: fmt.Sprintf("i%d", i%3), ID: fmt.Sprint(i)}
 	}
