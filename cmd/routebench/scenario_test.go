@@ -71,9 +71,14 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		if !drop {
 			frame, _ := json.Marshal(map[string]any{"type": "message", "message": env})
+			// Not the request's context: a sender that gives up on its
+			// request must not close the recipients' sockets (a cancelled
+			// write closes a websocket.Conn), as it does not on the service.
+			wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			for _, c := range conns {
-				_ = c.Write(r.Context(), websocket.MessageText, frame)
+				_ = c.Write(wctx, websocket.MessageText, frame)
 			}
+			cancel()
 		}
 		w.WriteHeader(http.StatusAccepted)
 		_ = json.NewEncoder(w).Encode(map[string]string{"id": id})
