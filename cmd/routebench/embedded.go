@@ -28,12 +28,15 @@ type target struct {
 	pid     int                                       // the server's process, when known (-pid, child)
 	scrape  func(ctx context.Context) (string, error) // Prometheus text; nil: none
 	close   func()
+	floor   *floorServer // the floor scenario's server, else nil
 }
 
 func newTarget(o options) (target, error) {
 	var t target
 	var err error
 	switch {
+	case o.scenario == "floor":
+		return startFloor(o)
 	case o.embedded && o.scenario == "idle":
 		t, err = startChild(o)
 	case o.embedded:

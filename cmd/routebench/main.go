@@ -11,6 +11,10 @@
 //	server   run the embedded instance in this process until stdin closes, a signal
 //	         or -duration (default 10m); prints its addresses, for other routebench
 //	         processes to share it
+//	floor    the machine's bound for durable answers, without the service: online's
+//	         senders POST to a server in this process that answers 202 once the body
+//	         is appended to a file and fsynced, one fsync for all requests waiting
+//	         (group commit), and does nothing else (-sync=false: without the fsync)
 //
 // Examples:
 //
@@ -19,6 +23,7 @@
 //	routebench fanout -embedded -recipients 100 -conns 4
 //	routebench idle -embedded -conns 10000 -duration 30s
 //	routebench idle -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085 -pid $(pgrep -n routingservice) -conns 10000
+//	routebench floor -duration 10s [-sync=false]
 //
 // -embedded starts an instance in process on a temporary data dir with the API
 // rate limit off (idle runs it as a child process, "routebench server", so
@@ -80,10 +85,11 @@ type options struct {
 	jsonOut    bool
 	cpuProfile string
 	memProfile string
+	sync       bool
 	set        map[string]bool // flags given on the command line
 }
 
-var scenarios = []string{"online", "fanout", "offline", "idle", "server"}
+var scenarios = []string{"online", "fanout", "offline", "idle", "server", "floor"}
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -120,6 +126,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout (progress on stderr)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write this process's allocation profile (allocs) to the file at the end")
+	fs.BoolVar(&o.sync, "sync", true, "floor: fsync the file before each group of 202s (false: the bound without durability)")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		o.scenario, args = args[0], args[1:]
 		if err := fs.Parse(args); err != nil {
@@ -146,7 +153,7 @@ func parseFlags(args []string) (options, error) {
 
 func (o *options) validate() error {
 	switch o.scenario {
-	case "online", "offline", "server":
+	case "online", "offline", "server", "floor":
 	case "fanout":
 		if o.conns == 0 {
 			o.conns = 3
@@ -316,6 +323,8 @@ func run(args []string) error {
 		s, err = runOffline(ctx, e)
 	case "idle":
 		s, err = runIdle(ctx, e)
+	case "floor":
+		s, err = runFloor(ctx, e)
 	}
 	if err != nil {
 		return err

@@ -108,6 +108,7 @@ type summary struct {
 
 	Offline *offlineStats `json:"offline,omitempty"`
 	Idle    *idleStats    `json:"idle,omitempty"`
+	Floor   *floorStats   `json:"floor,omitempty"`
 }
 
 type offlineStats struct {
@@ -182,11 +183,13 @@ func (s *summary) writeText(w io.Writer) {
 		who = fmt.Sprintf("%d recipients, not connected", s.Recipients)
 	case s.Idle != nil:
 		who = fmt.Sprintf("%d connections, one recipient each", s.Connections)
+	case s.Floor != nil:
+		who = "no service: group-committed appends to a file"
 	}
 	row("setup", "%s, %d senders, %d B payload, %s, fd limit %d", who, s.Senders, s.PayloadBytes, rate, s.FDLimit)
 	row("offered", "%d", s.Offered)
 	row("accepted (202)", "%d in %.2f s = %.0f/s", s.Accepted, s.SendSeconds, s.AcceptedPerS)
-	if s.Offline == nil {
+	if s.Offline == nil && s.Floor == nil {
 		row("delivered", "%d = %.0f/s", s.Deliveries, s.DeliveredPerS)
 		row("latency (receipt)", "%s", s.Latency)
 	}
@@ -198,6 +201,9 @@ func (s *summary) writeText(w io.Writer) {
 			row("stored", "not measured (%s)", o.StoredSource)
 		}
 		row("fetch+ack", "%d messages in %d pages: %.3f s", o.Fetched, o.Pages, o.FetchSeconds)
+	}
+	if f := s.Floor; f != nil {
+		row("commits", "%d, %.1f requests each, fsync %v", f.Commits, f.ItemsPerCommit, f.Fsync)
 	}
 	if i := s.Idle; i != nil {
 		row("connect", "%d connections in %.2f s", i.Conns, i.ConnectSeconds)
@@ -219,7 +225,7 @@ func (s *summary) writeText(w io.Writer) {
 	if len(s.WSErrors) > 0 || s.Dropped > 0 {
 		row("ws errors", "%s, dropped connections %d", countsString(s.WSErrors), s.Dropped)
 	}
-	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Embedded && s.Scenario != "idle"])
+	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Embedded && s.Scenario != "idle" || s.Floor != nil])
 }
 
 func countsString(m map[string]int64) string {
