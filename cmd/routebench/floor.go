@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
 // The floor scenario measures what this machine allows at best for
@@ -26,25 +29,21 @@ import (
 // floorMaxBody bounds a request body the floor server reads.
 const floorMaxBody = 1 << 20
 
-// floorServer is the floor scenario's server.
+// floorMaxBatch caps the bodies one group commit of the floor writes.
+const floorMaxBatch = 4096
+
+// floorServer is the floor scenario's server. Its writes go through the
+// stores' group-commit writer.
 type floorServer struct {
 	sync    bool
 	path    string // the file written
 	f       *os.File
-	reqs    chan *floorReq
+	w       *groupcommit.Writer[[]byte, struct{}]
+	buf     []byte // commit's reusable buffer (writer goroutine only)
 	srv     *http.Server
-	ln      net.Listener
 	seq     atomic.Int64
 	commits atomic.Int64
 	items   atomic.Int64
-	quit    chan struct{} // closed to stop the writer
-	done    chan struct{} // closed when the writer has returned
-}
-
-// floorReq is one body waiting for the writer.
-type floorReq struct {
-	body []byte
-	err  chan error // buffered (1)
 }
 
 // startFloor starts the floor server on a loopback port, writing to a file
@@ -65,17 +64,15 @@ func startFloor(o options) (target, error) {
 		os.RemoveAll(dir)
 		return target{}, err
 	}
-	fs := &floorServer{sync: o.sync, path: f.Name(), f: f, reqs: make(chan *floorReq), ln: ln,
-		quit: make(chan struct{}), done: make(chan struct{})}
+	fs := &floorServer{sync: o.sync, path: f.Name(), f: f}
+	fs.w = groupcommit.New(floorMaxBatch, fs.commit, slog.Default())
 	fs.srv = &http.Server{Handler: fs, ReadHeaderTimeout: 10 * time.Second}
-	go fs.write()
 	go fs.srv.Serve(ln)
 	return target{
 		api: "http://" + ln.Addr().String(), ws: "ws://" + ln.Addr().String(), secret: "floor", pid: os.Getpid(),
 		close: func() {
 			fs.srv.Close()
-			close(fs.quit)
-			<-fs.done
+			fs.w.Close()
 			f.Close()
 			os.RemoveAll(dir)
 		},
@@ -95,16 +92,7 @@ func (fs *floorServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	req := &floorReq{body: body, err: make(chan error, 1)}
-	select {
-	case fs.reqs <- req:
-	case <-fs.quit:
-		http.Error(w, "closed", http.StatusServiceUnavailable)
-		return
-	case <-r.Context().Done():
-		return
-	}
-	if err := <-req.err; err != nil {
+	if err := fs.w.Submit(r.Context(), [][]byte{body}, nil); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
@@ -113,46 +101,21 @@ func (fs *floorServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, `{"id":"floor-%d","created_at":%q}`, fs.seq.Add(1), time.Now().UTC().Format(time.RFC3339Nano))
 }
 
-// write is the writer goroutine: it takes a request, then every request
-// already waiting, appends their bodies (each after its length) in one
-// write, fsyncs the file when sync is on, and answers them all.
-func (fs *floorServer) write() {
-	defer close(fs.done)
-	var buf []byte
-	var batch []*floorReq
-	for {
-		var first *floorReq
-		select {
-		case first = <-fs.reqs:
-		case <-fs.quit:
-			return
-		}
-		batch = append(batch[:0], first)
-	collect:
-		for {
-			select {
-			case r := <-fs.reqs:
-				batch = append(batch, r)
-			default:
-				break collect
-			}
-		}
-		buf = buf[:0]
-		for _, r := range batch {
-			buf = binary.AppendUvarint(buf, uint64(len(r.body)))
-			buf = append(buf, r.body...)
-		}
-		_, err := fs.f.Write(buf)
-		if err == nil && fs.sync {
-			err = fs.f.Sync()
-		}
-		fs.commits.Add(1)
-		fs.items.Add(int64(len(batch)))
-		for _, r := range batch {
-			r.err <- err
-		}
-		clear(batch)
+// commit is the group-commit writer's CommitFunc: it appends the bodies
+// (each after its length) in one write and fsyncs the file when sync is on.
+func (fs *floorServer) commit(bodies [][]byte, _ []struct{}) error {
+	fs.buf = fs.buf[:0]
+	for _, b := range bodies {
+		fs.buf = binary.AppendUvarint(fs.buf, uint64(len(b)))
+		fs.buf = append(fs.buf, b...)
 	}
+	_, err := fs.f.Write(fs.buf)
+	if err == nil && fs.sync {
+		err = fs.f.Sync()
+	}
+	fs.commits.Add(1)
+	fs.items.Add(int64(len(bodies)))
+	return err
 }
 
 // floorStats is the floor scenario's own part of the summary.
