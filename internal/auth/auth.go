@@ -12,6 +12,7 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,11 +86,21 @@ type Verifier struct {
 
 	// verified remembers tokens that passed verification, so that a client
 	// sending many requests with one token pays for its signature once per
-	// verifiedTTL. Keyed by the whole token: any other bytes (another
-	// signature) are verified in full.
+	// verifiedTTL. Keyed by the SHA-256 of the whole token, never the token
+	// itself: the cache holds no bearer token a memory dump could replay,
+	// and any other bytes (another signature) hash to another key and are
+	// verified in full.
 	mu       sync.Mutex
-	verified map[string]verifiedToken
+	verified map[tokenKey]verifiedToken
 }
+
+// tokenKey is the verified-token cache's key for a token: its SHA-256.
+// A collision-resistant hash, so that no forged token can be made to
+// share the key of one that was verified; a bearer token carries a
+// signature of at least 256 bits, so its hash gives nothing to guess it.
+type tokenKey [sha256.Size]byte
+
+func keyOf(token string) tokenKey { return sha256.Sum256([]byte(token)) }
 
 // verifiedTTL bounds how long a verified token is taken on trust before it
 // is verified again; a new load of the key set ends the trust at once (a
@@ -147,8 +158,12 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 	if o.MaxTokenAge < 0 {
 		return nil, fmt.Errorf("auth: negative max token age %v", o.MaxTokenAge)
 	}
-	v := &Verifier{leeway: o.Leeway, maxAge: o.MaxTokenAge, now: time.Now, verified: map[string]verifiedToken{}}
+	v := &Verifier{leeway: o.Leeway, maxAge: o.MaxTokenAge, now: time.Now, verified: map[tokenKey]verifiedToken{}}
 	popts := []jwt.ParserOption{
+		// Strict base64url: no padding and no set trailing bits, so each
+		// token has exactly one encoding and a signature cannot be altered
+		// into another string that still verifies.
+		jwt.WithStrictDecoding(),
 		jwt.WithValidMethods(slices.Clone(o.Algorithms)),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(o.Leeway),
@@ -186,7 +201,8 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	if v.jwks != nil {
 		ks = v.jwks.current.Load()
 	}
-	if c, ok := v.trusted(token, now, ks); ok {
+	key := keyOf(token)
+	if c, ok := v.trusted(key, now, ks); ok {
 		return c, nil
 	}
 	var rc jwt.RegisteredClaims
@@ -219,17 +235,17 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	if len(v.verified) >= maxVerified {
 		clear(v.verified)
 	}
-	v.verified[token] = vt
+	v.verified[key] = vt
 	v.mu.Unlock()
 	return c, nil
 }
 
-// trusted returns the claims of a token verified less than verifiedTTL ago
-// with the key set ks, whose time claims still hold (with the leeway, as the
-// parser checks them).
-func (v *Verifier) trusted(token string, now time.Time, ks *keys) (Claims, bool) {
+// trusted returns the claims of the token whose cache key is key, verified
+// less than verifiedTTL ago with the key set ks, whose time claims still
+// hold (with the leeway, as the parser checks them).
+func (v *Verifier) trusted(key tokenKey, now time.Time, ks *keys) (Claims, bool) {
 	v.mu.Lock()
-	vt, ok := v.verified[token]
+	vt, ok := v.verified[key]
 	v.mu.Unlock()
 	if !ok || vt.keys != ks || !now.Before(vt.recheck) || !now.Before(vt.claims.ExpiresAt.Add(v.leeway)) ||
 		(!vt.notBefore.IsZero() && now.Before(vt.notBefore.Add(-v.leeway))) {

@@ -7,11 +7,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -625,7 +628,7 @@ func TestVerifiedTokensStillExpire(t *testing.T) {
 		t.Fatalf("first Verify = %+v, %v", first, err)
 	}
 	exp := first.ExpiresAt // whole seconds
-	if _, ok := v.trusted(tok, now, nil); !ok {
+	if _, ok := v.trusted(keyOf(tok), now, nil); !ok {
 		t.Fatal("a verified token is not remembered")
 	}
 	// Other bytes: one character of the signature changed.
@@ -655,7 +658,7 @@ func TestVerifiedTokensStillExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	now = start.Add(verifiedTTL)
-	if _, ok := v.trusted(long, now, nil); ok {
+	if _, ok := v.trusted(keyOf(long), now, nil); ok {
 		t.Fatal("a token is taken on trust past verifiedTTL")
 	}
 	if _, err := v.Verify(long); err != nil {
@@ -744,5 +747,133 @@ func TestMaxTokenAge(t *testing.T) {
 	clock = now.Add(31 * time.Minute)
 	if _, err := v.Verify(fresh); !errors.Is(err, ErrInvalidToken) {
 		t.Fatalf("the first token once over an hour old: %v, want ErrInvalidToken", err)
+	}
+}
+
+// withTrailingBits returns seg, an unpadded base64url segment, with the
+// unused low bits of its last character set: another string that a lax
+// decoder turns into the same bytes.
+func withTrailingBits(t *testing.T, seg string) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	var unused int // bits of the last character that carry no data
+	switch len(seg) % 4 {
+	case 2:
+		unused = 4
+	case 3:
+		unused = 2
+	default:
+		t.Fatalf("segment of %d characters has no unused bits", len(seg))
+	}
+	i := strings.IndexByte(alphabet, seg[len(seg)-1])
+	if i < 0 || i&(1<<unused-1) != 0 {
+		t.Fatalf("segment %q is not canonical base64url", seg)
+	}
+	return seg[:len(seg)-1] + string(alphabet[i|1])
+}
+
+// A signature segment re-encoded with its unused trailing bits set, or
+// with padding, decodes to the very signature bytes under a lax decoder,
+// so the token would verify under a second spelling. Strict decoding
+// refuses both spellings, before and after the canonical token was
+// verified (and taken on trust).
+func TestNonCanonicalBase64Refused(t *testing.T) {
+	testKeys(t)
+	srv := newJWKSServer(t, ecKey)
+	o := Options{HS256Secret: testSecret, Algorithms: []string{HS256, ES256}, JWKSURL: srv.URL}
+	claims := jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()}
+	for _, tc := range []struct {
+		name  string
+		token string
+		key   any
+	}{
+		{"HS256", signHS(t, testSecret, "", claims), testSecret},
+		{"ES256", sign(t, ecKey, claims), ecKey.priv.Public()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dot := strings.LastIndexByte(tc.token, '.')
+			signed, sig := tc.token[:dot], tc.token[dot+1:]
+			want, err := base64.RawURLEncoding.DecodeString(sig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			padded := base64.URLEncoding.EncodeToString(want)
+			if padded == sig {
+				t.Fatal("the signature needs no padding: pick another length")
+			}
+			for _, variant := range []struct {
+				name string
+				sig  string
+				lax  []jwt.ParserOption // a parser that accepts this spelling
+			}{
+				{"trailing bits set", withTrailingBits(t, sig), nil},
+				{"padded", padded, []jwt.ParserOption{jwt.WithPaddingAllowed()}},
+			} {
+				forged := signed + "." + variant.sig
+				// The attack: a lax parser takes the other spelling for the
+				// same signature and accepts the token.
+				lax := jwt.NewParser(append(variant.lax, jwt.WithValidMethods([]string{HS256, ES256}))...)
+				if _, err := lax.Parse(forged, func(*jwt.Token) (any, error) { return tc.key, nil }); err != nil {
+					t.Fatalf("%s: a lax parser refuses it (%v): the test shows nothing", variant.name, err)
+				}
+				fresh := newTestVerifier(t, o, fastTuning())
+				if _, err := fresh.Verify(forged); !errors.Is(err, ErrInvalidToken) {
+					t.Fatalf("%s, never seen: Verify = %v, want ErrInvalidToken", variant.name, err)
+				}
+				if _, err := fresh.Verify(tc.token); err != nil {
+					t.Fatalf("the canonical token: %v", err)
+				}
+				if _, err := fresh.Verify(forged); !errors.Is(err, ErrInvalidToken) {
+					t.Fatalf("%s, after the canonical token was verified: Verify = %v, want ErrInvalidToken", variant.name, err)
+				}
+			}
+		})
+	}
+}
+
+// The verified-token cache is keyed by the token's SHA-256: neither its
+// keys nor its values hold the token or any of its segments, and a token
+// taken on trust still stops at its expiry.
+func TestVerifiedCacheHoldsNoToken(t *testing.T) {
+	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}}, fastTuning())
+	start := time.Now()
+	now := start
+	v.now = func() time.Time { return now }
+	tok, err := Sign(testSecret, testSub, 10*time.Second, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := v.Verify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.mu.Lock()
+	entries := maps.Clone(v.verified)
+	v.mu.Unlock()
+	if len(entries) != 1 {
+		t.Fatalf("%d cache entries, want 1", len(entries))
+	}
+	for k, vt := range entries {
+		if k != tokenKey(sha256.Sum256([]byte(tok))) {
+			t.Errorf("cache key %x is not the token's SHA-256", k)
+		}
+		dump := fmt.Sprintf("%s %x %#v", k[:], k[:], vt)
+		for _, seg := range strings.Split(tok, ".") {
+			if strings.Contains(dump, seg) {
+				t.Errorf("the cache entry holds the token segment %q: %s", seg, dump)
+			}
+		}
+		if vt.claims != first {
+			t.Errorf("cached claims %+v, want %+v", vt.claims, first)
+		}
+	}
+	// Taken on trust (no signature check) until its expiry, not after.
+	v.hsKey = []byte("another secret: a full verification would fail")
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("a cached token within its lifetime: %v", err)
+	}
+	now = first.ExpiresAt.Add(time.Millisecond)
+	if _, err := v.Verify(tok); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("a cached token past its expiry: %v, want ErrInvalidToken", err)
 	}
 }

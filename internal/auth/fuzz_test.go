@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -9,7 +8,7 @@ import (
 )
 
 // Token parsing never panics, and a token it accepts is one signed with
-// the secret, for a valid URN, not expired.
+// the secret, for a valid URN, not expired, spelled as it was signed.
 func FuzzVerify(f *testing.F) {
 	secret := []byte("fuzz-secret-0123456789abcdef0123")
 	good, err := Sign(secret, "urn:sm:user:alice", time.Hour, time.Now())
@@ -35,8 +34,10 @@ func FuzzVerify(f *testing.F) {
 		if envelope.ValidateURN(c.Subject) != nil || !c.ExpiresAt.After(time.Now()) {
 			t.Fatalf("accepted %q with claims %+v", token, c)
 		}
-		if token != good && strings.Count(token, ".") != 2 {
-			t.Fatalf("accepted %q, which is not a JWS", token)
+		// Strict base64url gives each signed token one spelling: the only
+		// token signed with the secret here is good itself.
+		if token != good {
+			t.Fatalf("accepted %q, another spelling of a signed token", token)
 		}
 	})
 }
