@@ -35,10 +35,17 @@ type TracingConfig struct {
 	// http://collector:4317 for grpc). Empty: the exporter's default
 	// (localhost).
 	Endpoint string
-	// SampleRatio is the ratio of new traces sampled when
-	// OTEL_TRACES_SAMPLER is not set; a span whose parent is sampled is
-	// always sampled, one whose parent is not never is.
+	// SampleRatio is the ratio of traces sampled when OTEL_TRACES_SAMPLER
+	// is not set: new traces, and requests that carry a caller's
+	// traceparent unless TrustRemoteSampling is set (see NewSampler). A
+	// span whose parent this service made follows its parent's decision,
+	// across the bus too.
 	SampleRatio float64
+	// TrustRemoteSampling follows the sampled flag of a caller's
+	// traceparent (a request is recorded when the caller's trace is),
+	// as a plain parent-based sampler does. Off, a client cannot force
+	// its requests to be traced.
+	TrustRemoteSampling bool
 	// InstanceID is service.instance.id.
 	InstanceID string
 }
@@ -48,8 +55,10 @@ type TracingConfig struct {
 // OTEL_* environment variables (OTEL_EXPORTER_OTLP_PROTOCOL grpc or
 // http/protobuf, the endpoints, OTEL_EXPORTER_OTLP_HEADERS,
 // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and its
-// argument, OTEL_BSP_*), with c filling in what they leave unset. Its
-// Shutdown flushes the spans still buffered.
+// argument, OTEL_BSP_*), with c filling in what they leave unset. Without
+// OTEL_TRACES_SAMPLER the sampler is NewSampler's; that variable, when
+// set, replaces it whole (a parentbased_* sampler then trusts callers'
+// sampled flags). Its Shutdown flushes the spans still buffered.
 func NewTracerProvider(ctx context.Context, c TracingConfig) (*sdktrace.TracerProvider, error) {
 	exp, err := newExporter(ctx, c.Endpoint)
 	if err != nil {
@@ -70,7 +79,7 @@ func NewTracerProvider(ctx context.Context, c TracingConfig) (*sdktrace.TracerPr
 	}
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithBatcher(exp), sdktrace.WithResource(res)}
 	if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
-		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(c.SampleRatio))))
+		opts = append(opts, sdktrace.WithSampler(NewSampler(c.SampleRatio, c.TrustRemoteSampling)))
 	}
 	return sdktrace.NewTracerProvider(opts...), nil
 }
