@@ -208,6 +208,7 @@ func (a *App) wire(ctx context.Context) error {
 			AllowedOrigins:      rtOrigins,
 			AllowedHosts:        cfg.Realtime.AllowedHosts,
 			TrustedProxies:      trustedProxies(cfg.Realtime.TrustedProxies),
+			TrustedProxyHops:    cfg.Realtime.TrustedProxyHops,
 			Leeway:              cfg.Auth.Leeway,
 			MaxConns:            cfg.Realtime.MaxConns,
 			MaxConnsPerIP:       cfg.Realtime.MaxConnsPerIP,

@@ -139,11 +139,15 @@ type Realtime struct {
 	// Host is refused, so a DNS-rebound name cannot pass as same-origin.
 	AllowedHosts []string `yaml:"allowed_hosts"`
 	// MaxConns caps this instance's connections; MaxConnsPerIP those of
-	// one client address (0: no per-address cap).
+	// one client address (0, the default: no per-address cap, since
+	// carrier-grade NAT puts thousands of people behind one address).
 	MaxConns      int `yaml:"max_conns"`
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
-	// Connection attempts per second (average) and at once, per client
-	// address and per user; over them: 429 with Retry-After.
+	// Connection attempts per second (average) and at once: per client
+	// address those without a valid token (none, or one that fails
+	// verification), per user those with one; over them: 429 with
+	// Retry-After (a token that fails verification still gets 401). An
+	// attempt with a valid token never spends its address's budget.
 	ConnectRatePerIP    float64 `yaml:"connect_rate_per_ip"`
 	ConnectBurstPerIP   int     `yaml:"connect_burst_per_ip"`
 	ConnectRatePerUser  float64 `yaml:"connect_rate_per_user"`
@@ -154,8 +158,15 @@ type Realtime struct {
 	AckBurst int     `yaml:"ack_burst"`
 	// TrustedProxies are the networks (CIDR) of load balancers whose
 	// X-Forwarded-For names the client address; other peers are taken as
-	// the client.
-	TrustedProxies    []string      `yaml:"trusted_proxies"`
+	// the client. Alone, the client is the first entry from the right
+	// outside these networks.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// TrustedProxyHops is how many X-Forwarded-For entries, counted from
+	// the right, the load balancers in front write (2 behind Google's
+	// external Application Load Balancer, 1 behind nginx or an AWS ALB, 0
+	// for direct connections): the client is the entry that many from the
+	// right. With TrustedProxies too, only those peers' header is read.
+	TrustedProxyHops  int           `yaml:"trusted_proxy_hops"`
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 }
@@ -413,7 +424,7 @@ func Default() Config {
 			AllowedHosts:    []string{"localhost", "127.0.0.1", "::1"},
 
 			MaxConns:            10000,
-			MaxConnsPerIP:       100,
+			MaxConnsPerIP:       0,
 			ConnectRatePerIP:    10,
 			ConnectBurstPerIP:   50,
 			ConnectRatePerUser:  1,
@@ -994,6 +1005,10 @@ func sslMode(dsn string) string {
 	return ""
 }
 
+// MaxTrustedProxyHops bounds realtime.trusted_proxy_hops: more load
+// balancers than that in a row is a mistake, not a setup.
+const MaxTrustedProxyHops = 8
+
 // checkRealtime checks the WebSocket server's origin rules and limits.
 func (c Config) checkRealtime(bad func(key, format string, args ...any)) {
 	prod := c.RunMode == ModeProduction
@@ -1024,6 +1039,9 @@ func (c Config) checkRealtime(bad func(key, format string, args ...any)) {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			bad(fmt.Sprintf("realtime.trusted_proxies[%d]", i), "must be a network in CIDR notation, got %q", p)
 		}
+	}
+	if h := c.Realtime.TrustedProxyHops; h < 0 || h > MaxTrustedProxyHops {
+		bad("realtime.trusted_proxy_hops", "must be from 0 (clients connect directly) to %d, the X-Forwarded-For entries the load balancers in front append; got %d", MaxTrustedProxyHops, h)
 	}
 	if c.Realtime.MaxConns < 1 {
 		bad("realtime.max_conns", "must be at least 1")

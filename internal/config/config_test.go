@@ -148,6 +148,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"ws origin needs a scheme", "realtime: {allowed_origins: [chat.example.com]}", nil, "realtime.allowed_origins[0]"},
 		{"ws host without port", "realtime: {allowed_hosts: ['chat.example.com:443']}", nil, "realtime.allowed_hosts[0]"},
 		{"trusted proxies are networks", "realtime: {trusted_proxies: [10.0.0.0/8, lb]}", nil, "realtime.trusted_proxies[1]"},
+		{"negative proxy hops", "realtime: {trusted_proxy_hops: -1}", nil, "realtime.trusted_proxy_hops"},
+		{"too many proxy hops", "realtime: {trusted_proxy_hops: 9}", nil, "realtime.trusted_proxy_hops"},
 		{"global connection cap", "realtime: {max_conns: 0}", nil, "realtime.max_conns"},
 		{"per-ip cap", "realtime: {max_conns_per_ip: -1}", nil, "realtime.max_conns_per_ip"},
 		{"connect rate per ip", "realtime: {connect_rate_per_ip: -1}", nil, "realtime.connect_rate_per_ip"},

@@ -4,55 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"path"
 	"slices"
 	"strings"
 )
-
-// clientAddr is the address connection limits count r against: the peer,
-// or, when the peer is a trusted proxy, the nearest untrusted address of
-// X-Forwarded-For. An IPv6 client counts as its /64, which one host
-// usually holds whole.
-func (s *Server) clientAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	addr = addr.Unmap()
-	if s.trusted(addr) {
-		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-		for i := len(hops) - 1; i >= 0; i-- {
-			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
-			if err != nil {
-				break // a malformed hop: the last trusted one is the client
-			}
-			addr = a.Unmap()
-			if !s.trusted(addr) {
-				break
-			}
-		}
-	}
-	if addr.Is6() {
-		p, _ := addr.Prefix(64)
-		return p.String()
-	}
-	return addr.String()
-}
-
-func (s *Server) trusted(a netip.Addr) bool {
-	for _, p := range s.o.TrustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
 
 // hostAllowed reports whether a browser may connect by r's Host: an upgrade
 // with an Origin header must name an allowed host, so that a page on a

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
@@ -55,16 +56,20 @@ type Options struct {
 	// AllowedHosts are the host names a browser (an upgrade with an Origin
 	// header) may connect by; "*" for any.
 	AllowedHosts []string
-	// TrustedProxies are the peers whose X-Forwarded-For names the client.
-	TrustedProxies []netip.Prefix
+	// TrustedProxies and TrustedProxyHops say whose X-Forwarded-For
+	// names the client and which entry of it does (see web.Proxies).
+	TrustedProxies   []netip.Prefix
+	TrustedProxyHops int
 	// Leeway is added to a token's expiry before its session is closed.
 	Leeway time.Duration
 	// MaxConns caps the connections of this instance, MaxConnsPerIP those
 	// of one client address (an IPv6 client is its /64).
 	MaxConns      int
 	MaxConnsPerIP int
-	// Connection attempts per second and at once, per client address and
-	// per user (after authentication).
+	// Connection attempts per second and at once: per client address the
+	// attempts without a valid token (none, or one that fails
+	// verification), per user those with one. An attempt with a valid
+	// token never spends its address's budget and is never refused by it.
 	ConnectRatePerIP    float64
 	ConnectBurstPerIP   int
 	ConnectRatePerUser  float64
@@ -72,6 +77,14 @@ type Options struct {
 	// Client frames per second and at once, per connection.
 	AckRate  float64
 	AckBurst int
+	// SendBufferBytes caps what a session holds to write: the bytes of
+	// its frames queued or being written and of the backlog page it
+	// holds; SendQueue caps its queued live frames. A session past
+	// either is closed with 1013 (its messages stay stored).
+	// MaxPayloadBytes is the largest payload of a message (the API's
+	// limit): backlog pages are sized so that they fit in the budget.
+	SendBufferBytes int64
+	MaxPayloadBytes int
 
 	MaxFrameBytes   int64
 	PingInterval    time.Duration
@@ -94,14 +107,20 @@ type Server struct {
 	store    Store
 	presence presence.Presence
 	auth     Authenticate
-	// Connect rate limiters, nil without a limit.
+	// Connect rate limiters, nil without a limit: ipRate counts the
+	// attempts without a valid token per client address, userRate the
+	// authenticated ones per user.
 	ipRate, userRate *web.Limiter
-	hub              *hub
-	log              *slog.Logger
-	m                *telemetry.Metrics
-	connSeq          atomic.Uint64
-	sessions         sync.WaitGroup
-	tracer           trace.Tracer // nil when tracing is off
+	// proxies derives a request's client address.
+	proxies web.Proxies
+	// refusals counts refused upgrades by reason (nil without metrics).
+	refusals *prometheus.CounterVec
+	hub      *hub
+	log      *slog.Logger
+	m        *telemetry.Metrics
+	connSeq  atomic.Uint64
+	sessions sync.WaitGroup
+	tracer   trace.Tracer // nil when tracing is off
 	// pollOnce starts the poller of idle connections at the first
 	// connection; poll is nil if it could not start (then each connection
 	// is read by a goroutine).
@@ -126,6 +145,8 @@ func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *
 		userRate: web.NewLimiter(o.ConnectRatePerUser, o.ConnectBurstPerUser),
 		perIP:    map[string]int{},
 		tracer:   telemetry.Tracer(o.TracerProvider, "realtime"),
+		proxies:  web.Proxies{Trusted: o.TrustedProxies, Hops: o.TrustedProxyHops},
+		refusals: newRefusedCounter(o.Metrics),
 	}
 }
 
@@ -259,31 +280,51 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		w = sw
 		defer func() { endUpgrade(upgrade, sw.status) }()
 	}
-	ip := s.clientAddr(r)
-	if !s.allow(w, s.ipRate, ip, "too many connection attempts from this address") {
-		return
-	}
+	ip := s.proxies.LimitKey(r)
 	if !s.hostAllowed(r) {
+		s.refused(refusedHost)
 		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "host not allowed"))
 		return
 	}
 	if err := s.originAllowed(r); err != nil {
 		s.log.Debug("websocket origin refused", "err", err)
+		s.refused(refusedOrigin)
 		web.WriteError(w, web.Errorf(http.StatusForbidden, web.CodeOriginNotAllowed, "origin not allowed"))
 		return
 	}
+	// The address's budget is spent only by attempts without a valid
+	// token, so a flood of them from one address (or from many people
+	// behind one NAT) never refuses a client whose token is good.
 	tok := web.BearerToken(r, true)
 	if tok == "" {
+		if !s.allow(w, s.ipRate, ip, "too many connection attempts without a valid token from this address") {
+			s.refused(refusedRateIP)
+			return
+		}
+		s.refused(refusedUnauthenticated)
 		web.WriteError(w, web.Errorf(http.StatusUnauthorized, web.CodeUnauthorized, "missing bearer token"))
 		return
 	}
+	// A token is always verified: a good one cannot be told from a forged
+	// one before, and a good one must connect whatever its address has
+	// spent. The verifier remembers tokens it verified, so a client's
+	// reconnects cost a lookup; a forged token costs one verification,
+	// as on every /v1/ endpoint.
 	user, exp, err := s.auth(tok)
 	if err != nil {
 		s.log.Debug("websocket token refused", "err", err)
+		// Charged to the address; the answer stays 401 over its budget,
+		// so that a client whose token expired renews it instead of
+		// waiting for a flood behind its address to end.
+		if s.ipRate != nil {
+			s.ipRate.Allow(ip, time.Now())
+		}
+		s.refused(refusedUnauthenticated)
 		web.WriteError(w, web.Errorf(http.StatusUnauthorized, web.CodeUnauthorized, "invalid token"))
 		return
 	}
 	if !s.allow(w, s.userRate, user, "too many connection attempts for this user") {
+		s.refused(refusedRateUser)
 		return
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
@@ -306,6 +347,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	if status, msg := checkHandshake(w, r); status != 0 {
 		cancel()
+		s.refused(refusedHandshake)
 		http.Error(w, msg, status)
 		return
 	}
@@ -317,6 +359,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// The upgrader answered the bad handshake.
 		cancel()
+		s.refused(refusedHandshake)
 		s.hub.remove(ss)
 		if conn != nil {
 			_ = conn.Close()
@@ -355,21 +398,27 @@ func (s *Server) admit(w http.ResponseWriter, ss *session, ip string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var refusal *web.Error
+	var reason string
 	switch {
 	case s.closing:
+		reason = refusedShuttingDown
 		refusal = &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
 			Message: "server shutting down", RetryAfter: 1}
 	case s.o.MaxConns > 0 && s.open >= s.o.MaxConns:
+		reason = refusedMaxConns
 		refusal = &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
 			Message: "this instance is at its connection limit", RetryAfter: 5}
 	case s.o.MaxConnsPerIP > 0 && s.perIP[ip] >= s.o.MaxConnsPerIP:
+		reason = refusedConnsPerIP
 		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
 			Message: "too many connections from this address", RetryAfter: 5}
 	case !s.hub.add(ss, s.o.MaxConnsPerUser):
+		reason = refusedConnsPerUser
 		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
 			Message: "too many connections for this user", RetryAfter: 5}
 	}
 	if refusal != nil {
+		s.refused(reason)
 		web.WriteError(w, refusal)
 		return false
 	}
