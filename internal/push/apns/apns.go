@@ -227,7 +227,7 @@ func (s *Sender) Send(ctx context.Context, t store.Target, n push.Notification) 
 		for {
 			status, header, rsn, err := s.post(ctx, url, token, collapse, raw)
 			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, egress.ErrForbiddenAddress) {
+				if ctx.Err() != nil || egress.Refused(err) {
 					return err
 				}
 				return &retry.Temporary{Err: err}

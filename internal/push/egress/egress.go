@@ -2,8 +2,9 @@
 // providers and browsers' push services. Web Push endpoints are URLs that
 // users choose, so every connection is checked where it is made: the
 // dialer refuses, after name resolution, every address that is not public
-// unicast; no redirect is followed; no proxy is used (a proxy would make
-// the check see the proxy's address); response bodies are bounded.
+// unicast and every port that is not allowed (443 by default); no redirect
+// is followed; no proxy is used (a proxy would make the check see the
+// proxy's address); response bodies are bounded.
 package egress
 
 import (
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -22,6 +24,21 @@ import (
 // ErrForbiddenAddress is wrapped by the error of a connection refused
 // because its address is not public unicast.
 var ErrForbiddenAddress = errors.New("address is not public unicast")
+
+// ErrForbiddenPort is wrapped by the error of a connection refused because
+// its port is not one of Options.AllowedPorts.
+var ErrForbiddenPort = errors.New("port is not allowed for push egress")
+
+// DefaultAllowedPorts are the ports push egress connects to when
+// Options.AllowedPorts is empty: HTTPS, where every push service listens.
+var DefaultAllowedPorts = []uint16{443}
+
+// Refused reports whether err comes from a connection the egress check
+// refused (its address or its port): the same request would be refused
+// again, so it is not worth a retry.
+func Refused(err error) bool {
+	return errors.Is(err, ErrForbiddenAddress) || errors.Is(err, ErrForbiddenPort)
+}
 
 // ErrResponseTooLarge is returned by reads of a response body past
 // Options.MaxResponseBytes.
@@ -33,10 +50,15 @@ const DefaultMaxResponseBytes = 64 << 10
 // Options configures NewClient. Zero fields take the defaults.
 type Options struct {
 	// AllowLoopback lets connections reach loopback addresses (127.0.0.0/8
-	// and ::1, and their IPv4-mapped forms): for local test setups with
-	// stand-in push services only. Every other non-public address stays
-	// refused.
+	// and ::1) on any port: for local test setups with stand-in push
+	// services only. Every other non-public address stays refused, and
+	// public addresses keep to AllowedPorts.
 	AllowLoopback bool
+	// AllowedPorts are the ports connections to public addresses may use
+	// (empty: DefaultAllowedPorts, 443 alone). A push endpoint on another
+	// port (an internal service exposed on a public address, say) is
+	// refused.
+	AllowedPorts []uint16
 	// RootCAs are the trusted roots (nil: the system roots).
 	RootCAs *x509.CertPool
 	// Timeout bounds each request, body read included (default 30s).
@@ -52,12 +74,13 @@ type Options struct {
 
 // Allowed reports whether a connection to addr may be made: addr is public
 // unicast, or loopback when allowLoopback is set. An address with a zone
-// and the IPv4-mapped form of a refused IPv4 address are refused.
+// and every IPv4-mapped address (::ffff:0:0/96) are refused: the dialer
+// connects to an IPv4 destination in its IPv4 form, which is checked as
+// such, so the mapped form has no use but to slip past a check.
 func Allowed(addr netip.Addr, allowLoopback bool) bool {
-	if !addr.IsValid() || addr.Zone() != "" {
+	if !addr.IsValid() || addr.Zone() != "" || addr.Is4In6() {
 		return false
 	}
-	addr = addr.Unmap()
 	if addr.IsLoopback() {
 		return allowLoopback
 	}
@@ -88,12 +111,15 @@ var refused = func() []netip.Prefix {
 		"203.0.113.0/24",  // TEST-NET-3
 		"240.0.0.0/4",     // reserved, and the limited broadcast address
 		"::/96",           // IPv4-compatible (deprecated)
+		"::ffff:0:0/96",   // IPv4-mapped (Allowed refuses it first, loopback included)
 		"64:ff9b::/96",    // NAT64: would reach an IPv4 address through a gateway
 		"64:ff9b:1::/48",  // local-use NAT64
 		"100::/64",        // discard-only
 		"2001::/23",       // IETF protocol assignments, Teredo
 		"2001:db8::/32",   // documentation
 		"2002::/16",       // 6to4: embeds an IPv4 address
+		"3fff::/20",       // documentation (RFC 9637)
+		"5f00::/16",       // segment routing (SRv6) SIDs (RFC 9602)
 		"fc00::/7",        // unique local
 		"fec0::/10",       // site-local (deprecated)
 	} {
@@ -102,29 +128,49 @@ var refused = func() []netip.Prefix {
 	return ps
 }()
 
+// Check reports whether push egress under o may connect to ap: nil, or an
+// error wrapping ErrForbiddenAddress (ap's address is not Allowed) or
+// ErrForbiddenPort (a public address on a port outside AllowedPorts). It
+// is the check the dialer of NewDialer makes.
+func (o Options) Check(ap netip.AddrPort) error {
+	addr := ap.Addr()
+	if !Allowed(addr, o.AllowLoopback) {
+		return fmt.Errorf("push egress to %s: %w", addr, ErrForbiddenAddress)
+	}
+	if addr.IsLoopback() { // allowed only with AllowLoopback: a local stand-in on any port
+		return nil
+	}
+	ports := o.AllowedPorts
+	if len(ports) == 0 {
+		ports = DefaultAllowedPorts
+	}
+	if !slices.Contains(ports, ap.Port()) {
+		return fmt.Errorf("push egress to %s: %w (push.allowed_ports: %v)", ap, ErrForbiddenPort, ports)
+	}
+	return nil
+}
+
 // control is the dialer's Control hook: it runs for every address the
 // dialer tries, after name resolution, before the connection is made.
-func control(allowLoopback bool) func(network, address string, _ syscall.RawConn) error {
+func control(o Options) func(network, address string, _ syscall.RawConn) error {
 	return func(network, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return fmt.Errorf("push egress to %s: %w", address, ErrForbiddenAddress)
 		}
-		if !Allowed(ap.Addr(), allowLoopback) {
-			return fmt.Errorf("push egress to %s: %w", ap.Addr(), ErrForbiddenAddress)
-		}
-		return nil
+		return o.Check(ap)
 	}
 }
 
 // NewDialer returns the dialer of push egress: it refuses, when it dials
-// them, the addresses Allowed refuses.
+// them, the addresses and ports o.Check refuses.
 func NewDialer(o Options) *net.Dialer {
+	o.AllowedPorts = slices.Clone(o.AllowedPorts) // the caller may reuse its slice
 	return &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
 		Resolver:  o.Resolver,
-		Control:   control(o.AllowLoopback),
+		Control:   control(o),
 	}
 }
 

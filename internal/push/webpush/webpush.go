@@ -181,7 +181,7 @@ func (s *Sender) Send(ctx context.Context, t store.Target, n push.Notification) 
 				err = ue.Err
 			}
 			err = fmt.Errorf("webpush: post to %s: %w", origin, err)
-			if ctx.Err() != nil || errors.Is(err, egress.ErrForbiddenAddress) {
+			if ctx.Err() != nil || egress.Refused(err) {
 				return err // an address refused now is refused on a retry too
 			}
 			return &retry.Temporary{Err: err}
