@@ -51,7 +51,12 @@ type Config struct {
 	// SingleNode allows the embedded engines (NATS in process, SQLite,
 	// in-process presence) in production mode, for a deployment of one
 	// instance on one machine; every other production check stays.
-	SingleNode      bool          `yaml:"single_node"`
+	SingleNode bool `yaml:"single_node"`
+	// InsecureLinks lets production mode accept links to NATS, Redis and
+	// PostgreSQL without TLS or credentials, for a private network that
+	// only the instances and the engines reach (a compose network); the
+	// log warns at start. Every other production check holds.
+	InsecureLinks   bool          `yaml:"insecure_links"`
 	InstanceID      string        `yaml:"instance_id"`
 	Roles           []string      `yaml:"roles"`
 	DataDir         string        `yaml:"data_dir"`
@@ -69,6 +74,7 @@ type Config struct {
 	Telemetry Telemetry `yaml:"telemetry"`
 	Admin     Admin     `yaml:"admin"`
 	Ops       Ops       `yaml:"ops"`
+	Demo      Demo      `yaml:"demo"`
 
 	// From the environment, never from the file.
 	JWTSecret     string `yaml:"-"`
@@ -92,6 +98,17 @@ type Ops struct {
 	// production only on a loopback listen address, since a profile names
 	// the code's internals and a CPU profile or trace costs CPU while it runs.
 	Pprof bool `yaml:"pprof"`
+}
+
+// Demo configures the browser demo at /demo/ and its token endpoint, POST
+// /demo/token, which signs a development token for any URN it is given.
+// It is served in local mode only, on a loopback api.listen, by an
+// instance that runs the api and realtime roles with HS256; while it is on,
+// the API answers only requests whose Host is a loopback name or one of
+// realtime.allowed_hosts, so that a DNS-rebound name cannot reach it.
+type Demo struct {
+	// Enabled serves the demo (also `serve --demo`). Off by default.
+	Enabled bool `yaml:"enabled"`
 }
 
 // Log configures structured logging.
@@ -399,7 +416,7 @@ func Default() Config {
 		ShutdownTimeout: 15 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		API: API{
-			Listen:             ":8082",
+			Listen:             "127.0.0.1:8082",
 			MaxBodyBytes:       128 << 10,
 			MaxPayloadBytes:    64 << 10,
 			IdempotencyWindow:  24 * time.Hour,
@@ -412,7 +429,7 @@ func Default() Config {
 			MaxIngressBacklog:  50000,
 		},
 		Realtime: Realtime{
-			Listen:          ":8085",
+			Listen:          "127.0.0.1:8085",
 			AllowedOrigins:  []string{},
 			MaxFrameBytes:   64 << 10,
 			PingInterval:    25 * time.Second,
@@ -498,8 +515,9 @@ func Default() Config {
 }
 
 // Load reads the file at path ("" for none) over the defaults, applies the
-// environment, fills the derived defaults and validates the result.
-func Load(path string) (Config, error) {
+// environment and then each override (a command's flags), fills the
+// derived defaults and validates the result.
+func Load(path string, overrides ...func(*Config)) (Config, error) {
 	cfg := Default()
 	if path != "" {
 		b, err := os.ReadFile(path)
@@ -511,6 +529,9 @@ func Load(path string) (Config, error) {
 		}
 	}
 	cfg.FromEnv(os.Getenv)
+	for _, o := range overrides {
+		o(&cfg)
+	}
 	cfg.FillDefaults()
 	if err := cfg.LoadLocalSecret(); err != nil {
 		return Config{}, err
@@ -880,14 +901,15 @@ func (c Config) Check() error {
 	if prod && c.API.RateLimit == 0 {
 		bad("api.rate_limit", "must be positive in production (0 turns the limit off)")
 	}
-	if prod {
+	if prod && !c.InsecureLinks {
 		c.checkLinks(bad)
 	}
 	c.checkRealtime(bad)
+	c.checkDemo(bad)
 	if c.Ops.Listen == "" {
 		bad("ops.listen", "must not be empty (it serves /healthz, /readyz and /metrics)")
 	}
-	if c.Ops.Pprof && prod && !loopbackListen(c.Ops.Listen) {
+	if c.Ops.Pprof && prod && !LoopbackListen(c.Ops.Listen) {
 		bad("ops.pprof", "needs a loopback ops.listen in production, got %q", c.Ops.Listen)
 	}
 	if c.Ops.CheckTimeout <= 0 || c.Ops.CheckTimeout > 30*time.Second {
@@ -1005,6 +1027,31 @@ func sslMode(dsn string) string {
 	return ""
 }
 
+// checkDemo refuses the demo where its token endpoint, which signs in as
+// anyone, could be reached by anyone but the machine's own users, or where
+// it cannot work.
+func (c Config) checkDemo(bad func(key, format string, args ...any)) {
+	if !c.Demo.Enabled {
+		return
+	}
+	if c.RunMode == ModeProduction {
+		bad("demo.enabled", "is refused in production: /demo/token signs a token for any user who asks")
+	}
+	if !c.Has(RoleAPI) || !c.Has(RoleRealtime) {
+		bad("demo.enabled", "needs the api and realtime roles in this instance, got %v", c.Roles)
+	}
+	if !slices.Contains(c.Auth.Algorithms, "HS256") {
+		bad("demo.enabled", "needs HS256 in auth.algorithms (the demo signs HS256 development tokens)")
+	}
+	if c.Has(RoleAPI) && !LoopbackListen(c.API.Listen) {
+		bad("api.listen", "must be a loopback address (127.0.0.1:PORT, [::1]:PORT or localhost:PORT) while demo.enabled is true, "+
+			"since /demo/token signs a token for anyone who reaches it; got %q", c.API.Listen)
+	}
+	if slices.Contains(c.Realtime.AllowedHosts, "*") {
+		bad("realtime.allowed_hosts", "wildcard \"*\" is refused while demo.enabled is true (any DNS-rebound name could reach /demo/token)")
+	}
+}
+
 // MaxTrustedProxyHops bounds realtime.trusted_proxy_hops: more load
 // balancers than that in a row is a mistake, not a setup.
 const MaxTrustedProxyHops = 8
@@ -1120,10 +1167,10 @@ func defaultInstanceID() string {
 	return string(name) + "-" + hex.EncodeToString(b[:])
 }
 
-// loopbackListen reports whether addr (host:port) binds a loopback address
+// LoopbackListen reports whether addr (host:port) binds a loopback address
 // only: "localhost" or a literal loopback IP, not an empty host (every
 // interface).
-func loopbackListen(addr string) bool {
+func LoopbackListen(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false
