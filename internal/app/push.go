@@ -36,10 +36,17 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 	// Every provider is reached through the egress client: connections to
 	// addresses that are not public unicast are refused when they are made
 	// (Web Push endpoints are chosen by users), redirects are not followed,
-	// response bodies are bounded. allow_local_endpoints (refused in
-	// production) lets local setups reach stand-ins on loopback.
+	// response bodies are bounded, public addresses are reached on
+	// push.allowed_ports only. allow_local_endpoints (refused in
+	// production) lets local setups reach stand-ins on loopback, on any
+	// port.
+	ports := make([]uint16, len(pc.AllowedPorts))
+	for i, p := range pc.AllowedPorts {
+		ports[i] = uint16(p) // 1-65535: config.Check
+	}
 	hc := egress.NewClient(egress.Options{
 		AllowLoopback:       pc.WebPush.AllowLocalEndpoints,
+		AllowedPorts:        ports,
 		RootCAs:             roots,
 		Timeout:             pc.Timeout,
 		MaxIdleConnsPerHost: pc.Concurrency,

@@ -23,9 +23,10 @@ func (a *App) openTracing(ctx context.Context) error {
 		return nil
 	}
 	tp, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{
-		Endpoint:    a.cfg.Telemetry.OTLPEndpoint,
-		SampleRatio: a.cfg.Telemetry.SampleRatio,
-		InstanceID:  a.cfg.InstanceID,
+		Endpoint:            a.cfg.Telemetry.OTLPEndpoint,
+		SampleRatio:         a.cfg.Telemetry.SampleRatio,
+		TrustRemoteSampling: a.cfg.Telemetry.TrustRemoteSampling,
+		InstanceID:          a.cfg.InstanceID,
 	})
 	if err != nil {
 		return fmt.Errorf("config key telemetry.traces: %w", err)

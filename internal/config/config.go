@@ -22,6 +22,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -326,6 +327,11 @@ type Push struct {
 	// UnackedAfter is how long a message routed to a live connection may
 	// stay unacknowledged before its recipient gets a push anyway (0: never).
 	UnackedAfter time.Duration `yaml:"unacked_after"`
+	// AllowedPorts are the ports push egress may connect to on public
+	// addresses (default [443]); every other port is refused when the
+	// connection is made. APNs's alternative port is 2197. Loopback
+	// stand-ins (push.webpush.allow_local_endpoints) take any port.
+	AllowedPorts []int `yaml:"allowed_ports"`
 	// CAFile is a PEM bundle of extra root certificates trusted when
 	// talking to push providers (besides the system roots).
 	CAFile  string  `yaml:"ca_file"`
@@ -381,10 +387,15 @@ type Telemetry struct {
 	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT nor OTEL_EXPORTER_OTLP_ENDPOINT
 	// is set.
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
-	// SampleRatio is the ratio of new traces sampled when
-	// OTEL_TRACES_SAMPLER is not set (parent-based: a caller's sampling
-	// decision is followed).
+	// SampleRatio is the ratio of traces sampled when OTEL_TRACES_SAMPLER
+	// is not set: new traces, and requests carrying a caller's traceparent
+	// unless TrustRemoteSampling is set. Spans under a parent this service
+	// made (across the bus too) follow their parent's decision.
 	SampleRatio float64 `yaml:"sample_ratio"`
+	// TrustRemoteSampling follows the sampled flag of a caller's
+	// traceparent. Off (the default), a client cannot make the service
+	// trace its requests; turn it on only when every caller is trusted.
+	TrustRemoteSampling bool `yaml:"trust_remote_sampling"`
 }
 
 // Admin configures the admin endpoint: an HTTP server on a Unix domain
@@ -505,6 +516,7 @@ func Default() Config {
 			MaxRetries:        3,
 			MaxTargetsPerUser: 10,
 			UnackedAfter:      30 * time.Second,
+			AllowedPorts:      []int{443},
 			APNs:              APNs{Endpoint: "https://api.push.apple.com", PushType: "background", Priority: 5},
 			WebPush:           WebPush{Enabled: true, Subject: "mailto:ops@example.com", TTL: 24 * time.Hour, Urgency: "high"},
 			FCM:               FCM{Endpoint: "https://fcm.googleapis.com"},
@@ -962,6 +974,7 @@ func (c Config) Check() error {
 	if c.Push.MaxRetries < 0 || c.Push.MaxRetries > 10 {
 		bad("push.max_retries", "must be between 0 and 10")
 	}
+	c.checkPushPorts(bad)
 	if c.Telemetry.Traces != "off" && c.Telemetry.Traces != "otlp" {
 		bad("telemetry.traces", "must be off or otlp, got %q", c.Telemetry.Traces)
 	}
@@ -974,6 +987,45 @@ func (c Config) Check() error {
 		bad("telemetry.sample_ratio", "must be between 0 and 1")
 	}
 	return errs.Err()
+}
+
+// checkPushPorts checks push.allowed_ports, and that the enabled
+// providers' endpoints are on one of them (push egress would refuse every
+// push otherwise).
+func (c Config) checkPushPorts(bad func(key, format string, args ...any)) {
+	if len(c.Push.AllowedPorts) == 0 {
+		bad("push.allowed_ports", "must list at least one port (443: HTTPS, where push services listen)")
+	}
+	for i, p := range c.Push.AllowedPorts {
+		if p < 1 || p > 65535 {
+			bad(fmt.Sprintf("push.allowed_ports[%d]", i), "must be a port between 1 and 65535, got %d", p)
+		}
+	}
+	endpoint := func(key, raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || raw == "" {
+			return
+		}
+		host := u.Hostname()
+		ip, err := netip.ParseAddr(host)
+		if c.Push.WebPush.AllowLocalEndpoints && (host == "localhost" || (err == nil && ip.IsLoopback())) {
+			return // a local stand-in: any port
+		}
+		port := map[string]int{"https": 443, "http": 80}[u.Scheme]
+		if p := u.Port(); p != "" {
+			port, _ = strconv.Atoi(p)
+		}
+		if !slices.Contains(c.Push.AllowedPorts, port) {
+			bad(key, "port %d is not in push.allowed_ports %v: push egress would refuse it", port, c.Push.AllowedPorts)
+		}
+	}
+	if c.Push.FCM.Enabled {
+		endpoint("push.fcm.endpoint", c.Push.FCM.Endpoint)
+		endpoint("push.fcm.token_url", c.Push.FCM.TokenURL)
+	}
+	if c.Push.APNs.Enabled {
+		endpoint("push.apns.endpoint", c.Push.APNs.Endpoint)
+	}
 }
 
 // publishedSecrets are HS256 secrets that appeared in public source; a
