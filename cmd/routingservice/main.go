@@ -1,6 +1,6 @@
 // Command routingservice runs the routing service and its tools.
 //
-//	routingservice serve [--config config.yaml]
+//	routingservice serve [--config config.yaml] [--demo]
 //	routingservice token --sub urn:sm:user:alice [--ttl 1h]
 //	routingservice config check [--connect]
 //	routingservice vapid
@@ -31,7 +31,8 @@ import (
 const usage = `usage: routingservice <command> [flags]
 
 commands:
-  serve           run the service (roles from config; all three by default)
+  serve           run the service (roles from config; all three by default);
+                  --demo also serves the browser demo at /demo/ (local mode, loopback only)
   token           print a development token: token --sub urn:sm:user:alice [--ttl 1h] [--allow-production]
   config check    run every check serve runs before it starts and print the configuration;
                   --connect also reaches each backend (bus, store, presence, JWKS), changing nothing
@@ -127,12 +128,15 @@ func configPath(flagValue string) string {
 	return ""
 }
 
-func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
+// loadConfig parses the command's flags and loads the configuration; each
+// override (the command's flags that set keys) applies after the file and
+// the environment, before the checks.
+func loadConfig(fs *flag.FlagSet, args []string, overrides ...func(*config.Config)) (config.Config, error) {
 	path := fs.String("config", "", "config file (default $ROUTING_CONFIG, else ./config.yaml when present)")
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, err
 	}
-	return config.Load(configPath(*path))
+	return config.Load(configPath(*path), overrides...)
 }
 
 // loadToolConfig is loadConfig for a command that uses only a few keys: the
@@ -166,9 +170,20 @@ func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Con
 	return cfg, problems.Under(keys...).Err()
 }
 
+// serveConfig parses serve's flags and loads the configuration it runs.
+func serveConfig(args []string, stderr io.Writer) (config.Config, error) {
+	fs := newFlags("serve", "serve [--config PATH] [--demo]", stderr)
+	demoFlag := fs.Bool("demo", false, "serve the browser demo at /demo/ and its token endpoint, which signs a token for any user "+
+		"(sets demo.enabled; local mode with a loopback api.listen only)")
+	return loadConfig(fs, args, func(c *config.Config) {
+		if *demoFlag {
+			c.Demo.Enabled = true
+		}
+	})
+}
+
 func serve(args []string, stderr io.Writer) error {
-	fs := newFlags("serve", "serve [--config PATH]", stderr)
-	cfg, err := loadConfig(fs, args)
+	cfg, err := serveConfig(args, stderr)
 	if err != nil {
 		return err
 	}

@@ -65,6 +65,12 @@ func startChild(t *testing.T, dataDir string) *child {
 // and environment, and waits until it is ready.
 func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	t.Helper()
+	return startChildArgs(t, nil, extra, env...)
+}
+
+// startChildArgs is startChildConfig with extra arguments to `serve`.
+func startChildArgs(t *testing.T, args []string, extra string, env ...string) *child {
+	t.Helper()
 	api, ws, ops := freePort(t), freePort(t), freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	var defaults string
@@ -76,7 +82,7 @@ func startChildConfig(t *testing.T, extra string, env ...string) *child {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "serve", "--config", cfgPath)
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--config", cfgPath}, args...)...)
 	cmd.Env = append(append(os.Environ(), "ROUTINGSERVICE_CHILD=1", "JWT_SECRET="+testSecret), env...)
 	// The child dies with the test process, even when that one is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/demo"
 	"github.com/go-routing-service/routingservice/internal/pipeline"
 	"github.com/go-routing-service/routingservice/internal/presence"
 	"github.com/go-routing-service/routingservice/internal/realtime"
@@ -80,8 +80,8 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if err := Preflight(cfg); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	if err := prepareDataDir(cfg.DataDir, a.log); err != nil {
+		return nil, err
 	}
 	if cfg.LocalSecret {
 		a.log.Info("JWT_SECRET is not set: tokens are checked with the secret generated in the data dir (local mode only)", "file", filepath.Join(cfg.DataDir, config.LocalSecretFile))
@@ -98,6 +98,7 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if err := a.listenAdmin(ctx); err != nil {
 		return nil, err
 	}
+	a.logExposure()
 	return a, nil
 }
 
@@ -268,6 +269,11 @@ func (a *App) wire(ctx context.Context) error {
 			PublishTimeout:         cfg.API.PublishTimeout,
 			MaxTargetsPerUser:      cfg.Push.MaxTargetsPerUser,
 			MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
+			// Per sender, over all recipients: any URN is a recipient.
+			MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
+			MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
+			MaxPageBytes:             cfg.API.MaxPageBytes,
+			MaxFetchesPerUser:        cfg.API.MaxFetchesPerUser,
 			ValidateTarget:         a.push.validateTarget,
 			VAPIDPublicKey:         a.push.vapidPublicKey(),
 			RateLimit:              cfg.API.RateLimit,
@@ -288,8 +294,13 @@ func (a *App) wire(ctx context.Context) error {
 				return err
 			}
 		}
+		var h http.Handler = api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp)
+		if demoOn {
+			// A page on a DNS-rebound name must not reach /demo/token.
+			h = demo.HostGuard(cfg.Realtime.AllowedHosts, h)
+		}
 		a.apiSrv = &http.Server{
-			Handler:           api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp),
+			Handler:           h,
 			ReadHeaderTimeout: cfg.API.ReadTimeout,
 			ReadTimeout:       cfg.API.ReadTimeout,
 			WriteTimeout:      cfg.API.WriteTimeout,

@@ -10,12 +10,15 @@ import (
 	"github.com/go-routing-service/routingservice/internal/demo"
 )
 
-// demoEnabled reports whether this instance serves the browser demo: in
-// local mode only, when it runs both the API and the WebSocket server and
-// signs tokens with a secret (the demo's development tokens are HS256).
+// demoEnabled reports whether this instance serves the browser demo: when
+// demo.enabled is set (config.Check refuses it elsewhere), in local mode
+// only, on a loopback API listener, when it runs both the API and the
+// WebSocket server and signs tokens with a secret (the demo's development
+// tokens are HS256).
 func (a *App) demoEnabled() bool {
 	c := a.cfg
-	return c.RunMode == config.ModeLocal && c.Has(config.RoleAPI) && c.Has(config.RoleRealtime) &&
+	return c.Demo.Enabled && c.RunMode == config.ModeLocal && config.LoopbackListen(c.API.Listen) &&
+		c.Has(config.RoleAPI) && c.Has(config.RoleRealtime) &&
 		c.JWTSecret != "" && slices.Contains(c.Auth.Algorithms, "HS256")
 }
 
@@ -26,6 +29,11 @@ func (a *App) mountDemo(rt *api.Router) error {
 		return err
 	}
 	return demo.Mount(rt, demo.Options{Secret: []byte(a.cfg.JWTSecret), WSPort: wsPort})
+}
+
+// demoURL is the address of the demo's page on the API listener.
+func (a *App) demoURL() string {
+	return "http://" + a.APIAddr() + "/demo/"
 }
 
 // demoOrigins are the origins the demo page is loaded from (the API

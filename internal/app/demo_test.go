@@ -9,13 +9,15 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/go-routing-service/routingservice/internal/auth"
+	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/demo"
 )
 
-// In local mode the API listener serves the demo, and the WebSocket server
-// on its other port lets the demo's page in (and still refuses others).
+// With demo.enabled in local mode the API listener serves the demo, and the
+// WebSocket server on its other port lets the demo's page in (and still
+// refuses others).
 func TestDemoInLocalMode(t *testing.T) {
-	ta := startApp(t, nil)
+	ta := startApp(t, func(c *config.Config) { c.Demo.Enabled = true })
 	resp, err := http.Get(ta.apiURL + "/demo/")
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ const (
 	CodeUnauthorized       = "unauthorized"
 	CodeForbidden          = "forbidden"
 	CodeOriginNotAllowed   = "origin_not_allowed"
+	CodeHostNotAllowed     = "host_not_allowed"
 	CodeNotFound           = "not_found"
 	CodeMethodNotAllowed   = "method_not_allowed"
 	CodeBodyTooLarge       = "body_too_large"
@@ -30,6 +31,16 @@ const (
 	CodeRecipientQueueFull = "recipient_queue_full"
 	CodeBackendUnavailable = "backend_unavailable"
 	CodeInternal           = "internal_error"
+)
+
+// Error codes of sends refused for what the sender did before.
+const (
+	// CodeSenderQuotaExceeded: the sender has as many messages, or as many
+	// payload bytes, pending as a sender may have (429, no Retry-After).
+	CodeSenderQuotaExceeded = "sender_quota_exceeded"
+	// CodeIdempotencyKeyReused: the idempotency key is held by another
+	// message whose acceptance has not finished (409, Retry-After).
+	CodeIdempotencyKeyReused = "idempotency_key_reused"
 )
 
 // Error is an API error: an HTTP status, a snake_case code and a message that
