@@ -86,6 +86,8 @@ type options struct {
 	cpuProfile string
 	memProfile string
 	sync       bool
+	window     time.Duration
+	pids       []int
 	set        map[string]bool // flags given on the command line
 }
 
@@ -126,6 +128,8 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout (progress on stderr)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write this process's allocation profile (allocs) to the file at the end")
+	fs.DurationVar(&o.window, "window", time.Minute, "online, fanout: report deliveries per window of this length, and the last window's rate over the first's (0: off)")
+	pids := fs.String("pids", "", "server process ids, comma-separated (a run on several instances sums them, engines too): their CPU per delivered message, from /proc/<pid>/stat")
 	fs.BoolVar(&o.sync, "sync", true, "floor: fsync the file before each group of 202s (false: the bound without durability)")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		o.scenario, args = args[0], args[1:]
@@ -148,6 +152,10 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.set = map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	var err error
+	if o.pids, err = parsePIDs(*pids); err != nil {
+		return o, err
+	}
 	return o, o.validate()
 }
 
@@ -182,8 +190,8 @@ func (o *options) validate() error {
 		return errors.New("-senders, -recipients and -messages must be positive")
 	case o.page < 1 || o.page > 500:
 		return errors.New("-page must be 1-500")
-	case o.rate < 0 || o.duration <= 0 || o.drain < 0:
-		return errors.New("-rate, -duration and -drain must not be negative")
+	case o.rate < 0 || o.duration <= 0 || o.drain < 0 || o.window < 0:
+		return errors.New("-rate, -duration, -drain and -window must not be negative")
 	case o.payload < 8:
 		return errors.New("-payload must be at least 8 bytes (it carries the send time)")
 	}

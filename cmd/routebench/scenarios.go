@@ -130,18 +130,30 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	// The server registers presence before the backlog; give the last ones a moment.
 	time.Sleep(200 * time.Millisecond)
 
+	cpu := cpuMeter{pids: o.pids}
+	cpu0, _ := cpu.total()
 	start := time.Now()
 	l := &load{senders: e.clients(stoks), names: names, targets: allTargets(o.recipients),
 		payload: o.payload, rate: o.rate, until: start.Add(o.duration), ck: ck}
 	sr, dr := rater{lastT: start}, rater{lastT: start}
+	win := &windows{size: o.window, start: start}
+	lastCPU, lastDel := cpu0, int64(0)
 	stopProgress := progress(e.log, start, func() string {
 		acc, del := ck.accepted.Load(), ck.matched.Load()
-		return fmt.Sprintf("sent %d  accepted %d  delivered %d  owed %d  %.0f accepted/s  %.0f delivered/s  errors %d",
+		win.tick(time.Now(), del)
+		line := fmt.Sprintf("sent %d  accepted %d  delivered %d  owed %d  %.0f accepted/s  %.0f delivered/s  errors %d",
 			l.offered.Load(), acc, del, ck.Outstanding(), sr.rate(acc), dr.rate(del), l.errs.Total())
+		if len(cpu.pids) > 0 {
+			now, _ := cpu.total()
+			line += fmt.Sprintf("  server %.0f µs/msg", perMessage(now-lastCPU, del-lastDel))
+			lastCPU, lastDel = now, del
+		}
+		return line
 	})
 	sendDur := l.run(ctx)
 	drain(ctx, ck, o.drain)
 	stopProgress()
+	cpu1, cpuErr := cpu.total()
 	stopAck()
 	rs.closeAll(stopRead)
 
@@ -149,6 +161,15 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	s.Offered = l.offered.Load()
 	s.fill(ck, &l.errs, rs.wsErrs, &l.sendLat, start, sendDur)
 	s.Dropped = rs.dropped.Load()
+	s.Windows, s.HoldRatio = win.result()
+	if len(cpu.pids) > 0 {
+		s.ServerPIDs = cpu.pids
+		s.ServerCPU = (cpu1 - cpu0).Seconds()
+		s.ServerCPUPerMsg = perMessage(cpu1-cpu0, s.Deliveries)
+		if cpuErr != nil {
+			s.ServerCPUError = cpuErr.Error()
+		}
+	}
 	return s, nil
 }
 

@@ -105,6 +105,15 @@ type summary struct {
 	WSErrors      map[string]int64 `json:"ws_errors,omitempty"`
 	Dropped       int64            `json:"dropped_connections"` // closed by the server or failed during the run
 	ClientCPU     float64          `json:"client_cpu_seconds"`  // this process (includes the server with -embedded)
+	// Server processes named by -pids: their CPU (user + system) during
+	// the run, and per delivered message.
+	ServerPIDs      []int   `json:"server_pids,omitempty"`
+	ServerCPU       float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUPerMsg float64 `json:"server_cpu_us_per_msg,omitempty"`
+	ServerCPUError  string  `json:"server_cpu_error,omitempty"`
+	// Deliveries per -window, and the last window's rate over the first's.
+	Windows   []windowStat `json:"windows,omitempty"`
+	HoldRatio float64      `json:"hold_ratio,omitempty"`
 
 	Offline *offlineStats `json:"offline,omitempty"`
 	Idle    *idleStats    `json:"idle,omitempty"`
@@ -224,6 +233,17 @@ func (s *summary) writeText(w io.Writer) {
 	row("errors by status", "%s", countsString(s.Errors))
 	if len(s.WSErrors) > 0 || s.Dropped > 0 {
 		row("ws errors", "%s, dropped connections %d", countsString(s.WSErrors), s.Dropped)
+	}
+	if len(s.Windows) > 0 {
+		var parts []string
+		for _, w := range s.Windows {
+			parts = append(parts, fmt.Sprintf("%.0f", w.DeliveredPerS))
+		}
+		row("per window", "%s delivered/s (%.0f s each); last/first %.2f", strings.Join(parts, " "), s.Windows[0].Seconds, s.HoldRatio)
+	}
+	if len(s.ServerPIDs) > 0 {
+		row("server CPU", "%.2f s in %d processes = %.1f µs per delivered message%s", s.ServerCPU, len(s.ServerPIDs), s.ServerCPUPerMsg,
+			map[bool]string{true: " (" + s.ServerCPUError + ")", false: ""}[s.ServerCPUError != ""])
 	}
 	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Embedded && s.Scenario != "idle" || s.Floor != nil])
 }

@@ -4,57 +4,89 @@
 #   A: api + pipeline (the senders post here)
 #   B: every role
 #   C: realtime (the recipients connect here)
-# then `routebench online` for DURATION, and the CPU each process used.
+# then `routebench online` for DURATION, the CPU each process used, and the
+# size of the store's tables after the first minute and at the end.
 #
 #   deploy/bench/three-instances.sh [DURATION] [routebench flags...]
 #
-# Environment: DATABASE_URL (default the local test database), NATS_URL
-# (default nats://127.0.0.1:4222), REDIS_ADDR (default 127.0.0.1:6379),
-# NATS_PID to count a NATS server's CPU too, BIN_DIR for prebuilt
-# routingservice and routebench binaries (default: built into a temporary
-# directory from this tree). Loopback only; everything it starts is stopped
-# on exit.
+# Environment:
+#   PRIVATE_PG=1  start a private PostgreSQL cluster for the run (the
+#                 machine's binaries, initdb + pg_ctl on a free loopback
+#                 port, autovacuum at its defaults unless PG_OPTS says
+#                 otherwise), removed afterwards
+#   PG_OPTS       extra postgres options for the private cluster, e.g.
+#                 "-c autovacuum=off"
+#   DATABASE_URL  otherwise (default the local test database); the run's
+#                 schema is dropped at the end
+#   NATS_URL      default nats://127.0.0.1:4222; NATS_PID to count its CPU
+#   REDIS_ADDR    default 127.0.0.1:6379
+# The run's streams and keys (prefix threebench<pid>) are deleted at the end.
+#   BIN_DIR       prebuilt routingservice and routebench binaries (default:
+#                 built into a temporary directory from this tree)
+# Loopback only; everything it starts is stopped on exit.
 set -euo pipefail
 
 duration=${1:-20s}
 shift || true
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
+chmod 755 "$work"
 pids=()
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+prefix=threebench$$
+psql_url() { "$pg_bin/psql" "$DATABASE_URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${PRIVATE_PG:-}" ]; then
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  else
+    psql_url -c "DROP SCHEMA IF EXISTS $prefix CASCADE" 2>/dev/null || true
+  fi
+  [ -x "$work/cleanup" ] && "$work/cleanup" -nats "$nats_url" -redis "$redis_addr" -prefix "$prefix" -delete >/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
-export JWT_SECRET=${JWT_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 nats_url=${NATS_URL:-nats://127.0.0.1:4222}
 redis_addr=${REDIS_ADDR:-127.0.0.1:6379}
-
 bin=${BIN_DIR:-$work/bin}
 if [ -z "${BIN_DIR:-}" ]; then
   (cd "$root" && go build -o "$bin/routingservice" ./cmd/routingservice && go build -o "$bin/routebench" ./cmd/routebench)
 fi
+(cd "$root" && go build -o "$work/cleanup" ./deploy/cleanup)
+
+if [ -n "${PRIVATE_PG:-}" ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/pg" && chown postgres "$work/pg"
+  runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
+  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $work/pg ${PG_OPTS:-}" start >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+  pg_pid=$(head -n 1 "$work/pg/postmaster.pid")
+else
+  export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
+  pg_pid=
+fi
+export JWT_SECRET=${JWT_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 # instance name, roles, port prefix (API <p>82, WebSocket <p>85, ops <p>90)
 for spec in "a api,pipeline 190" "b api,pipeline,realtime 191" "c realtime 192"; do
   read -r name roles port <<<"$spec"
-  cat >"$work/$name.yaml" <<EOF
+  cat >"$work/$name.yaml" <<YAML
 instance_id: bench-$name
 roles: [$roles]
 data_dir: $work/data-$name
 api: {listen: "127.0.0.1:${port}82", rate_limit: 0}
 realtime: {listen: "127.0.0.1:${port}85", max_conns: 100000, max_conns_per_ip: 0, connect_rate_per_ip: 0, connect_rate_per_user: 0}
 ops: {listen: "127.0.0.1:${port}90"}
-bus: {type: nats, nats: {url: "$nats_url", subject_prefix: threebench}}
-store: {type: postgres, postgres_schema: threebench}
-presence: {type: redis, redis: {addr: "$redis_addr", key_prefix: "threebench:"}}
+bus: {type: nats, nats: {url: "$nats_url", subject_prefix: $prefix}}
+store: {type: postgres, postgres_schema: $prefix}
+presence: {type: redis, redis: {addr: "$redis_addr", key_prefix: "$prefix:"}}
 push: {webpush: {enabled: false}}
 admin: {socket: "-"}
 log: {level: warn}
-EOF
+YAML
   "$bin/routingservice" serve --config "$work/$name.yaml" >"$work/$name.log" 2>&1 &
   pids+=($!)
 done
@@ -67,12 +99,30 @@ for port in 19090 19190 19290; do
   curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" || { cat "$work"/*.log; echo "instance on ops port $port not ready" >&2; exit 1; }
 done
 
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, clock ticks
+# CPU of a process and, for PostgreSQL, of its children (live backends, and
+# those that ended: cutime + cstime), in clock ticks.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+pgcpu() {
+  local t c
+  t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
+  for c in $(pgrep -P "$1"); do t=$((t + $(cpu "$c" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+tables() {
+  psql_url -F ' ' -c "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables WHERE schemaname = '$prefix' ORDER BY relname" |
+    awk -v at="$1" '{printf "tables %s: %-16s live %8d dead %8d size %8.1f MiB\n", at, $1, $2, $3, $4 / 1048576}'
+}
 watched=("${pids[@]}" ${NATS_PID:-})
 before=(); for p in "${watched[@]}"; do before+=("$(cpu "$p")"); done
+[ -n "$pg_pid" ] && pg_before=$(pgcpu "$pg_pid")
+
+# The tables after the first minute, while the run goes on.
+( sleep 60 && tables "after 60 s" >"$work/tables-60" 2>&1 ) &
+sampler=$!
 
 status=0
-"$bin/routebench" online -api http://127.0.0.1:19082 -ws ws://127.0.0.1:19285 -duration "$duration" "$@" || status=$?
+"$bin/routebench" online -api http://127.0.0.1:19082 -ws ws://127.0.0.1:19285 -duration "$duration" \
+  -pids "$(IFS=,; echo "${watched[*]}${pg_pid:+,$pg_pid}")" "$@" || status=$?
 
 hz=$(getconf CLK_TCK)
 names=(A B C NATS)
@@ -80,4 +130,8 @@ for i in "${!watched[@]}"; do
   after=$(cpu "${watched[$i]}")
   echo "cpu ${names[$i]}: $(awk -v t=$((after - before[i])) -v hz="$hz" 'BEGIN {printf "%.2f s", t / hz}')"
 done
+[ -n "$pg_pid" ] && echo "cpu PostgreSQL: $(awk -v t=$(($(pgcpu "$pg_pid") - pg_before)) -v hz="$hz" 'BEGIN {printf "%.2f s", t / hz}')"
+kill "$sampler" 2>/dev/null || true
+cat "$work/tables-60" 2>/dev/null || true
+tables "at the end"
 exit $status
