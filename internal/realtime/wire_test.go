@@ -132,6 +132,8 @@ func TestProtocolErrorsAndClientClose(t *testing.T) {
 		{"fragmented ping", ws.MustCompileFrame(ws.MaskFrame(ws.NewFrame(ws.OpPing, false, nil))), ws.StatusProtocolError},
 		{"invalid UTF-8 text", ws.MustCompileFrame(ws.MaskFrame(ws.NewTextFrame([]byte{0xff, 0xfe}))), ws.StatusInvalidFramePayloadData},
 		{"client close", ws.MustCompileFrame(ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "bye")))), ws.StatusGoingAway},
+		// A close body is empty or starts with a two-byte code (RFC 6455 5.5.1).
+		{"close with a 1-byte body", ws.MustCompileFrame(ws.MaskFrame(ws.NewCloseFrame([]byte{3}))), ws.StatusProtocolError},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
