@@ -3,6 +3,8 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +14,8 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -52,6 +56,20 @@ type Options struct {
 	// MaxPendingPerRecipient refuses stored sends to a recipient with that
 	// many pending messages (<= 0: no cap).
 	MaxPendingPerRecipient int
+	// MaxPendingPerSender and MaxPendingBytesPerSender refuse stored sends
+	// of a sender with that many messages pending, or whose pending
+	// payload bytes this send would take past the bound, whoever the
+	// recipients are (<= 0: no cap).
+	MaxPendingPerSender      int
+	MaxPendingBytesPerSender int64
+	// MaxPageBytes bounds the payload bytes of a page of GET /v1/messages:
+	// the page ends early, with a cursor, before the message that would
+	// pass it; a page holds at least one message (<= 0: no bound).
+	MaxPageBytes int
+	// MaxFetchesPerUser bounds the GET /v1/messages requests one user has
+	// in progress on this instance at once; more answer 429 rate_limited
+	// (<= 0: no bound).
+	MaxFetchesPerUser int
 	// ValidateTarget checks a push target's form; nil accepts any non-empty target.
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
@@ -85,7 +103,11 @@ type Server struct {
 	// limiter is nil without a rate limit.
 	limiter *Limiter
 	tracer  trace.Tracer // nil when tracing is off
+	// counts and senders remember pending counts read from the store, of
+	// recipients and of senders.
 	counts  queueCounts
+	senders queueCounts
+	fetches userSlots
 }
 
 // New returns the API server.
@@ -94,7 +116,8 @@ func New(o Options, st Store, pub Publisher, authenticate web.Authenticate) *Ser
 		o.Logger = slog.Default()
 	}
 	return &Server{o: o, store: st, bus: pub, auth: authenticate, ids: envelope.NewIDs(), log: o.Logger, m: o.Metrics,
-		limiter: NewLimiter(o.RateLimit, o.RateBurst), tracer: telemetry.Tracer(o.TracerProvider, "api")}
+		limiter: NewLimiter(o.RateLimit, o.RateBurst), tracer: telemetry.Tracer(o.TracerProvider, "api"),
+		fetches: userSlots{max: o.MaxFetchesPerUser}}
 }
 
 // Mount adds the /v1 routes to rt.
@@ -189,7 +212,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.IdempotencyKey != "" {
 		ictx, span := telemetry.Start(ctx, s.tracer, "idempotency reserve", trace.SpanKindInternal)
-		rec, fresh, err := s.store.ReserveIdempotency(ictx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey, Envelope: env})
+		hash := store.EnvelopeHash(env)
+		rec, fresh, err := s.store.ReserveIdempotency(ictx, store.Idempotency{Sender: env.Sender, Key: req.IdempotencyKey,
+			ID: env.ID, CreatedAt: env.CreatedAt, RequestHash: hash})
 		if span != nil {
 			span.SetAttributes(attribute.Bool("routing.idempotency.fresh", fresh))
 			telemetry.End(span, err)
@@ -204,20 +229,14 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 				s.m.IdempotentHits.Inc()
 			}
 			if !rec.Published {
-				// An earlier attempt reserved the key but did not finish
-				// accepting (it failed or is still running): accept the same
-				// envelope again; the store keeps one copy of an id.
-				if e := s.accept(ctx, rec.Envelope); e != nil {
+				if e := s.acceptAgain(ctx, rec, env, hash); e != nil {
 					web.WriteError(w, e)
 					return
 				}
-				if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
-					// The message is accepted; the next retry with this key
-					// accepts it again, which stores nothing twice.
-					s.log.Warn("idempotency mark published failed", "id", rec.Envelope.ID, "err", err)
-				}
 			}
-			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.Envelope.ID, CreatedAt: rec.Envelope.CreatedAt})
+			// The key's answer, whatever this request's body: a client may
+			// encrypt a message again before it retries.
+			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.ID, CreatedAt: rec.CreatedAt})
 			return
 		}
 		if e := s.acceptNew(ctx, env); e != nil {
@@ -246,13 +265,57 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: env.ID, CreatedAt: env.CreatedAt})
 }
 
+// acceptAgain finishes what an earlier send with the same idempotency key
+// started: its record is reserved but the message not known accepted (the
+// earlier attempt failed, or is still running). The record holds no
+// payload: when this request is the same message (same request hash), it
+// accepts it again under the record's id and time, and the store keeps one
+// copy of an id. Another message under the key is accepted only if the
+// first one is stored already (then the key's answer stands); otherwise
+// it answers 409 idempotency_key_reused, since what the key was reserved
+// for cannot be known.
+func (s *Server) acceptAgain(ctx context.Context, rec store.Idempotency, env *envelope.Envelope, hash []byte) *web.Error {
+	if bytes.Equal(rec.RequestHash, hash) {
+		env.ID, env.CreatedAt = rec.ID, rec.CreatedAt
+		if e := s.accept(ctx, env); e != nil {
+			return e
+		}
+	} else {
+		stored, err := s.store.Stored(ctx, []string{rec.ID})
+		if err != nil {
+			s.log.WarnContext(ctx, "idempotency stored check failed", "id", rec.ID, "err", err)
+			return unavailable("store")
+		}
+		if len(stored) == 0 {
+			e := web.Errorf(http.StatusConflict, web.CodeIdempotencyKeyReused,
+				"idempotency_key is held by another message whose sending has not finished; nothing was accepted: send the same message again with this key, or use a new key")
+			e.RetryAfter = 1
+			return e
+		}
+	}
+	if err := s.store.MarkPublished(ctx, rec.Sender, rec.Key); err != nil {
+		// The message is accepted; the next retry with this key accepts
+		// it again, which stores nothing twice.
+		s.log.Warn("idempotency mark published failed", "id", rec.ID, "err", err)
+	}
+	return nil
+}
+
 // acceptNew accepts a message not accepted before (a retry with an
 // idempotency key goes to accept directly: its message may be stored
-// already): a stored one only while its recipient's queue has room.
+// already): a stored one only while its recipient's queue has room and
+// its sender is within its quota.
 func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope) *web.Error {
-	if !env.Ephemeral && s.o.MaxPendingPerRecipient > 0 {
-		if e := s.checkQueue(ctx, env.Recipient); e != nil {
-			return e
+	if !env.Ephemeral {
+		if s.o.MaxPendingPerRecipient > 0 {
+			if e := s.checkQueue(ctx, env.Recipient); e != nil {
+				return e
+			}
+		}
+		if s.o.MaxPendingPerSender > 0 || s.o.MaxPendingBytesPerSender > 0 {
+			if e := s.checkSender(ctx, env.Sender, len(env.Payload)); e != nil {
+				return e
+			}
 		}
 	}
 	return s.accept(ctx, env)
@@ -266,7 +329,7 @@ func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope) *web.Err
 // one recipient's queue can hold, it is not an exact count.
 func (s *Server) checkQueue(ctx context.Context, recipient string) *web.Error {
 	now := time.Now()
-	if s.counts.roomFor(recipient, s.o.MaxPendingPerRecipient, now) {
+	if s.counts.roomFor(recipient, s.o.MaxPendingPerRecipient, 0, 0, now) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.PublishTimeout)
@@ -277,7 +340,7 @@ func (s *Server) checkQueue(ctx context.Context, recipient string) *web.Error {
 		return unavailable("store")
 	}
 	if n < s.o.MaxPendingPerRecipient {
-		s.counts.read(recipient, n, now)
+		s.counts.read(recipient, n, 0, 0, now)
 		return nil
 	}
 	if s.m != nil {
@@ -285,6 +348,48 @@ func (s *Server) checkQueue(ctx context.Context, recipient string) *web.Error {
 	}
 	return web.Errorf(http.StatusTooManyRequests, web.CodeRecipientQueueFull,
 		"the recipient has "+strconv.Itoa(s.o.MaxPendingPerRecipient)+" pending messages, the most it may have; nothing was accepted")
+}
+
+// checkSender refuses a send of size payload bytes from a sender whose
+// pending messages reached their cap, or whose pending payload bytes it
+// would take past theirs: any well-formed URN is a recipient, so the
+// per-recipient cap alone does not bound what one sender can leave in
+// the store. Like checkQueue it reads the store's maintained counts (one
+// row) unless a count read less than countFresh ago shows the sender far
+// below both caps, and concurrent sends may pass the caps by as many as
+// run at once. It answers no Retry-After: room comes when recipients
+// acknowledge, which no delay predicts.
+func (s *Server) checkSender(ctx context.Context, sender string, size int) *web.Error {
+	now := time.Now()
+	maxN, maxBytes := s.o.MaxPendingPerSender, s.o.MaxPendingBytesPerSender
+	if s.senders.roomFor(sender, maxN, maxBytes, int64(size), now) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.PublishTimeout)
+	defer cancel()
+	c, err := s.store.SenderPending(ctx, sender)
+	if err != nil {
+		s.log.Warn("sender pending count failed", "err", err)
+		return unavailable("store")
+	}
+	if (maxN <= 0 || c.Messages < maxN) && (maxBytes <= 0 || c.Bytes+int64(size) <= maxBytes) {
+		s.senders.read(sender, c.Messages, c.Bytes, int64(size), now)
+		return nil
+	}
+	if s.m != nil {
+		s.m.SendsRefused.WithLabelValues("sender_quota_exceeded").Inc()
+	}
+	var limits []string
+	if maxN > 0 {
+		limits = append(limits, strconv.Itoa(maxN)+" messages")
+	}
+	if maxBytes > 0 {
+		limits = append(limits, strconv.FormatInt(maxBytes, 10)+" payload bytes")
+	}
+	return web.Errorf(http.StatusTooManyRequests, web.CodeSenderQuotaExceeded,
+		"you have "+strconv.Itoa(c.Messages)+" messages of "+strconv.FormatInt(c.Bytes, 10)+
+			" payload bytes waiting for their recipients; a sender may have at most "+strings.Join(limits, " and ")+
+			" pending; nothing was accepted; room comes as recipients acknowledge")
 }
 
 // storedAttrs mark a routing event whose envelope is in the store already.
@@ -353,11 +458,6 @@ func unavailable(backend string) *web.Error {
 	return e
 }
 
-type fetchResponse struct {
-	Messages   []*envelope.Envelope `json:"messages"`
-	NextCursor string               `json:"next_cursor"`
-}
-
 func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	limit := 100
@@ -374,7 +474,16 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
 		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "after is not a cursor this server made"))
 		return
 	}
-	page, err := s.store.Pending(r.Context(), web.Subject(r.Context()), after, limit)
+	user := web.Subject(r.Context())
+	if !s.fetches.acquire(user) {
+		e := web.Errorf(http.StatusTooManyRequests, web.CodeRateLimited,
+			"at most "+strconv.Itoa(s.o.MaxFetchesPerUser)+" fetches of one user at once; retry after the Retry-After delay")
+		e.RetryAfter = 1
+		web.WriteError(w, e)
+		return
+	}
+	defer s.fetches.release(user)
+	page, err := s.store.PendingWithin(r.Context(), user, after, limit, s.o.MaxPageBytes)
 	if errors.Is(err, store.ErrBadCursor) {
 		web.WriteError(w, web.Errorf(http.StatusBadRequest, web.CodeInvalidParameter, "after is not a cursor this server made"))
 		return
@@ -384,10 +493,90 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
 		web.WriteError(w, unavailable("store"))
 		return
 	}
-	if page.Envelopes == nil {
-		page.Envelopes = []*envelope.Envelope{}
+	if err := writePage(w, page); err != nil {
+		s.log.Debug("fetch answer not written", "err", err)
 	}
-	web.WriteJSON(w, http.StatusOK, fetchResponse{Messages: page.Envelopes, NextCursor: page.Next})
+}
+
+// pageBufferBytes is the buffer a page is encoded into on its way to the
+// connection.
+const pageBufferBytes = 32 << 10
+
+var pageWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, pageBufferBytes) }}
+
+// writePage answers 200 with page as {"messages": [...], "next_cursor":
+// "..."}, encoding one envelope at a time into a bounded buffer that
+// flushes to the connection, and dropping each envelope once it is
+// encoded: a client that reads slowly, or not at all, holds the page (at
+// most the store's byte bound) and one buffer, never a second encoded
+// copy of it. An error is the connection's: the status is sent already.
+func writePage(w http.ResponseWriter, page store.Page) error {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	bw := pageWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() {
+		bw.Reset(nil)
+		pageWriters.Put(bw)
+	}()
+	enc := json.NewEncoder(bw)
+	bw.WriteString(`{"messages":[`)
+	for i, e := range page.Envelopes {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+		page.Envelopes[i] = nil // written: its payload may go
+	}
+	bw.WriteString(`],"next_cursor":`)
+	if err := enc.Encode(page.Next); err != nil {
+		return err
+	}
+	bw.WriteString("}\n")
+	return bw.Flush()
+}
+
+// userSlots bounds the requests of one user in progress at once (max <= 0:
+// no bound). A user's entry exists while it has one in progress.
+type userSlots struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int
+}
+
+// acquire takes a slot of user's, reporting false when all max are taken.
+func (u *userSlots) acquire(user string) bool {
+	if u.max <= 0 {
+		return true
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[user] >= u.max {
+		return false
+	}
+	if u.n == nil {
+		u.n = make(map[string]int)
+	}
+	u.n[user]++
+	return true
+}
+
+// release gives back a slot that acquire took.
+func (u *userSlots) release(user string) {
+	if u.max <= 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[user] <= 1 {
+		delete(u.n, user)
+		return
+	}
+	u.n[user]--
 }
 
 type ackRequest struct {

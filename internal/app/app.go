@@ -269,11 +269,6 @@ func (a *App) wire(ctx context.Context) error {
 			PublishTimeout:         cfg.API.PublishTimeout,
 			MaxTargetsPerUser:      cfg.Push.MaxTargetsPerUser,
 			MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
-			// Per sender, over all recipients: any URN is a recipient.
-			MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
-			MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
-			MaxPageBytes:             cfg.API.MaxPageBytes,
-			MaxFetchesPerUser:        cfg.API.MaxFetchesPerUser,
 			ValidateTarget:         a.push.validateTarget,
 			VAPIDPublicKey:         a.push.vapidPublicKey(),
 			RateLimit:              cfg.API.RateLimit,
@@ -283,6 +278,12 @@ func (a *App) wire(ctx context.Context) error {
 			Logger:                 a.log.With("role", "api"),
 			Metrics:                a.metrics,
 			TracerProvider:         a.tp,
+
+			// Per sender, over all recipients: any URN is a recipient.
+			MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
+			MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
+			MaxPageBytes:             cfg.API.MaxPageBytes,
+			MaxFetchesPerUser:        cfg.API.MaxFetchesPerUser,
 		}, a.store, a.bus, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)

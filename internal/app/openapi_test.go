@@ -21,14 +21,32 @@ import (
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
 // outageStore fails every call a request makes while down (the pipeline's
-// calls too: nothing is accepted meanwhile).
+// calls too: nothing is accepted meanwhile), and only the writes of
+// messages and the release of idempotency keys while writesDown (a send
+// with a key then fails and leaves its key reserved).
 type outageStore struct {
 	store.Store
-	down atomic.Bool
+	down       atomic.Bool
+	writesDown atomic.Bool
+}
+
+func (s *outageStore) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
+	if s.down.Load() || s.writesDown.Load() {
+		return nil, errOutage
+	}
+	return s.Store.PutMessages(ctx, envs)
+}
+
+func (s *outageStore) ReleaseIdempotency(ctx context.Context, sender, key string) error {
+	if s.down.Load() || s.writesDown.Load() {
+		return errOutage
+	}
+	return s.Store.ReleaseIdempotency(ctx, sender, key)
 }
 
 var errOutage = errors.New("store outage (test)")
@@ -38,6 +56,13 @@ func (s *outageStore) Pending(ctx context.Context, r, c string, n int) (store.Pa
 		return store.Page{}, errOutage
 	}
 	return s.Store.Pending(ctx, r, c, n)
+}
+
+func (s *outageStore) PendingWithin(ctx context.Context, r, c string, n, b int) (store.Page, error) {
+	if s.down.Load() {
+		return store.Page{}, errOutage
+	}
+	return s.Store.PendingWithin(ctx, r, c, n, b)
 }
 
 func (s *outageStore) Ack(ctx context.Context, r string, ids []string) (int, error) {
@@ -88,6 +113,9 @@ type exchange struct {
 	outage  bool // the store is down while it runs
 	want    int
 	noToken bool
+
+	// writesDown: the store's message writes and key releases fail while it runs.
+	writesDown bool
 }
 
 // Every endpoint of api/openapi.yaml is called on a running instance with
@@ -172,6 +200,8 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		{name: "send payload too large", method: "POST", path: "/v1/messages", body: bigPayload, want: 413},
 		{name: "send not json", method: "POST", path: "/v1/messages", body: msg, header: map[string]string{"Content-Type": "text/plain"}, want: 415},
 		{name: "send store down", method: "POST", path: "/v1/messages", body: `{"recipient":"urn:sm:user:bob","payload":"aGk=","idempotency_key":"k1"}`, outage: true, want: 503},
+		{name: "send leaves its key held", method: "POST", path: "/v1/messages", body: `{"recipient":"urn:sm:user:bob","payload":"aGk=","idempotency_key":"held"}`, writesDown: true, want: 503},
+		{name: "send another message with a held key", method: "POST", path: "/v1/messages", body: `{"recipient":"urn:sm:user:bob","payload":"b3RoZXI=","idempotency_key":"held"}`, want: 409},
 		{name: "send rate limited 1", on: limited, method: "POST", path: "/v1/messages", body: msg, want: 202},
 		{name: "send rate limited 2", on: limited, method: "POST", path: "/v1/messages", body: msg, want: 429},
 
@@ -286,8 +316,12 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		if tc.outage {
 			outage.down.Store(true)
 		}
+		if tc.writesDown {
+			outage.writesDown.Store(true)
+		}
 		resp, err := http.DefaultClient.Do(req)
 		outage.down.Store(false)
+		outage.writesDown.Store(false)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}

@@ -136,6 +136,13 @@ type API struct {
 	// pipeline before sends are refused (503, Retry-After) until it catches
 	// up; 0: no limit. Read from engines that report it (NATS).
 	MaxIngressBacklog int64 `yaml:"max_ingress_backlog"`
+	// MaxPageBytes bounds the payload bytes of one page of GET
+	// /v1/messages: the page ends early, with a cursor, before the message
+	// that would pass it (a page holds at least one message).
+	MaxPageBytes int `yaml:"max_page_bytes"`
+	// MaxFetchesPerUser bounds the GET /v1/messages requests one user has
+	// in progress on an instance at once; more answer 429 rate_limited.
+	MaxFetchesPerUser int `yaml:"max_fetches_per_user"`
 }
 
 // Realtime configures the WebSocket role.
@@ -285,6 +292,11 @@ type Store struct {
 	// acknowledged) messages: sends to a recipient at the cap are refused
 	// with 429 recipient_queue_full.
 	MaxPendingPerRecipient int `yaml:"max_pending_per_recipient"`
+	// MaxPendingPerSender and MaxPendingBytesPerSender cap what one sender
+	// has pending over all its recipients (messages; payload bytes): sends
+	// past either are refused with 429 sender_quota_exceeded.
+	MaxPendingPerSender      int   `yaml:"max_pending_per_sender"`
+	MaxPendingBytesPerSender int64 `yaml:"max_pending_bytes_per_sender"`
 }
 
 // Presence configures the presence registry.
@@ -438,6 +450,8 @@ func Default() Config {
 			WriteTimeout:       10 * time.Second,
 			PublishTimeout:     5 * time.Second,
 			MaxIngressBacklog:  50000,
+			MaxPageBytes:       1 << 20,
+			MaxFetchesPerUser:  2,
 		},
 		Realtime: Realtime{
 			Listen:          "127.0.0.1:8085",
@@ -500,7 +514,9 @@ func Default() Config {
 			MaxBatch:       256,
 			MaxConns:       16,
 
-			MaxPendingPerRecipient: 10000,
+			MaxPendingPerRecipient:   10000,
+			MaxPendingPerSender:      100000,
+			MaxPendingBytesPerSender: 1 << 30,
 		},
 		Presence: Presence{
 			Type:      "memory",
@@ -741,6 +757,18 @@ func (c Config) Check() error {
 	}
 	if c.API.MaxIngressBacklog < 0 {
 		bad("api.max_ingress_backlog", "must not be negative (0: no limit)")
+	}
+	if c.API.MaxPageBytes < 1 {
+		bad("api.max_page_bytes", "must be at least 1 (a page holds at least one message whatever its size)")
+	}
+	if c.API.MaxFetchesPerUser < 1 {
+		bad("api.max_fetches_per_user", "must be at least 1")
+	}
+	if c.Store.MaxPendingPerSender < 1 {
+		bad("store.max_pending_per_sender", "must be at least 1")
+	}
+	if c.Store.MaxPendingBytesPerSender < int64(c.API.MaxPayloadBytes) {
+		bad("store.max_pending_bytes_per_sender", "must be at least api.max_payload_bytes (%d), or no message of that size could be sent", c.API.MaxPayloadBytes)
 	}
 	if c.API.RateLimit > 0 && c.API.RateBurst < 1 {
 		bad("api.rate_burst", "must be at least 1")

@@ -159,6 +159,10 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"ws header timeout", "realtime: {read_header_timeout: 0s}", nil, "realtime.read_header_timeout"},
 		{"ops listen", "ops: {listen: ''}", nil, "ops.listen"},
 		{"ops check timeout", "ops: {check_timeout: 1m}", nil, "ops.check_timeout"},
+		{"page bytes", "api: {max_page_bytes: 0}", nil, "api.max_page_bytes"},
+		{"fetches per user", "api: {max_fetches_per_user: 0}", nil, "api.max_fetches_per_user"},
+		{"pending per sender", "store: {max_pending_per_sender: 0}", nil, "store.max_pending_per_sender"},
+		{"pending bytes per sender under a payload", "store: {max_pending_bytes_per_sender: 1000}", nil, "store.max_pending_bytes_per_sender"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

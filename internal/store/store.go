@@ -8,6 +8,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -31,15 +33,55 @@ type Page struct {
 	Next string
 }
 
-// Idempotency is the record of one accepted send with an idempotency key.
+// Idempotency is the record of one send with an idempotency key: the
+// answer given for the key, and a hash of the request that got it. It
+// holds no payload, recipient or type: what a retry needs of the message
+// it brings itself, and the hash tells whether it is the same message.
 type Idempotency struct {
 	Sender string
 	Key    string
-	// Envelope is the message accepted for that key (payload included, so
-	// that a retry can republish it if the first attempt did not finish).
-	Envelope *envelope.Envelope
-	// Published is true once the envelope was durably published.
+	// ID and CreatedAt are the answer for the key: the accepted message's
+	// id and time of acceptance.
+	ID        string
+	CreatedAt time.Time
+	// RequestHash is RequestHash of the request that reserved the key.
+	RequestHash []byte
+	// Published is true once the message was accepted (stored, or
+	// published to the bus for an ephemeral one).
 	Published bool
+}
+
+// RequestHash is the SHA-256 of what makes a send the same message: its
+// recipient, type, ephemeral flag and payload, each field length-prefixed
+// so that no two requests share an encoding.
+func RequestHash(recipient, typ string, ephemeral bool, payload []byte) []byte {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	for _, f := range [...]string{"routing idempotency v1", recipient, typ} {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(f)))])
+		h.Write([]byte(f))
+	}
+	if ephemeral {
+		h.Write([]byte{1})
+	} else {
+		h.Write([]byte{0})
+	}
+	h.Write(n[:binary.PutUvarint(n[:], uint64(len(payload)))])
+	h.Write(payload)
+	return h.Sum(nil)
+}
+
+// EnvelopeHash is RequestHash of the request that made e.
+func EnvelopeHash(e *envelope.Envelope) []byte {
+	return RequestHash(e.Recipient, e.Type, e.Ephemeral, e.Payload)
+}
+
+// SenderCount is what a sender has pending: stored envelopes it sent that
+// are neither acknowledged nor deleted by retention, and their payload
+// bytes.
+type SenderCount struct {
+	Messages int
+	Bytes    int64
 }
 
 // Target is one push target of a user.
@@ -93,6 +135,13 @@ type Messages interface {
 	// Pending returns up to limit envelopes of recipient after cursor
 	// ("" for the start), oldest (first stored) first.
 	Pending(ctx context.Context, recipient, cursor string, limit int) (Page, error)
+	// PendingWithin is Pending with a bound on the page's payload bytes
+	// too: the page ends before the envelope that would take the sum of
+	// its payload lengths past maxBytes, and Next then continues with that
+	// envelope. A page holds at least one envelope whenever one is
+	// pending after cursor, however large. maxBytes <= 0: no byte bound.
+	// The store reads no more than the page and the envelope after it.
+	PendingWithin(ctx context.Context, recipient, cursor string, limit, maxBytes int) (Page, error)
 	// Stored returns those of ids that are stored: neither acknowledged
 	// nor deleted by retention (routed or not), in no particular order.
 	// Unknown ids are left out. It reads by id, so it is cheap for the
@@ -131,19 +180,27 @@ type PendingCounts interface {
 	// recipients, from the same kept counts (one row per recipient with
 	// pending envelopes, never a count of the envelopes).
 	PendingTotal(ctx context.Context) (int64, error)
+	// SenderPending returns what sender has pending: the envelopes it sent
+	// that are stored (neither acknowledged nor deleted by retention) and
+	// the sum of their payload lengths. It reads counts the store keeps in
+	// the same transactions that store and delete envelopes (one row read),
+	// like PendingCount.
+	SenderPending(ctx context.Context, sender string) (SenderCount, error)
 }
 
 // Idempotencies stores idempotency records.
 type Idempotencies interface {
 	// ReserveIdempotency records rec unless a record for (rec.Sender,
 	// rec.Key) exists; it then returns the existing record and false.
-	// It returns rec and true when rec was recorded.
+	// It returns rec and true when rec was recorded. A record that an
+	// earlier version of the store wrote with the whole envelope is
+	// returned with its RequestHash computed from that envelope.
 	ReserveIdempotency(ctx context.Context, rec Idempotency) (Idempotency, bool, error)
 	// MarkPublished marks the record of (sender, key) published.
 	MarkPublished(ctx context.Context, sender, key string) error
 	// ReleaseIdempotency deletes the record of (sender, key) if it is not published.
 	ReleaseIdempotency(ctx context.Context, sender, key string) error
-	// DeleteIdempotencyBefore deletes records of envelopes created before t.
+	// DeleteIdempotencyBefore deletes records of messages created before t.
 	DeleteIdempotencyBefore(ctx context.Context, t time.Time) (int, error)
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
@@ -18,45 +17,53 @@ const reserveAttempts = 5
 
 // ReserveIdempotency records rec unless (rec.Sender, rec.Key) has a record;
 // then it returns that record and false. The primary key on (sender, key)
-// decides races: of concurrent calls for one key exactly one records.
+// decides races: of concurrent calls for one key exactly one records. A
+// record holds no payload and no recipient (migration 0008); one written
+// before keeps its envelope, from which the request hash is computed.
 func (s *Store) ReserveIdempotency(ctx context.Context, rec store.Idempotency) (store.Idempotency, bool, error) {
 	if s.closed.Load() {
 		return store.Idempotency{}, false, store.ErrClosed
 	}
-	e := rec.Envelope
-	if e == nil {
-		return store.Idempotency{}, false, fmt.Errorf("postgres reserve %s: record has no envelope", rec.Key)
-	}
-	payload := e.Payload
-	if payload == nil {
-		payload = []byte{}
+	if rec.ID == "" || len(rec.RequestHash) == 0 {
+		return store.Idempotency{}, false, fmt.Errorf("postgres reserve %s: record has no id or no request hash", rec.Key)
 	}
 	for range reserveAttempts {
 		tag, err := s.pool.Exec(ctx, `INSERT INTO idempotency
-			(sender, key, id, recipient, type, payload, ephemeral, created_at, published)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (sender, key) DO NOTHING`,
-			rec.Sender, rec.Key, e.ID, e.Recipient, e.Type, payload, e.Ephemeral, storedTime(e.CreatedAt), rec.Published)
+			(sender, key, id, created_at, published, request_hash)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, key) DO NOTHING`,
+			rec.Sender, rec.Key, rec.ID, storedTime(rec.CreatedAt), rec.Published, rec.RequestHash)
 		if err != nil {
 			return store.Idempotency{}, false, s.wrap("reserve", err)
 		}
 		if tag.RowsAffected() == 1 {
 			return rec, true, nil
 		}
-		got := store.Idempotency{Sender: rec.Sender, Key: rec.Key, Envelope: &envelope.Envelope{Sender: rec.Sender}}
-		ge := got.Envelope
-		err = s.pool.QueryRow(ctx, `SELECT id, recipient, type, payload, ephemeral, created_at, published
+		got := store.Idempotency{Sender: rec.Sender, Key: rec.Key}
+		var (
+			recipient *string
+			typ       string
+			ephemeral bool
+			payload   []byte
+		)
+		err = s.pool.QueryRow(ctx, `SELECT id, created_at, published, request_hash, recipient, type, ephemeral,
+			CASE WHEN request_hash IS NULL THEN payload END
 			FROM idempotency WHERE sender = $1 AND key = $2`, rec.Sender, rec.Key).
-			Scan(&ge.ID, &ge.Recipient, &ge.Type, &ge.Payload, &ge.Ephemeral, &ge.CreatedAt, &got.Published)
+			Scan(&got.ID, &got.CreatedAt, &got.Published, &got.RequestHash, &recipient, &typ, &ephemeral, &payload)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue // released in between: try to record again
 		}
 		if err != nil {
 			return store.Idempotency{}, false, s.wrap("reserve: read existing", err)
 		}
-		if ge.Payload == nil {
-			ge.Payload = []byte{}
+		got.CreatedAt = got.CreatedAt.UTC()
+		if len(got.RequestHash) == 0 {
+			// Written before migration 0008, with the envelope.
+			var r string
+			if recipient != nil {
+				r = *recipient
+			}
+			got.RequestHash = store.RequestHash(r, typ, ephemeral, payload)
 		}
-		ge.CreatedAt = ge.CreatedAt.UTC()
 		return got, false, nil
 	}
 	return store.Idempotency{}, false, fmt.Errorf("postgres reserve %s: record kept changing under %d attempts", rec.Key, reserveAttempts)
@@ -85,7 +92,7 @@ func (s *Store) ReleaseIdempotency(ctx context.Context, sender, key string) erro
 	return nil
 }
 
-// DeleteIdempotencyBefore deletes records of envelopes created before t and
+// DeleteIdempotencyBefore deletes records of messages created before t and
 // returns how many it deleted.
 func (s *Store) DeleteIdempotencyBefore(ctx context.Context, t time.Time) (int, error) {
 	return s.deleteInChunks(ctx, "idempotency retention",

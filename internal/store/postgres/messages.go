@@ -412,6 +412,23 @@ func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error)
 	return int(n), nil
 }
 
+// SenderPending returns what sender has pending, from the counts kept by
+// the triggers of migration 0007.
+func (s *Store) SenderPending(ctx context.Context, sender string) (store.SenderCount, error) {
+	if s.closed.Load() {
+		return store.SenderCount{}, store.ErrClosed
+	}
+	var n, b int64
+	err := s.pool.QueryRow(ctx, `SELECT pending, bytes FROM sender_counts WHERE sender = $1`, sender).Scan(&n, &b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.SenderCount{}, nil
+	}
+	if err != nil {
+		return store.SenderCount{}, s.wrap("sender pending", err)
+	}
+	return store.SenderCount{Messages: int(n), Bytes: b}, nil
+}
+
 // PendingTotal implements store.PendingCounts.
 func (s *Store) PendingTotal(ctx context.Context) (int64, error) {
 	if s.closed.Load() {
@@ -424,9 +441,39 @@ func (s *Store) PendingTotal(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
+// pendingSQL reads the page of recipient $1 after seq $2: up to $3 rows
+// and the row after them, which tells whether there is a next page.
+const pendingSQL = `SELECT seq, id, sender, type, payload, ephemeral, created_at, true
+FROM messages WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3 + 1`
+
+// pendingWithinSQL is pendingSQL with a bound of $4 payload bytes: the
+// last column says whether a row is on the page (among the first $3 rows,
+// and the first row or within $4 bytes with the rows before it), and the
+// payload of a row that is not is left out, so that the rows after the
+// page cost their metadata only. octet_length of a stored payload reads
+// its size, not its bytes; rows that fit are a prefix of the rows.
+const pendingWithinSQL = `SELECT seq, id, sender, type, CASE WHEN fits THEN payload END, ephemeral, created_at, fits
+FROM (
+	SELECT seq, id, sender, type, payload, ephemeral, created_at,
+		row_number() OVER w <= $3 AND (row_number() OVER w = 1 OR sum(octet_length(payload)) OVER w <= $4) AS fits
+	FROM (SELECT seq, id, sender, type, payload, ephemeral, created_at FROM messages
+		WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3 + 1) AS m
+	WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+) AS p
+ORDER BY seq`
+
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
 // after cursor, in store order.
 func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error) {
+	return s.PendingWithin(ctx, recipient, cursor, limit, 0)
+}
+
+// PendingWithin returns up to limit (at most 500) of recipient's envelopes
+// stored after cursor, in store order, ending before the envelope that
+// would take their payload bytes past maxBytes (maxBytes <= 0: no bound);
+// the first envelope is returned whatever its size. The server leaves out
+// the payloads past the bound (pendingWithinSQL).
+func (s *Store) PendingWithin(ctx context.Context, recipient, cursor string, limit, maxBytes int) (store.Page, error) {
 	if s.closed.Load() {
 		return store.Page{}, store.ErrClosed
 	}
@@ -435,8 +482,12 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 		return store.Page{}, fmt.Errorf("postgres pending: %w", err)
 	}
 	limit = min(max(limit, 1), maxPage)
-	rows, err := s.pool.Query(ctx, `SELECT seq, id, sender, type, payload, ephemeral, created_at
-		FROM messages WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3`, recipient, after, limit+1)
+	var rows pgx.Rows
+	if maxBytes > 0 {
+		rows, err = s.pool.Query(ctx, pendingWithinSQL, recipient, after, limit, int64(maxBytes))
+	} else {
+		rows, err = s.pool.Query(ctx, pendingSQL, recipient, after, limit)
+	}
 	if err != nil {
 		return store.Page{}, s.wrap("pending", err)
 	}
@@ -449,9 +500,16 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 			break
 		}
 		e := &envelope.Envelope{Recipient: recipient}
-		if err := rows.Scan(&lastSeq, &e.ID, &e.Sender, &e.Type, &e.Payload, &e.Ephemeral, &e.CreatedAt); err != nil {
+		var seq int64
+		var fits bool
+		if err := rows.Scan(&seq, &e.ID, &e.Sender, &e.Type, &e.Payload, &e.Ephemeral, &e.CreatedAt, &fits); err != nil {
 			return store.Page{}, s.wrap("pending: scan", err)
 		}
+		if !fits {
+			page.Next = store.EncodeCursor(lastSeq)
+			break
+		}
+		lastSeq = seq
 		if e.Payload == nil {
 			e.Payload = []byte{}
 		}
@@ -474,7 +532,7 @@ func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 
 // DeleteTombstonesBefore deletes the tombstones of acks made before t, in
 // statements of at most 5000 rows, and returns how many it deleted; then
-// the count rows of recipients with nothing pending.
+// the count rows of recipients and of senders with nothing pending.
 func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
 	n, err := s.deleteInChunks(ctx, "tombstone retention",
 		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < $1 LIMIT $2)`, t)
@@ -486,6 +544,9 @@ func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, e
 	// lock and inserts the row again).
 	if _, err := s.pool.Exec(ctx, `DELETE FROM pending_counts WHERE pending <= 0`); err != nil {
 		return n, s.wrap("pending count retention", err)
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM sender_counts WHERE pending <= 0`); err != nil {
+		return n, s.wrap("sender count retention", err)
 	}
 	return n, nil
 }

@@ -210,3 +210,27 @@ func TestPendingCountRowsAtZero(t *testing.T) {
 		return n
 	})
 }
+
+// A sender's count row stays at zero when its last message is acked, and
+// the sweep deletes it.
+func TestSenderCountRowsAtZero(t *testing.T) {
+	url := databaseURL(t)
+	schema := freshSchema(t, url)
+	s, err := postgres.Open(t.Context(), url, postgres.Options{Schema: schema, MaxConns: 4, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	storetest.RunSenderCountRowsTest(t, s, func() int {
+		var n int
+		if err := conn.QueryRow(t.Context(), "SELECT count(*) FROM "+pgx.Identifier{schema, "sender_counts"}.Sanitize()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	})
+}

@@ -2,38 +2,35 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
-	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
 // ReserveIdempotency records rec unless (rec.Sender, rec.Key) has a record;
 // then it returns that record and false. Reservations go through the single
 // write connection in immediate transactions, so of concurrent calls for one
-// key exactly one records.
+// key exactly one records. A record holds no payload and no recipient
+// (migration 0007); one written before keeps its envelope, from which the
+// request hash is computed.
 func (s *Store) ReserveIdempotency(ctx context.Context, rec store.Idempotency) (store.Idempotency, bool, error) {
 	if s.closed.Load() {
 		return store.Idempotency{}, false, store.ErrClosed
 	}
-	e := rec.Envelope
-	if e == nil {
-		return store.Idempotency{}, false, fmt.Errorf("sqlite reserve %s: record has no envelope", rec.Key)
+	if rec.ID == "" || len(rec.RequestHash) == 0 {
+		return store.Idempotency{}, false, fmt.Errorf("sqlite reserve %s: record has no id or no request hash", rec.Key)
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return store.Idempotency{}, false, s.wrap("reserve: begin", err)
 	}
 	defer tx.Rollback()
-	payload := e.Payload
-	if payload == nil {
-		payload = []byte{}
-	}
 	res, err := tx.ExecContext(ctx, `INSERT INTO idempotency
-		(sender, key, id, recipient, type, payload, ephemeral, created_at, published)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, key) DO NOTHING`,
-		rec.Sender, rec.Key, e.ID, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt), rec.Published)
+		(sender, key, id, created_at, published, request_hash)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, key) DO NOTHING`,
+		rec.Sender, rec.Key, rec.ID, toMillis(rec.CreatedAt), rec.Published, rec.RequestHash)
 	if err != nil {
 		return store.Idempotency{}, false, s.wrap("reserve", err)
 	}
@@ -47,19 +44,26 @@ func (s *Store) ReserveIdempotency(ctx context.Context, rec store.Idempotency) (
 		}
 		return rec, true, nil
 	}
-	got := store.Idempotency{Sender: rec.Sender, Key: rec.Key, Envelope: &envelope.Envelope{Sender: rec.Sender}}
-	var ms int64
-	ge := got.Envelope
-	err = tx.QueryRowContext(ctx, `SELECT id, recipient, type, payload, ephemeral, created_at, published
+	got := store.Idempotency{Sender: rec.Sender, Key: rec.Key}
+	var (
+		ms        int64
+		recipient sql.NullString
+		typ       string
+		ephemeral bool
+		payload   []byte
+	)
+	err = tx.QueryRowContext(ctx, `SELECT id, created_at, published, request_hash, recipient, type, ephemeral,
+		CASE WHEN request_hash IS NULL THEN payload END
 		FROM idempotency WHERE sender = ? AND key = ?`, rec.Sender, rec.Key).
-		Scan(&ge.ID, &ge.Recipient, &ge.Type, &ge.Payload, &ge.Ephemeral, &ms, &got.Published)
+		Scan(&got.ID, &ms, &got.Published, &got.RequestHash, &recipient, &typ, &ephemeral, &payload)
 	if err != nil {
 		return store.Idempotency{}, false, s.wrap("reserve: read existing", err)
 	}
-	if ge.Payload == nil {
-		ge.Payload = []byte{}
+	got.CreatedAt = fromMillis(ms)
+	if len(got.RequestHash) == 0 {
+		// Written before migration 0007, with the envelope.
+		got.RequestHash = store.RequestHash(recipient.String, typ, ephemeral, payload)
 	}
-	ge.CreatedAt = fromMillis(ms)
 	return got, false, nil
 }
 
@@ -86,7 +90,7 @@ func (s *Store) ReleaseIdempotency(ctx context.Context, sender, key string) erro
 	return nil
 }
 
-// DeleteIdempotencyBefore deletes records of envelopes created before t and
+// DeleteIdempotencyBefore deletes records of messages created before t and
 // returns how many it deleted.
 func (s *Store) DeleteIdempotencyBefore(ctx context.Context, t time.Time) (int, error) {
 	return s.deleteInChunks(ctx, "idempotency retention",

@@ -409,6 +409,16 @@ func (s *Store) inChunks(n int, id func(i int) (string, bool), run func(args []a
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
 // after cursor, in store order.
 func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error) {
+	return s.PendingWithin(ctx, recipient, cursor, limit, 0)
+}
+
+// PendingWithin returns up to limit (at most 500) of recipient's envelopes
+// stored after cursor, in store order, ending before the envelope that
+// would take their payload bytes past maxBytes (maxBytes <= 0: no bound);
+// the first envelope is returned whatever its size. It reads the rows one
+// at a time and stops at the first that does not fit, so it never holds
+// more than the page and that one.
+func (s *Store) PendingWithin(ctx context.Context, recipient, cursor string, limit, maxBytes int) (store.Page, error) {
 	if s.closed.Load() {
 		return store.Page{}, store.ErrClosed
 	}
@@ -425,16 +435,23 @@ func (s *Store) Pending(ctx context.Context, recipient, cursor string, limit int
 	defer rows.Close()
 	page := store.Page{Envelopes: make([]*envelope.Envelope, 0, min(limit, 64))}
 	var lastSeq int64
+	bytes := 0
 	for rows.Next() {
 		if len(page.Envelopes) == limit {
 			page.Next = store.EncodeCursor(lastSeq)
 			break
 		}
 		e := &envelope.Envelope{Recipient: recipient}
-		var ms int64
-		if err := rows.Scan(&lastSeq, &e.ID, &e.Sender, &e.Type, &e.Payload, &e.Ephemeral, &ms); err != nil {
+		var seq, ms int64
+		if err := rows.Scan(&seq, &e.ID, &e.Sender, &e.Type, &e.Payload, &e.Ephemeral, &ms); err != nil {
 			return store.Page{}, s.wrap("pending: scan", err)
 		}
+		bytes += len(e.Payload)
+		if maxBytes > 0 && bytes > maxBytes && len(page.Envelopes) > 0 {
+			page.Next = store.EncodeCursor(lastSeq)
+			break
+		}
+		lastSeq = seq
 		if e.Payload == nil {
 			e.Payload = []byte{}
 		}
@@ -462,6 +479,23 @@ func (s *Store) PendingCount(ctx context.Context, recipient string) (int, error)
 		return 0, s.wrap("pending count", err)
 	}
 	return n, nil
+}
+
+// SenderPending returns what sender has pending, from the counts kept by
+// the triggers of migration 0006.
+func (s *Store) SenderPending(ctx context.Context, sender string) (store.SenderCount, error) {
+	if s.closed.Load() {
+		return store.SenderCount{}, store.ErrClosed
+	}
+	var c store.SenderCount
+	err := s.r.QueryRowContext(ctx, `SELECT pending, bytes FROM sender_counts WHERE sender = ?`, sender).Scan(&c.Messages, &c.Bytes)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.SenderCount{}, nil
+	}
+	if err != nil {
+		return store.SenderCount{}, s.wrap("sender pending", err)
+	}
+	return c, nil
 }
 
 // PendingTotal implements store.PendingCounts.
@@ -523,8 +557,8 @@ func (s *Store) DeleteBefore(ctx context.Context, t time.Time) (int, error) {
 
 // DeleteTombstonesBefore deletes the tombstones of acks made before t, in
 // short transactions of at most 5000 rows, and returns how many it deleted;
-// then the count rows of recipients with nothing pending (the ack trigger
-// leaves them at zero).
+// then the count rows of recipients and of senders with nothing pending
+// (the delete triggers leave them at zero).
 func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, error) {
 	n, err := s.deleteInChunks(ctx, "tombstone retention",
 		`DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones WHERE acked_at < ? LIMIT ?)`, t)
@@ -533,6 +567,9 @@ func (s *Store) DeleteTombstonesBefore(ctx context.Context, t time.Time) (int, e
 	}
 	if _, err := s.w.ExecContext(ctx, `DELETE FROM pending_counts WHERE pending <= 0`); err != nil {
 		return n, s.wrap("pending count retention", err)
+	}
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM sender_counts WHERE pending <= 0`); err != nil {
+		return n, s.wrap("sender count retention", err)
 	}
 	return n, nil
 }

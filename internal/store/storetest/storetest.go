@@ -44,6 +44,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"PendingStoreOrder", testPendingStoreOrder},
 		{"PendingPaging", testPendingPaging},
 		{"PendingLargePages", testPendingLargePages},
+		{"PendingWithinBytes", testPendingWithinBytes},
 		{"PendingCursorSurvivesAck", testPendingCursorSurvivesAck},
 		{"PendingIsolation", testPendingIsolation},
 		{"PendingBadCursor", testPendingBadCursor},
@@ -51,6 +52,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"DeleteBefore", testDeleteBefore},
 		{"Stored", testStored},
 		{"PendingCount", testPendingCount},
+		{"SenderPending", testSenderPending},
 		{"UnroutedRoundTrip", testUnroutedRoundTrip},
 		{"MarkRouted", testMarkRouted},
 		{"UnroutedBefore", testUnroutedBefore},
@@ -931,7 +933,24 @@ func testPendingCount(t *testing.T, s store.Store) {
 }
 
 func reservation(sender, key string, at time.Time, payload string) store.Idempotency {
-	return store.Idempotency{Sender: sender, Key: key, Envelope: newEnv(sender, bob, at, payload)}
+	e := newEnv(sender, bob, at, payload)
+	return store.Idempotency{Sender: sender, Key: key, ID: e.ID, CreatedAt: e.CreatedAt, RequestHash: store.EnvelopeHash(e)}
+}
+
+// sameRecord reports how got differs from the stored form of want ("" when
+// it does not): the answer (id, time in UTC truncated to the millisecond)
+// and the request hash.
+func sameRecord(got, want store.Idempotency) string {
+	wantAt := want.CreatedAt.UTC().Truncate(time.Millisecond)
+	switch {
+	case got.ID != want.ID:
+		return fmt.Sprintf("id %q, want %q", got.ID, want.ID)
+	case !got.CreatedAt.Equal(wantAt) || got.CreatedAt.Location() != time.UTC:
+		return fmt.Sprintf("created_at %v, want %v (UTC)", got.CreatedAt, wantAt)
+	case !bytes.Equal(got.RequestHash, want.RequestHash):
+		return fmt.Sprintf("request hash %x, want %x", got.RequestHash, want.RequestHash)
+	}
+	return ""
 }
 
 func testIdempotency(t *testing.T, s store.Store) {
@@ -941,7 +960,7 @@ func testIdempotency(t *testing.T, s store.Store) {
 	if err != nil || !ok {
 		t.Fatalf("first Reserve: %v, %v; want true, nil", ok, err)
 	}
-	if got.Envelope.ID != rec.Envelope.ID || got.Published {
+	if got.ID != rec.ID || got.Published {
 		t.Errorf("first Reserve returned %+v", got)
 	}
 
@@ -953,8 +972,8 @@ func testIdempotency(t *testing.T, s store.Store) {
 	if got.Sender != alice || got.Key != "k1" || got.Published {
 		t.Errorf("existing record %+v", got)
 	}
-	if d := sameEnvelope(got.Envelope, rec.Envelope); d != "" {
-		t.Errorf("existing record's envelope: %s", d)
+	if d := sameRecord(got, rec); d != "" {
+		t.Errorf("existing record: %s", d)
 	}
 
 	// Released before it was published: the key is free again.
@@ -962,8 +981,8 @@ func testIdempotency(t *testing.T, s store.Store) {
 		t.Fatalf("Release: %v", err)
 	}
 	got, ok, err = s.ReserveIdempotency(ctx, retry)
-	if err != nil || !ok || got.Envelope.ID != retry.Envelope.ID {
-		t.Fatalf("Reserve after Release: %v, %v, %v; want the retry recorded", got.Envelope.ID, ok, err)
+	if err != nil || !ok || got.ID != retry.ID {
+		t.Fatalf("Reserve after Release: %v, %v, %v; want the retry recorded", got.ID, ok, err)
 	}
 
 	// Published: it stays, and a retry sees it published.
@@ -983,8 +1002,8 @@ func testIdempotency(t *testing.T, s store.Store) {
 	if !got.Published {
 		t.Errorf("record not marked published: %+v", got)
 	}
-	if d := sameEnvelope(got.Envelope, retry.Envelope); d != "" {
-		t.Errorf("published record's envelope: %s", d)
+	if d := sameRecord(got, retry); d != "" {
+		t.Errorf("published record: %s", d)
 	}
 
 	// Unknown keys are no-ops.
@@ -992,11 +1011,9 @@ func testIdempotency(t *testing.T, s store.Store) {
 		t.Errorf("Release unknown: %v", err)
 	}
 
-	// Binary payloads, types and ephemeral flags survive in the record.
-	binRec := store.Idempotency{Sender: carol, Key: "bin", Envelope: &envelope.Envelope{
-		ID: ids.New(base), Sender: carol, Recipient: bob, Type: "t", Payload: []byte{0, 1, 0xff, 0},
-		Ephemeral: true, CreatedAt: base.Add(999 * time.Microsecond),
-	}}
+	// The answer's time keeps its milliseconds, and the hash its bytes.
+	binRec := store.Idempotency{Sender: carol, Key: "bin", ID: ids.New(base), CreatedAt: base.Add(999 * time.Microsecond),
+		RequestHash: store.RequestHash(bob, "t", true, []byte{0, 1, 0xff, 0})}
 	if _, ok, err := s.ReserveIdempotency(ctx, binRec); err != nil || !ok {
 		t.Fatalf("Reserve bin: %v, %v", ok, err)
 	}
@@ -1004,8 +1021,18 @@ func testIdempotency(t *testing.T, s store.Store) {
 	if err != nil || ok {
 		t.Fatalf("Reserve bin again: %v, %v", ok, err)
 	}
-	if d := sameEnvelope(got.Envelope, binRec.Envelope); d != "" {
-		t.Errorf("bin record's envelope: %s", d)
+	if d := sameRecord(got, binRec); d != "" {
+		t.Errorf("bin record: %s", d)
+	}
+
+	// A record without an id or a hash is refused.
+	for _, bad := range []store.Idempotency{
+		{Sender: carol, Key: "noid", CreatedAt: base, RequestHash: binRec.RequestHash},
+		{Sender: carol, Key: "nohash", ID: ids.New(base), CreatedAt: base},
+	} {
+		if _, _, err := s.ReserveIdempotency(ctx, bad); err == nil {
+			t.Errorf("Reserve of %q (no id or no hash) succeeded", bad.Key)
+		}
 	}
 }
 
@@ -1026,11 +1053,11 @@ func testIdempotencyScopedToSender(t *testing.T, s store.Store) {
 	if err := s.ReleaseIdempotency(ctx, carol, "same"); err != nil {
 		t.Fatal(err)
 	}
-	if got, ok, err := s.ReserveIdempotency(ctx, reservation(alice, "same", base, "a2")); err != nil || ok || got.Envelope.ID != a.Envelope.ID || !got.Published {
+	if got, ok, err := s.ReserveIdempotency(ctx, reservation(alice, "same", base, "a2")); err != nil || ok || got.ID != a.ID || !got.Published {
 		t.Errorf("alice's record after carol's release: %v, %v, %+v", ok, err, got)
 	}
 	c2 := reservation(carol, "same", base, "c2")
-	if got, ok, err := s.ReserveIdempotency(ctx, c2); err != nil || !ok || got.Envelope.ID != c2.Envelope.ID {
+	if got, ok, err := s.ReserveIdempotency(ctx, c2); err != nil || !ok || got.ID != c2.ID {
 		t.Errorf("carol's key after release: %v, %v", ok, err)
 	}
 }
@@ -1054,7 +1081,7 @@ func testIdempotencyDeleteBefore(t *testing.T, s store.Store) {
 	}
 	for _, r := range []store.Idempotency{old, oldPub} {
 		again := reservation(r.Sender, r.Key, base, "again")
-		if got, ok, err := s.ReserveIdempotency(ctx, again); err != nil || !ok || got.Envelope.ID != again.Envelope.ID {
+		if got, ok, err := s.ReserveIdempotency(ctx, again); err != nil || !ok || got.ID != again.ID {
 			t.Errorf("%s/%s after expiry: %v, %v; want a new record", r.Sender, r.Key, ok, err)
 		}
 	}
@@ -1084,9 +1111,9 @@ func testReserveConcurrent(t *testing.T, s store.Store) {
 					return
 				}
 				if ok {
-					winners <- rec.Envelope.ID
+					winners <- rec.ID
 				}
-				seen <- got.Envelope.ID
+				seen <- got.ID
 			})
 		}
 		close(start)
