@@ -34,9 +34,11 @@ type composeFile struct {
 }
 
 // deploy/compose runs three instances of config/nats-postgres-redis.yaml
-// without TLS: each instance's configuration passes the service's checks, the
-// instances have their own ids and data volumes, and every host the
-// configuration names is a service of the compose file.
+// without TLS: each instance's configuration passes the service's checks in
+// production mode (insecure_links the only allowance, no demo: no instance
+// signs a token for a caller), the instances have their own ids and data
+// volumes, and every host the configuration names is a service of the
+// compose file.
 func TestCompose(t *testing.T) {
 	b, err := os.ReadFile("compose/compose.yaml")
 	if err != nil {
@@ -83,18 +85,20 @@ func TestCompose(t *testing.T) {
 		if filepath.Clean(filepath.Join("compose", file)) != filepath.Join("compose", "config.yaml") {
 			t.Fatalf("%s: ROUTING_CONFIG is %q, want compose/config.yaml", name, file)
 		}
-		raw, err := os.ReadFile(filepath.Join("compose", file))
+		// The service's own loading, with the container's environment.
+		for _, k := range []string{"JWT_SECRET", "DATABASE_URL", "REDIS_PASSWORD", "ROUTING_INSTANCE_ID", "ROUTING_DATA_DIR", "ROUTING_ROLES", "ROUTING_CONFIG"} {
+			t.Setenv(k, env[k])
+		}
+		cfg, err := config.Load(filepath.Join("compose", file))
 		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := config.Default()
-		if err := config.Parse(raw, &cfg); err != nil {
-			t.Fatal(err)
-		}
-		cfg.FromEnv(func(k string) string { return env[k] })
-		cfg.FillDefaults()
-		if err := cfg.Check(); err != nil {
 			t.Fatalf("%s: configuration refused:\n%v", name, err)
+		}
+		if cfg.RunMode != config.ModeProduction || cfg.Demo.Enabled || !cfg.InsecureLinks {
+			t.Errorf("%s: run_mode %s, demo.enabled %v, insecure_links %v: want production, no demo, the links allowed without TLS by name",
+				name, cfg.RunMode, cfg.Demo.Enabled, cfg.InsecureLinks)
+		}
+		if _, err := config.Load(filepath.Join("compose", file), func(c *config.Config) { c.Demo.Enabled = true }); err == nil {
+			t.Errorf("%s: the configuration accepts the demo", name)
 		}
 		if !slices.ContainsFunc(s.Volumes, func(v string) bool { return strings.HasSuffix(v, ":"+cfg.DataDir) }) {
 			t.Errorf("%s: data_dir %s is not a volume", name, cfg.DataDir)
@@ -122,7 +126,8 @@ func TestCompose(t *testing.T) {
 }
 
 // checkComposeConfigFollowsExample: compose/config.yaml is
-// config/nats-postgres-redis.yaml but for the keys of its TLS-less links.
+// config/nats-postgres-redis.yaml but for the keys of its TLS-less links
+// and the one that allows them.
 func checkComposeConfigFollowsExample(t *testing.T) {
 	t.Helper()
 	read := func(p string) map[string]any {
@@ -137,7 +142,7 @@ func checkComposeConfigFollowsExample(t *testing.T) {
 		return m
 	}
 	example, compose := read("../config/nats-postgres-redis.yaml"), read("compose/config.yaml")
-	allowed := map[string]bool{"run_mode": true, "bus.nats.url": true, "bus.nats.credentials_file": true, "presence.redis.tls": true}
+	allowed := map[string]bool{"insecure_links": true, "bus.nats.url": true, "bus.nats.credentials_file": true, "presence.redis.tls": true}
 	var diff func(prefix string, a, b map[string]any)
 	diff = func(prefix string, a, b map[string]any) {
 		keys := map[string]bool{}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"debug/elf"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,10 +191,21 @@ func checkRuntimeStage(t *testing.T, rs, bs stage, imagePath string) {
 	if !slices.Contains(got["ENV"], "ROUTING_DATA_DIR=/data") {
 		t.Errorf("ENV %q: want ROUTING_DATA_DIR=/data", got["ENV"])
 	}
-	def := config.Default()
+	// The ports the image's configuration listens on.
+	raw, err := os.ReadFile(imageConfigFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic := config.Default()
+	if err := config.Parse(raw, &ic); err != nil {
+		t.Fatal(err)
+	}
 	var ports []string
-	for _, l := range []string{def.API.Listen, def.Realtime.Listen, ":9090"} {
-		_, port, _ := strings.Cut(l, ":")
+	for _, l := range []string{ic.API.Listen, ic.Realtime.Listen, ic.Ops.Listen} {
+		_, port, err := net.SplitHostPort(l)
+		if err != nil {
+			t.Fatalf("the image's listen address %q: %v", l, err)
+		}
 		ports = append(ports, port)
 	}
 	if e := got["EXPOSE"]; len(e) != 1 || e[0] != strings.Join(ports, " ") {
