@@ -209,6 +209,7 @@ func checkKustomization(t *testing.T, dir string) {
 	}
 	cm := byKind["ConfigMap"][0]
 	roles := map[string]bool{}
+	var realtimeCfg *config.Config
 	deployments := byKind["Deployment"]
 	if len(deployments) != 2 {
 		t.Fatalf("want 2 Deployments (api+pipeline, realtime), got %d", len(deployments))
@@ -216,6 +217,9 @@ func checkKustomization(t *testing.T, dir string) {
 	for _, d := range deployments {
 		ds := spec[deploymentSpec](t, d)
 		cfg, ops := checkPod(t, d.Metadata.Name, ds.Template.Spec, cm)
+		if cfg.Has(config.RoleRealtime) {
+			realtimeCfg = &cfg
+		}
 		for _, r := range cfg.Roles {
 			if roles[r] {
 				t.Errorf("role %s runs in two Deployments", r)
@@ -282,6 +286,9 @@ func checkKustomization(t *testing.T, dir string) {
 		if !roles[r] {
 			t.Errorf("no Deployment runs the %s role", r)
 		}
+	}
+	if realtimeCfg != nil {
+		checkIngressHosts(t, byKind, *realtimeCfg)
 	}
 }
 
@@ -404,8 +411,14 @@ func checkPod(t *testing.T, name string, ps podSpec, cm object) (config.Config, 
 	for i, v := range ps.Volumes {
 		volumes[v.Name] = i
 	}
-	if v, mp := volumeOf(cfg.DataDir); v == "" || mp != cfg.DataDir {
-		t.Errorf("%s: data_dir %s is not a mounted volume", name, cfg.DataDir)
+	// The data dir is on a writable volume; not an emptyDir's own
+	// directory, which Kubernetes makes open to everyone (0777, owned by
+	// root), so the service, which tightens its data dir to its own user or
+	// refuses it, would refuse to start.
+	if v, mp := volumeOf(cfg.DataDir); v == "" {
+		t.Errorf("%s: data_dir %s is not on a mounted volume", name, cfg.DataDir)
+	} else if i, ok := volumes[v]; ok && ps.Volumes[i].EmptyDir != nil && mp == cfg.DataDir {
+		t.Errorf("%s: data_dir %s is the emptyDir %s itself (mode 0777, owned by root): use a directory inside it", name, cfg.DataDir, v)
 	}
 	for key, f := range referencedFiles(cfg) {
 		v, _ := volumeOf(f)
