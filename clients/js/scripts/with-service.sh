@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command against a fresh instance of the service: builds the
-# binary, starts it on free loopback ports with a temporary data dir,
+# binary, starts it on free loopback ports with a temporary data dir and
+# the demo (--demo: the tests sign in through its /demo/token),
 # waits until it answers, runs "$@" with ROUTING_API_URL and ROUTING_WS_URL
 # set, and stops the service.
 set -euo pipefail
@@ -30,7 +31,7 @@ push:
   webpush:
     enabled: true
 YAML
-"$work/routingservice" serve --config "$work/config.yaml" >"$work/service.log" 2>&1 &
+"$work/routingservice" serve --demo --config "$work/config.yaml" >"$work/service.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 150); do
   if curl -fsS -o /dev/null "http://127.0.0.1:$api_port/demo/" 2>/dev/null; then break; fi
