@@ -224,6 +224,8 @@ func (a *App) wire(ctx context.Context) error {
 			PongTimeout:         cfg.Realtime.PongTimeout,
 			WriteTimeout:        cfg.Realtime.WriteTimeout,
 			SendQueue:           cfg.Realtime.SendQueue,
+			SendBufferBytes:     cfg.Realtime.SendBufferBytes,
+			MaxPayloadBytes:     cfg.API.MaxPayloadBytes,
 			BacklogPage:         cfg.Realtime.BacklogPage,
 			MaxConnsPerUser:     cfg.Realtime.MaxConnsPerUser,
 			Heartbeat:           cfg.Presence.Heartbeat,

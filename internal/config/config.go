@@ -157,6 +157,7 @@ type Realtime struct {
 	PongTimeout     time.Duration `yaml:"pong_timeout"`
 	WriteTimeout    time.Duration `yaml:"write_timeout"`
 	SendQueue       int           `yaml:"send_queue"`
+	SendBufferBytes int64         `yaml:"send_buffer_bytes"`
 	BacklogPage     int           `yaml:"backlog_page"`
 	MaxConnsPerUser int           `yaml:"max_conns_per_user"`
 	// AllowedHosts are the host names (no port) a browser may reach the
@@ -461,6 +462,7 @@ func Default() Config {
 			PongTimeout:     10 * time.Second,
 			WriteTimeout:    10 * time.Second,
 			SendQueue:       1024,
+			SendBufferBytes: 1 << 20,
 			BacklogPage:     100,
 			MaxConnsPerUser: 16,
 			AllowedHosts:    []string{"localhost", "127.0.0.1", "::1"},
@@ -819,6 +821,11 @@ func (c Config) Check() error {
 	}
 	if c.Realtime.BacklogPage > 500 {
 		bad("realtime.backlog_page", "must be at most 500")
+	}
+	// A connection's send buffer holds the frame of the largest message
+	// being written and one more queued behind it.
+	if minBuf := 2 * (4*((int64(c.API.MaxPayloadBytes)+2)/3) + 2048); c.Realtime.SendBufferBytes < minBuf {
+		bad("realtime.send_buffer_bytes", "must be at least %d (two frames of a message of api.max_payload_bytes)", minBuf)
 	}
 	if c.Bus.MaxDeliveryAttempts < 1 || c.Bus.MaxDeliveryAttempts > 1000 {
 		bad("bus.max_delivery_attempts", "must be between 1 and 1000 (Pub/Sub accepts 5 to 100)")

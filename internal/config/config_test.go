@@ -157,6 +157,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"ack burst", "realtime: {ack_burst: 0}", nil, "realtime.ack_burst"},
 		{"ws idle timeout", "realtime: {idle_timeout: 0s}", nil, "realtime.idle_timeout"},
 		{"ws header timeout", "realtime: {read_header_timeout: 0s}", nil, "realtime.read_header_timeout"},
+		{"send buffer under two frames", "realtime: {send_buffer_bytes: 65536}", nil, "realtime.send_buffer_bytes"},
+		{"send buffer under two frames of the largest payload", "api: {max_payload_bytes: 1048576, max_body_bytes: 2097152}", nil, "realtime.send_buffer_bytes"},
 		{"ops listen", "ops: {listen: ''}", nil, "ops.listen"},
 		{"ops check timeout", "ops: {check_timeout: 1m}", nil, "ops.check_timeout"},
 		{"page bytes", "api: {max_page_bytes: 0}", nil, "api.max_page_bytes"},
