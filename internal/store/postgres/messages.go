@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
@@ -240,28 +241,60 @@ func (s *Store) commit(items []write, results []bool) error {
 	// abort it.
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	b := &pgx.Batch{}
 	ackedAt := storedTime(time.Now())
-	for _, seg := range cols.segments {
-		if seg.p1 > seg.p0 {
-			p0, p1 := seg.p0, seg.p1
-			b.Queue(insertMessagesSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
-				cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1])
-			b.Queue(unstoreTombstonedSQL, cols.ids[p0:p1])
+	err := retryAborted(func() error {
+		clear(results)
+		b := &pgx.Batch{}
+		for _, seg := range cols.segments {
+			if seg.p1 > seg.p0 {
+				p0, p1 := seg.p0, seg.p1
+				b.Queue(insertMessagesSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
+					cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1])
+				b.Queue(unstoreTombstonedSQL, cols.ids[p0:p1])
+			}
+			if seg.a1 > seg.a0 {
+				b.Queue(ackSQL, cols.ackIDs[seg.a0:seg.a1], cols.ackRecipients[seg.a0:seg.a1], ackedAt)
+			}
 		}
-		if seg.a1 > seg.a0 {
-			b.Queue(ackSQL, cols.ackIDs[seg.a0:seg.a1], cols.ackRecipients[seg.a0:seg.a1], ackedAt)
+		if len(cols.routed) > 0 {
+			b.Queue(markRoutedSQL, cols.routed)
 		}
-	}
-	if len(cols.routed) > 0 {
-		b.Queue(markRoutedSQL, cols.routed)
-	}
-	if err := s.sendWrite(ctx, b, items, results); err != nil {
+		return s.sendWrite(ctx, b, items, results)
+	})
+	if err != nil {
 		return s.wrap(fmt.Sprintf("write %d envelopes, %d acks, %d routed marks",
 			len(cols.ids), len(cols.ackIDs), len(cols.routed)), err)
 	}
 	return nil
 }
+
+// writeAttempts bounds how often a group commit runs when the server
+// aborts it as a deadlock's victim.
+const writeAttempts = 3
+
+// retryAborted runs write, and again (up to writeAttempts in all) while it
+// fails because the server aborted its transaction to break a deadlock or
+// a serialization conflict: nothing of it was committed then. Instances
+// sharing the database lock count rows (recipients', senders') in several
+// statements of one transaction, in an order no single statement can fix,
+// so two instances' commits may deadlock now and then.
+func retryAborted(write func() error) error {
+	var err error
+	for range writeAttempts {
+		err = write()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || (pgErr.Code != deadlockDetected && pgErr.Code != serializationFailure) {
+			return err
+		}
+	}
+	return err
+}
+
+// SQLSTATEs of a transaction the server aborted, which may be run again.
+const (
+	deadlockDetected     = "40P01"
+	serializationFailure = "40001"
+)
 
 // sendWrite runs the batch queued by commit and reads its results into
 // results.
