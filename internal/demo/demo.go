@@ -1,6 +1,8 @@
 // Package demo serves the browser demo at /demo/ and the development tokens
-// it signs in with. The composition root mounts it in local mode only: a
-// token endpoint that signs in as anyone has no place in production.
+// it signs in with. The composition root mounts it only when asked for
+// (demo.enabled, `serve --demo`), in local mode on a loopback listener,
+// behind HostGuard: a token endpoint that signs in as anyone has no place
+// in production or where other machines or web pages can reach it.
 package demo
 
 import (
