@@ -691,19 +691,20 @@ func (ss *session) writeLoop(backlog bool) {
 		if n == len(ss.queue) {
 			batch, ss.queue = ss.queue, batch[:0]
 		} else {
+			// The rest moves to the front: the queue keeps its room.
 			batch = append(batch[:0], ss.queue[:n]...)
-			clear(ss.queue[:n])
-			ss.queue = ss.queue[n:]
+			rest := copy(ss.queue, ss.queue[n:])
+			clear(ss.queue[rest:])
+			ss.queue = ss.queue[:rest]
 		}
 		sent := ss.sent
 		ss.mu.Unlock()
 		if ss.writeLive(batch, sent) {
 			ss.release(size)
 		}
+		// Kept for the next batch while frames keep coming; the queue
+		// drops its room when the writer returns.
 		clear(batch)
-		if cap(batch) > 64 {
-			batch = nil // no large buffer kept for a quiet connection
-		}
 	}
 }
 

@@ -24,6 +24,7 @@ func benchServer(b *testing.B, o Options, st Store) (*Server, string) {
 	o.Instance = "self"
 	o.MaxFrameBytes, o.PingInterval, o.PongTimeout, o.WriteTimeout = 1<<16, time.Hour, time.Minute, 10*time.Second
 	o.BacklogPage, o.MaxConnsPerUser, o.Heartbeat = 100, 4, time.Hour
+	o.SendBufferBytes, o.MaxPayloadBytes = 1<<20, 64<<10 // the defaults
 	pr := memory.New(time.Minute)
 	b.Cleanup(func() { pr.Close() })
 	s := New(o, st, pr, testAuth)
