@@ -168,6 +168,34 @@ func TestSlowReaderIsClosedWithinItsBudget(t *testing.T) {
 	}
 }
 
+// A client past its send buffer gets what was already being written, then
+// a close frame 1013 whose reason names the key.
+func TestSlowConsumerClosesWithTryAgainLater(t *testing.T) {
+	const user = "urn:sm:user:behind"
+	s, m, url := newServerWith(t, Options{SendBufferBytes: 256 << 10, SendQueue: 1024}, newMemStore())
+	conn, br := rawDial(t, url, user)
+	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
+	payload := make([]byte, 60<<10)
+	for i := 0; i < 1000 && testutil.ToFloat64(m.WSDropped.WithLabelValues("slow_consumer")) == 0; i++ {
+		s.Deliver(context.Background(), &envelope.Envelope{ID: fmt.Sprintf("m%d", i), Sender: "urn:sm:user:a", Recipient: user,
+			Payload: payload, CreatedAt: envelope.Now()})
+	}
+	for {
+		f := readServerFrame(t, conn, br)
+		if f.Header.OpCode == ws.OpText {
+			continue
+		}
+		if f.Header.OpCode != ws.OpClose {
+			t.Fatalf("got %v, want messages then a close frame", f.Header.OpCode)
+		}
+		code, reason := ws.ParseCloseFrameData(f.Payload)
+		if code != 1013 || !strings.Contains(reason, "realtime.send_buffer_bytes") {
+			t.Fatalf("close %d %q, want 1013 naming realtime.send_buffer_bytes", code, reason)
+		}
+		return
+	}
+}
+
 // A client that never answers pings but sends pongs of its own is
 // disconnected a ping interval plus the pong timeout after it connected:
 // only a pong echoing the ping answers it.
