@@ -23,7 +23,9 @@ func benchServer(b *testing.B, o Options, st Store) (*Server, string) {
 	b.Helper()
 	o.Instance = "self"
 	o.MaxFrameBytes, o.PingInterval, o.PongTimeout, o.WriteTimeout = 1<<16, time.Hour, time.Minute, 10*time.Second
-	o.BacklogPage, o.MaxConnsPerUser, o.Heartbeat = 100, 4, time.Hour
+	// Connections closed by one iteration may still be ending when the
+	// next connects.
+	o.BacklogPage, o.MaxConnsPerUser, o.Heartbeat = 100, 1<<10, time.Hour
 	o.SendBufferBytes, o.MaxPayloadBytes = 1<<20, 64<<10 // the defaults
 	pr := memory.New(time.Minute)
 	b.Cleanup(func() { pr.Close() })
