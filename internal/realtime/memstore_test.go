@@ -14,8 +14,8 @@ type memStore struct {
 	mu   sync.Mutex
 	seq  int64
 	msgs map[string][]memMsg // by recipient
-	// largest is the largest page limit asked for.
-	largest int
+	// largest is the largest page returned, in frame bytes.
+	largest int64
 }
 
 type memMsg struct {
@@ -43,31 +43,36 @@ func (m *memStore) pending(recipient string) []string {
 	return ids
 }
 
-// largestPage is the largest page limit Pending was asked for.
-func (m *memStore) largestPage() int {
+// largestPage is the largest page PendingWithin returned, in the bytes of
+// its frames.
+func (m *memStore) largestPage() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.largest
 }
 
-func (m *memStore) Pending(_ context.Context, recipient, cursor string, limit int) (store.Page, error) {
+func (m *memStore) PendingWithin(_ context.Context, recipient, cursor string, limit, maxBytes int) (store.Page, error) {
 	after, err := store.DecodeCursor(cursor)
 	if err != nil {
 		return store.Page{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.largest = max(m.largest, limit)
 	var page store.Page
 	var last int64
+	var bytes int
+	var frames int64
+	defer func() { m.largest = max(m.largest, frames) }()
 	for _, x := range m.msgs[recipient] {
 		if x.seq <= after {
 			continue
 		}
-		if len(page.Envelopes) == limit {
+		bytes += len(x.env.Payload)
+		if len(page.Envelopes) == limit || len(page.Envelopes) > 0 && maxBytes > 0 && bytes > maxBytes {
 			page.Next = store.EncodeCursor(last)
 			break
 		}
+		frames += messageFrameBound(len(x.env.Payload))
 		// A copy, as a store returns: what the session holds is its own.
 		env := *x.env
 		env.Payload = append([]byte(nil), x.env.Payload...)

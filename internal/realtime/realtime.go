@@ -33,7 +33,10 @@ import (
 
 // Store is what realtime needs of the store.
 type Store interface {
-	Pending(ctx context.Context, recipient, cursor string, limit int) (store.Page, error)
+	// PendingWithin reads a page of the backlog: at most limit
+	// envelopes, within maxBytes of payload (the first one whatever its
+	// size; maxBytes <= 0: no bound).
+	PendingWithin(ctx context.Context, recipient, cursor string, limit, maxBytes int) (store.Page, error)
 	Ack(ctx context.Context, recipient string, ids []string) (int, error)
 }
 

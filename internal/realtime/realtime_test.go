@@ -24,7 +24,7 @@ import (
 
 type emptyStore struct{}
 
-func (emptyStore) Pending(context.Context, string, string, int) (store.Page, error) {
+func (emptyStore) PendingWithin(context.Context, string, string, int, int) (store.Page, error) {
 	return store.Page{}, nil
 }
 func (emptyStore) Ack(context.Context, string, []string) (int, error) { return 0, nil }
@@ -250,7 +250,7 @@ func unencodable(id, recipient string, payload []byte) *envelope.Envelope {
 // backlogStore holds one page of pending envelopes.
 type backlogStore struct{ envs []*envelope.Envelope }
 
-func (b backlogStore) Pending(context.Context, string, string, int) (store.Page, error) {
+func (b backlogStore) PendingWithin(context.Context, string, string, int, int) (store.Page, error) {
 	return store.Page{Envelopes: b.envs}, nil
 }
 func (backlogStore) Ack(context.Context, string, []string) (int, error) { return 0, nil }

@@ -799,22 +799,23 @@ func (ss *session) backlogPass() bool {
 	return ok
 }
 
-// backlogLimit is the size of the next backlog page: as many messages of
-// the largest size as the session's budget has room for (at least one, at
-// most Options.BacklogPage), so that the page and its frames fit in it.
-func (ss *session) backlogLimit() int {
+// backlogBytes bounds the payload bytes of the next backlog page (for
+// Options.BacklogPage messages): the frames of a page within it fit in
+// the room left in the session's budget. The store returns the first
+// message whatever its size, and the budget always has room for one
+// frame of the largest payload (config), so a page is never empty.
+func (ss *session) backlogBytes() int {
 	o := ss.srv.o
 	if o.SendBufferBytes <= 0 {
-		return o.BacklogPage
-	}
-	maxPayload := o.MaxPayloadBytes
-	if maxPayload <= 0 {
-		maxPayload = defaultMaxPayload
+		return 0
 	}
 	ss.mu.Lock()
 	room := o.SendBufferBytes - ss.queued
 	ss.mu.Unlock()
-	return int(min(max(room/messageFrameBound(maxPayload), 1), int64(o.BacklogPage)))
+	// A frame is at most 4/3 of its payload (base64) plus 4 bytes of
+	// padding and the overhead.
+	room -= int64(o.BacklogPage) * (frameOverhead + 4)
+	return int(max(room*3/4, 1))
 }
 
 // sendBacklog sends the user's stored messages, oldest first, and
@@ -836,7 +837,7 @@ func (ss *session) sendBacklog() bool {
 	cursor := ""
 	for {
 		qctx, cancel := context.WithTimeout(ss.ctx, s.o.WriteTimeout)
-		page, err := s.store.Pending(qctx, ss.user, cursor, ss.backlogLimit())
+		page, err := s.store.PendingWithin(qctx, ss.user, cursor, s.o.BacklogPage, ss.backlogBytes())
 		cancel()
 		if ss.isClosing() {
 			return false

@@ -162,9 +162,8 @@ func TestSlowReaderIsClosedWithinItsBudget(t *testing.T) {
 			t.Fatalf("backlog message %d: id %q, want %s", i, got, id)
 		}
 	}
-	room := budget / messageFrameBound(64<<10)
-	if got := st.largestPage(); got < 1 || int64(got) > room {
-		t.Errorf("backlog pages of up to %d messages, want at most %d (what the budget holds)", got, room)
+	if got := st.largestPage(); got < 1 || got > budget {
+		t.Errorf("backlog pages of up to %d frame bytes, want at most %d (the budget)", got, budget)
 	}
 }
 

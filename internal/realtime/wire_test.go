@@ -37,7 +37,7 @@ func (a *ackStore) Ack(_ context.Context, _ string, ids []string) (int, error) {
 	return len(ids), nil
 }
 
-func (a *ackStore) Pending(context.Context, string, string, int) (store.Page, error) {
+func (a *ackStore) PendingWithin(context.Context, string, string, int, int) (store.Page, error) {
 	return store.Page{}, nil
 }
 
