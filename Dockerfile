@@ -1,9 +1,9 @@
 # The routingservice image: a static binary on a distroless, non-root runtime.
 #
-#   docker build -t routingservice:0.2.0 \
-#     --build-arg VERSION=0.2.0 --build-arg COMMIT=$(git rev-parse HEAD) .
+#   docker build -t routingservice:0.3.0 \
+#     --build-arg VERSION=0.3.0 --build-arg COMMIT=$(git rev-parse HEAD) .
 #   docker run -d -e JWT_SECRET=$(openssl rand -hex 32) -v routing-data:/data \
-#     -p 127.0.0.1:8082:8082 -p 127.0.0.1:8085:8085 routingservice:0.2.0
+#     -p 127.0.0.1:8082:8082 -p 127.0.0.1:8085:8085 routingservice:0.3.0
 #
 # The image runs deploy/docker/config.yaml (ROUTING_CONFIG): production mode
 # on the embedded engines (single_node: true), which needs JWT_SECRET (at

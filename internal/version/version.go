@@ -3,7 +3,7 @@
 //
 // Release builds set Version and Commit with the linker:
 //
-//	go build -ldflags "-X github.com/go-routing-service/routingservice/internal/version.Version=0.2.0 \
+//	go build -ldflags "-X github.com/go-routing-service/routingservice/internal/version.Version=0.3.0 \
 //	  -X github.com/go-routing-service/routingservice/internal/version.Commit=$(git rev-parse HEAD)" ./cmd/routingservice
 //
 // Without them the build information the Go toolchain embeds is used: the
@@ -21,7 +21,7 @@ import (
 
 // Current is the version of the source tree: the release being prepared
 // (see CHANGELOG.md). Builds that are not releases report it with "-dev".
-const Current = "0.2.0"
+const Current = "0.3.0"
 
 // Set with -ldflags -X; empty means "from the build information".
 var (
