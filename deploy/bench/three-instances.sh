@@ -16,6 +16,9 @@
 #                 otherwise), removed afterwards
 #   PG_OPTS       extra postgres options for the private cluster, e.g.
 #                 "-c autovacuum=off"
+#   PG_LOG        with PRIVATE_PG: copy the server's log there at the end
+#   PG_STATEMENTS=1  with PRIVATE_PG: load pg_stat_statements and print the
+#                 statements that took the most time
 #   DATABASE_URL  otherwise (default the local test database); the run's
 #                 schema is dropped at the end
 #   NATS_URL      default nats://127.0.0.1:4222; NATS_PID to count its CPU
@@ -40,6 +43,7 @@ cleanup() {
   wait 2>/dev/null || true
   if [ -n "${PRIVATE_PG:-}" ]; then
     runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    [ -n "${PG_LOG:-}" ] && cp "$work/pg/server.log" "$PG_LOG"
   else
     psql_url -c "DROP SCHEMA IF EXISTS $prefix CASCADE" 2>/dev/null || true
   fi
@@ -60,10 +64,11 @@ if [ -n "${PRIVATE_PG:-}" ]; then
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$work/pg" && chown postgres "$work/pg"
   runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
-  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $work/pg ${PG_OPTS:-}" start >/dev/null
+  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $work/pg ${PG_STATEMENTS:+-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all} ${PG_OPTS:-}" start >/dev/null
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
   pg_pid=$(head -n 1 "$work/pg/postmaster.pid")
+  [ -n "${PG_STATEMENTS:-}" ] && psql_url -c "CREATE EXTENSION pg_stat_statements"
 else
   export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
   pg_pid=
@@ -134,4 +139,7 @@ done
 kill "$sampler" 2>/dev/null || true
 cat "$work/tables-60" 2>/dev/null || true
 tables "at the end"
+if [ -n "${PG_STATEMENTS:-}" ] && [ -n "${PRIVATE_PG:-}" ]; then
+  psql_url -F ' | ' -c "SELECT calls, round(total_exec_time)::int AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" | sed 's/^/statement: /'
+fi
 exit $status

@@ -26,6 +26,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/presence"
 	"github.com/go-routing-service/routingservice/internal/realtime"
 	"github.com/go-routing-service/routingservice/internal/store"
+	"github.com/go-routing-service/routingservice/internal/store/postgres"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
@@ -109,6 +110,15 @@ func (a *App) openBackends(ctx context.Context) error {
 	}
 	a.store = st
 	a.closers = append(a.closers, st.Close)
+	if pg, ok := st.(*postgres.Store); ok && a.metrics != nil {
+		a.metrics.RegisterStoreTables(func() []telemetry.TableStat {
+			var out []telemetry.TableStat
+			for _, t := range pg.TableStats() {
+				out = append(out, telemetry.TableStat(t))
+			}
+			return out
+		})
+	}
 	if a.opts.WrapStore != nil {
 		a.store = a.opts.WrapStore(st)
 	}

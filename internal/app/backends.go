@@ -21,6 +21,10 @@ func postgresOptions(cfg config.Config, log *slog.Logger) postgres.Options {
 		MaxConns: int32(cfg.Store.MaxConns),
 		Schema:   cfg.Store.PostgresSchema,
 		Logger:   log.With("store", "postgres"),
+		Vacuum: postgres.VacuumOptions{
+			Interval: cfg.Store.PostgresVacuumInterval,
+			DeadRows: cfg.Store.PostgresVacuumDeadRows,
+		},
 	}
 }
 

@@ -298,6 +298,12 @@ type Store struct {
 	// past either are refused with 429 sender_quota_exceeded.
 	MaxPendingPerSender      int   `yaml:"max_pending_per_sender"`
 	MaxPendingBytesPerSender int64 `yaml:"max_pending_bytes_per_sender"`
+	// PostgresVacuumInterval is how often the PostgreSQL store checks its
+	// high-churn tables and vacuums those holding PostgresVacuumDeadRows
+	// dead rows or more (0: never; autovacuum alone). One instance
+	// vacuums at a time; a table autovacuum is working on is skipped.
+	PostgresVacuumInterval time.Duration `yaml:"postgres_vacuum_interval"`
+	PostgresVacuumDeadRows int64         `yaml:"postgres_vacuum_dead_rows"`
 }
 
 // Presence configures the presence registry.
@@ -519,6 +525,8 @@ func Default() Config {
 			MaxPendingPerRecipient:   10000,
 			MaxPendingPerSender:      100000,
 			MaxPendingBytesPerSender: 1 << 30,
+			PostgresVacuumInterval:   5 * time.Second,
+			PostgresVacuumDeadRows:   5000,
 		},
 		Presence: Presence{
 			Type:      "memory",
@@ -871,6 +879,12 @@ func (c Config) Check() error {
 	}
 	if !validName(c.Bus.NATS.SubjectPrefix) {
 		bad("bus.nats.subject_prefix", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.Bus.NATS.SubjectPrefix)
+	}
+	if c.Store.PostgresVacuumInterval < 0 {
+		bad("store.postgres_vacuum_interval", "must not be negative (0: the store never vacuums; autovacuum alone)")
+	}
+	if c.Store.PostgresVacuumDeadRows < 1 {
+		bad("store.postgres_vacuum_dead_rows", "must be at least 1")
 	}
 	if !validName(c.Store.PostgresSchema) {
 		bad("store.postgres_schema", "must be 1-64 characters of [A-Za-z0-9_-], got %q", c.Store.PostgresSchema)

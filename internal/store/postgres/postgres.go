@@ -52,6 +52,9 @@ type Options struct {
 	// Logger receives the store's operational logs (slog.Default() when nil).
 	// Payloads are never logged.
 	Logger *slog.Logger
+	// Vacuum sets how the store vacuums its high-churn tables (off when
+	// its Interval is zero).
+	Vacuum VacuumOptions
 }
 
 // Store is a store.Store on PostgreSQL. It is safe for concurrent use.
@@ -72,6 +75,11 @@ type Store struct {
 
 	// groupCommits counts the transactions the writer ran.
 	groupCommits atomic.Int64
+
+	// maint is the vacuuming loop (nil without one), stopped by Close
+	// through stopMaint.
+	maint     *maintenance
+	stopMaint context.CancelFunc
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -101,13 +109,22 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres open: ping: %w", err)
 	}
-	if on, err := autovacuum(ctx, pool); err == nil && !on {
-		log.Warn("the server's autovacuum is off: the store's tables, whose rows are short-lived, grow without bound and writes slow down; turn it on (autovacuum = on) or vacuum them on a schedule")
-	}
 	s := &Store{
 		pool:   pool,
 		schema: opts.Schema,
 		log:    log,
+	}
+	on, err := autovacuum(ctx, pool)
+	switch {
+	case opts.Vacuum.Interval > 0:
+		s.maint = &maintenance{opts: opts.Vacuum, done: make(chan struct{}), vacuums: map[string]int64{}}
+		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopMaint = cancel
+		go s.maintain(mctx)
+		log.Info("store vacuums its high-churn tables itself", "every", opts.Vacuum.Interval,
+			"dead_rows", opts.Vacuum.DeadRows, "server_autovacuum", on)
+	case err == nil && !on:
+		log.Warn("the server's autovacuum is off and so is the store's own vacuuming: the store's tables, whose rows are short-lived, grow without bound and writes slow down; turn either on (autovacuum = on, or store.postgres_vacuum_interval)")
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
@@ -122,6 +139,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Vacuum.DeadRows <= 0 {
+		o.Vacuum.DeadRows = DefaultVacuumDeadRows
 	}
 	return o
 }
@@ -163,6 +183,10 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.writer.Close()
+		if s.maint != nil {
+			s.stopMaint()
+			<-s.maint.done
+		}
 		s.pool.Close()
 	})
 	return nil
