@@ -46,9 +46,32 @@ type Idempotency struct {
 	CreatedAt time.Time
 	// RequestHash is RequestHash of the request that reserved the key.
 	RequestHash []byte
-	// Published is true once the message was accepted (stored, or
-	// published to the bus for an ephemeral one).
+	// Published is true once the message was accepted: stored (PutNew
+	// marks it in the transaction that stores the message, see
+	// NewMessage.Key), or published to the bus for an ephemeral one
+	// (MarkPublished).
 	Published bool
+}
+
+// NewMessage is one envelope for PutNew, with the idempotency record it
+// is stored under, if any.
+type NewMessage struct {
+	Envelope *envelope.Envelope
+	// Key, when not "", is the key of the idempotency record
+	// (Envelope.Sender, Key) that the put claims: Envelope is stored only
+	// if the transaction that stores it also marks that record published
+	// where it was not. Of several puts claiming one record, at most one
+	// stores: the first to commit. A record already published, or none
+	// at all (never reserved, released, or deleted by retention), stores
+	// nothing.
+	Key string
+	// CheckTombstone also leaves Envelope unstored when its id has a
+	// tombstone (see Ack), as PutMessages does. It is for an id that a
+	// writer without claims (PutMessages, or a release before PutNew) may
+	// have stored, and its recipient acknowledged, before: a retry of a
+	// send whose record such a writer reserved. It costs a tombstone
+	// lookup in the transaction that holds it; set it nowhere else.
+	CheckTombstone bool
 }
 
 // RequestHash is the SHA-256 of what makes a send the same message: its
@@ -95,9 +118,12 @@ type Target struct {
 	Auth   string
 }
 
-// Messages stores pending envelopes, and remembers the ids their
-// recipients acknowledged (tombstones) so that a copy arriving again (a
-// retried send, a redelivery by an at-least-once bus) is not stored again.
+// Messages stores pending envelopes. New messages (PutNew) are stored
+// once by their nature: their ids are fresh, or claimed under an
+// idempotency record. Envelopes that may arrive again after their
+// recipient acknowledged them (PutMessages: routing events redelivered by
+// an at-least-once bus) are checked against the ids acknowledged
+// (tombstones), so that such a copy is not stored again.
 //
 // Each stored envelope also carries a routed mark: PutMessages stores it
 // not routed, MarkRouted marks it once it was routed (delivered live or
@@ -118,6 +144,30 @@ type Messages interface {
 	// Safe for concurrent use; adapters may group concurrent calls into one
 	// transaction.
 	PutMessages(ctx context.Context, envs []*envelope.Envelope) (acked []bool, err error)
+	// PutNew stores new messages: envelopes, in the order given, not
+	// routed, like PutMessages, but without looking for tombstones, and an
+	// Ack of one records none. The promise that makes this right is the
+	// caller's: an id given to PutNew is fresh (never stored before), and
+	// is never put again except by PutNew under the claim of the same
+	// idempotency record (NewMessage.Key), which stores it at most once.
+	// (A PutMessages of an id that PutNew stored and its recipient
+	// acknowledged stores it again.) It is idempotent on id like
+	// PutMessages.
+	//
+	// stored[i] reports whether msgs[i].Envelope is stored: always true
+	// without a claim; with one, true exactly when this call took the
+	// claim (the envelope is stored, by this call or, if its id was stored
+	// already, before it), false when it did not: another put took it
+	// (that put stored the message: nothing is left to do or to route),
+	// the record was published already, or there is no record. A message
+	// with CheckTombstone whose id has a tombstone is not stored either
+	// (false), its claim taken all the same. stored has len(msgs); it is
+	// nil when msgs is empty or err is not nil.
+	//
+	// Safe for concurrent use; adapters may group concurrent calls, and
+	// PutMessages, Ack and MarkRouted calls, into one transaction, with
+	// the effect of running them one at a time.
+	PutNew(ctx context.Context, msgs []NewMessage) (stored []bool, err error)
 	// MarkRouted marks the stored envelopes with these ids routed. Ids not
 	// stored (never stored, or acknowledged or deleted since) are ignored.
 	// It returns once the marks are committed; if ctx ends first it returns
@@ -149,15 +199,16 @@ type Messages interface {
 	Stored(ctx context.Context, ids []string) ([]string, error)
 	// Ack deletes the recipient's envelopes with these ids and, in the same
 	// transaction, records a tombstone (id, recipient, time of the ack) for
-	// each envelope it deleted. Ids unknown or addressed to someone else are
+	// each envelope it deleted that PutMessages stored (none for those
+	// PutNew stored). Ids unknown or addressed to someone else are
 	// ignored (no tombstone either). It returns how many were deleted. It
 	// returns once the ack is committed; if ctx ends first it returns ctx's
 	// error and the ack may or may not be committed.
 	//
 	// Safe for concurrent use; adapters may group concurrent calls, and
-	// PutMessages and MarkRouted calls, into one transaction, with the
-	// effect of running the acks and puts one at a time (each call gets its
-	// own count).
+	// PutMessages, PutNew and MarkRouted calls, into one transaction, with
+	// the effect of running the acks and puts one at a time (each call gets
+	// its own count).
 	Ack(ctx context.Context, recipient string, ids []string) (int, error)
 	// DeleteBefore deletes envelopes created before t (retention). It
 	// returns how many were deleted. It records no tombstones.
@@ -196,7 +247,8 @@ type Idempotencies interface {
 	// earlier version of the store wrote with the whole envelope is
 	// returned with its RequestHash computed from that envelope.
 	ReserveIdempotency(ctx context.Context, rec Idempotency) (Idempotency, bool, error)
-	// MarkPublished marks the record of (sender, key) published.
+	// MarkPublished marks the record of (sender, key) published. (PutNew
+	// marks the record of a stored message itself, see NewMessage.Key.)
 	MarkPublished(ctx context.Context, sender, key string) error
 	// ReleaseIdempotency deletes the record of (sender, key) if it is not published.
 	ReleaseIdempotency(ctx context.Context, sender, key string) error

@@ -6,11 +6,13 @@ import (
 	"slices"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
 )
 
-// The store adapters' message writes (PutMessages, MarkRouted, Ack) all go
-// through one Writer whose result per item is a bool; these submit them,
-// each adapter saying how it makes an item. engine prefixes the errors.
+// The store adapters' message writes (PutMessages, PutNew, MarkRouted,
+// Ack) all go through one Writer whose result per item is a bool; these
+// submit them, each adapter saying how it makes an item. engine prefixes
+// the errors.
 
 // PutMessages submits envs as one request (item makes each one's write)
 // and returns store.Messages.PutMessages's answer: nil when no envelope
@@ -31,6 +33,26 @@ func PutMessages[E any](ctx context.Context, w *Writer[E, bool], engine string, 
 		return nil, err
 	}
 	return acked, nil
+}
+
+// PutNew submits msgs as one request (item makes each one's write) and
+// returns store.Messages.PutNew's answer: whether each was stored.
+func PutNew[E any](ctx context.Context, w *Writer[E, bool], engine string, msgs []store.NewMessage, item func(store.NewMessage) E) ([]bool, error) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	items := make([]E, len(msgs))
+	for i, m := range msgs {
+		if m.Envelope == nil || m.Envelope.ID == "" {
+			return nil, fmt.Errorf("%s put new: envelope %d has no id", engine, i)
+		}
+		items[i] = item(m)
+	}
+	stored := make([]bool, len(msgs))
+	if err := submit(ctx, w, engine+" put new", items, stored); err != nil {
+		return nil, err
+	}
+	return stored, nil
 }
 
 // MarkRouted submits routed marks of ids as one request.

@@ -112,6 +112,8 @@ func TestCommitOrder(t *testing.T) {
 			switch {
 			case w.Put != nil:
 				items[i] = write{kind: putWrite, env: w.Put}
+			case w.New != nil:
+				items[i] = write{kind: newWrite, env: w.New.Envelope, key: w.New.Key, check: w.New.CheckTombstone}
 			case w.Ack != "":
 				items[i] = write{kind: ackWrite, id: w.Ack, recipient: w.Recipient}
 			default:

@@ -24,17 +24,48 @@ const (
 
 // insertMessagesSQL inserts a batch given as parallel arrays, not routed,
 // in array order (so seq follows the order of the calls and of each call's
-// slice), skipping ids already stored.
-const insertMessagesSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed)
-SELECT id, sender, recipient, type, payload, ephemeral, created_at, false
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boolean[], $7::timestamptz[])
-	WITH ORDINALITY AS b(id, sender, recipient, type, payload, ephemeral, created_at, ord)
+// slice), skipping ids already stored. $8 says of each envelope whether
+// an ack of it records a tombstone (true for PutMessages, false for
+// PutNew; see migration 0010).
+const insertMessagesSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed, tombstone)
+SELECT id, sender, recipient, type, payload, ephemeral, created_at, false, tombstone
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boolean[], $7::timestamptz[], $8::boolean[])
+	WITH ORDINALITY AS b(id, sender, recipient, type, payload, ephemeral, created_at, tombstone, ord)
 ORDER BY ord
 ON CONFLICT (id) DO NOTHING`
 
-// unstoreTombstonedSQL runs right after insertMessagesSQL, in the same
-// transaction: it deletes again the envelopes of the batch whose id has a
-// tombstone and returns those ids. It is the batch's one tombstone lookup.
+// insertClaimedSQL is insertMessagesSQL for a batch in which new messages
+// claim idempotency records ($9: the key of the sender's record each
+// claims, ” for none; no record is claimed twice in one batch). In one
+// statement, it marks published each record claimed that was not
+// (claimed), inserts the envelopes that claim nothing and those whose
+// claim it took, in array order, and returns the positions (1-based) of
+// the envelopes whose claim it took. Under READ COMMITTED, an UPDATE that
+// meets a record another transaction is claiming waits for it and, once
+// that one commits, finds the record published and leaves it: of two
+// transactions claiming one record, exactly one stores.
+const insertClaimedSQL = `WITH b AS (
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boolean[], $7::timestamptz[], $8::boolean[], $9::text[])
+		WITH ORDINALITY AS u(id, sender, recipient, type, payload, ephemeral, created_at, tombstone, claim, ord)
+), claimed AS (
+	UPDATE idempotency i SET published = true FROM b
+	WHERE b.claim <> '' AND i.sender = b.sender AND i.key = b.claim AND NOT i.published
+	RETURNING b.ord
+), stored AS (
+	INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed, tombstone)
+	SELECT id, sender, recipient, type, payload, ephemeral, created_at, false, tombstone
+	FROM b WHERE b.claim = '' OR b.ord IN (SELECT ord FROM claimed)
+	ORDER BY ord
+	ON CONFLICT (id) DO NOTHING
+)
+SELECT ord FROM claimed`
+
+// unstoreTombstonedSQL runs right after insertMessagesSQL (or
+// insertClaimedSQL), in the same transaction, for the ids of the batch
+// that must not be stored again once acknowledged (PutMessages' envelopes,
+// and new messages with CheckTombstone; none in a batch of new messages
+// only, which then has no tombstone lookup): it deletes again those whose
+// id has a tombstone and returns their ids.
 //
 // Looking up before inserting would not do under READ COMMITTED: an
 // insert that meets the row of an Ack still in progress waits for it and,
@@ -55,15 +86,16 @@ const unroutedSQL = `SELECT id, sender, recipient, type, payload, ephemeral, cre
 FROM messages WHERE NOT routed AND created_at < $1 ORDER BY seq LIMIT $2`
 
 // ackSQL deletes the envelopes among the (id, recipient) pairs given as
-// parallel arrays ($1 ids, $2 recipients) and records a tombstone of each,
-// stamped $3, in the same statement (renewing one left by an earlier ack of
-// the id), and returns the ids and recipients it deleted.
+// parallel arrays ($1 ids, $2 recipients) and records a tombstone, stamped
+// $3, of each that needs one (stored with tombstone = true) in the same
+// statement (renewing one left by an earlier ack of the id), and returns
+// the ids and recipients it deleted.
 const ackSQL = `WITH deleted AS (
 	DELETE FROM messages m USING unnest($1::text[], $2::text[]) AS a(id, recipient)
 	WHERE m.id = a.id AND m.recipient = a.recipient
-	RETURNING m.id, m.recipient
+	RETURNING m.id, m.recipient, m.tombstone
 ), tombstoned AS (
-	INSERT INTO tombstones (id, recipient, acked_at) SELECT id, recipient, $3 FROM deleted
+	INSERT INTO tombstones (id, recipient, acked_at) SELECT id, recipient, $3 FROM deleted WHERE tombstone
 	ON CONFLICT (id) DO UPDATE SET acked_at = EXCLUDED.acked_at
 )
 SELECT id, recipient FROM deleted`
@@ -73,20 +105,30 @@ type writeKind uint8
 
 const (
 	putWrite  writeKind = iota // store env (PutMessages)
-	ackWrite                   // delete recipient's envelope id, with a tombstone (Ack)
+	newWrite                   // store env as a new message, under its claim if any (PutNew)
+	ackWrite                   // delete recipient's envelope id, with a tombstone if it needs one (Ack)
 	markWrite                  // mark the envelope id routed (MarkRouted)
 )
 
 // write is one item of the group-commit writer: one envelope of a
-// PutMessages call, one id of an Ack call, or one id of a MarkRouted call.
-// Its result (the writer's R) is, for a put, whether the id had a
-// tombstone (so the envelope was not stored) and, for an ack, whether this
-// item deleted the envelope.
+// PutMessages or PutNew call, one id of an Ack call, or one id of a
+// MarkRouted call. Its result (the writer's R) is, for a put, whether the
+// id had a tombstone (so the envelope was not stored); for a new message,
+// whether it is stored (see store.Messages.PutNew); and for an ack,
+// whether this item deleted the envelope.
 type write struct {
 	kind      writeKind
-	env       *envelope.Envelope // putWrite
+	env       *envelope.Envelope // putWrite, newWrite
+	key       string             // newWrite: the idempotency key claimed ("" for none)
+	check     bool               // newWrite: CheckTombstone
 	id        string             // ackWrite, markWrite
 	recipient string             // ackWrite
+}
+
+// checksTombstone reports whether w is a put that must not store an id
+// with a tombstone.
+func (w write) checksTombstone() bool {
+	return w.kind == putWrite || (w.kind == newWrite && w.check)
 }
 
 // PutMessages stores envs, not routed, idempotently on id, in the order
@@ -100,6 +142,22 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 	}
 	return groupcommit.PutMessages(ctx, s.writer, "postgres", envs, func(e *envelope.Envelope) write {
 		return write{kind: putWrite, env: e}
+	})
+}
+
+// PutNew stores msgs' envelopes as new messages, not routed, in the order
+// given, without a tombstone lookup (except for those with
+// CheckTombstone) and marked so that their acks record none; one with a
+// claim only if the same statement claims its idempotency record (see
+// store.Messages.PutNew and insertClaimedSQL). It returns once the
+// transaction holding them committed, or with ctx's error if ctx ends
+// first, in which case they may or may not have been stored.
+func (s *Store) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	return groupcommit.PutNew(ctx, s.writer, "postgres", msgs, func(m store.NewMessage) write {
+		return write{kind: newWrite, env: m.Envelope, key: m.Key, check: m.CheckTombstone}
 	})
 }
 
@@ -118,7 +176,8 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 }
 
 // Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each in the same transaction, and returns how many it deleted; other
+// each that needs one (stored by PutMessages) in the same transaction, and
+// returns how many it deleted; other
 // recipients' and unknown ids are ignored, and an id given twice is counted
 // once. The group-commit writer commits the ack together with the
 // PutMessages, Ack and MarkRouted calls waiting at the same time, as if
@@ -135,14 +194,20 @@ func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, e
 }
 
 // batchColumns are the statement arguments of one commit, reused between
-// commits: the parallel arrays of the envelopes to insert, those of the
+// commits: the parallel arrays of the envelopes to insert (with, for
+// each, whether its ack records a tombstone, the key it claims and the
+// index of its item), the ids to look up in the tombstones, those of the
 // (id, recipient) pairs to ack, and the ids to mark routed. A segment's
-// puts and acks are contiguous ranges of them.
+// puts, lookups and acks are contiguous ranges of them.
 type batchColumns struct {
 	ids, senders, recipients, types []string
 	payloads                        [][]byte
 	ephemerals                      []bool
 	createdAts                      []time.Time
+	tombstones                      []bool
+	claims                          []string
+	putItems                        []int
+	checked                         []string
 	ackIDs, ackRecipients           []string
 	routed                          []string
 	segments                        []segment
@@ -153,18 +218,23 @@ func (c *batchColumns) reset() {
 	clear(c.senders)
 	clear(c.recipients)
 	clear(c.types)
+	clear(c.claims)
+	clear(c.checked)
 	clear(c.ackIDs)
 	clear(c.ackRecipients)
 	clear(c.routed)
 	c.ids, c.senders, c.recipients, c.types = c.ids[:0], c.senders[:0], c.recipients[:0], c.types[:0]
 	clear(c.payloads) // drop references to callers' payloads
 	c.payloads, c.ephemerals, c.createdAts = c.payloads[:0], c.ephemerals[:0], c.createdAts[:0]
+	c.tombstones, c.claims, c.putItems, c.checked = c.tombstones[:0], c.claims[:0], c.putItems[:0], c.checked[:0]
 	c.ackIDs, c.ackRecipients = c.ackIDs[:0], c.ackRecipients[:0]
 	c.routed = c.routed[:0]
 	c.segments = c.segments[:0]
 }
 
-func (c *batchColumns) add(e *envelope.Envelope) {
+// add appends item i's envelope to the arguments of the inserts.
+func (c *batchColumns) add(i int, w write) {
+	e := w.env
 	payload := e.Payload
 	if payload == nil {
 		payload = []byte{}
@@ -176,35 +246,55 @@ func (c *batchColumns) add(e *envelope.Envelope) {
 	c.payloads = append(c.payloads, payload)
 	c.ephemerals = append(c.ephemerals, e.Ephemeral)
 	c.createdAts = append(c.createdAts, storedTime(e.CreatedAt))
+	c.tombstones = append(c.tombstones, w.kind == putWrite)
+	c.claims = append(c.claims, w.key)
+	c.putItems = append(c.putItems, i)
+	if w.checksTombstone() {
+		c.checked = append(c.checked, e.ID)
+	}
 }
 
 // segment is a run items[start:end] of a batch that commit writes as all
 // its puts, in order, then all its acks, in order: that has the effect of
 // the order of items because no put in it stores an id that an ack before
 // it in the run acknowledges (the only put and ack that do not commute).
-// Its puts are columns [p0:p1] of batchColumns' envelope arrays, its acks
-// [a0:a1] of the ack arrays.
+// Its puts are columns [p0:p1] of batchColumns' envelope arrays, the ids
+// they look up in the tombstones [c0:c1] of its checked ids, its acks
+// [a0:a1] of the ack arrays; claims says whether a put claims a record.
 type segment struct {
 	start, end int
 	p0, p1     int
+	c0, c1     int
 	a0, a1     int
+	claims     bool
 }
 
 // split fills c from items: their arguments, and their segments, each the
 // longest run that starts where the one before ends. In the common batch
-// (no put of an id acknowledged earlier in the batch) there is one.
-func (c *batchColumns) split(items []write, segAcks map[string]struct{}) {
+// (no put of an id acknowledged earlier in the batch) there is one. Of
+// new messages claiming the same record, only the first is written (claims
+// holds the records claimed in the batch): the others cannot take the
+// claim, and their results stay false.
+func (c *batchColumns) split(items []write, segAcks, claims map[string]struct{}) {
 	seg := segment{}
 	for i, w := range items {
 		switch w.kind {
-		case putWrite:
+		case putWrite, newWrite:
+			if w.key != "" {
+				claim := w.env.Sender + "\x00" + w.key
+				if _, ok := claims[claim]; ok {
+					continue
+				}
+				claims[claim] = struct{}{}
+			}
 			if _, ok := segAcks[w.env.ID]; ok {
-				seg.end, seg.p1, seg.a1 = i, len(c.ids), len(c.ackIDs)
+				seg.end, seg.p1, seg.c1, seg.a1 = i, len(c.ids), len(c.checked), len(c.ackIDs)
 				c.segments = append(c.segments, seg)
-				seg = segment{start: i, p0: len(c.ids), a0: len(c.ackIDs)}
+				seg = segment{start: i, p0: len(c.ids), c0: len(c.checked), a0: len(c.ackIDs)}
 				clear(segAcks)
 			}
-			c.add(w.env)
+			seg.claims = seg.claims || w.key != ""
+			c.add(i, w)
 		case ackWrite:
 			segAcks[w.id] = struct{}{}
 			c.ackIDs = append(c.ackIDs, w.id)
@@ -214,7 +304,8 @@ func (c *batchColumns) split(items []write, segAcks map[string]struct{}) {
 		}
 	}
 	clear(segAcks)
-	seg.end, seg.p1, seg.a1 = len(items), len(c.ids), len(c.ackIDs)
+	clear(claims)
+	seg.end, seg.p1, seg.c1, seg.a1 = len(items), len(c.ids), len(c.checked), len(c.ackIDs)
 	c.segments = append(c.segments, seg)
 }
 
@@ -222,12 +313,14 @@ func (c *batchColumns) split(items []write, segAcks map[string]struct{}) {
 // with the effect of running the puts and acks one at a time in the order
 // of items, and the routed marks last (so that an id stored and marked in
 // the same batch ends up routed). For each segment (see split) it stores
-// the envelopes (insertMessagesSQL), unstores those with a tombstone
-// (unstoreTombstonedSQL), which it marks in results, then deletes what the
-// acks acknowledge (ackSQL), marking in results the ack items that deleted
-// an envelope; then it marks the ids to mark routed (markRoutedSQL). It is
-// the group-commit writer's CommitFunc: it runs on the writer goroutine
-// only.
+// the envelopes (insertMessagesSQL, or insertClaimedSQL when new messages
+// in it claim idempotency records), unstores those that must not be stored
+// again once acknowledged and have a tombstone (unstoreTombstonedSQL, only
+// when the segment has such envelopes), marking the results of the puts,
+// then deletes what the acks acknowledge (ackSQL), marking in results the
+// ack items that deleted an envelope; then it marks the ids to mark routed
+// (markRoutedSQL). It is the group-commit writer's CommitFunc: it runs on
+// the writer goroutine only.
 func (s *Store) commit(items []write, results []bool) error {
 	s.groupCommits.Add(1)
 	cols := &s.cols
@@ -235,8 +328,9 @@ func (s *Store) commit(items []write, results []bool) error {
 	defer cols.reset()
 	if s.segAcks == nil {
 		s.segAcks = make(map[string]struct{})
+		s.claims = make(map[string]struct{})
 	}
-	cols.split(items, s.segAcks)
+	cols.split(items, s.segAcks, s.claims)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it.
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
@@ -248,9 +342,16 @@ func (s *Store) commit(items []write, results []bool) error {
 		for _, seg := range cols.segments {
 			if seg.p1 > seg.p0 {
 				p0, p1 := seg.p0, seg.p1
-				b.Queue(insertMessagesSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
-					cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1])
-				b.Queue(unstoreTombstonedSQL, cols.ids[p0:p1])
+				if seg.claims {
+					b.Queue(insertClaimedSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
+						cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1], cols.tombstones[p0:p1], cols.claims[p0:p1])
+				} else {
+					b.Queue(insertMessagesSQL, cols.ids[p0:p1], cols.senders[p0:p1], cols.recipients[p0:p1], cols.types[p0:p1],
+						cols.payloads[p0:p1], cols.ephemerals[p0:p1], cols.createdAts[p0:p1], cols.tombstones[p0:p1])
+				}
+			}
+			if seg.c1 > seg.c0 {
+				b.Queue(unstoreTombstonedSQL, cols.checked[seg.c0:seg.c1])
 			}
 			if seg.a1 > seg.a0 {
 				b.Queue(ackSQL, cols.ackIDs[seg.a0:seg.a1], cols.ackRecipients[seg.a0:seg.a1], ackedAt)
@@ -305,14 +406,21 @@ func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, resu
 	for _, seg := range cols.segments {
 		segItems, segResults := items[seg.start:seg.end], results[seg.start:seg.end]
 		if seg.p1 > seg.p0 {
-			gone, err := readPut(br)
+			if err := readInsert(br, seg, cols, items, results); err != nil {
+				return err
+			}
+		}
+		if seg.c1 > seg.c0 {
+			gone, err := readUnstored(br)
 			if err != nil {
 				return err
 			}
-			if len(gone) > 0 {
-				for i, w := range segItems {
-					if w.kind == putWrite {
-						_, segResults[i] = gone[w.env.ID]
+			for _, i := range cols.putItems[seg.p0:seg.p1] {
+				if w := items[i]; w.checksTombstone() {
+					if _, ok := gone[w.env.ID]; ok {
+						// A put's result is true (acknowledged before), a new
+						// message's false (not stored).
+						results[i] = w.kind == putWrite
 					}
 				}
 			}
@@ -332,12 +440,42 @@ func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, resu
 	return br.Close()
 }
 
-// readPut reads the results of insertMessagesSQL and unstoreTombstonedSQL:
-// the ids with a tombstone (nil when none has).
-func readPut(br pgx.BatchResults) (map[string]struct{}, error) {
-	if _, err := br.Exec(); err != nil {
-		return nil, err
+// readInsert reads the result of a segment's insert (insertMessagesSQL or
+// insertClaimedSQL) and marks in results the new messages stored: those
+// without a claim, and those whose claim the insert took.
+func readInsert(br pgx.BatchResults, seg segment, cols *batchColumns, items []write, results []bool) error {
+	for j, i := range cols.putItems[seg.p0:seg.p1] {
+		if items[i].kind == newWrite && cols.claims[seg.p0+j] == "" {
+			results[i] = true
+		}
 	}
+	if !seg.claims {
+		_, err := br.Exec()
+		return err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ord int64
+		if err := rows.Scan(&ord); err != nil {
+			return err
+		}
+		j := seg.p0 + int(ord) - 1
+		if ord < 1 || j >= seg.p1 {
+			return fmt.Errorf("claimed position %d out of the batch", ord)
+		}
+		results[cols.putItems[j]] = true
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// readUnstored reads the result of unstoreTombstonedSQL: the ids with a
+// tombstone (nil when none has).
+func readUnstored(br pgx.BatchResults) (map[string]struct{}, error) {
 	rows, err := br.Query()
 	if err != nil {
 		return nil, err

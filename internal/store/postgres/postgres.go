@@ -3,12 +3,14 @@
 //
 // All tables live in one schema (Options.Schema), created and migrated on
 // Open under an advisory lock, so that several instances may start at once.
-// Concurrent PutMessages, Ack and MarkRouted calls are grouped by one
-// writer goroutine into a single multi-row INSERT, with the batch's
-// tombstone check, a single DELETE of the acknowledged envelopes, with
-// their tombstones, and a single UPDATE of the routed marks, sent in one
-// round trip as one transaction (group commit): once PutMessages or Ack
-// returns nil its writes are committed.
+// Concurrent PutMessages, PutNew, Ack and MarkRouted calls are grouped by
+// one writer goroutine into a single multi-row INSERT (with the claims of
+// the new messages' idempotency records in the same statement, and the
+// tombstone check of PutMessages' envelopes), a single DELETE of the
+// acknowledged envelopes, with the tombstones they need, and a single
+// UPDATE of the routed marks, sent in one round trip as one transaction
+// (group commit): once PutMessages, PutNew or Ack returns nil its writes
+// are committed.
 package postgres
 
 import (
@@ -63,15 +65,18 @@ type Store struct {
 	schema string
 	log    *slog.Logger
 
-	// writer groups concurrent PutMessages, Ack and MarkRouted calls into
-	// one transaction; the result of each envelope put is whether it had a
-	// tombstone, that of each id acked whether it deleted the envelope.
+	// writer groups concurrent PutMessages, PutNew, Ack and MarkRouted
+	// calls into one transaction; the result of each envelope put is
+	// whether it had a tombstone, that of each new message whether it was
+	// stored, that of each id acked whether it deleted the envelope.
 	writer *groupcommit.Writer[write, bool]
-	// cols is the writer's reusable statement argument buffer, and segAcks
-	// its set of the ids acked in the current segment (writer goroutine
+	// cols is the writer's reusable statement argument buffer, segAcks
+	// its set of the ids acked in the current segment, and claims its set
+	// of the idempotency records claimed in the batch (writer goroutine
 	// only).
 	cols    batchColumns
 	segAcks map[string]struct{}
+	claims  map[string]struct{}
 
 	// groupCommits counts the transactions the writer ran.
 	groupCommits atomic.Int64

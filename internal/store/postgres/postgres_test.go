@@ -234,3 +234,54 @@ func TestSenderCountRowsAtZero(t *testing.T) {
 		return n
 	})
 }
+
+// TestClaimRaceTwoInstances races PutNew calls claiming the same
+// idempotency records through two stores on one schema (two instances):
+// their transactions meet on the records' row locks, and exactly one of
+// each record's claimants stores.
+func TestClaimRaceTwoInstances(t *testing.T) {
+	url := databaseURL(t)
+	schema := freshSchema(t, url)
+	open := func() *postgres.Store {
+		s, err := postgres.Open(t.Context(), url, postgres.Options{Schema: schema, MaxConns: 4, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := open(), open()
+	for range 3 {
+		storetest.RunClaimRaceTest(t, a, b)
+	}
+}
+
+// TestPutNewFailedCommitClaimsNothing puts, in one PutNew call, a new
+// message claiming its record and an envelope PostgreSQL refuses (a NUL
+// byte in a text column): the call fails, and the claim is undone with
+// the rest (the record stays unpublished, nothing is stored).
+func TestPutNewFailedCommitClaimsNothing(t *testing.T) {
+	s := openFresh(t, postgres.Options{})
+	defer s.Close()
+	now := envelope.Now()
+	good := &envelope.Envelope{ID: "01JGOODCLAIM", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b", Payload: []byte("x"), CreatedAt: now}
+	bad := &envelope.Envelope{ID: "01JBADENVELOPE", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b\x00", Payload: []byte("x"), CreatedAt: now}
+	rec := store.Idempotency{Sender: good.Sender, Key: "k", ID: good.ID, CreatedAt: now, RequestHash: store.EnvelopeHash(good)}
+	if _, ok, err := s.ReserveIdempotency(t.Context(), rec); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if _, err := s.PutNew(t.Context(), []store.NewMessage{{Envelope: good, Key: "k"}, {Envelope: bad}}); err == nil {
+		t.Fatal("PutNew with an envelope the server refuses succeeded")
+	}
+	got, _, err := s.ReserveIdempotency(t.Context(), rec)
+	if err != nil || got.Published {
+		t.Fatalf("record after the failed put: published %v, %v; want unpublished", got.Published, err)
+	}
+	if stored, err := s.Stored(t.Context(), []string{good.ID}); err != nil || len(stored) != 0 {
+		t.Fatalf("stored after the failed put: %v, %v; want nothing", stored, err)
+	}
+	// The same claim then succeeds.
+	if stored, err := s.PutNew(t.Context(), []store.NewMessage{{Envelope: good, Key: "k"}}); err != nil || !stored[0] {
+		t.Fatalf("PutNew after the failure: %v, %v; want stored", stored, err)
+	}
+}

@@ -12,9 +12,9 @@ import (
 type inQuery uint8
 
 const (
-	tombstoneLookup  inQuery = iota // put: the ids among the puts' that have a tombstone
+	tombstoneLookup  inQuery = iota // put: the ids among the checked puts' that have a tombstone
 	ackLookup                       // ack: the recipients of the ids acked
-	tombstoneInsert                 // ack: a tombstone of each id deleted (first argument: acked_at)
+	tombstoneInsert                 // ack: a tombstone of each id deleted that needs one (first argument: acked_at)
 	ackDelete                       // ack: delete the ids
 	markRoutedUpdate                // markRouted: mark the ids routed
 	numInQueries
@@ -48,10 +48,11 @@ func inSQL(q inQuery, n int) string {
 	case ackLookup:
 		return "SELECT id, recipient FROM messages WHERE id IN (" + in
 	case tombstoneInsert:
-		// A tombstone left by an earlier ack of the same id (possible only
+		// Only for envelopes that need one (not those PutNew stored). A
+		// tombstone left by an earlier ack of the same id (possible only
 		// once the sweep removed it and the id was stored again) is renewed.
 		return `INSERT INTO tombstones (id, recipient, acked_at)
-			SELECT id, recipient, ? FROM messages WHERE id IN (` + in + `
+			SELECT id, recipient, ? FROM messages WHERE tombstone <> 0 AND id IN (` + in + `
 			ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`
 	case ackDelete:
 		return "DELETE FROM messages WHERE id IN (" + in

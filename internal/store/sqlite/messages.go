@@ -27,9 +27,15 @@ const (
 	retentionChunk = 5000
 )
 
-// insertMessageSQL stores one envelope, not routed, unless its id is stored.
-const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed)
-VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING`
+// insertMessageSQL stores one envelope, not routed, unless its id is
+// stored. The last argument says whether an ack of it records a tombstone
+// (1 for PutMessages, 0 for PutNew; see migration 0008).
+const insertMessageSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed, tombstone)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING`
+
+// claimSQL claims the idempotency record of a new message (sender, key):
+// it marks it published, and changes a row only where it was not.
+const claimSQL = `UPDATE idempotency SET published = 1 WHERE sender = ? AND key = ? AND published = 0`
 
 // markRoutedSQL, followed by an IN list, marks stored envelopes routed. It
 // leaves rows already routed alone, so that a repeated mark writes nothing.
@@ -40,20 +46,30 @@ type writeKind uint8
 
 const (
 	putWrite  writeKind = iota // store env (PutMessages)
-	ackWrite                   // delete recipient's envelope id, with a tombstone (Ack)
+	newWrite                   // store env as a new message, under its claim if any (PutNew)
+	ackWrite                   // delete recipient's envelope id, with a tombstone if it needs one (Ack)
 	markWrite                  // mark the envelope id routed (MarkRouted)
 )
 
 // write is one item of the group-commit writer: one envelope of a
-// PutMessages call, one id of an Ack call, or one id of a MarkRouted call.
-// Its result (the writer's R) is, for a put, whether the id had a
-// tombstone (so the envelope was not stored) and, for an ack, whether this
-// item deleted the envelope.
+// PutMessages or PutNew call, one id of an Ack call, or one id of a
+// MarkRouted call. Its result (the writer's R) is, for a put, whether the
+// id had a tombstone (so the envelope was not stored); for a new message,
+// whether it is stored (see store.Messages.PutNew); and for an ack,
+// whether this item deleted the envelope.
 type write struct {
 	kind      writeKind
-	env       *envelope.Envelope // putWrite
+	env       *envelope.Envelope // putWrite, newWrite
+	key       string             // newWrite: the idempotency key claimed ("" for none)
+	check     bool               // newWrite: CheckTombstone
 	id        string             // ackWrite, markWrite
 	recipient string             // ackWrite
+}
+
+// checksTombstone reports whether w is a put that must not store an id
+// with a tombstone.
+func (w write) checksTombstone() bool {
+	return w.kind == putWrite || (w.kind == newWrite && w.check)
 }
 
 // PutMessages stores envs, not routed, idempotently on id, in the order
@@ -67,6 +83,22 @@ func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]b
 	}
 	return groupcommit.PutMessages(ctx, s.writer, "sqlite", envs, func(e *envelope.Envelope) write {
 		return write{kind: putWrite, env: e}
+	})
+}
+
+// PutNew stores msgs' envelopes as new messages, not routed, in the order
+// given, without a tombstone lookup (except for those with
+// CheckTombstone) and marked so that their acks record none; one with a
+// claim only if the same transaction claims its idempotency record (see
+// store.Messages.PutNew). It returns once the transaction holding them
+// committed (durably), or with ctx's error if ctx ends first, in which
+// case they may or may not have been stored.
+func (s *Store) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	return groupcommit.PutNew(ctx, s.writer, "sqlite", msgs, func(m store.NewMessage) write {
+		return write{kind: newWrite, env: m.Envelope, key: m.Key, check: m.CheckTombstone}
 	})
 }
 
@@ -85,7 +117,8 @@ func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
 }
 
 // Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each in the same transaction, and returns how many it deleted; other
+// each that needs one (stored by PutMessages) in the same transaction, and
+// returns how many it deleted; other
 // recipients' and unknown ids are ignored, and an id given twice is counted
 // once. The group-commit writer commits the ack together with the
 // PutMessages, Ack and MarkRouted calls waiting at the same time, as if
@@ -159,11 +192,13 @@ func (s *Store) commit(items []write, results []bool) error {
 // items and are not prepared yet (see prepareIn): it must run before the
 // transaction begins, as preparing takes the write connection.
 func (s *Store) prepareBatch(ctx context.Context, items []write) error {
-	var puts, acks, marks int
+	var checks, acks, marks int
 	for _, w := range items {
 		switch w.kind {
-		case putWrite:
-			puts++
+		case putWrite, newWrite:
+			if w.checksTombstone() {
+				checks++
+			}
 		case ackWrite:
 			acks++
 		case markWrite:
@@ -174,7 +209,7 @@ func (s *Store) prepareBatch(ctx context.Context, items []write) error {
 		q inQuery
 		n int
 	}{
-		{tombstoneLookup, puts},
+		{tombstoneLookup, checks},
 		{ackLookup, acks},
 		{tombstoneInsert, acks},
 		{ackDelete, acks},
@@ -204,7 +239,7 @@ func (s *Store) segment(items []write, start int) segment {
 	clear(s.segAcks)
 	for i := start; i < len(items); i++ {
 		switch w := items[i]; w.kind {
-		case putWrite:
+		case putWrite, newWrite:
 			if _, ok := s.segAcks[w.env.ID]; ok {
 				seg.end = i
 				return seg
@@ -223,42 +258,70 @@ func (s *Store) segment(items []write, start int) segment {
 	return seg
 }
 
-// put stores the envelopes among items, except those with a tombstone,
-// which it marks in acked.
-func (s *Store) put(ctx context.Context, tx *sql.Tx, items []write, acked []bool) error {
+// put stores the envelopes among items, in order. A put (PutMessages)
+// whose id has a tombstone is not stored and marked in results (acked). A
+// new message (PutNew) with a claim first claims its idempotency record
+// (claimSQL) and is stored only if that changed the record; one with
+// CheckTombstone is not stored if its id has a tombstone; results marks
+// those stored. The tombstone lookup covers only the puts that need it.
+func (s *Store) put(ctx context.Context, tx *sql.Tx, items []write, results []bool) error {
 	gone, err := s.tombstoned(ctx, tx, items)
 	if err != nil {
 		return err
 	}
 	stmt := tx.StmtContext(ctx, s.insert)
+	var claim *sql.Stmt
 	for i, w := range items {
-		if w.kind != putWrite {
+		tombstone := true
+		switch w.kind {
+		case putWrite:
+			if _, ok := gone[w.env.ID]; ok {
+				results[i] = true // acknowledged before
+				continue
+			}
+		case newWrite:
+			if w.key != "" {
+				if claim == nil {
+					claim = tx.StmtContext(ctx, s.claim)
+				}
+				res, err := claim.ExecContext(ctx, w.env.Sender, w.key)
+				if err != nil {
+					return s.wrap("put new "+w.env.ID+": claim", err)
+				}
+				if n, err := res.RowsAffected(); err != nil {
+					return s.wrap("put new "+w.env.ID+": claim", err)
+				} else if n == 0 {
+					continue // claimed by another put, or no record: not stored
+				}
+			}
+			if _, ok := gone[w.env.ID]; ok && w.check {
+				continue // stored and acknowledged before: its claim is taken, nothing stored
+			}
+			results[i] = true
+			tombstone = false
+		default:
 			continue
 		}
 		e := w.env
-		if _, ok := gone[e.ID]; ok {
-			acked[i] = true
-			continue
-		}
 		payload := e.Payload
 		if payload == nil {
 			payload = []byte{}
 		}
-		if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt)); err != nil {
+		if _, err := stmt.ExecContext(ctx, e.ID, e.Sender, e.Recipient, e.Type, payload, e.Ephemeral, toMillis(e.CreatedAt), tombstone); err != nil {
 			return s.wrap("put "+e.ID, err)
 		}
 	}
 	return nil
 }
 
-// tombstoned returns the ids of the envelopes among items that have a
-// tombstone (nil when none has), looked up with one statement per idChunk
-// ids.
+// tombstoned returns the ids of the envelopes among items that need a
+// tombstone lookup (checksTombstone) and have a tombstone (nil when none
+// has), looked up with one statement per idChunk ids.
 func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[string]struct{}, error) {
 	var gone map[string]struct{}
 	err := s.inChunks(len(items), func(i int) (string, bool) {
 		w := items[i]
-		if w.kind != putWrite {
+		if !w.checksTombstone() {
 			return "", false
 		}
 		return w.env.ID, true
@@ -288,7 +351,8 @@ func (s *Store) tombstoned(ctx context.Context, tx *sql.Tx, items []write) (map[
 }
 
 // ack deletes the envelopes that the acks among items acknowledge, with a
-// tombstone of each stamped ackedAt, and marks in deleted the ack items
+// tombstone stamped ackedAt of each that needs one (stored with tombstone
+// = 1), and marks in deleted the ack items
 // that deleted one: the first, in order, of the items that ack a stored
 // id for its recipient (so an id acked twice counts once, and an id acked
 // by someone else not at all). It looks up the recipients of the ids,

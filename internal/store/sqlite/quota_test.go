@@ -62,7 +62,7 @@ func TestUpgradeToSenderCountsAndHashedRecords(t *testing.T) {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	const a, b, r = "urn:sm:user:a", "urn:sm:user:b", "urn:sm:user:r"
 	for i, m := range []struct{ id, sender, payload string }{{"01JOLD0", a, "12"}, {"01JOLD1", a, "345"}, {"01JOLD2", b, "6"}} {
-		if _, err := old.ExecContext(ctx, insertMessageSQL, m.id, m.sender, r, "chat", []byte(m.payload), false, toMillis(at.Add(time.Duration(i)))); err != nil {
+		if _, err := old.ExecContext(ctx, preTombstoneInsertSQL, m.id, m.sender, r, "chat", []byte(m.payload), false, toMillis(at.Add(time.Duration(i)))); err != nil {
 			t.Fatal(err)
 		}
 	}

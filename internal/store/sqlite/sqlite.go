@@ -4,11 +4,11 @@
 // The database runs in WAL mode with synchronous=FULL: once PutMessages
 // returns nil the envelopes are in the write-ahead log on disk and survive a
 // crash or a power loss. Writes go through a single connection; reads use a
-// separate pool and never wait for a writer. Concurrent PutMessages, Ack
-// and MarkRouted calls are grouped by one writer goroutine into a single
-// transaction (group commit), so many small sends, the acks of those
-// delivered and the routed marks of those sent before cost one fsync
-// between them.
+// separate pool and never wait for a writer. Concurrent PutMessages,
+// PutNew, Ack and MarkRouted calls are grouped by one writer goroutine
+// into a single transaction (group commit), so many small sends (with
+// the claims of their idempotency records), the acks of those delivered
+// and the routed marks of those sent before cost one fsync between them.
 package sqlite
 
 import (
@@ -59,11 +59,13 @@ type Store struct {
 	log *slog.Logger
 
 	insert *sql.Stmt // prepared on w
+	claim  *sql.Stmt // prepared on w
 	in     inStmts   // prepared on w as the writer needs them
 
-	// writer groups concurrent PutMessages, Ack and MarkRouted calls into
-	// one transaction; the result of each envelope put is whether it had a
-	// tombstone, that of each id acked whether it deleted the envelope.
+	// writer groups concurrent PutMessages, PutNew, Ack and MarkRouted
+	// calls into one transaction; the result of each envelope put is
+	// whether it had a tombstone, that of each new message whether it was
+	// stored, that of each id acked whether it deleted the envelope.
 	writer *groupcommit.Writer[write, bool]
 	// The writer's reusable buffers (writer goroutine only): the IN-list
 	// arguments, the ids acked in the current segment, the recipients of
@@ -152,12 +154,20 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		r.Close()
 		return nil, fmt.Errorf("sqlite open %s: prepare insert: %w", path, err)
 	}
+	claim, err := w.PrepareContext(ctx, claimSQL)
+	if err != nil {
+		insert.Close()
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("sqlite open %s: prepare claim: %w", path, err)
+	}
 
 	s := &Store{
 		w:      w,
 		r:      r,
 		log:    log,
 		insert: insert,
+		claim:  claim,
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
@@ -204,7 +214,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.writer.Close()
-		s.closeErr = errors.Join(s.insert.Close(), s.closeIn(), s.w.Close(), s.r.Close())
+		s.closeErr = errors.Join(s.insert.Close(), s.claim.Close(), s.closeIn(), s.w.Close(), s.r.Close())
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("sqlite close: %w", s.closeErr)
 		}

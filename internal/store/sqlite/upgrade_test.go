@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store"
 )
 
 // preRoutedInsertSQL is how a program before migration 0003 stores an
@@ -97,4 +98,97 @@ func pageIDs(envs []*envelope.Envelope) []string {
 		out[i] = e.ID
 	}
 	return out
+}
+
+// How a program before migration 0008 stores an envelope (without the
+// tombstone column) and acknowledges one (a tombstone for every envelope
+// deleted).
+const (
+	preTombstoneInsertSQL = `INSERT INTO messages (id, sender, recipient, type, payload, ephemeral, created_at, routed)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING`
+	preTombstoneAckSQL = `INSERT INTO tombstones (id, recipient, acked_at)
+SELECT id, recipient, ? FROM messages WHERE id = ?
+ON CONFLICT (id) DO UPDATE SET acked_at = excluded.acked_at`
+	preTombstoneDeleteSQL = `DELETE FROM messages WHERE id = ?`
+)
+
+// TestUpgradeToTombstoneFlag opens a database made at schema version 7
+// (before the tombstone flag) holding envelopes, and runs a program of
+// version 7 beside this one (a rolling upgrade): the envelopes stored
+// before, and those the older program still stores, get a tombstone at
+// their ack (by either program), so that a copy arriving again is not
+// stored; new messages this program stores get none from its acks, and
+// one from the older program's (more than needed, and harmless).
+func TestUpgradeToTombstoneFlag(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "store.db")
+	log := slog.New(slog.DiscardHandler)
+	old, err := sql.Open("sqlite", path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := migrateTo(ctx, old, log, 7); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const a, r = "urn:sm:user:a", "urn:sm:user:r"
+	oldInsert := func(id string) {
+		t.Helper()
+		if _, err := old.ExecContext(ctx, preTombstoneInsertSQL, id, a, r, "", []byte(id), false, toMillis(at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldAck := func(id string) {
+		t.Helper()
+		tx, err := old.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.ExecContext(ctx, preTombstoneAckSQL, toMillis(at), id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, preTombstoneDeleteSQL, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldInsert("01JBEFORE")
+
+	s, err := Open(ctx, path, Options{Logger: log})
+	if err != nil {
+		t.Fatalf("Open of a version 7 database: %v", err)
+	}
+	defer s.Close()
+	oldInsert("01JOLDPROGRAM")
+	n1 := &envelope.Envelope{ID: "01JNEW1", Sender: a, Recipient: r, Payload: []byte("n1"), CreatedAt: at}
+	n2 := &envelope.Envelope{ID: "01JNEW2", Sender: a, Recipient: r, Payload: []byte("n2"), CreatedAt: at}
+	if _, err := s.PutNew(ctx, []store.NewMessage{{Envelope: n1}, {Envelope: n2}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PendingCount(ctx, r); err != nil || n != 4 {
+		t.Fatalf("PendingCount: %d, %v; want 4", n, err)
+	}
+	if n, err := s.Ack(ctx, r, []string{"01JBEFORE", "01JOLDPROGRAM", n1.ID}); err != nil || n != 3 {
+		t.Fatalf("Ack: %d, %v; want 3", n, err)
+	}
+	oldAck(n2.ID)
+	again := []*envelope.Envelope{
+		{ID: "01JBEFORE", Sender: a, Recipient: r, Payload: []byte("x"), CreatedAt: at},
+		{ID: "01JOLDPROGRAM", Sender: a, Recipient: r, Payload: []byte("x"), CreatedAt: at},
+		n1, n2,
+	}
+	acked, err := s.PutMessages(ctx, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(acked, []bool{true, true, false, true}) {
+		t.Fatalf("PutMessages after the acks: acked %v, want [true true false true] (a tombstone for all but the new message this program acked)", acked)
+	}
+	if n, err := s.PendingCount(ctx, r); err != nil || n != 1 {
+		t.Fatalf("PendingCount at the end: %d, %v; want 1", n, err)
+	}
 }

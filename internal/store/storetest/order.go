@@ -10,11 +10,12 @@ import (
 )
 
 // Write is one item of a group-commit batch in RunCommitOrderTest: the
-// envelope of a PutMessages call (Put), an id of an Ack call of Recipient
-// (Ack), or an id of a MarkRouted call (Mark). Exactly one of Put, Ack and
-// Mark is set.
+// envelope of a PutMessages call (Put), a message of a PutNew call (New),
+// an id of an Ack call of Recipient (Ack), or an id of a MarkRouted call
+// (Mark). Exactly one of Put, New, Ack and Mark is set.
 type Write struct {
 	Put       *envelope.Envelope
+	New       *store.NewMessage
 	Ack       string
 	Recipient string
 	Mark      string
@@ -24,8 +25,8 @@ type Write struct {
 // writer (one transaction), in the order given, as the writer would after
 // taking them in that order from several callers, and returns the result
 // of each: for a put, whether it was reported acknowledged (not stored);
-// for an ack, whether it deleted the envelope; false for a mark. It fails
-// t if the commit fails.
+// for a new message, whether it was stored; for an ack, whether it
+// deleted the envelope; false for a mark. It fails t if the commit fails.
 type CommitFunc func(t *testing.T, writes []Write) []bool
 
 // RunCommitOrderTest checks, through commit, the order promised for puts
@@ -41,7 +42,8 @@ func RunCommitOrderTest(t *testing.T, s store.Store, commit CommitFunc) {
 	}
 	tests := []struct {
 		name   string
-		before []int // envelopes stored before the batch
+		before []int    // envelopes stored before the batch
+		keys   []string // alice's idempotency records reserved before the batch
 		batch  func(e []*envelope.Envelope) []Write
 		want   []bool
 		after  stored
@@ -87,6 +89,34 @@ func RunCommitOrderTest(t *testing.T, s store.Store, commit CommitFunc) {
 		},
 		want:  []bool{false, true, false, true, true, false, true, true, false, false, false, true, false},
 		after: stored{pending: []int{4, 5}, unrouted: []int{4}},
+	}, {
+		name: "new, ack, put: no tombstone for a new message",
+		batch: func(e []*envelope.Envelope) []Write {
+			return []Write{newOf(e[0], ""), ackOf(bob, e[0]), putOf(e[0])}
+		},
+		want:  []bool{true, true, false},
+		after: stored{pending: []int{0}, unrouted: []int{0}},
+	}, {
+		name: "put, ack, new with CheckTombstone",
+		keys: []string{"k0"},
+		batch: func(e []*envelope.Envelope) []Write {
+			checked := newOf(e[0], "k0")
+			checked.New.CheckTombstone = true
+			return []Write{putOf(e[0]), ackOf(bob, e[0]), checked, newOf(e[1], "")}
+		},
+		want:  []bool{false, true, false, true},
+		after: stored{pending: []int{1}, unrouted: []int{1}},
+	}, {
+		name: "claims of one record: the first takes it",
+		keys: []string{"k1", "k2"},
+		batch: func(e []*envelope.Envelope) []Write {
+			return []Write{
+				newOf(e[0], "k1"), newOf(e[1], "k1"), putOf(e[2]), ackOf(bob, e[2]),
+				newOf(e[3], "k2"), newOf(e[4], "k3"), newOf(e[5], ""), mark(e[5]),
+			}
+		},
+		want:  []bool{true, false, false, true, true, false, true, false},
+		after: stored{pending: []int{0, 3, 5}, unrouted: []int{0, 3}},
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -99,7 +129,21 @@ func RunCommitOrderTest(t *testing.T, s store.Store, commit CommitFunc) {
 			for _, i := range tc.before {
 				put(t, s, envs[i])
 			}
-			if got := commit(t, tc.batch(envs)); !slices.Equal(got, tc.want) {
+			for _, key := range tc.keys {
+				reserveFor(t, s, newEnv(alice, bob, base, key), key+"-"+envs[0].ID)
+			}
+			// The records of a case are keyed by its first envelope's id
+			// too, so that cases share none.
+			batch := func() []Write {
+				ws := tc.batch(envs)
+				for _, w := range ws {
+					if w.New != nil && w.New.Key != "" {
+						w.New.Key += "-" + envs[0].ID
+					}
+				}
+				return ws
+			}
+			if got := commit(t, batch()); !slices.Equal(got, tc.want) {
 				t.Errorf("results %v, want %v", got, tc.want)
 			}
 			mine := func(got []*envelope.Envelope) []int {
@@ -121,9 +165,11 @@ func RunCommitOrderTest(t *testing.T, s store.Store, commit CommitFunc) {
 			if got := mine(unrouted); !slices.Equal(got, tc.after.unrouted) {
 				t.Errorf("unrouted %v, want %v", got, tc.after.unrouted)
 			}
-			// An id deleted by an ack stays acknowledged.
-			for i, w := range tc.batch(envs) {
-				if w.Ack != "" && tc.want[i] {
+			// An id deleted by an ack stays acknowledged, unless PutNew
+			// stored it (no tombstone: the batch may store it again).
+			ws := batch()
+			for i, w := range ws {
+				if w.Ack != "" && tc.want[i] && !slices.ContainsFunc(ws, func(n Write) bool { return n.New != nil && n.New.Envelope.ID == w.Ack }) {
 					if got := putAcked(t, s, envs[slices.IndexFunc(envs, func(x *envelope.Envelope) bool { return x.ID == w.Ack })]); !got[0] {
 						t.Errorf("put of %s after its ack not reported acknowledged", w.Ack)
 					}
@@ -137,4 +183,9 @@ func ackOf(recipient string, e *envelope.Envelope) Write {
 	return Write{Ack: e.ID, Recipient: recipient}
 }
 func putOf(e *envelope.Envelope) Write { return Write{Put: e} }
-func mark(e *envelope.Envelope) Write  { return Write{Mark: e.ID} }
+
+// newOf is a PutNew of e claiming alice's record key ("" for none).
+func newOf(e *envelope.Envelope, key string) Write {
+	return Write{New: &store.NewMessage{Envelope: e, Key: key}}
+}
+func mark(e *envelope.Envelope) Write { return Write{Mark: e.ID} }

@@ -70,6 +70,12 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"TargetsCap", testTargetsCap},
 		{"TargetsIsolation", testTargetsIsolation},
 		{"ConcurrentPut", testConcurrentPut},
+		{"PutNewStores", testPutNewStores},
+		{"PutNewAckLeavesNoTombstone", testPutNewAckLeavesNoTombstone},
+		{"PutNewClaim", testPutNewClaim},
+		{"PutNewClaimRace", testPutNewClaimRace},
+		{"PutNewCheckTombstone", testPutNewCheckTombstone},
+		{"PutNewConcurrentCounts", testPutNewConcurrentCounts},
 		{"Ping", testPing},
 		{"Close", testClose},
 		{"CloseWithWritesInFlight", testCloseWithWritesInFlight},
@@ -1379,6 +1385,7 @@ func testClose(t *testing.T, s store.Store) {
 		call func() error
 	}{
 		{"PutMessages", func() error { _, err := s.PutMessages(ctx, []*envelope.Envelope{e}); return err }},
+		{"PutNew", func() error { _, err := s.PutNew(ctx, []store.NewMessage{{Envelope: e}}); return err }},
 		{"Pending", func() error { _, err := s.Pending(ctx, bob, "", 10); return err }},
 		{"Ack", func() error { _, err := s.Ack(ctx, bob, []string{e.ID}); return err }},
 		{"MarkRouted", func() error { return s.MarkRouted(ctx, []string{e.ID}) }},

@@ -1,0 +1,20 @@
+-- Whether an ack of a message records a tombstone. Tombstones exist so
+-- that a copy of an acknowledged envelope arriving again is not stored
+-- again; only PutMessages (envelopes from routing events, which a bus may
+-- redeliver after the ack) can put such a copy. New messages (PutNew: a
+-- fresh id, or one claimed under its idempotency record) are never put
+-- again, so PutNew stores them with tombstone = false and their acks
+-- record none: the tombstones table no longer grows by one row per
+-- message.
+--
+-- The default is true, a constant default: adding the column rewrites
+-- nothing, and rows stored before, and rows stored by PutMessages or by a
+-- program before this migration, keep their tombstone at the ack. A
+-- program before this migration running beside this one on the same
+-- schema ignores the column: it stores its rows with true, its acks
+-- record a tombstone for every row they delete (rows stored by PutNew
+-- included, which is more than needed and harmless), and its puts keep
+-- checking tombstones. (Once this migration is applied, such a program
+-- refuses to start on the schema, as after any later migration; the
+-- instances already running keep working.)
+ALTER TABLE messages ADD COLUMN tombstone boolean NOT NULL DEFAULT true;

@@ -1,0 +1,16 @@
+-- Whether an ack of a message records a tombstone. Tombstones exist so
+-- that a copy of an acknowledged envelope arriving again is not stored
+-- again; only PutMessages (envelopes from routing events, which a bus may
+-- redeliver after the ack) can put such a copy. New messages (PutNew: a
+-- fresh id, or one claimed under its idempotency record) are never put
+-- again, so PutNew stores them with tombstone = 0 and their acks record
+-- none: the tombstones table no longer grows by one row per message.
+--
+-- The default is 1 (a constant default: no table copy): rows stored
+-- before, and rows stored by PutMessages or by a program before this
+-- migration, keep their tombstone at the ack. A program before this
+-- migration using the same file ignores the column: it stores its rows
+-- with 1, records a tombstone at every ack it makes (new rows included,
+-- which is more than needed and harmless), and keeps checking tombstones
+-- in its puts.
+ALTER TABLE messages ADD COLUMN tombstone INTEGER NOT NULL DEFAULT 1;
