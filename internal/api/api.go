@@ -239,7 +239,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: rec.ID, CreatedAt: rec.CreatedAt})
 			return
 		}
-		if e := s.acceptNew(ctx, env); e != nil {
+		if e := s.acceptNew(ctx, env, req.IdempotencyKey); e != nil {
+			// A stored message's record is published by the commit that
+			// stores it: releasing deletes only a record whose message is
+			// not stored (and a put still in flight then stores nothing).
 			rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
 			if err := s.store.ReleaseIdempotency(rctx, env.Sender, req.IdempotencyKey); err != nil {
 				// The key stays reserved for an envelope never accepted: a
@@ -250,12 +253,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			web.WriteError(w, e)
 			return
 		}
-		if err := s.store.MarkPublished(ctx, env.Sender, req.IdempotencyKey); err != nil {
-			// The message is accepted; a retry with this key accepts the
-			// same envelope again, which stores nothing twice.
-			s.log.Warn("idempotency mark published failed", "id", env.ID, "err", err)
+		if env.Ephemeral {
+			s.markPublished(ctx, env.Sender, req.IdempotencyKey, env.ID)
 		}
-	} else if e := s.acceptNew(ctx, env); e != nil {
+	} else if e := s.acceptNew(ctx, env, ""); e != nil {
 		web.WriteError(w, e)
 		return
 	}
@@ -269,16 +270,28 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 // started: its record is reserved but the message not known accepted (the
 // earlier attempt failed, or is still running). The record holds no
 // payload: when this request is the same message (same request hash), it
-// accepts it again under the record's id and time, and the store keeps one
-// copy of an id. Another message under the key is accepted only if the
-// first one is stored already (then the key's answer stands); otherwise
-// it answers 409 idempotency_key_reused, since what the key was reserved
-// for cannot be known.
+// accepts it again under the record's id and time. A stored message is
+// put under the claim of the record (store.NewMessage.Key): if an earlier
+// attempt stored it, that attempt took the claim in the same commit, and
+// this one stores and routes nothing (even when the recipient has
+// acknowledged the message since); the answer is the key's all the same.
+// Another message under the key is accepted only if the first one is
+// stored already (then the key's answer stands); otherwise it answers 409
+// idempotency_key_reused, since what the key was reserved for cannot be
+// known.
 func (s *Server) acceptAgain(ctx context.Context, rec store.Idempotency, env *envelope.Envelope, hash []byte) *web.Error {
 	if bytes.Equal(rec.RequestHash, hash) {
 		env.ID, env.CreatedAt = rec.ID, rec.CreatedAt
-		if e := s.accept(ctx, env); e != nil {
+		// CheckTombstone: a release before claims may have reserved the
+		// record and stored the message without claiming it (then failed
+		// before marking the record published), and its recipient may
+		// have acknowledged it since. Retries are few: the lookup costs
+		// little.
+		if e := s.accept(ctx, store.NewMessage{Envelope: env, Key: rec.Key, CheckTombstone: true}); e != nil {
 			return e
+		}
+		if !env.Ephemeral {
+			return nil // the put claimed the record, or another attempt did
 		}
 	} else {
 		stored, err := s.store.Stored(ctx, []string{rec.ID})
@@ -293,19 +306,29 @@ func (s *Server) acceptAgain(ctx context.Context, rec store.Idempotency, env *en
 			return e
 		}
 	}
-	if err := s.store.MarkPublished(ctx, rec.Sender, rec.Key); err != nil {
-		// The message is accepted; the next retry with this key accepts
-		// it again, which stores nothing twice.
-		s.log.Warn("idempotency mark published failed", "id", rec.ID, "err", err)
-	}
+	s.markPublished(ctx, rec.Sender, rec.Key, rec.ID)
 	return nil
+}
+
+// markPublished marks the record of (sender, key) published once its
+// message is accepted without a put that claims it: an ephemeral message
+// once published, or a stored one whose put did not claim the record (a
+// release before claims stored it). A failure is logged: the message is
+// accepted, and a retry with the key accepts it again (publishes an
+// ephemeral one again; stores nothing twice).
+func (s *Server) markPublished(ctx context.Context, sender, key, id string) {
+	if err := s.store.MarkPublished(ctx, sender, key); err != nil {
+		s.log.Warn("idempotency mark published failed", "id", id, "err", err)
+	}
 }
 
 // acceptNew accepts a message not accepted before (a retry with an
 // idempotency key goes to accept directly: its message may be stored
 // already): a stored one only while its recipient's queue has room and
-// its sender is within its quota.
-func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope) *web.Error {
+// its sender is within its quota. A stored one is put under the claim of
+// its idempotency record when key is not "" (the record reserved for it
+// by this request), which the commit that stores it marks published.
+func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope, key string) *web.Error {
 	if !env.Ephemeral {
 		if s.o.MaxPendingPerRecipient > 0 {
 			if e := s.checkQueue(ctx, env.Recipient); e != nil {
@@ -318,7 +341,7 @@ func (s *Server) acceptNew(ctx context.Context, env *envelope.Envelope) *web.Err
 			}
 		}
 	}
-	return s.accept(ctx, env)
+	return s.accept(ctx, store.NewMessage{Envelope: env, Key: key})
 }
 
 // checkQueue refuses a send to a recipient whose pending messages reached
@@ -396,15 +419,19 @@ func (s *Server) checkSender(ctx context.Context, sender string, size int) *web.
 // Read only: shared by every publish.
 var storedAttrs = map[string]string{bus.AttrStored: "1"}
 
-// accept makes env durable and publishes its routing event; an error means
-// nothing was accepted. The durable point is the store: concurrent accepts
-// share one commit (and one fsync) through the store's group commit, and
-// the answer waits for it. The routing event then goes on the ingress
-// queue, or to this instance's own pipeline when it takes it (Local); if
-// that publish fails the message is still accepted, and the pipeline's
-// sweep of unrouted envelopes routes it. An ephemeral envelope is never
-// stored: it is accepted once the bus holds it.
-func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error {
+// accept makes msg's envelope durable and publishes its routing event; an
+// error means nothing was accepted. The durable point is the store, where
+// the envelope is put as a new message (store.Messages.PutNew, under
+// msg's claim if any): concurrent accepts share one commit (and one
+// fsync) through the store's group commit, and the answer waits for it. A
+// put whose claim another attempt took stores nothing and routes nothing:
+// that attempt stored the message. The routing event then goes on the
+// ingress queue, or to this instance's own pipeline when it takes it
+// (Local); if that publish fails the message is still accepted, and the
+// pipeline's sweep of unrouted envelopes routes it. An ephemeral envelope
+// is never stored: it is accepted once the bus holds it.
+func (s *Server) accept(ctx context.Context, msg store.NewMessage) *web.Error {
+	env := msg.Envelope
 	data, err := envelope.Marshal(env)
 	if err != nil {
 		s.log.Error("encode envelope", "id", env.ID, "err", err)
@@ -416,7 +443,7 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 		// that the answer says what happened.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.PublishTimeout)
 		cctx, span := telemetry.Start(cctx, s.tracer, "store write", trace.SpanKindInternal)
-		acked, err := s.store.PutMessages(cctx, []*envelope.Envelope{env})
+		stored, err := s.store.PutNew(cctx, []store.NewMessage{msg})
 		cancel()
 		if span != nil {
 			span.SetAttributes(telemetry.AttrMessageID.String(env.ID))
@@ -426,8 +453,8 @@ func (s *Server) accept(ctx context.Context, env *envelope.Envelope) *web.Error 
 			s.log.WarnContext(ctx, "store accepted message failed", "id", env.ID, "err", err)
 			return unavailable("store")
 		}
-		if len(acked) == 1 && acked[0] {
-			return nil // a retry of a message its recipient already acknowledged
+		if len(stored) == 1 && !stored[0] {
+			return nil // a retry whose claim an earlier attempt took: stored (and routed) by that one
 		}
 		m.Attributes = storedAttrs
 		if s.o.Local != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,17 +77,17 @@ func (h *logRecorder) all() string {
 var errInjected = errors.New("injected store failure")
 
 // failingIdempotencies is a real SQLite store whose MarkPublished and
-// ReleaseIdempotency fail, and whose PutMessages fails while putFails is set.
+// ReleaseIdempotency fail, and whose PutNew fails while putFails is set.
 type failingIdempotencies struct {
 	*sqlite.Store
 	putFails *atomic.Bool
 }
 
-func (f failingIdempotencies) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
+func (f failingIdempotencies) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
 	if f.putFails.Load() {
 		return nil, errInjected
 	}
-	return f.Store.PutMessages(ctx, envs)
+	return f.Store.PutNew(ctx, msgs)
 }
 
 func (failingIdempotencies) MarkPublished(context.Context, string, string) error { return errInjected }
@@ -129,8 +130,8 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	const payload = "c2VjcmV0LWNpcGhlcnRleHQ=" // never logged
-	send := func(key string) *httptest.ResponseRecorder {
-		body := `{"recipient":"urn:sm:user:bob","payload":"` + payload + `","idempotency_key":"` + key + `"}`
+	send := func(key string, ephemeral bool) *httptest.ResponseRecorder {
+		body := `{"recipient":"urn:sm:user:bob","payload":"` + payload + `","idempotency_key":"` + key + `","ephemeral":` + strconv.FormatBool(ephemeral) + `}`
 		req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer urn:sm:user:alice")
 		req.Header.Set("Content-Type", "application/json")
@@ -140,7 +141,7 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	}
 
 	// Storing fails and so does releasing the key.
-	if w := send("k1"); w.Code != http.StatusServiceUnavailable {
+	if w := send("k1", false); w.Code != http.StatusServiceUnavailable {
 		t.Fatalf("send with the store down: %d %s", w.Code, w.Body)
 	}
 	attrs, ok := logs.find(slog.LevelWarn, "idempotency release failed")
@@ -150,17 +151,32 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	firstID := attrs["id"]
 
 	// A retry with the key finds it reserved but not accepted: it accepts
-	// the first attempt's envelope, then marking it published fails.
+	// the first attempt's envelope, and the put that stores it marks the
+	// record published (MarkPublished, failing, is not needed).
 	putFails.Store(false)
-	if w := send("k1"); w.Code != http.StatusAccepted || !strings.Contains(w.Body.String(), firstID) {
+	if w := send("k1", false); w.Code != http.StatusAccepted || !strings.Contains(w.Body.String(), firstID) {
 		t.Fatalf("retry: %d %s, want 202 with id %s", w.Code, w.Body, firstID)
-	}
-	attrs, ok = logs.find(slog.LevelWarn, "idempotency mark published failed")
-	if !ok || attrs["id"] != firstID || !strings.Contains(attrs["err"], errInjected.Error()) {
-		t.Fatalf("no warning with id %s and error for the failed mark; logs:\n%s", firstID, logs.all())
 	}
 	if len(pub.ids) != 1 || pub.ids[0] != firstID {
 		t.Fatalf("published %v, want [%s]", pub.ids, firstID)
+	}
+	rec, fresh, err := st.ReserveIdempotency(t.Context(), store.Idempotency{Sender: "urn:sm:user:alice", Key: "k1", ID: "01JPROBE", CreatedAt: time.Now(), RequestHash: []byte{1}})
+	if err != nil || fresh || rec.ID != firstID || !rec.Published {
+		t.Fatalf("record after the retry: %+v, fresh %v, %v; want %s published", rec, fresh, err, firstID)
+	}
+	if _, ok := logs.find(slog.LevelWarn, "idempotency mark published failed"); ok {
+		t.Fatalf("a stored message's record was marked apart; logs:\n%s", logs.all())
+	}
+
+	// An ephemeral message is not stored: its record is marked once it is
+	// published, and that failing is logged.
+	w := send("k2", true)
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("ephemeral send: %d %s, want 202", w.Code, w.Body)
+	}
+	attrs, ok = logs.find(slog.LevelWarn, "idempotency mark published failed")
+	if !ok || attrs["id"] == "" || !strings.Contains(w.Body.String(), attrs["id"]) || !strings.Contains(attrs["err"], errInjected.Error()) {
+		t.Fatalf("no warning with the ephemeral message's id and error for the failed mark; logs:\n%s", logs.all())
 	}
 	if all := logs.all(); strings.Contains(all, payload) || strings.Contains(all, "secret-ciphertext") {
 		t.Fatalf("a log line carries the payload:\n%s", all)
@@ -211,6 +227,14 @@ type acceptingStore struct{ Store }
 
 func (acceptingStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) {
 	return nil, nil
+}
+
+func (acceptingStore) PutNew(_ context.Context, msgs []store.NewMessage) ([]bool, error) {
+	stored := make([]bool, len(msgs))
+	for i := range stored {
+		stored[i] = true
+	}
+	return stored, nil
 }
 
 // BenchmarkSend is the send handler on its own (authentication stubbed,

@@ -185,19 +185,19 @@ func TestIdempotencyKeyReuse(t *testing.T) {
 	}
 }
 
-// keyFailures is a store whose PutMessages fails while putFails is set,
-// and whose ReleaseIdempotency fails then too (a failed send leaves its key
+// keyFailures is a store whose PutNew fails while putFails is set, and
+// whose ReleaseIdempotency fails then too (a failed send leaves its key
 // reserved).
 type keyFailures struct {
 	store.Store
 	putFails *atomic.Bool
 }
 
-func (k *keyFailures) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
+func (k *keyFailures) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
 	if k.putFails.Load() {
 		return nil, errInjected
 	}
-	return k.Store.PutMessages(ctx, envs)
+	return k.Store.PutNew(ctx, msgs)
 }
 
 func (k *keyFailures) ReleaseIdempotency(ctx context.Context, sender, key string) error {

@@ -173,8 +173,8 @@ func TestPoisonMessageAmongGoodOnes(t *testing.T) {
 	}
 }
 
-// flakyStore fails PutMessages while down is set, and always for the
-// recipient broken while brokenDown is set.
+// flakyStore fails PutMessages and PutNew while down is set, and
+// PutMessages always for the recipient broken while brokenDown is set.
 type flakyStore struct {
 	store.Store
 	down       atomic.Bool
@@ -200,6 +200,14 @@ func (s *flakyStore) PutMessages(ctx context.Context, envs []*envelope.Envelope)
 		return nil, errStoreDown
 	}
 	return s.Store.PutMessages(ctx, envs)
+}
+
+func (s *flakyStore) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
+	if s.down.Load() {
+		s.failures.Add(1)
+		return nil, errStoreDown
+	}
+	return s.Store.PutNew(ctx, msgs)
 }
 
 // publishUnstored publishes an envelope on the ingress queue the way an

@@ -42,6 +42,13 @@ func (s *outageStore) PutMessages(ctx context.Context, envs []*envelope.Envelope
 	return s.Store.PutMessages(ctx, envs)
 }
 
+func (s *outageStore) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
+	if s.down.Load() || s.writesDown.Load() {
+		return nil, errOutage
+	}
+	return s.Store.PutNew(ctx, msgs)
+}
+
 func (s *outageStore) ReleaseIdempotency(ctx context.Context, sender, key string) error {
 	if s.down.Load() || s.writesDown.Load() {
 		return errOutage

@@ -24,6 +24,13 @@ type acceptingStore struct{ api.Store }
 func (acceptingStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) {
 	return nil, nil
 }
+func (acceptingStore) PutNew(_ context.Context, msgs []store.NewMessage) ([]bool, error) {
+	stored := make([]bool, len(msgs))
+	for i := range stored {
+		stored[i] = true
+	}
+	return stored, nil
+}
 func (acceptingStore) ReserveIdempotency(_ context.Context, rec store.Idempotency) (store.Idempotency, bool, error) {
 	return rec, true, nil
 }
