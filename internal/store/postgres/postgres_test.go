@@ -285,3 +285,46 @@ func TestPutNewFailedCommitClaimsNothing(t *testing.T) {
 		t.Fatalf("PutNew after the failure: %v, %v; want stored", stored, err)
 	}
 }
+
+// BenchmarkPutNew measures committed stores of one new message per PutNew
+// call from many goroutines at once (a send without a key), reporting
+// msgs/s.
+func BenchmarkPutNew(b *testing.B) {
+	s := openFresh(b, postgres.Options{MaxConns: 8})
+	defer s.Close()
+	storetest.RunPutNewBenchmark(b, s)
+}
+
+// BenchmarkPutKeyed measures the store writes of sends with an
+// idempotency key (reserve, then PutNew claiming the record), reporting
+// msgs/s.
+func BenchmarkPutKeyed(b *testing.B) {
+	s := openFresh(b, postgres.Options{MaxConns: 8})
+	defer s.Close()
+	storetest.RunPutKeyedBenchmark(b, s)
+}
+
+// BenchmarkPutAck measures a message's store writes over its life (PutNew,
+// then its Ack) from many goroutines at once, reporting msgs/s and the
+// tombstones left per message.
+func BenchmarkPutAck(b *testing.B) {
+	url := databaseURL(b)
+	schema := freshSchema(b, url)
+	s, err := postgres.Open(b.Context(), url, postgres.Options{Schema: schema, MaxConns: 8, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.RunPutAckBenchmark(b, s, func() int {
+		conn, err := pgx.Connect(context.Background(), url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		var n int
+		if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{schema, "tombstones"}.Sanitize()).Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		return n
+	})
+}

@@ -1,6 +1,7 @@
 package sqlite_test
 
 import (
+	"database/sql"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -117,6 +118,48 @@ func BenchmarkPutMessages(b *testing.B) {
 	s := openTemp(b, sqlite.Options{})
 	defer s.Close()
 	storetest.RunPutBenchmark(b, s)
+}
+
+// BenchmarkPutNew measures durable stores of one new message per PutNew
+// call from many goroutines at once (a send without a key), reporting
+// msgs/s.
+func BenchmarkPutNew(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunPutNewBenchmark(b, s)
+}
+
+// BenchmarkPutKeyed measures the store writes of sends with an
+// idempotency key (reserve, then PutNew claiming the record), reporting
+// msgs/s.
+func BenchmarkPutKeyed(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunPutKeyedBenchmark(b, s)
+}
+
+// BenchmarkPutAck measures a message's store writes over its life (PutNew,
+// then its Ack) from many goroutines at once, reporting msgs/s and the
+// tombstones left per message.
+func BenchmarkPutAck(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "store.db")
+	s, err := sqlite.Open(b.Context(), path, sqlite.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.RunPutAckBenchmark(b, s, func() int {
+		db, err := sql.Open("sqlite", path+"?_pragma=query_only(1)")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM tombstones").Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		return n
+	})
 }
 
 // BenchmarkBacklog measures draining a 10,000-envelope backlog (fetch and ack).
