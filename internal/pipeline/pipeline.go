@@ -186,7 +186,9 @@ func (p *Pipeline) handleDecoded(ctx context.Context, ms []*bus.Message, decoded
 
 	// Envelopes the API stored already (the routing events it publishes
 	// say so) are only routed; others (published by an older version, or
-	// by hand) are stored first, with one store call for the batch.
+	// by hand) are stored first, with one store call for the batch:
+	// PutMessages, which checks tombstones, since the bus may deliver such
+	// an event again after the recipient acknowledged its envelope.
 	envs := make([]*envelope.Envelope, len(ms))
 	var toStore []*envelope.Envelope
 	var toStoreAt []int

@@ -125,16 +125,19 @@ type Target struct {
 // an at-least-once bus) are checked against the ids acknowledged
 // (tombstones), so that such a copy is not stored again.
 //
-// Each stored envelope also carries a routed mark: PutMessages stores it
-// not routed, MarkRouted marks it once it was routed (delivered live or
+// Each stored envelope also carries a routed mark: PutMessages and PutNew
+// store it not routed, MarkRouted marks it once it was routed (delivered live or
 // pushed), and Unrouted finds those that never were, so that a sweep can
 // route what a lost routing event left behind.
 type Messages interface {
-	// PutMessages stores envelopes, in the order given, not routed. It is
-	// idempotent on id: an id already stored is left as it is (routed mark
-	// included), and an id that its recipient acknowledged (see Ack) is not
-	// stored again as long as its tombstone is kept (see
-	// DeleteTombstonesBefore).
+	// PutMessages stores envelopes that may have been stored and
+	// acknowledged before (from routing events, which a bus may redeliver),
+	// in the order given, not routed. It is idempotent on id: an id already
+	// stored is left as it is (routed mark included), and an id that its
+	// recipient acknowledged (see Ack) is not stored again as long as its
+	// tombstone is kept (see DeleteTombstonesBefore). An ack of an
+	// envelope PutNew stored leaves no tombstone: PutMessages stores that
+	// id again.
 	//
 	// acked reports the envelopes not stored for that reason: acked[i] is
 	// true when envs[i]'s id was acknowledged before. acked is nil when no

@@ -46,8 +46,9 @@ func sweepOnce(ctx context.Context, s Store, retention, idempotencyWindow time.D
 		cut := now.Add(-idempotencyWindow)
 		n, err := s.DeleteIdempotencyBefore(ctx, cut)
 		logSweep(ctx, log, "idempotency_records", n, err)
-		// A retried send or a redelivery within the window must find the
-		// ack's tombstone: keep it for the window after the ack.
+		// A routing event redelivered within the window must find the
+		// ack's tombstone (PutMessages): keep it for the window after the
+		// ack.
 		n, err = s.DeleteTombstonesBefore(ctx, cut)
 		logSweep(ctx, log, "ack_tombstones", n, err)
 	}
