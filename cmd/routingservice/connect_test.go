@@ -187,8 +187,14 @@ func TestConfigCheckConnectChangesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close(context.Background())
-		t.Cleanup(func() { _, _ = conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE") })
+		// The schema is dropped, then the connection closed, after the test
+		// (a deferred Close would run first and leave the schema behind).
+		t.Cleanup(func() {
+			if _, err := conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+				t.Errorf("drop schema %s: %v", schema, err)
+			}
+			conn.Close(context.Background())
+		})
 		exists := func() bool {
 			var ok bool
 			if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&ok); err != nil {
@@ -227,17 +233,21 @@ func TestConfigCheckConnectChangesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer nc.Close()
 		js, err := jetstream.New(nc)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
+		// The streams are deleted, then the connection closed, after the
+		// test.
 		t.Cleanup(func() {
 			for _, s := range []string{"ingress", "delivery", "ingress-dlq", "delivery-dlq"} {
-				_ = js.DeleteStream(context.Background(), prefix+"-"+s)
+				if err := js.DeleteStream(context.Background(), prefix+"-"+s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+					t.Errorf("delete stream %s-%s: %v", prefix, s, err)
+				}
 			}
+			nc.Close()
 		})
 		yaml := fmt.Sprintf("bus: {type: nats, nats: {url: %q, subject_prefix: %s}}\n", natsURL, prefix)
 		out, err, lines := connectCheck(t, yaml)

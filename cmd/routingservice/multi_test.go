@@ -43,7 +43,9 @@ func sharedEngines(t *testing.T) (pgURL, redisAddr, schema, keyPrefix string) {
 			conn.Close(ctx)
 		}
 	})
-	return pgURL, redisAddr, schema, randomName("multi:") + ":"
+	keyPrefix = randomName("multi:") + ":"
+	deleteKeys(t, redisAddr, keyPrefix)
+	return pgURL, redisAddr, schema, keyPrefix
 }
 
 // sharedBackends returns the configuration (YAML) and environment that make
@@ -88,6 +90,7 @@ func TestManyInstancesNATS(t *testing.T) {
 	}
 	example := readFile(t, filepath.Join("..", "..", "config", "nats-postgres-redis.yaml"))
 	p := randomName("m")
+	deleteStreams(t, natsURL, p)
 	test := fmt.Sprintf(`run_mode: local
 store: {postgres_schema: %[1]s}
 presence: {ttl: 3s, heartbeat: 1s, redis: {addr: %[2]q, key_prefix: %[3]q, tls: false}}

@@ -42,6 +42,7 @@ func engines(t *testing.T) map[string]func(*config.Config) {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
 		p := "dl" + hex.EncodeToString(b[:])
+		deleteStreams(t, url, p)
 		c.Bus.Type = "nats"
 		c.Bus.NATS.URL = url
 		c.Bus.NATS.SubjectPrefix = p

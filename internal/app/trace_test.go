@@ -200,6 +200,7 @@ func TestOneTracePerMessageSplitRolesNATS(t *testing.T) {
 		t.Skip("set ROUTING_TEST_NATS_URL to run the split-role trace test on NATS")
 	}
 	p := randomID("tr")
+	deleteStreams(t, url, p)
 	runSplitRoles(t, func(c *config.Config) {
 		c.Bus.Type = "nats"
 		c.Bus.NATS.URL = url
@@ -236,6 +237,7 @@ func runSplitRoles(t *testing.T, busConfig func(*config.Config)) {
 		t.Skip("set ROUTING_TEST_POSTGRES_URL and ROUTING_TEST_REDIS_ADDR to run the split-role trace tests")
 	}
 	schema, prefix := randomID("trace_"), randomID("trace:")+":"
+	deleteKeys(t, redisAddr, prefix)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
