@@ -2,8 +2,8 @@
 // it out and for scripts.
 //
 //	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack]       # print messages as JSON lines; reconnects
-//	routingclient send --to urn:sm:user:bob --text hello [--api http://127.0.0.1:8082]
-//	routingclient fetch [--api ...] [--after ID] [--limit N]           # pending messages
+//	routingclient send --to bob --text hello [--api http://127.0.0.1:8082]   # bob: urn:sm:user:bob
+//	routingclient fetch [--api ...] [--after CURSOR] [--limit N]       # pending messages
 //	routingclient ack [--api ...] ID...                                # acknowledge messages
 //
 // The token comes from --token or the ROUTING_TOKEN environment variable
@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
@@ -27,7 +28,7 @@ const usage = `usage: routingclient <command> [flags]
 
 commands:
   listen   print the caller's messages as JSON lines, acknowledging each; reconnects
-  send     send a message: send --to URN --text TEXT
+  send     send a message: send --to URN|NAME --text TEXT (a bare NAME is urn:sm:user:NAME)
   fetch    print the pending messages
   ack      acknowledge messages: ack ID...
 
@@ -90,9 +91,9 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprint(stdout, usage)
 		return nil
 	case "send":
-		fs, token := flags("send", "send --to URN [--text TEXT] [--type TYPE]", stderr)
+		fs, token := flags("send", "send --to URN|NAME [--text TEXT] [--type TYPE]", stderr)
 		apiURL := fs.String("api", defaultAPI, "API base URL")
-		to := fs.String("to", "", "recipient URN")
+		to := fs.String("to", "", "recipient URN, or a bare name for urn:sm:user:NAME")
 		text := fs.String("text", "", "payload (sent as its bytes; a real client sends ciphertext)")
 		typ := fs.String("type", "", "message type")
 		if err := parse(fs, args[1:], token); err != nil {
@@ -102,15 +103,15 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return errors.New("send needs --to")
 		}
 		c := &client.Client{APIURL: *apiURL, Token: *token}
-		acc, err := c.Send(ctx, client.Message{Recipient: *to, Payload: []byte(*text), Type: *typ})
+		acc, err := c.Send(ctx, client.Message{Recipient: recipientURN(*to), Payload: []byte(*text), Type: *typ})
 		if err != nil {
 			return err
 		}
 		return enc.Encode(acc)
 	case "fetch":
-		fs, token := flags("fetch", "fetch [--after ID] [--limit N]", stderr)
+		fs, token := flags("fetch", "fetch [--after CURSOR] [--limit N]", stderr)
 		apiURL := fs.String("api", defaultAPI, "API base URL")
-		after := fs.String("after", "", "the page after this message id")
+		after := fs.String("after", "", "the page after this cursor (the next_cursor of the page before)")
 		limit := fs.Int("limit", 500, "at most this many messages")
 		if err := parse(fs, args[1:], token); err != nil {
 			return err
@@ -168,4 +169,14 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q (listen, send, fetch, ack)", args[0])
 	}
+}
+
+// recipientURN is name as a URN: a bare name (no "urn:" prefix) is a user
+// of the demo's namespace, urn:sm:user:NAME, as the browser demo takes it.
+func recipientURN(name string) string {
+	name = strings.TrimSpace(name)
+	if strings.HasPrefix(name, "urn:") {
+		return name
+	}
+	return "urn:sm:user:" + name
 }

@@ -208,3 +208,16 @@ func TestRefusedTokenSaidOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestRecipientURN(t *testing.T) {
+	for in, want := range map[string]string{
+		"bob":                 "urn:sm:user:bob",
+		" bob ":               "urn:sm:user:bob",
+		"urn:sm:user:bob":     "urn:sm:user:bob",
+		"urn:acme:device:b-1": "urn:acme:device:b-1",
+	} {
+		if got := recipientURN(in); got != want {
+			t.Errorf("recipientURN(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
