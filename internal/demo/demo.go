@@ -74,6 +74,8 @@ func Mount(rt Router, opts Options) error {
 	for p, b := range files {
 		rt.Handle(http.MethodGet, p, serveFile(p, b))
 	}
+	// The page's address without its slash (its relative links need it).
+	rt.Handle(http.MethodGet, "/demo", http.RedirectHandler("/demo/", http.StatusMovedPermanently))
 	rt.Handle(http.MethodPost, TokenPath, tokenHandler(opts))
 	return nil
 }

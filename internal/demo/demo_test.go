@@ -118,3 +118,11 @@ func TestMountNeedsASecret(t *testing.T) {
 		t.Fatal("Mount without a secret succeeded")
 	}
 }
+
+// /demo without its slash is redirected to the page.
+func TestDemoWithoutSlashRedirects(t *testing.T) {
+	w := mounted(t).do(t, http.MethodGet, "/demo", "", "")
+	if w.Code != http.StatusMovedPermanently || w.Header().Get("Location") != "/demo/" {
+		t.Errorf("GET /demo: %d, Location %q; want 301 to /demo/", w.Code, w.Header().Get("Location"))
+	}
+}
