@@ -243,6 +243,7 @@ func (a *App) wire(ctx context.Context) error {
 			Metrics:             a.metrics,
 			TracerProvider:      a.tp,
 		}, a.store, a.presence, a.authenticateSession)
+		a.metrics.WSMaxConnections.Set(float64(cfg.Realtime.MaxConns))
 	}
 	if cfg.Has(config.RolePipeline) {
 		po := pipeline.Options{

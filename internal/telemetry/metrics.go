@@ -34,6 +34,7 @@ type Metrics struct {
 	PushUnacked         prometheus.Counter // pushes for messages routed live but not acknowledged in time
 	UnackedDropped      prometheus.Counter // live-routed messages not watched because the schedule was full
 	WSConnections       prometheus.Gauge
+	WSMaxConnections    prometheus.Gauge       // realtime.max_conns of this instance's realtime role
 	WSMessagesSent      *prometheus.CounterVec // kind: backlog, live
 	WSDropped           *prometheus.CounterVec // reason
 	WSAcks              prometheus.Counter
@@ -110,6 +111,9 @@ func NewMetrics() *Metrics {
 		WSConnections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routing_websocket_connections", Help: "Open WebSocket connections.",
 		}),
+		WSMaxConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routing_websocket_max_connections", Help: "The WebSocket connections this instance accepts at most (realtime.max_conns); 0 without the realtime role or without a limit.",
+		}),
 		WSMessagesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routing_websocket_messages_sent_total", Help: "Messages written to WebSockets, by kind (backlog, live).",
 		}, []string{"kind"}),
@@ -153,7 +157,7 @@ func NewMetrics() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.MessagesAccepted, m.IdempotentHits, m.PipelineHandled,
 		m.RoutingDeferred, m.Rerouted, m.RouteMarkFailed, m.SendsRefused, m.IngressBacklog, m.IngressLocal,
-		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.PushUnacked, m.UnackedDropped, m.WSConnections,
+		m.PipelineDuration, m.DeliveriesPublished, m.DeliveriesLocal, m.PushRequested, m.PushUnacked, m.UnackedDropped, m.WSConnections, m.WSMaxConnections,
 		m.WSMessagesSent, m.WSDropped, m.WSAcks, m.MessagesAcked,
 		m.DeadLettered, m.DeadReplayed, m.DeadPurged, m.DeliveryLatency, m.PipelineLag, m.StorePending, m.ReceivePaused, m.BackendUp,
 		buildInfo(),
@@ -164,6 +168,10 @@ func NewMetrics() *Metrics {
 		m.DeadReplayed.WithLabelValues(q)
 		m.DeadPurged.WithLabelValues(q)
 		m.ReceivePaused.WithLabelValues(q)
+	}
+	// So do the reasons a send is refused.
+	for _, r := range []string{"backlog", "recipient_queue_full", "sender_quota_exceeded"} {
+		m.SendsRefused.WithLabelValues(r)
 	}
 	return m
 }
