@@ -64,9 +64,11 @@ func (h *hub) remove(s *session) {
 }
 
 // deliver queues env on every session of its recipient and returns how
-// many. It never blocks: a session whose queue is full is closed (its
-// messages stay in the store). It fails only when env cannot be encoded.
-func (h *hub) deliver(env *envelope.Envelope, sc trace.SpanContext) (int, error) {
+// many. wire, when not nil, is env's wire form, which the frame carries
+// as it is; else env is encoded. It never blocks: a session whose queue
+// is full is closed (its messages stay in the store). It fails only when
+// env cannot be encoded.
+func (h *hub) deliver(env *envelope.Envelope, wire []byte, sc trace.SpanContext) (int, error) {
 	h.mu.RLock()
 	set := h.users[env.Recipient]
 	if len(set) == 0 {
@@ -78,9 +80,14 @@ func (h *hub) deliver(env *envelope.Envelope, sc trace.SpanContext) (int, error)
 		sessions = append(sessions, s)
 	}
 	h.mu.RUnlock()
-	data, err := encodeMessage(env)
-	if err != nil {
-		return 0, err
+	var data []byte
+	if wire != nil {
+		data = encodeMessageWire(wire)
+	} else {
+		var err error
+		if data, err = encodeMessage(env); err != nil {
+			return 0, err
+		}
 	}
 	f := frame{id: env.ID, data: data, accepted: env.CreatedAt, trace: sc, ephemeral: env.Ephemeral}
 	for _, s := range sessions {

@@ -166,11 +166,19 @@ func (s *Server) Mount(rt Router) {
 // Deliver hands env to this instance's connections of its recipient. It
 // never blocks. The frames written carry ctx's trace.
 func (s *Server) Deliver(ctx context.Context, env *envelope.Envelope) {
+	s.DeliverEncoded(ctx, env, nil)
+}
+
+// DeliverEncoded is Deliver of an envelope already encoded: wire is env's
+// wire form (envelope.Marshal's JSON, as the routing core makes it once
+// at accept), which the frames carry as it is; env's payload is not read
+// (nil wire: env is encoded).
+func (s *Server) DeliverEncoded(ctx context.Context, env *envelope.Envelope, wire []byte) {
 	var sc trace.SpanContext
 	if s.tracer != nil {
 		sc = trace.SpanContextFromContext(ctx)
 	}
-	if _, err := s.hub.deliver(env, sc); err != nil {
+	if _, err := s.hub.deliver(env, wire, sc); err != nil {
 		s.log.ErrorContext(ctx, "message frame encode failed; not delivered live", "id", env.ID, "err", err)
 	}
 }
@@ -185,10 +193,10 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 	}()
 	err := rcv.ReceiveDelivery(ctx, s.o.Instance, func(ctx context.Context, m *bus.Message) error {
 		var env envelope.Envelope
-		if err := envelope.Unmarshal(m.Data, &env); err != nil {
+		if err := envelope.DecodeHeader(m.Data, &env); err != nil {
 			return fmt.Errorf("%w: %v", bus.ErrPermanent, err)
 		}
-		s.Deliver(ctx, &env)
+		s.DeliverEncoded(ctx, &env, m.Data)
 		return nil
 	})
 	<-hbDone

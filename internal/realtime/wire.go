@@ -46,6 +46,28 @@ func encodeMessage(env *envelope.Envelope) ([]byte, error) {
 	return serverFrame(ws.OpText, b), nil
 }
 
+// messageFramePrefix and messageFrameSuffix wrap an envelope's wire form
+// into a message event: the JSON encodeMessage writes for it.
+const (
+	messageFramePrefix = `{"type":"message","message":`
+	messageFrameSuffix = `}`
+)
+
+// encodeMessageWire returns the frame of a message event carrying the
+// envelope whose wire form (envelope.Marshal's JSON) is wire: the bytes
+// are copied into the frame as they are, never decoded and encoded
+// again.
+func encodeMessageWire(wire []byte) []byte {
+	n := len(messageFramePrefix) + len(wire) + len(messageFrameSuffix)
+	h := ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(n)}
+	b := bytes.NewBuffer(make([]byte, 0, ws.HeaderSize(h)+n))
+	_ = ws.WriteHeader(b, h) // cannot fail: the buffer has room
+	b.WriteString(messageFramePrefix)
+	b.Write(wire)
+	b.WriteString(messageFrameSuffix)
+	return b.Bytes()
+}
+
 // encodeError returns the frame of an error event.
 func encodeError(code, message string) []byte {
 	b, _ := json.Marshal(errorFrame{Type: "error", Error: errorDetail{Code: code, Message: message}})
