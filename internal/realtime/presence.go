@@ -79,7 +79,7 @@ func (s *Server) refreshAll(ctx context.Context) error {
 	conns := make([]presence.Conn, 0, len(all)+1)
 	conns = append(conns, s.marker())
 	for _, ss := range all {
-		conns = append(conns, ss.presenceConn(s.o.Instance))
+		conns = append(conns, ss.presenceConn())
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.o.Heartbeat)
 	defer cancel()

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +20,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/time/rate"
 
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
@@ -338,38 +336,23 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		s.refused(refusedRateUser)
 		return
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	ss := &session{
-		srv:    s,
-		id:     strconv.FormatUint(s.connSeq.Add(1), 36),
-		user:   user,
-		ip:     ip,
-		ctx:    sctx,
-		cancel: cancel,
-		// Frames delivered before the connection is open are queued:
-		// start writes them after the backlog.
-		writing: true,
-	}
-	if !exp.IsZero() {
-		ss.expires = exp.Add(s.o.Leeway)
-	}
-	if s.o.AckRate > 0 {
-		ss.frames = rate.NewLimiter(rate.Limit(s.o.AckRate), max(s.o.AckBurst, 1))
-	}
+	// Frames delivered before the connection is open are queued: start
+	// writes them after the backlog.
+	ss := s.newSession(r.Context(), user, ip, exp)
 	if status, msg := checkHandshake(w, r); status != 0 {
-		cancel()
+		ss.cancel()
 		s.refused(refusedHandshake)
 		http.Error(w, msg, status)
 		return
 	}
 	if !s.admit(w, ss, ip) {
-		cancel()
+		ss.cancel()
 		return
 	}
 	conn, rw, _, err := upgrader.Upgrade(r, w)
 	if err != nil {
 		// The upgrader answered the bad handshake.
-		cancel()
+		ss.cancel()
 		s.refused(refusedHandshake)
 		s.hub.remove(ss)
 		if conn != nil {

@@ -39,9 +39,9 @@ func sessionOf(t *testing.T, s *Server, user string) *session {
 
 // queuedBytes is what ss counts against its budget.
 func queuedBytes(ss *session) int64 {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.queued
+	ss.out.mu.Lock()
+	defer ss.out.mu.Unlock()
+	return ss.out.bytes
 }
 
 // liveHeap is the heap in use after a collection.
@@ -57,8 +57,7 @@ func liveHeap() int64 {
 // system without epoll): a goroutine reads it. It returns the client's end.
 func pipeSession(t *testing.T, s *Server, user string) (net.Conn, *session) {
 	t.Helper()
-	sctx, cancel := context.WithCancel(context.Background())
-	ss := &session{srv: s, id: user, user: user, ip: "192.0.2.1", ctx: sctx, cancel: cancel, writing: true}
+	ss := s.newSession(context.Background(), user, "192.0.2.1", time.Time{})
 	if !s.admit(httptest.NewRecorder(), ss, ss.ip) {
 		t.Fatal("session not admitted")
 	}
@@ -390,7 +389,9 @@ func TestPingTimersHoldNoGoroutine(t *testing.T) {
 	waitFor(t, "every session's ping due", func() bool {
 		for _, ss := range sessions {
 			ss.mu.Lock()
-			due := ss.ping == pingQueued && ss.writing
+			ss.out.mu.Lock()
+			due := ss.ping == pingQueued && ss.out.writer
+			ss.out.mu.Unlock()
 			ss.mu.Unlock()
 			if !due {
 				return false

@@ -211,8 +211,7 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 // the stop's close frame, and its answer ends the session.
 func TestStopDuringUpgrade(t *testing.T) {
 	s, _, _ := newServer(t, Options{})
-	sctx, cancel := context.WithCancel(context.Background())
-	ss := &session{srv: s, id: "early", user: "urn:sm:user:early", ip: "192.0.2.1", ctx: sctx, cancel: cancel, writing: true}
+	ss := s.newSession(context.Background(), "urn:sm:user:early", "192.0.2.1", time.Time{})
 	if !s.admit(httptest.NewRecorder(), ss, ss.ip) {
 		t.Fatal("session not admitted")
 	}
