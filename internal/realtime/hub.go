@@ -25,19 +25,24 @@ type frame struct {
 
 // hub is the registry of this instance's live sessions by user.
 type hub struct {
+	// maxPerUser caps the sessions of one user.
+	maxPerUser int
+
 	mu    sync.RWMutex
 	users map[string]map[*session]struct{}
 	count int
 }
 
-func newHub() *hub { return &hub{users: map[string]map[*session]struct{}{}} }
+func newHub(maxPerUser int) *hub {
+	return &hub{maxPerUser: maxPerUser, users: map[string]map[*session]struct{}{}}
+}
 
-// add registers s unless its user already has max sessions here.
-func (h *hub) add(s *session, max int) bool {
+// add registers s unless its user already has maxPerUser sessions here.
+func (h *hub) add(s *session) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	set := h.users[s.user]
-	if len(set) >= max {
+	if len(set) >= h.maxPerUser {
 		return false
 	}
 	if set == nil {
@@ -63,17 +68,16 @@ func (h *hub) remove(s *session) {
 	}
 }
 
-// deliver queues env on every session of its recipient and returns how
-// many. wire, when not nil, is env's wire form, which the frame carries
+// deliver queues env on every session of its recipient. wire, when not nil, is env's wire form, which the frame carries
 // as it is; else env is encoded. It never blocks: a session whose queue
 // is full is closed (its messages stay in the store). It fails only when
 // env cannot be encoded.
-func (h *hub) deliver(env *envelope.Envelope, wire []byte, sc trace.SpanContext) (int, error) {
+func (h *hub) deliver(env *envelope.Envelope, wire []byte, sc trace.SpanContext) error {
 	h.mu.RLock()
 	set := h.users[env.Recipient]
 	if len(set) == 0 {
 		h.mu.RUnlock()
-		return 0, nil
+		return nil
 	}
 	sessions := make([]*session, 0, len(set))
 	for s := range set {
@@ -86,14 +90,14 @@ func (h *hub) deliver(env *envelope.Envelope, wire []byte, sc trace.SpanContext)
 	} else {
 		var err error
 		if data, err = encodeMessage(env); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	f := frame{id: env.ID, data: data, accepted: env.CreatedAt, trace: sc, ephemeral: env.Ephemeral}
 	for _, s := range sessions {
 		s.enqueue(f)
 	}
-	return len(sessions), nil
+	return nil
 }
 
 // all returns every session.

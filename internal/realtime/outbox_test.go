@@ -61,14 +61,14 @@ func (s outboxStep) run(o *outbox, now *time.Time) string {
 		return answer(wake, nil)
 	}
 	switch s.do {
-	case "push", "ephemeral":
-		wake, err := o.Push(frame{id: s.id, data: data, ephemeral: s.do == "ephemeral"})
-		if err == nil {
-			return queuedOrSkipped(wake)
+	case "push", "ephemeral", "send":
+		var wake bool
+		var err error
+		if s.do == "send" {
+			wake, err = o.Send(data)
+		} else {
+			wake, err = o.Push(frame{id: s.id, data: data, ephemeral: s.do == "ephemeral"})
 		}
-		return answer(wake, err)
-	case "send":
-		wake, err := o.Send(data)
 		if err == nil {
 			return queuedOrSkipped(wake)
 		}

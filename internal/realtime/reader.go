@@ -36,10 +36,8 @@ var readBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096)
 func (ss *session) startReading() {
 	if br := ss.pending; br != nil {
 		ss.pending = nil
-		if br.Buffered() > 0 {
-			go ss.readLoop(br, true)
-			return
-		}
+		go ss.readLoop(br, true)
+		return
 	}
 	if ss.watchConn() {
 		return

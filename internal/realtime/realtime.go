@@ -141,7 +141,7 @@ func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(), log: o.Logger, m: o.Metrics,
+	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(o.MaxConnsPerUser), log: o.Logger, m: o.Metrics,
 		ipRate:   web.NewLimiter(o.ConnectRatePerIP, o.ConnectBurstPerIP),
 		userRate: web.NewLimiter(o.ConnectRatePerUser, o.ConnectBurstPerUser),
 		perIP:    map[string]int{},
@@ -176,7 +176,7 @@ func (s *Server) DeliverEncoded(ctx context.Context, env *envelope.Envelope, wir
 	if s.tracer != nil {
 		sc = trace.SpanContextFromContext(ctx)
 	}
-	if _, err := s.hub.deliver(env, wire, sc); err != nil {
+	if err := s.hub.deliver(env, wire, sc); err != nil {
 		s.log.ErrorContext(ctx, "message frame encode failed; not delivered live", "id", env.ID, "err", err)
 	}
 }
@@ -406,7 +406,7 @@ func (s *Server) admit(w http.ResponseWriter, ss *session, ip string) bool {
 		reason = refusedConnsPerIP
 		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
 			Message: "too many connections from this address", RetryAfter: 5}
-	case !s.hub.add(ss, s.o.MaxConnsPerUser):
+	case !s.hub.add(ss):
 		reason = refusedConnsPerUser
 		refusal = &web.Error{Status: http.StatusTooManyRequests, Code: web.CodeRateLimited,
 			Message: "too many connections for this user", RetryAfter: 5}

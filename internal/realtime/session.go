@@ -41,8 +41,8 @@ type session struct {
 	ip   string
 	// out holds what is to be written; it has its own lock.
 	out *outbox
-	// pending holds what the upgrade read past the handshake (usually
-	// nothing); the first read takes it.
+	// pending, when not nil, holds bytes the upgrade read past the
+	// handshake (rare); the first read takes them.
 	pending *bufio.Reader
 
 	// mu guards what follows.
@@ -95,9 +95,11 @@ const (
 	// stateOpening: admitted (in the hub, counted against the caps),
 	// the upgrade under way, no connection. Live frames are queued (the
 	// upgrade's goroutine holds the writer's role, to send the backlog
-	// first); a close queues the close frame, written once the
-	// connection opens. Moves on when the connection opens (opened: to
-	// open, or on to where a close or end during the upgrade sent it).
+	// first); a close queues the close frame. Nothing is read or
+	// written, no timer runs. Moves on to open when the connection
+	// opens (opened), or to closing or closed when closed or ended
+	// during the upgrade (then opened writes the close frame and waits
+	// for its answer, or closes the connection).
 	stateOpening sessionState = iota
 	// stateOpen: the connection is open: frames are read and handled,
 	// frames are queued and written, pings are sent, the token's expiry
@@ -105,8 +107,9 @@ const (
 	stateOpen
 	// stateClosing: the close frame is queued, after the urgent frames,
 	// and nothing is queued after it; live frames waiting were dropped.
-	// The client's frames are read for its close (nothing else is
-	// handled); the session's context is cancelled. Moves on (closed)
+	// The client's frames are read for its answer to the close, and no
+	// message is handled; the session's context is cancelled (a store
+	// call for it returns); no ping is sent. Moves on (closed)
 	// when the client answers the close, when the close frame is written
 	// if the close waits for no answer, at closeBy (closeWait after the
 	// close), or when a read or write fails.
@@ -128,7 +131,8 @@ func (st sessionState) String() string {
 
 // moveLocked moves the session to state to, if that is a move forward (to
 // a later state), and reports whether it did (ss.mu held). It is the only
-// writer of ss.state: every transition passes here.
+// writer of ss.state, and its callers do what each move brings: opened
+// (to open), closeWith (to closing), end (to closed).
 func (ss *session) moveLocked(to sessionState) bool {
 	if to <= ss.state {
 		return false
