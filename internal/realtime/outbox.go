@@ -19,12 +19,12 @@ const sentWindow = time.Minute
 //   - Order: urgent frames (pings, pongs, error events, then the close
 //     frame) are taken before anything else; then the backlog, when a
 //     pass is asked for (Resync); then live frames, in the order pushed.
-//   - Budget: the bytes of the frames it holds, of those taken and not
-//     yet released, and of the backlog page held (Hold) stay within
-//     maxBytes, and it holds at most maxFrames live frames (0: no bound):
-//     Push and Send refuse what would go past, with an error whose text
-//     names the configuration key. Pings and the close frame are never
-//     refused (they are counted).
+//   - Budget: it counts the bytes of the frames it holds, of those taken
+//     and not yet released, and of the backlog page held (Hold). Push
+//     and Send refuse a frame that would take the count past maxBytes,
+//     and Push one past maxFrames live frames (0: no bound), with an
+//     error whose text names the configuration key. Pings and the close
+//     frame are counted, never refused.
 //   - One writer: at most one goroutine holds the writer's role. A call
 //     that returns wake=true has given the role to its caller, who must
 //     start a writer; the role ends when Take returns workNone. The
@@ -32,9 +32,9 @@ const sentWindow = time.Minute
 //   - Backlog then live: while a backlog pass runs, a live frame that
 //     does not fit drops the stored live frames waiting and asks for
 //     another pass (they are in the store: the pass sends them); only
-//     ephemeral frames stay queued. A message sent by a pass (MarkSent)
-//     is not taken live, nor sent by a pass that begins within
-//     sentWindow of the end of that pass.
+//     ephemeral frames stay queued. For at least sentWindow after a pass
+//     ends, a message it sent (MarkSent) is not taken live, and a pass
+//     that begins then skips it (SeenRecently).
 //   - Closing: after Close nothing more is queued (Push, Send, Ping and
 //     Resync do nothing) and only the urgent frames, the close frame
 //     last, are taken. After Drop it holds and counts nothing.
