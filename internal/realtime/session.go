@@ -109,10 +109,10 @@ const (
 	// and nothing is queued after it; live frames waiting were dropped.
 	// The client's frames are read for its answer to the close, and no
 	// message is handled; the session's context is cancelled (a store
-	// call for it returns); no ping is sent. Moves on (closed)
-	// when the client answers the close, when the close frame is written
-	// if the close waits for no answer, at closeBy (closeWait after the
-	// close), or when a read or write fails.
+	// call for it returns); no ping is sent. Moves on (closed) when the
+	// client answers the close, when the close frame is written if the
+	// close waits for no answer, at closeBy (closeWait after the close),
+	// or when a read or write fails.
 	stateClosing
 	// stateClosed: over. The connection is closed, the outbox dropped,
 	// the timer stopped, the session out of the hub and, soon after, of

@@ -404,3 +404,18 @@ func TestPingTimersHoldNoGoroutine(t *testing.T) {
 		t.Fatalf("%d goroutines more for %d sessions with a ping due, want about %d", grew, n, 2*n)
 	}
 }
+
+// A session's state only moves forward, and a move to where it is already
+// is refused (the first close, or end, wins).
+func TestSessionStateMovesForwardOnly(t *testing.T) {
+	states := []sessionState{stateOpening, stateOpen, stateClosing, stateClosed}
+	for _, from := range states {
+		for _, to := range states {
+			ss := &session{state: from}
+			moved := ss.moveLocked(to)
+			if want := to > from; moved != want || (moved && ss.state != to) || (!moved && ss.state != from) {
+				t.Errorf("%v to %v: moved %v, now %v; want moved %v", from, to, moved, ss.state, want)
+			}
+		}
+	}
+}
