@@ -18,9 +18,11 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 // logRecorder is a slog.Handler that keeps every record.
@@ -95,7 +97,24 @@ func (failingIdempotencies) ReleaseIdempotency(context.Context, string, string) 
 	return errInjected
 }
 
-// publisher fails its publishes while failing is set.
+// testStore is what a test's API and its routing core need of a store.
+type testStore interface {
+	Store
+	route.Store
+}
+
+// newServer returns the API over a routing core of its own (ro, with a
+// 5 s accept timeout unless set; st; pub as its bus), with the test's
+// authentication: the token is the subject.
+func newServer(o Options, ro route.Options, st testStore, pub route.Bus) *Server {
+	if ro.AcceptTimeout == 0 {
+		ro.AcceptTimeout = 5 * time.Second
+	}
+	return New(o, st, route.New(ro, st, nil, pub), func(tok string) (string, error) { return tok, nil })
+}
+
+// publisher is the bus of a test's routing core: it keeps the ids of the
+// routing events published, and fails while failing is set.
 type publisher struct {
 	mu      sync.Mutex
 	failing bool
@@ -112,6 +131,9 @@ func (p *publisher) PublishIngress(_ context.Context, m *bus.Message) error {
 	return nil
 }
 
+func (p *publisher) ReceiveIngressBatch(context.Context, int, bus.BatchHandler) error { return nil }
+func (p *publisher) PublishDeliveries(context.Context, []bus.Delivery) error          { return nil }
+
 // The idempotency bookkeeping around accepting a message can fail without
 // failing the request; each failure is logged at warn with the message id,
 // never the payload.
@@ -125,8 +147,8 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	pub := &publisher{}
 	putFails := new(atomic.Bool)
 	putFails.Store(true)
-	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
-		Logger: slog.New(logs)}, failingIdempotencies{st, putFails}, pub, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10, Logger: slog.New(logs)},
+		failingIdempotencies{st, putFails}, pub)
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	const payload = "c2VjcmV0LWNpcGhlcnRleHQ=" // never logged
@@ -194,8 +216,7 @@ func TestAcceptedOnceStoredEvenWithTheBusDown(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	pub := &publisher{failing: true}
-	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second},
-		st, pub, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10}, st, pub)
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	send := func(body string) *httptest.ResponseRecorder {
@@ -223,7 +244,7 @@ func TestAcceptedOnceStoredEvenWithTheBusDown(t *testing.T) {
 }
 
 // acceptingStore accepts every put and does nothing else.
-type acceptingStore struct{ Store }
+type acceptingStore struct{ testStore }
 
 func (acceptingStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) {
 	return nil, nil
@@ -241,8 +262,7 @@ func (acceptingStore) PutNew(_ context.Context, msgs []store.NewMessage) ([]bool
 // store and bus answering at once): JSON decode, validation, envelope
 // encode, the store and publish calls, the JSON answer. 256-byte payload.
 func BenchmarkSend(b *testing.B) {
-	s := New(Options{MaxBodyBytes: 1 << 17, MaxPayloadBytes: 1 << 16, PublishTimeout: 5 * time.Second},
-		acceptingStore{}, &publisher{}, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16}, acceptingStore{}, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	body := `{"recipient":"urn:sm:user:bob","payload":"` + strings.Repeat("A", 344) + `"}`
@@ -271,9 +291,9 @@ func (countingStore) SenderPending(context.Context, string) (store.SenderCount, 
 // and per-sender caps on, as served: the counts come from the store once
 // and then from memory while far below the caps.
 func BenchmarkSendWithQuotas(b *testing.B) {
-	s := New(Options{MaxBodyBytes: 1 << 17, MaxPayloadBytes: 1 << 16, PublishTimeout: 5 * time.Second,
+	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16,
 		MaxPendingPerRecipient: 10000, MaxPendingPerSender: 100000, MaxPendingBytesPerSender: 1 << 30},
-		countingStore{}, &publisher{}, func(tok string) (string, error) { return tok, nil })
+		countingStore{}, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	body := `{"recipient":"urn:sm:user:bob","payload":"` + strings.Repeat("A", 344) + `"}`
@@ -304,9 +324,8 @@ func TestRecipientQueueFull(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	m := telemetry.NewMetrics()
 	const max = 3
-	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
-		MaxPendingPerRecipient: max, Metrics: m},
-		st, &publisher{}, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 16, Metrics: m}, route.Options{MaxPayloadBytes: 1 << 10,
+		MaxPendingPerRecipient: max, Metrics: m}, st, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	send := func(body string) *httptest.ResponseRecorder {
@@ -365,5 +384,39 @@ func TestRecipientQueueFull(t *testing.T) {
 	}
 	if w := send(`{"recipient":"urn:sm:user:bob","payload":"aGk="}`); w.Code != http.StatusAccepted {
 		t.Fatalf("send after an ack: %d %s, want 202", w.Code, w.Body)
+	}
+}
+
+// Each kind of error of the routing core answers with the status and code
+// of docs/API.md, its message, and Retry-After in whole seconds when it
+// has one.
+func TestSendErrorsMapToTheContract(t *testing.T) {
+	cases := []struct {
+		err        error
+		status     int
+		code       string
+		retryAfter int
+	}{
+		{&route.Error{Kind: route.KindInvalid, Field: route.FieldRecipient, Message: "m"}, http.StatusBadRequest, web.CodeInvalidRecipient, 0},
+		{&route.Error{Kind: route.KindInvalid, Field: route.FieldPayload, Message: "m"}, http.StatusBadRequest, web.CodeInvalidPayload, 0},
+		{&route.Error{Kind: route.KindInvalid, Field: route.FieldType, Message: "m"}, http.StatusBadRequest, web.CodeInvalidParameter, 0},
+		{&route.Error{Kind: route.KindInvalid, Field: route.FieldIdempotencyKey, Message: "m"}, http.StatusBadRequest, web.CodeInvalidParameter, 0},
+		{&route.Error{Kind: route.KindTooLarge, Message: "m"}, http.StatusRequestEntityTooLarge, web.CodePayloadTooLarge, 0},
+		{&route.Error{Kind: route.KindQueueFull, Message: "m"}, http.StatusTooManyRequests, web.CodeRecipientQueueFull, 0},
+		{&route.Error{Kind: route.KindSenderQuota, Message: "m"}, http.StatusTooManyRequests, web.CodeSenderQuotaExceeded, 0},
+		{&route.Error{Kind: route.KindKeyReused, Message: "m", RetryAfter: time.Second}, http.StatusConflict, web.CodeIdempotencyKeyReused, 1},
+		{&route.Error{Kind: route.KindUnavailable, Backend: "store", Message: "m", RetryAfter: time.Second}, http.StatusServiceUnavailable, web.CodeBackendUnavailable, 1},
+		{&route.Error{Kind: route.KindOverloaded, Message: "m", RetryAfter: 1500 * time.Millisecond}, http.StatusServiceUnavailable, web.CodeBackendUnavailable, 2},
+		{errors.New("not the core's"), http.StatusInternalServerError, web.CodeInternal, 0},
+	}
+	for _, tc := range cases {
+		e := sendError(tc.err)
+		if e.Status != tc.status || e.Code != tc.code || e.RetryAfter != tc.retryAfter {
+			t.Errorf("%v: %d %s Retry-After %d, want %d %s %d", tc.err, e.Status, e.Code, e.RetryAfter, tc.status, tc.code, tc.retryAfter)
+		}
+		var re *route.Error
+		if errors.As(tc.err, &re) && e.Message != re.Message {
+			t.Errorf("%v: message %q, want the core's", tc.err, e.Message)
+		}
 	}
 }

@@ -17,20 +17,18 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
-// mount returns the API's router over st, with the test's authentication
-// (the token is the subject).
-func mount(t *testing.T, o Options, st Store) *Router {
+// mount returns the API's router over st, its routing core made with ro,
+// with the test's authentication (the token is the subject).
+func mount(t *testing.T, o Options, ro route.Options, st testStore) *Router {
 	t.Helper()
 	if o.MaxBodyBytes == 0 {
-		o.MaxBodyBytes, o.MaxPayloadBytes = 1<<17, 1<<16
+		o.MaxBodyBytes, ro.MaxPayloadBytes = 1<<17, 1<<16
 	}
-	if o.PublishTimeout == 0 {
-		o.PublishTimeout = 5 * time.Second
-	}
-	s := New(o, st, &publisher{}, func(tok string) (string, error) { return tok, nil })
+	s := newServer(o, ro, st, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	return rt
@@ -89,7 +87,7 @@ func TestFetchPagesEndAtTheByteBound(t *testing.T) {
 			big := putLarge(t, st, bob, 1, 300<<10)[0]
 			envs = append(envs, big)
 			envs = append(envs, putLarge(t, st, bob, 3, 1000)...)
-			h := mount(t, Options{MaxPageBytes: 256 << 10}, st)
+			h := mount(t, Options{MaxPageBytes: 256 << 10}, route.Options{}, st)
 
 			for _, tc := range []struct {
 				limit int
@@ -152,7 +150,7 @@ func TestFetchesPerUserBounded(t *testing.T) {
 	st := openSQLite(t)
 	putLarge(t, st, "urn:sm:user:bob", 3, 10)
 	g := &gatedStore{Store: st, entered: make(chan string, 8), release: make(chan struct{})}
-	h := mount(t, Options{MaxFetchesPerUser: 2}, g)
+	h := mount(t, Options{MaxFetchesPerUser: 2}, route.Options{}, g)
 
 	var wg sync.WaitGroup
 	codes := make(chan int, 2)
@@ -311,7 +309,7 @@ func TestFetchHeldUnreadKeepsHeapBounded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ww := newWriteWatch()
-			srv := httptest.NewUnstartedServer(ww.wrap(mount(t, Options{MaxPageBytes: 1 << 20, MaxFetchesPerUser: tc.fetchesPerUser}, st)))
+			srv := httptest.NewUnstartedServer(ww.wrap(mount(t, Options{MaxPageBytes: 1 << 20, MaxFetchesPerUser: tc.fetchesPerUser}, route.Options{}, st)))
 			srv.Listener = smallSendBuffers{srv.Listener}
 			srv.Config.WriteTimeout = 5 * time.Minute // held until the test ends
 			srv.Start()

@@ -14,12 +14,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
@@ -74,7 +74,7 @@ func TestSenderQuotaMessages(t *testing.T) {
 	st := openSQLite(t)
 	m := telemetry.NewMetrics()
 	const max = 4
-	h := mount(t, Options{MaxPendingPerRecipient: 1000, MaxPendingPerSender: max, MaxPendingBytesPerSender: 1 << 20, Metrics: m}, st)
+	h := mount(t, Options{Metrics: m}, route.Options{MaxPendingPerRecipient: 1000, MaxPendingPerSender: max, MaxPendingBytesPerSender: 1 << 20, Metrics: m}, st)
 	const mallory = "urn:sm:user:mallory"
 	var ids []string
 	for i := range max {
@@ -106,7 +106,7 @@ func TestSenderQuotaMessages(t *testing.T) {
 // smaller one that fits is accepted, and acks give the bytes back.
 func TestSenderQuotaBytes(t *testing.T) {
 	st := openSQLite(t)
-	h := mount(t, Options{MaxPendingPerSender: 1000, MaxPendingBytesPerSender: 1000}, st)
+	h := mount(t, Options{}, route.Options{MaxPendingPerSender: 1000, MaxPendingBytesPerSender: 1000}, st)
 	const mallory = "urn:sm:user:mallory"
 	p300 := bytes.Repeat([]byte{7}, 300)
 	var ids []string
@@ -136,8 +136,7 @@ func TestIdempotencyKeyReuse(t *testing.T) {
 	st := openSQLite(t)
 	putFails := new(atomic.Bool)
 	pub := &publisher{}
-	s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second},
-		&keyFailures{Store: st, putFails: putFails}, pub, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10}, &keyFailures{Store: st, putFails: putFails}, pub)
 	h := NewRouter(nil, nil)
 	s.Mount(h)
 	const alice, bob = "urn:sm:user:alice", "urn:sm:user:bob"
@@ -250,7 +249,7 @@ func TestEphemeralKeysLeaveNoPayloadInStore(t *testing.T) {
 	for _, eng := range engines(t) {
 		t.Run(eng.name, func(t *testing.T) {
 			st := eng.open(t)
-			h := mount(t, Options{MaxPendingPerRecipient: 100, MaxPendingPerSender: 100, MaxPendingBytesPerSender: 1 << 20}, st)
+			h := mount(t, Options{}, route.Options{MaxPendingPerRecipient: 100, MaxPendingPerSender: 100, MaxPendingBytesPerSender: 1 << 20}, st)
 			marker := make([]byte, 16)
 			rand.Read(marker)
 			payload := bytes.Repeat(marker, 256) // 4 KiB

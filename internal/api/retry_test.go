@@ -8,9 +8,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
@@ -58,9 +58,8 @@ func TestRetryAfterAckBringsNothingBack(t *testing.T) {
 		t.Run(eng.name, func(t *testing.T) {
 			st := &commitThenFail{Store: eng.open(t)}
 			pub := &publisher{}
-			s := New(Options{MaxBodyBytes: 1 << 16, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second,
-				MaxPendingPerRecipient: 100, MaxPendingPerSender: 100},
-				st, pub, func(tok string) (string, error) { return tok, nil })
+			s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10,
+				MaxPendingPerRecipient: 100, MaxPendingPerSender: 100}, st, pub)
 			h := NewRouter(nil, nil)
 			s.Mount(h)
 			published := func() []string {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 )
 
@@ -24,8 +25,7 @@ func benchmarkSendStored(b *testing.B, keyed bool) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	s := New(Options{MaxBodyBytes: 1 << 17, MaxPayloadBytes: 1 << 16, PublishTimeout: 5 * time.Second},
-		st, &publisher{}, func(tok string) (string, error) { return tok, nil })
+	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16}, st, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	payload := strings.Repeat("A", 344)

@@ -22,9 +22,9 @@ import (
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/demo"
-	"github.com/go-routing-service/routingservice/internal/pipeline"
 	"github.com/go-routing-service/routingservice/internal/presence"
 	"github.com/go-routing-service/routingservice/internal/realtime"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 	"github.com/go-routing-service/routingservice/internal/store/postgres"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
@@ -42,9 +42,10 @@ type App struct {
 	push     *pushRole
 
 	api      *api.Server
-	backlog  *api.Backpressure // nil without a limit or an engine that reports its backlog
 	realtime *realtime.Server
-	pipeline *pipeline.Pipeline
+	// core accepts (api role) and routes (pipeline role) messages; nil
+	// with the realtime role alone.
+	core *route.Core
 
 	apiSrv, rtSrv, opsSrv *http.Server
 	apiLn, rtLn, opsLn    net.Listener
@@ -245,28 +246,8 @@ func (a *App) wire(ctx context.Context) error {
 		}, a.store, a.presence, a.authenticateSession)
 		a.metrics.WSMaxConnections.Set(float64(cfg.Realtime.MaxConns))
 	}
-	if cfg.Has(config.RolePipeline) {
-		po := pipeline.Options{
-			Instance:       cfg.InstanceID,
-			HandlerTimeout: cfg.Pipeline.HandlerTimeout,
-			MaxBatch:       cfg.Store.MaxBatch,
-			UnackedAfter:   cfg.Push.UnackedAfter,
-			MarkDelay:      min(pipeline.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4),
-			Logger:         a.log.With("role", "pipeline"),
-			Metrics:        a.metrics,
-			TracerProvider: a.tp,
-		}
-		if a.realtime != nil {
-			po.Local = a.realtime
-		}
-		if a.push != nil {
-			po.Notifier = a.push
-		}
-		if cfg.Has(config.RoleAPI) && cfg.Pipeline.LocalHandoff {
-			po.LocalQueue = pipeline.DefaultLocalQueue
-			po.Requeue = a.bus.PublishIngress
-		}
-		a.pipeline = pipeline.New(po, a.store, a.presence, a.bus)
+	if cfg.Has(config.RoleAPI) || cfg.Has(config.RolePipeline) {
+		a.core = route.New(a.coreOptions(), a.store, a.presence, a.bus)
 	}
 	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
 	if cfg.Auth.JWKSURL != "" {
@@ -277,27 +258,17 @@ func (a *App) wire(ctx context.Context) error {
 	checks = a.readinessChecks(checks)
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
-			MaxBodyBytes:           cfg.API.MaxBodyBytes,
-			MaxPayloadBytes:        cfg.API.MaxPayloadBytes,
-			PublishTimeout:         cfg.API.PublishTimeout,
-			MaxTargetsPerUser:      cfg.Push.MaxTargetsPerUser,
-			MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
-			ValidateTarget:         a.push.validateTarget,
-			VAPIDPublicKey:         a.push.vapidPublicKey(),
-			RateLimit:              cfg.API.RateLimit,
-			RateBurst:              cfg.API.RateBurst,
-			Backpressure:           a.backpressure(),
-			Local:                  a.localRouter(),
-			Logger:                 a.log.With("role", "api"),
-			Metrics:                a.metrics,
-			TracerProvider:         a.tp,
-
-			// Per sender, over all recipients: any URN is a recipient.
-			MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
-			MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
-			MaxPageBytes:             cfg.API.MaxPageBytes,
-			MaxFetchesPerUser:        cfg.API.MaxFetchesPerUser,
-		}, a.store, a.bus, a.authenticate)
+			MaxBodyBytes:      cfg.API.MaxBodyBytes,
+			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
+			ValidateTarget:    a.push.validateTarget,
+			VAPIDPublicKey:    a.push.vapidPublicKey(),
+			RateLimit:         cfg.API.RateLimit,
+			RateBurst:         cfg.API.RateBurst,
+			Logger:            a.log.With("role", "api"),
+			Metrics:           a.metrics,
+			MaxPageBytes:      cfg.API.MaxPageBytes,
+			MaxFetchesPerUser: cfg.API.MaxFetchesPerUser,
+		}, a.store, a.core, a.authenticate)
 		rt := api.NewRouter(a.metrics, a.log)
 		a.api.Mount(rt)
 		if a.realtime != nil && a.rtLn == nil {
@@ -370,29 +341,53 @@ func trustedProxies(cidrs []string) []netip.Prefix {
 	return out
 }
 
-// backpressure watches the ingress backlog when there is a limit and the
-// engine reports it.
-func (a *App) backpressure() *api.Backpressure {
-	if a.cfg.API.MaxIngressBacklog <= 0 || !a.bus.Capabilities().Backlog {
-		return nil
-	}
-	read := func(ctx context.Context) (int64, error) {
-		n, err := a.bus.IngressBacklog(ctx)
-		if err == nil {
-			a.metrics.IngressBacklog.Set(float64(n))
-		}
-		return n, err
-	}
-	a.backlog = api.NewBackpressure(read, a.cfg.API.MaxIngressBacklog, 100*time.Millisecond, a.log.With("role", "api"))
-	return a.backlog
-}
+// coreOptions maps the configuration onto the routing core's: what the
+// api role accepts, what the pipeline role routes, and, with both, the
+// in-process hand-off between them.
+func (a *App) coreOptions() route.Options {
+	cfg := a.cfg
+	o := route.Options{
+		Instance:               cfg.InstanceID,
+		MaxPayloadBytes:        cfg.API.MaxPayloadBytes,
+		AcceptTimeout:          cfg.API.PublishTimeout,
+		MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
+		// Per sender, over all recipients: any URN is a recipient.
+		MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
+		MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
 
-// localRouter is the pipeline's in-process hand-off for the API, or nil.
-func (a *App) localRouter() api.LocalRouter {
-	if a.pipeline == nil || !a.cfg.Pipeline.LocalHandoff {
-		return nil
+		Consume:        cfg.Has(config.RolePipeline),
+		HandlerTimeout: cfg.Pipeline.HandlerTimeout,
+		MaxBatch:       cfg.Store.MaxBatch,
+		RerouteAfter:   cfg.Pipeline.RerouteAfter,
+		MarkDelay:      min(route.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4),
+		UnackedAfter:   cfg.Push.UnackedAfter,
+		Logger:         a.log.With("role", "route"),
+		Metrics:        a.metrics,
+		TracerProvider: a.tp,
 	}
-	return a.pipeline
+	// The backlog limit, where the engine reports its backlog.
+	if cfg.Has(config.RoleAPI) && cfg.API.MaxIngressBacklog > 0 && a.bus.Capabilities().Backlog {
+		o.MaxBacklog = cfg.API.MaxIngressBacklog
+		o.Backlog = func(ctx context.Context) (int64, error) {
+			n, err := a.bus.IngressBacklog(ctx)
+			if err == nil {
+				a.metrics.IngressBacklog.Set(float64(n))
+			}
+			return n, err
+		}
+	}
+	if cfg.Has(config.RolePipeline) {
+		if a.realtime != nil {
+			o.Sessions = a.realtime
+		}
+		if a.push != nil {
+			o.Notifier = a.push
+		}
+		if cfg.Has(config.RoleAPI) && cfg.Pipeline.LocalHandoff {
+			o.HandoffQueue = route.DefaultHandoffQueue
+		}
+	}
+	return o
 }
 
 // APIAddr is the API listener's address ("" without the api role).
@@ -468,16 +463,8 @@ func (a *App) Run(ctx context.Context) error {
 		a.log.Info("operations listening", "addr", a.OpsAddr())
 		goRole("ops", func() error { return a.opsSrv.Serve(a.opsLn) })
 	}
-	if a.backlog != nil {
-		goRole("backpressure", func() error { a.backlog.Run(work); return nil })
-	}
-	if a.pipeline != nil {
-		goRole("pipeline", func() error { return a.pipeline.Run(work) })
-		goRole("reroute", func() error { a.pipeline.Reroute(work, cfg.Pipeline.RerouteAfter); return nil })
-		goRole("unacked", func() error { a.pipeline.PushUnacked(work); return nil })
-		goRole("marks", func() error { a.pipeline.WriteMarks(work); return nil })
-		goRole("local", func() error { a.pipeline.RunLocal(work); return nil })
-		goRole("lag", func() error { a.pipeline.WatchLag(work, lagInterval); return nil })
+	if a.core != nil {
+		goRole("route", func() error { return a.core.Run(work) })
 	}
 	if a.admin != nil {
 		goRole("admin", a.admin.serve)

@@ -8,9 +8,6 @@ import (
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
-// lagInterval is how often the pipeline reads its lag.
-const lagInterval = 5 * time.Second
-
 // openTracing sets up the tracer provider telemetry.traces asks for (or
 // the one the options give). With otlp, closing the App flushes the spans
 // still buffered, after every role has stopped.

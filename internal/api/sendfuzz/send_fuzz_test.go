@@ -14,12 +14,19 @@ import (
 	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
 // acceptingStore accepts every put and idempotency reservation; the
 // handler uses nothing else of it on a send.
-type acceptingStore struct{ api.Store }
+type acceptingStore struct{ stores }
+
+// stores is what the API and its routing core need of a store.
+type stores interface {
+	api.Store
+	route.Store
+}
 
 func (acceptingStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) {
 	return nil, nil
@@ -39,7 +46,9 @@ func (acceptingStore) PendingCount(context.Context, string) (int, error)   { ret
 
 type publisher struct{}
 
-func (publisher) PublishIngress(context.Context, *bus.Message) error { return nil }
+func (publisher) PublishIngress(context.Context, *bus.Message) error               { return nil }
+func (publisher) ReceiveIngressBatch(context.Context, int, bus.BatchHandler) error { return nil }
+func (publisher) PublishDeliveries(context.Context, []bus.Delivery) error          { return nil }
 
 // Whatever the body of a send, the answer is 202 or a 4xx JSON error:
 // never a 5xx, never a panic.
@@ -49,8 +58,9 @@ func FuzzSendRequest(f *testing.F) {
 	f.Add(`{"recipient":"bob","payload":"aGk="}`, "application/json")
 	f.Add(`{"recipient":"urn:sm:user:bob","payload":"!!"}`, "application/json; charset=utf-8")
 	f.Add(`[]`, "text/plain")
-	s := api.New(api.Options{MaxBodyBytes: 1 << 12, MaxPayloadBytes: 1 << 10, PublishTimeout: 5 * time.Second, MaxPendingPerRecipient: 10},
-		acceptingStore{}, publisher{}, func(tok string) (string, error) { return tok, nil })
+	st := acceptingStore{}
+	core := route.New(route.Options{MaxPayloadBytes: 1 << 10, AcceptTimeout: 5 * time.Second, MaxPendingPerRecipient: 10}, st, nil, publisher{})
+	s := api.New(api.Options{MaxBodyBytes: 1 << 12}, st, core, func(tok string) (string, error) { return tok, nil })
 	rt := api.NewRouter(nil, nil)
 	s.Mount(rt)
 	f.Fuzz(func(t *testing.T, body, contentType string) {

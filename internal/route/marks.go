@@ -1,15 +1,10 @@
-package pipeline
+package route
 
 import (
 	"context"
 	"sync"
 	"time"
 )
-
-// DefaultMarkDelay is how long a batch's routed marks are usually held
-// back (Options.MarkDelay): by then a message delivered live is usually
-// acknowledged, and its mark writes nothing.
-const DefaultMarkDelay = time.Second
 
 // maxDeferredMarks bounds the routed marks held back at a time; past it a
 // batch's marks are written at once.
@@ -65,40 +60,40 @@ func (d *deferredMarks) due(cutoff time.Time) []string {
 	return ids
 }
 
-// WriteMarks writes the routed marks held back (Options.MarkDelay) once
-// they are MarkDelay old, until ctx is done, and then the rest. It returns
-// at once when marks are not deferred.
-func (p *Pipeline) WriteMarks(ctx context.Context) {
-	if p.marks == nil {
+// writeMarksUntil writes the routed marks held back (Options.MarkDelay)
+// once they are MarkDelay old, until ctx is done, and then the rest. It
+// returns at once when marks are not deferred.
+func (c *Core) writeMarksUntil(ctx context.Context) {
+	if c.marks == nil {
 		return
 	}
-	t := time.NewTicker(max(p.o.MarkDelay/4, time.Millisecond))
+	t := time.NewTicker(max(c.o.MarkDelay/4, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.o.HandlerTimeout)
-			p.writeMarks(fctx, p.marks.due(time.Time{}))
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.HandlerTimeout)
+			c.writeMarks(fctx, c.marks.due(time.Time{}))
 			cancel()
 			return
 		case <-t.C:
 		}
-		p.writeMarks(ctx, p.marks.due(time.Now().Add(-p.o.MarkDelay)))
+		c.writeMarks(ctx, c.marks.due(time.Now().Add(-c.o.MarkDelay)))
 	}
 }
 
-// writeMarks records that the stored envelopes with these ids were routed:
-// the sweep of unrouted envelopes leaves them alone. A failure is logged,
+// writeMarks records that the stored messages with these ids were routed:
+// the sweep of unrouted messages leaves them alone. A failure is logged,
 // not returned: the envelopes were routed, and the worst it costs is a
 // second routing by the sweep.
-func (p *Pipeline) writeMarks(ctx context.Context, ids []string) {
+func (c *Core) writeMarks(ctx context.Context, ids []string) {
 	if len(ids) == 0 {
 		return
 	}
-	if err := p.store.MarkRouted(ctx, ids); err != nil {
-		p.log.Warn("pipeline: marking routed envelopes failed; the sweep may route them again", "count", len(ids), "err", err)
-		if p.o.Metrics != nil {
-			p.o.Metrics.RouteMarkFailed.Inc()
+	if err := c.store.MarkRouted(ctx, ids); err != nil {
+		c.log.Warn("route: marking routed messages failed; the sweep may route them again", "count", len(ids), "err", err)
+		if c.m != nil {
+			c.m.RouteMarkFailed.Inc()
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package pipeline
+package route
 
 import (
 	"context"
@@ -17,11 +17,11 @@ import (
 // chanLocal hands what is delivered in process to a channel.
 type chanLocal chan *envelope.Envelope
 
-func (l chanLocal) Deliver(_ context.Context, e *envelope.Envelope) { l <- e }
+func (l chanLocal) DeliverEncoded(_ context.Context, e *envelope.Envelope, _ []byte) { l <- e }
 
-// stored returns the routing event the API makes of a stored envelope for
-// recipient, and the envelope.
-func stored(t *testing.T, recipient string) (*bus.Message, *envelope.Envelope) {
+// stored returns the routing event Accept hands over for a stored
+// envelope to recipient, and the envelope.
+func stored(t *testing.T, recipient string) (Event, *envelope.Envelope) {
 	t.Helper()
 	now := envelope.Now()
 	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a", Recipient: recipient,
@@ -30,16 +30,16 @@ func stored(t *testing.T, recipient string) (*bus.Message, *envelope.Envelope) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &bus.Message{ID: env.ID, Data: data, OrderingKey: recipient, Attributes: map[string]string{bus.AttrStored: "1"}}, env
+	return Event{Envelope: env, Data: data, Stored: true}, env
 }
 
 // offer hands p n stored messages to recipient and returns their ids.
-func offer(t *testing.T, p *Pipeline, recipient string, n int) []string {
+func offer(t *testing.T, p *Core, recipient string, n int) []string {
 	t.Helper()
 	var ids []string
 	for range n {
-		msg, env := stored(t, recipient)
-		if !p.Offer(msg, env) {
+		ev, env := stored(t, recipient)
+		if !p.offer(ev) {
 			t.Fatal("hand-off refused with room left")
 		}
 		ids = append(ids, env.ID)
@@ -47,12 +47,12 @@ func offer(t *testing.T, p *Pipeline, recipient string, n int) []string {
 	return ids
 }
 
-// runLocal starts p.RunLocal and returns a function that stops it and
+// runHandoff starts p.runHandoff and returns a function that stops it and
 // waits for it to return.
-func runLocal(p *Pipeline) (stop func()) {
+func runHandoff(p *Core) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); p.RunLocal(ctx) }()
+	go func() { defer close(done); p.runHandoff(ctx) }()
 	return func() { cancel(); <-done }
 }
 
@@ -63,15 +63,13 @@ func runLocal(p *Pipeline) (stop func()) {
 func TestLocalHandoffRoutesInOrder(t *testing.T) {
 	st, b, n, l := &fakeStore{}, &fakeBus{}, &fakeNotifier{}, make(chanLocal, 100)
 	m := telemetry.NewMetrics()
-	requeued := 0
-	p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second, MaxBatch: 8, LocalQueue: 100,
-		Requeue: func(context.Context, *bus.Message) error { requeued++; return nil }, Metrics: m},
+	p := New(Options{Instance: "self", Sessions: l, Notifier: n, HandlerTimeout: time.Second, MaxBatch: 8, HandoffQueue: 100, Metrics: m},
 		st, presenceByUser{"urn:sm:user:here": {"self"}, "urn:sm:user:there": {"c"}, "urn:sm:user:off": {}}, b)
-	stop := runLocal(p)
+	stop := runHandoff(p)
 	want := offer(t, p, "urn:sm:user:here", 20)
 	there, thereEnv := stored(t, "urn:sm:user:there")
 	off, offEnv := stored(t, "urn:sm:user:off")
-	if !p.Offer(there, thereEnv) || !p.Offer(off, offEnv) {
+	if !p.offer(there) || !p.offer(off) {
 		t.Fatal("hand-off refused with room left")
 	}
 	for i, id := range want {
@@ -89,8 +87,8 @@ func TestLocalHandoffRoutesInOrder(t *testing.T) {
 	if got := n.notifications(); len(got) != 1 || got[0].MessageID != offEnv.ID {
 		t.Errorf("pushes: %+v", got)
 	}
-	if got := testutil.ToFloat64(m.IngressLocal.WithLabelValues("routed")); got != 22 || requeued != 0 {
-		t.Errorf("routed %v requeued %d, want 22 and 0", got, requeued)
+	if got := testutil.ToFloat64(m.IngressLocal.WithLabelValues("routed")); got != 22 || len(b.requeued()) != 0 {
+		t.Errorf("routed %v requeued %d, want 22 and 0", got, len(b.requeued()))
 	}
 }
 
@@ -98,21 +96,21 @@ func TestLocalHandoffRoutesInOrder(t *testing.T) {
 // topic), and takes again once it has room.
 func TestLocalHandoffFull(t *testing.T) {
 	m := telemetry.NewMetrics()
-	p := New(Options{Instance: "self", Local: make(chanLocal, 10), HandlerTimeout: time.Second, LocalQueue: 2, Metrics: m},
+	p := New(Options{Instance: "self", Sessions: make(chanLocal, 10), HandlerTimeout: time.Second, HandoffQueue: 2, Metrics: m},
 		&fakeStore{}, presenceByUser{}, &fakeBus{})
 	for i := range 3 {
-		msg, env := stored(t, "urn:sm:user:b")
-		if got, want := p.Offer(msg, env), i < 2; got != want {
+		ev, _ := stored(t, "urn:sm:user:b")
+		if got, want := p.offer(ev), i < 2; got != want {
 			t.Fatalf("offer %d: %v, want %v", i, got, want)
 		}
 	}
 	if got := testutil.ToFloat64(m.IngressLocal.WithLabelValues("full")); got != 1 {
 		t.Errorf("full = %v, want 1", got)
 	}
-	stop := runLocal(p)
+	stop := runHandoff(p)
 	stop()
-	msg, env := stored(t, "urn:sm:user:b")
-	if p.Offer(msg, env) {
+	ev, _ := stored(t, "urn:sm:user:b")
+	if p.offer(ev) {
 		t.Error("a stopped hand-off took a message")
 	}
 	if got := testutil.ToFloat64(m.IngressLocal.WithLabelValues("routed")); got != 2 {
@@ -124,19 +122,19 @@ func TestLocalHandoffFull(t *testing.T) {
 func TestLocalHandoffDrainsOnStop(t *testing.T) {
 	st := &fakeStore{}
 	n := &fakeNotifier{}
-	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 4, LocalQueue: 64, MarkDelay: time.Hour},
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 4, HandoffQueue: 64, MarkDelay: time.Hour},
 		st, presenceByUser{}, &fakeBus{})
 	ids := offer(t, p, "urn:sm:user:b", 50)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	p.RunLocal(ctx) // stopped before it starts: drains what is waiting
+	p.runHandoff(ctx) // stopped before it starts: drains what is waiting
 	if got := n.notifications(); len(got) != len(ids) {
 		t.Fatalf("%d of %d routed before the stop returned", len(got), len(ids))
 	}
 	var wg sync.WaitGroup
 	mctx, mcancel := context.WithCancel(context.Background())
 	mcancel()
-	wg.Go(func() { p.WriteMarks(mctx) })
+	wg.Go(func() { p.writeMarksUntil(mctx) })
 	wg.Wait()
 	for _, id := range ids {
 		if !st.isRouted(id) {
@@ -150,25 +148,19 @@ func TestLocalHandoffDrainsOnStop(t *testing.T) {
 // routed.
 func TestLocalHandoffRequeuesFailures(t *testing.T) {
 	m := telemetry.NewMetrics()
-	var mu sync.Mutex
-	var requeued []*bus.Message
-	requeue := func(_ context.Context, msg *bus.Message) error {
-		mu.Lock()
-		defer mu.Unlock()
-		requeued = append(requeued, msg)
-		return nil
-	}
-	n := &fakeNotifier{}
-	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 8, LocalQueue: 8, Requeue: requeue, Metrics: m},
-		&fakeStore{}, presenceByUser{"urn:sm:user:down": nil, "urn:sm:user:ok": {}}, &fakeBus{})
+	n, b := &fakeNotifier{}, &fakeBus{}
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 8, HandoffQueue: 8, Metrics: m},
+		&fakeStore{}, presenceByUser{"urn:sm:user:down": nil, "urn:sm:user:ok": {}}, b)
 	bad, badEnv := stored(t, "urn:sm:user:down")
 	good, goodEnv := stored(t, "urn:sm:user:ok")
-	p.Offer(bad, badEnv)
-	p.Offer(good, goodEnv)
+	p.offer(bad)
+	p.offer(good)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	p.RunLocal(ctx)
-	if len(requeued) != 1 || requeued[0].ID != badEnv.ID || requeued[0].Attributes[bus.AttrStored] != "1" {
+	p.runHandoff(ctx)
+	requeued := b.requeued()
+	if len(requeued) != 1 || requeued[0].ID != badEnv.ID || requeued[0].Attributes[bus.AttrStored] != "1" ||
+		string(requeued[0].Data) != string(bad.Data) || requeued[0].OrderingKey != badEnv.Recipient {
 		t.Fatalf("requeued %+v, want the failed message only", requeued)
 	}
 	if got := n.notifications(); len(got) != 1 || got[0].MessageID != goodEnv.ID {
@@ -179,11 +171,13 @@ func TestLocalHandoffRequeuesFailures(t *testing.T) {
 	}
 	// When the ingress topic refuses it too, the message is left to the
 	// sweep, and counted as such.
-	p.o.Requeue = func(context.Context, *bus.Message) error { return errors.New("bus down") }
-	p.local.closed = false
-	bad2, bad2Env := stored(t, "urn:sm:user:down")
-	p.Offer(bad2, bad2Env)
-	p.RunLocal(ctx)
+	b.mu.Lock()
+	b.ingressErr = errors.New("bus down")
+	b.mu.Unlock()
+	p.handoff.closed = false
+	bad2, _ := stored(t, "urn:sm:user:down")
+	p.offer(bad2)
+	p.runHandoff(ctx)
 	if got := testutil.ToFloat64(m.RoutingDeferred); got != 1 {
 		t.Errorf("routing deferred = %v, want 1", got)
 	}

@@ -1,4 +1,4 @@
-package pipeline
+package route
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 )
 
 // With MarkDelay, a batch's routed marks are written once they are that
-// old, not with the batch; those still held when WriteMarks stops are
+// old, not with the batch; those still held when the writer stops are
 // written then.
 func TestRoutedMarksAreDeferred(t *testing.T) {
 	st := &countingStore{}
@@ -17,12 +17,12 @@ func TestRoutedMarksAreDeferred(t *testing.T) {
 		st, presenceByUser{}, &fakeBus{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); p.WriteMarks(ctx) }()
+	go func() { defer close(done); p.writeMarksUntil(ctx) }()
 
 	first := message(t, "urn:sm:user:b")
 	first.Attributes = map[string]string{bus.AttrStored: "1"}
 	handled := time.Now()
-	if err := p.Handle(context.Background(), first); err != nil {
+	if err := handle(p, first); err != nil {
 		t.Fatal(err)
 	}
 	if st.isRouted(first.ID) {
@@ -41,13 +41,13 @@ func TestRoutedMarksAreDeferred(t *testing.T) {
 
 	second := message(t, "urn:sm:user:c")
 	second.Attributes = map[string]string{bus.AttrStored: "1"}
-	if err := p.Handle(context.Background(), second); err != nil {
+	if err := handle(p, second); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
 	<-done
 	if !st.isRouted(second.ID) {
-		t.Fatal("a mark held when WriteMarks stopped was not written")
+		t.Fatal("a mark held when the writer stopped was not written")
 	}
 }
 

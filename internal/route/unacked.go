@@ -1,4 +1,4 @@
-package pipeline
+package route
 
 import (
 	"context"
@@ -8,10 +8,6 @@ import (
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/push"
 )
-
-// DefaultUnackedMax bounds the live-routed messages watched for an
-// acknowledgement when Options.UnackedMax is not set.
-const DefaultUnackedMax = 200_000
 
 // unackedCheckBatch bounds the ids one store lookup checks.
 const unackedCheckBatch = 1000
@@ -72,18 +68,18 @@ func (s *unackedSchedule) len() int {
 
 // watchUnacked schedules a push for env, routed to a live connection, in
 // case it is not acknowledged within Options.UnackedAfter.
-func (p *Pipeline) watchUnacked(env *envelope.Envelope) {
-	if p.unacked == nil {
+func (c *Core) watchUnacked(env *envelope.Envelope) {
+	if c.unacked == nil {
 		return
 	}
-	if !p.unacked.add(watched{due: time.Now().Add(p.o.UnackedAfter), recipient: env.Recipient, id: env.ID, kind: env.Type}) {
-		if p.o.Metrics != nil {
-			p.o.Metrics.UnackedDropped.Inc()
+	if !c.unacked.add(watched{due: time.Now().Add(c.o.UnackedAfter), recipient: env.Recipient, id: env.ID, kind: env.Type}) {
+		if c.m != nil {
+			c.m.UnackedDropped.Inc()
 		}
 	}
 }
 
-// PushUnacked requests, until ctx is done, a push for each recipient with
+// pushUnacked requests, until ctx is done, a push for each recipient with
 // a message that was routed to a live connection (in process or through a
 // delivery event) but is still stored Options.UnackedAfter later: a
 // crashed instance, a lost presence entry or a stuck socket never leaves a
@@ -91,11 +87,11 @@ func (p *Pipeline) watchUnacked(env *envelope.Envelope) {
 // with this instance (the messages stay stored and reach the recipient on
 // reconnect). It returns at once when UnackedAfter <= 0 or there is no
 // Notifier.
-func (p *Pipeline) PushUnacked(ctx context.Context) {
-	if p.unacked == nil {
+func (c *Core) pushUnacked(ctx context.Context) {
+	if c.unacked == nil {
 		return
 	}
-	t := time.NewTicker(min(max(p.o.UnackedAfter/4, 10*time.Millisecond), time.Second))
+	t := time.NewTicker(min(max(c.o.UnackedAfter/4, 10*time.Millisecond), time.Second))
 	defer t.Stop()
 	for {
 		select {
@@ -104,31 +100,31 @@ func (p *Pipeline) PushUnacked(ctx context.Context) {
 		case <-t.C:
 		}
 		for ctx.Err() == nil {
-			ws := p.unacked.due(time.Now(), unackedCheckBatch)
+			ws := c.unacked.due(time.Now(), unackedCheckBatch)
 			if len(ws) == 0 {
 				break
 			}
-			p.pushUnacked(ctx, ws)
+			c.pushFor(ctx, ws)
 		}
 	}
 }
 
-// pushUnacked requests one push per recipient of ws whose messages are
+// pushFor requests one push per recipient of ws whose messages are
 // still stored (for the latest of them). When the store cannot tell, it
 // requests them all: a needless wake-up costs less than a missed one.
-func (p *Pipeline) pushUnacked(ctx context.Context, ws []watched) {
+func (c *Core) pushFor(ctx context.Context, ws []watched) {
 	ids := make([]string, len(ws))
 	for i, w := range ws {
 		ids[i] = w.id
 	}
-	cctx, cancel := context.WithTimeout(ctx, p.o.HandlerTimeout)
-	stored, err := p.store.Stored(cctx, ids)
+	cctx, cancel := context.WithTimeout(ctx, c.o.HandlerTimeout)
+	stored, err := c.store.Stored(cctx, ids)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		p.log.Warn("pipeline: checking unacknowledged messages failed; pushing for all of them", "count", len(ws), "err", err)
+		c.log.Warn("route: checking unacknowledged messages failed; pushing for all of them", "count", len(ws), "err", err)
 		stored = ids
 	}
 	still := make(map[string]bool, len(stored))
@@ -148,10 +144,10 @@ func (p *Pipeline) pushUnacked(ctx context.Context, ws []watched) {
 	}
 	for _, r := range order {
 		w := latest[r]
-		p.o.Notifier.Notify(push.Notification{Recipient: w.recipient, MessageID: w.id, Type: w.kind})
-		if p.o.Metrics != nil {
-			p.o.Metrics.PushRequested.Inc()
-			p.o.Metrics.PushUnacked.Inc()
+		c.o.Notifier.Notify(push.Notification{Recipient: w.recipient, MessageID: w.id, Type: w.kind})
+		if c.m != nil {
+			c.m.PushRequested.Inc()
+			c.m.PushUnacked.Inc()
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package pipeline
+package route
 
 import (
 	"context"
@@ -10,153 +10,15 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/envelope"
-	"github.com/go-routing-service/routingservice/internal/push"
 )
 
-type fakeStore struct {
-	mu     sync.Mutex
-	err    error
-	envs   []*envelope.Envelope
-	routed map[string]bool
-	acked  map[string]bool
-}
-
-func (s *fakeStore) Stored(_ context.Context, ids []string) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	in := map[string]bool{}
-	for _, e := range s.envs {
-		in[e.ID] = !s.acked[e.ID]
-	}
-	var out []string
-	for _, id := range ids {
-		if in[id] {
-			out = append(out, id)
-		}
-	}
-	return out, nil
-}
-
-func (s *fakeStore) ack(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.acked == nil {
-		s.acked = map[string]bool{}
-	}
-	s.acked[id] = true
-}
-
-func (s *fakeStore) PutMessages(_ context.Context, envs []*envelope.Envelope) ([]bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil, s.err
-	}
-	s.envs = append(s.envs, envs...)
-	return nil, nil
-}
-
-func (s *fakeStore) MarkRouted(_ context.Context, ids []string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.routed == nil {
-		s.routed = map[string]bool{}
-	}
-	for _, id := range ids {
-		s.routed[id] = true
-	}
-	return nil
-}
-
-func (s *fakeStore) Unrouted(_ context.Context, before time.Time, limit int) ([]*envelope.Envelope, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []*envelope.Envelope
-	for _, e := range s.envs {
-		if !s.routed[e.ID] && e.CreatedAt.Before(before) && len(out) < limit {
-			out = append(out, e)
-		}
-	}
-	return out, nil
-}
-
-func (s *fakeStore) PendingTotal(context.Context) (int64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return int64(len(s.envs)), nil
-}
-
-func (s *fakeStore) isRouted(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.routed[id]
-}
-
-type fakePresence struct {
-	instances []string
-	err       error
-}
-
-func (p fakePresence) Instances(context.Context, string) ([]string, error) { return p.instances, p.err }
-
-type published struct {
-	instance string
-	m        *bus.Message
-}
-
-type fakeBus struct {
-	mu  sync.Mutex
-	out []published
-	err error
-}
-
-func (b *fakeBus) ReceiveIngressBatch(context.Context, int, bus.BatchHandler) error { return nil }
-func (b *fakeBus) PublishDeliveries(_ context.Context, ds []bus.Delivery) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.err != nil {
-		return b.err
-	}
-	for _, d := range ds {
-		b.out = append(b.out, published{d.Instance, d.Message})
-	}
-	return nil
-}
-
-type fakeNotifier struct {
-	mu  sync.Mutex
-	got []push.Notification
-}
-
-func (n *fakeNotifier) Notify(x push.Notification) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.got = append(n.got, x)
-}
-
-func (n *fakeNotifier) notifications() []push.Notification {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]push.Notification(nil), n.got...)
-}
-
-type fakeLocal struct{ got []*envelope.Envelope }
-
-func (l *fakeLocal) Deliver(_ context.Context, e *envelope.Envelope) { l.got = append(l.got, e) }
-
-func ingress(t *testing.T, ephemeral bool) *bus.Message {
-	t.Helper()
-	now := envelope.Now()
-	env := &envelope.Envelope{ID: envelope.NewIDs().New(now), Sender: "urn:sm:user:a", Recipient: "urn:sm:user:b",
-		Type: "chat", Payload: []byte("c"), Ephemeral: ephemeral, CreatedAt: now}
-	b, err := envelope.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &bus.Message{ID: env.ID, Data: b, DeliveryAttempt: 1}
-}
-
-func TestHandle(t *testing.T) {
+// A routing event from the ingress topic is stored unless the API stored
+// it already or it is ephemeral, then delivered here in process, addressed
+// to every other instance holding a connection of its recipient (the
+// delivery event carries the routing event's bytes as they are), or
+// pushed; an undecodable or invalid one is permanent, a backend's failure
+// is retried.
+func TestRouteIngress(t *testing.T) {
 	errDown := errors.New("down")
 	cases := []struct {
 		name      string
@@ -198,9 +60,9 @@ func TestHandle(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			st, b, n, l := &fakeStore{err: tc.storeErr}, &fakeBus{err: tc.busErr}, &fakeNotifier{}, &fakeLocal{}
-			p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second}, st, tc.presence, b)
+			p := New(Options{Instance: "self", Sessions: l, Notifier: n, HandlerTimeout: time.Second}, st, tc.presence, b)
 			m := tc.msg(t)
-			err := p.Handle(context.Background(), m)
+			err := handle(p, m)
 			if (err != nil) != tc.wantErr || errors.Is(err, bus.ErrPermanent) != tc.permanent {
 				t.Fatalf("err = %v, want error %v permanent %v", err, tc.wantErr, tc.permanent)
 			}
@@ -259,7 +121,7 @@ func message(t *testing.T, recipient string) *bus.Message {
 // A batch is stored with one store call; a poison message fails alone; once
 // a recipient's routing fails, its later messages in the batch fail too (so
 // a retry keeps their order) while other recipients' succeed.
-func TestHandleBatch(t *testing.T) {
+func TestRouteIngressBatch(t *testing.T) {
 	st := &countingStore{}
 	b := &fakeBus{}
 	pr := presenceByUser{"urn:sm:user:b": nil, "urn:sm:user:c": {"y"}}
@@ -271,7 +133,7 @@ func TestHandleBatch(t *testing.T) {
 		message(t, "urn:sm:user:c"),
 		message(t, "urn:sm:user:b"),
 	}
-	errs := p.HandleBatch(context.Background(), ms)
+	errs := p.routeIngress(context.Background(), ms)
 	if st.calls != 1 || len(st.envs) != 4 {
 		t.Fatalf("store calls %d with %d envelopes, want 1 with 4", st.calls, len(st.envs))
 	}
@@ -303,7 +165,7 @@ func (b *batchBus) PublishDeliveries(_ context.Context, ds []bus.Delivery) error
 // With a bus that publishes in batches, a batch's delivery events go out in
 // one call, in order; if that call fails, exactly the messages that had
 // remote deliveries are retried.
-func TestHandleBatchPublishesDeliveriesTogether(t *testing.T) {
+func TestRouteBatchPublishesDeliveriesTogether(t *testing.T) {
 	pr := presenceByUser{"urn:sm:user:b": {"x"}, "urn:sm:user:c": {"self"}}
 	for _, fail := range []bool{false, true} {
 		b := &batchBus{}
@@ -311,9 +173,9 @@ func TestHandleBatchPublishesDeliveriesTogether(t *testing.T) {
 			b.err = errors.New("down")
 		}
 		l := &fakeLocal{}
-		p := New(Options{Instance: "self", Local: l, MaxBatch: 16, HandlerTimeout: time.Second}, &fakeStore{}, pr, b)
+		p := New(Options{Instance: "self", Sessions: l, MaxBatch: 16, HandlerTimeout: time.Second}, &fakeStore{}, pr, b)
 		ms := []*bus.Message{message(t, "urn:sm:user:b"), message(t, "urn:sm:user:c"), message(t, "urn:sm:user:b")}
-		errs := p.HandleBatch(context.Background(), ms)
+		errs := p.routeIngress(context.Background(), ms)
 		if len(b.calls) != 1 || len(b.calls[0]) != 2 || len(b.out) != 0 {
 			t.Fatalf("publish calls %v, single publishes %d", b.calls, len(b.out))
 		}
@@ -352,8 +214,8 @@ func TestAcknowledgedCopyNotRoutedAgain(t *testing.T) {
 		if online {
 			pr["urn:sm:user:b"] = []string{"self", "other"}
 		}
-		p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second}, &ackedStore{}, pr, b)
-		if err := p.Handle(context.Background(), message(t, "urn:sm:user:b")); err != nil {
+		p := New(Options{Instance: "self", Sessions: l, Notifier: n, HandlerTimeout: time.Second}, &ackedStore{}, pr, b)
+		if err := handle(p, message(t, "urn:sm:user:b")); err != nil {
 			t.Fatalf("online %v: %v", online, err)
 		}
 		if len(b.out) != 0 || len(l.got) != 0 || len(n.got) != 0 {
@@ -370,7 +232,7 @@ func TestStoredMessageOnlyRouted(t *testing.T) {
 	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, st, presenceByUser{}, &fakeBus{})
 	m := message(t, "urn:sm:user:b")
 	m.Attributes = map[string]string{bus.AttrStored: "1"}
-	if err := p.Handle(context.Background(), m); err != nil {
+	if err := handle(p, m); err != nil {
 		t.Fatal(err)
 	}
 	if st.calls != 0 {
@@ -381,47 +243,16 @@ func TestStoredMessageOnlyRouted(t *testing.T) {
 	}
 }
 
-// The sweep routes envelopes stored long enough ago whose routing event
-// never came (a push for an offline recipient, live for an online one),
-// marks them routed, and leaves recent ones to their routing event.
-func TestRerouteSweepsUnroutedEnvelopes(t *testing.T) {
-	old := time.Now().Add(-time.Minute)
-	mk := func(id, to string, at time.Time) *envelope.Envelope {
-		return &envelope.Envelope{ID: id, Sender: "urn:sm:user:a", Recipient: to, Payload: []byte("c"), CreatedAt: at}
-	}
-	st := &fakeStore{envs: []*envelope.Envelope{
-		mk("lost-offline", "urn:sm:user:off", old),
-		mk("lost-online", "urn:sm:user:on", old),
-		mk("recent", "urn:sm:user:off", time.Now()),
-	}}
-	n, b := &fakeNotifier{}, &fakeBus{}
-	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, st, presenceByUser{"urn:sm:user:on": {"other"}}, b)
-	if got := p.rerouteOnce(context.Background(), 30*time.Second); got != 2 {
-		t.Fatalf("first sweep found %d, want 2", got)
-	}
-	if !st.isRouted("lost-offline") || !st.isRouted("lost-online") || st.isRouted("recent") {
-		t.Fatalf("routed marks %v", st.routed)
-	}
-	if len(n.got) != 1 || n.got[0].MessageID != "lost-offline" {
-		t.Fatalf("pushes %+v, want one for lost-offline", n.got)
-	}
-	if len(b.out) != 1 || b.out[0].instance != "other" || b.out[0].m.ID != "lost-online.other" {
-		t.Fatalf("deliveries %+v, want one for lost-online to other", b.out)
-	}
-	if got := p.rerouteOnce(context.Background(), 30*time.Second); got != 0 {
-		t.Fatalf("second sweep found %d, want 0", got)
-	}
-}
-
 // nopLocal takes local deliveries and drops them.
 type nopLocal struct{}
 
-func (nopLocal) Deliver(context.Context, *envelope.Envelope) {}
+func (nopLocal) DeliverEncoded(context.Context, *envelope.Envelope, []byte) {}
 
-// BenchmarkHandleBatch routes batches of 64 stored messages (the API's
-// routing events) to recipients connected to this instance: decode,
-// presence, in-process hand-off, one routed mark per batch.
-func BenchmarkHandleBatch(b *testing.B) {
+// BenchmarkRouteIngressBatch routes batches of 64 stored messages (the
+// API's routing events, from the ingress topic) to recipients connected to
+// this instance: decode (the payload left encoded), presence, in-process
+// delivery, one routed mark per batch.
+func BenchmarkRouteIngressBatch(b *testing.B) {
 	const size = 64
 	pr := presenceByUser{}
 	ms := make([]*bus.Message, size)
@@ -436,11 +267,11 @@ func BenchmarkHandleBatch(b *testing.B) {
 		}
 		ms[i] = &bus.Message{ID: env.ID, Data: data, OrderingKey: to, Attributes: map[string]string{bus.AttrStored: "1"}}
 	}
-	p := New(Options{Instance: "self", Local: nopLocal{}, HandlerTimeout: time.Second}, nopStore{}, pr, &fakeBus{})
+	p := New(Options{Instance: "self", Sessions: nopLocal{}, HandlerTimeout: time.Second}, nopStore{}, pr, &fakeBus{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		for _, err := range p.HandleBatch(ctx, ms) {
+		for _, err := range p.routeIngress(ctx, ms) {
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -450,7 +281,7 @@ func BenchmarkHandleBatch(b *testing.B) {
 }
 
 // nopStore stores nothing.
-type nopStore struct{}
+type nopStore struct{ Store }
 
 func (nopStore) PutMessages(context.Context, []*envelope.Envelope) ([]bool, error) { return nil, nil }
 func (nopStore) MarkRouted(context.Context, []string) error                        { return nil }
@@ -495,12 +326,12 @@ func (p *batchPresenceFake) InstancesOf(ctx context.Context, users []string) ([]
 // A batch's recipients are looked up with one call when the registry takes
 // many at once; when that call fails, each is looked up alone, and a
 // recipient whose lookup fails holds up only its own messages.
-func TestHandleBatchLooksUpPresenceOnce(t *testing.T) {
+func TestRouteBatchLooksUpPresenceOnce(t *testing.T) {
 	pr := &batchPresenceFake{presenceByUser: presenceByUser{"urn:sm:user:x": {"c"}, "urn:sm:user:y": {}, "urn:sm:user:z": {"c"}}}
 	b, n := &fakeBus{}, &fakeNotifier{}
 	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, &fakeStore{}, pr, b)
 	ms := []*bus.Message{message(t, "urn:sm:user:x"), message(t, "urn:sm:user:y"), message(t, "urn:sm:user:x"), message(t, "urn:sm:user:z")}
-	for i, err := range p.HandleBatch(context.Background(), ms) {
+	for i, err := range p.routeIngress(context.Background(), ms) {
 		if err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
@@ -515,7 +346,7 @@ func TestHandleBatchLooksUpPresenceOnce(t *testing.T) {
 	pr.failBatch = true
 	pr.presenceByUser["urn:sm:user:down"] = nil // its lookup fails
 	ms = []*bus.Message{message(t, "urn:sm:user:down"), message(t, "urn:sm:user:z"), message(t, "urn:sm:user:down")}
-	errs := p.HandleBatch(context.Background(), ms)
+	errs := p.routeIngress(context.Background(), ms)
 	if errs[0] == nil || errs[2] == nil || errs[1] != nil {
 		t.Fatalf("errors %v, want the failed recipient's two only", errs)
 	}

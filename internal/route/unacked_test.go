@@ -1,4 +1,4 @@
-package pipeline
+package route
 
 import (
 	"context"
@@ -46,13 +46,13 @@ func TestPushForUnackedLiveMessages(t *testing.T) {
 	)
 	pr := presenceByUser{acked: {"self"}, stuck: {"self"}, remote: {"other"}, offline: {}}
 	st, n, l := &fakeStore{}, &fakeNotifier{}, &fakeLocal{}
-	p := New(Options{Instance: "self", Local: l, Notifier: n, HandlerTimeout: time.Second,
+	p := New(Options{Instance: "self", Sessions: l, Notifier: n, HandlerTimeout: time.Second,
 		UnackedAfter: 200 * time.Millisecond}, st, pr, &fakeBus{})
 
 	mAcked, mStuck, mRemote, mOffline := message(t, acked), message(t, stuck), message(t, remote), message(t, offline)
 	ephemeral := ingress(t, true) // to urn:sm:user:b
 	pr["urn:sm:user:b"] = []string{"other"}
-	for i, err := range p.HandleBatch(context.Background(), []*bus.Message{mAcked, mStuck, mRemote, mOffline, ephemeral}) {
+	for i, err := range p.routeIngress(context.Background(), []*bus.Message{mAcked, mStuck, mRemote, mOffline, ephemeral}) {
 		if err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
@@ -67,7 +67,7 @@ func TestPushForUnackedLiveMessages(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); p.PushUnacked(ctx) }()
+	go func() { defer close(done); p.pushUnacked(ctx) }()
 	waitFor(t, "the watched messages to fall due", func() bool { return p.unacked.len() == 0 })
 	cancel()
 	<-done
@@ -97,7 +97,7 @@ func TestPushUnackedOnePerRecipient(t *testing.T) {
 	for _, id := range []string{"1", "2", "3"} {
 		st.envs = append(st.envs, &envelope.Envelope{ID: id, Recipient: "urn:sm:user:b"})
 	}
-	p.pushUnacked(context.Background(), []watched{
+	p.pushFor(context.Background(), []watched{
 		{recipient: "urn:sm:user:b", id: "1", kind: "chat"},
 		{recipient: "urn:sm:user:b", id: "2", kind: "chat"},
 		{recipient: "urn:sm:user:b", id: "gone", kind: "chat"},
@@ -113,7 +113,7 @@ func TestUnackedScheduleBounds(t *testing.T) {
 	p := New(Options{Instance: "self", Notifier: &fakeNotifier{}, HandlerTimeout: time.Second,
 		UnackedAfter: time.Minute, UnackedMax: 2}, &fakeStore{}, pr, &fakeBus{})
 	for range 3 {
-		if err := p.Handle(context.Background(), message(t, "urn:sm:user:b")); err != nil {
+		if err := handle(p, message(t, "urn:sm:user:b")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -121,11 +121,11 @@ func TestUnackedScheduleBounds(t *testing.T) {
 		t.Fatalf("watched %d, want the cap of 2", got)
 	}
 	off := New(Options{Instance: "self", Notifier: &fakeNotifier{}, HandlerTimeout: time.Second}, &fakeStore{}, pr, &fakeBus{})
-	if err := off.Handle(context.Background(), message(t, "urn:sm:user:b")); err != nil {
+	if err := handle(off, message(t, "urn:sm:user:b")); err != nil {
 		t.Fatal(err)
 	}
 	if off.unacked != nil {
 		t.Fatal("messages watched with unacked_after 0")
 	}
-	off.PushUnacked(context.Background()) // returns at once
+	off.pushUnacked(context.Background()) // returns at once
 }
