@@ -20,16 +20,28 @@ type Config struct {
 	// IngressSubscription is the durable subscription the pipeline shares.
 	// Default "routing-pipeline".
 	IngressSubscription string
-	// DeliveryTopic carries delivery events for every realtime instance.
-	// Default "routing-delivery".
+	// DeliveryTopic names the delivery topics: each realtime instance has
+	// its own, "<DeliveryTopic>.<instance>", with one subscription of the
+	// same id (see DeliveryTopicID). Under LegacySharedDelivery it is also
+	// the shared topic of the earlier layout. Default "routing-delivery".
 	DeliveryTopic string
-	// DeliverySubscriptionPrefix names each instance's own subscription on
-	// DeliveryTopic: "<prefix><instance>". Default "routing-delivery-".
+	// DeliverySubscriptionPrefix names each instance's subscription on the
+	// shared DeliveryTopic in the earlier layout, "<prefix><instance>",
+	// filtered on the instance attribute (LegacySharedDelivery only).
+	// Default "routing-delivery-".
 	DeliverySubscriptionPrefix string
-	// DeliverySubscriptionExpiration deletes an instance's subscription once
-	// it has been inactive this long (an instance that died without a clean
-	// shutdown). Pub/Sub's minimum is 24h, the default.
+	// DeliverySubscriptionExpiration deletes an instance's subscriptions
+	// once they have been inactive this long (an instance that died without
+	// a clean shutdown). Pub/Sub's minimum is 24h, the default.
 	DeliverySubscriptionExpiration time.Duration
+	// LegacySharedDelivery keeps the earlier layout working beside the
+	// per-instance topics while a deployment moves over: each realtime
+	// instance also creates and reads its filtered subscription on the
+	// shared DeliveryTopic (where processes of the earlier layout publish),
+	// and a publish to an instance that has no topic of its own (a process
+	// of the earlier layout) goes to the shared topic when that instance's
+	// filtered subscription exists. Off: only per-instance topics.
+	LegacySharedDelivery bool
 
 	// IngressDeadLetterTopic receives ingress messages whose delivery
 	// attempts ran out or that failed permanently. Default "routing-ingress-dlq".
@@ -172,6 +184,19 @@ func (c Config) validate() error {
 	}
 	if c.DeliverySubscriptionPrefix == "" || !resourceID.MatchString(c.DeliverySubscriptionPrefix+"abc") {
 		bad("DeliverySubscriptionPrefix", "%q must start a valid subscription id", c.DeliverySubscriptionPrefix)
+	}
+	// Every id that starts with "<DeliveryTopic>." is an instance's topic
+	// or subscription (the janitor deletes such topics): no other resource
+	// may have one, and no earlier-layout subscription may be mistaken for one.
+	own := deliveryTopicPrefix(c.DeliveryTopic)
+	for _, r := range ids {
+		if strings.HasPrefix(r.id, own) {
+			bad(r.field, "%q must not start with %q, which names the instances' delivery topics", r.id, own)
+		}
+	}
+	if strings.HasPrefix(c.DeliverySubscriptionPrefix, own) || strings.HasPrefix(own, c.DeliverySubscriptionPrefix) {
+		bad("DeliverySubscriptionPrefix", "%q and the instances' delivery topic prefix %q must not start one another (their subscription ids would collide)",
+			c.DeliverySubscriptionPrefix, own)
 	}
 	if c.DeliverySubscriptionExpiration < 24*time.Hour {
 		bad("DeliverySubscriptionExpiration", "must be at least 24h (the Pub/Sub minimum), got %s", c.DeliverySubscriptionExpiration)

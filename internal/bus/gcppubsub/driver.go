@@ -1,18 +1,34 @@
 // Package gcppubsub is the Google Cloud Pub/Sub driver of the portable bus.
 //
 // Resources. New creates, or verifies and corrects, the ingress topic, its
-// durable subscription (ack deadline, retry policy, dead-letter policy), the
-// delivery topic and the two dead-letter topics, each with a "hold"
-// subscription ("<dead-letter topic>-hold") that keeps dead messages until
-// they are replayed or purged. Each realtime instance has its own
-// subscription on the delivery topic ("<prefix><instance>", made by
-// PrepareDelivery or Subscribe), filtered on the instance attribute so that
-// an instance never receives events addressed to another, expiring after
-// DeliverySubscriptionExpiration of inactivity. Pub/Sub only delivers a
-// message to subscriptions that exist when it is published, so the first
-// publish of a Driver to an instance also makes sure that the instance's
-// subscription exists. Close deletes the delivery subscriptions the Driver
-// made or received on: an instance name belongs to one live process.
+// durable subscription (ack deadline, retry policy, dead-letter policy) and
+// the two dead-letter topics, each with a "hold" subscription ("<dead-letter
+// topic>-hold") that keeps dead messages until they are replayed or purged.
+//
+// Delivery. Each realtime instance has a delivery topic of its own,
+// "<DeliveryTopic>.<instance>" (DeliveryTopicID), with one subscription of
+// the same id, made by PrepareDelivery or Subscribe with the shared delivery
+// dead-letter topic in its policy and expiring after
+// DeliverySubscriptionExpiration of inactivity. A delivery event is
+// published to its instance's topic: it is stored, billed and processed once,
+// whatever the number of instances (a filtered subscription per instance on
+// one topic would see, and bill, every event once per instance). Publishing
+// never creates a topic: an instance makes its own before it announces
+// itself in presence, and an event for an instance whose topic does not
+// exist (it has left) is dropped, as Pub/Sub drops a message published to a
+// topic without subscriptions; the envelope is in the store and reaches the
+// recipient on their next connection or fetch. Close deletes the
+// subscriptions and the topic of the instances the Driver made or received
+// for: an instance name belongs to one live process. Topics left behind by
+// instances that died are removed by the Janitor.
+//
+// LegacySharedDelivery keeps the earlier layout (one shared topic, a
+// subscription per instance filtered on the instance attribute) working
+// beside it while a deployment moves over, without losing an event: an
+// instance also creates and reads its filtered subscription, and an event
+// for an instance without a topic of its own goes to the shared topic when
+// that instance's filtered subscription exists (a process of the earlier
+// layout).
 //
 // Identity and duplicates. Pub/Sub assigns its own message ids and has no
 // publish-side deduplication (Capabilities().DedupWindow is 0): the message
@@ -46,10 +62,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"google.golang.org/api/option"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
@@ -60,7 +73,8 @@ const AttrMessageID = "routing_message_id"
 
 const attrInstance = driver.AttrInstance
 
-// closeTimeout bounds the deletion of delivery subscriptions on Close.
+// closeTimeout bounds the deletion of delivery subscriptions and topics on
+// Close.
 const closeTimeout = 30 * time.Second
 
 // Driver is a driver.Driver on Google Cloud Pub/Sub. It is safe for
@@ -70,14 +84,23 @@ type Driver struct {
 	log    *slog.Logger
 	client *pubsub.Client
 
-	ingress, delivery          *pubsub.Publisher
+	ingress                    *pubsub.Publisher
+	shared                     *pubsub.Publisher // the earlier layout's delivery topic; nil without LegacySharedDelivery
 	ingressDead, deliveryDead  *pubsub.Publisher
+	topics                     *publishers // one per instance's delivery topic
+	legacy                     legacyTargets
 	deadOps                    sync.Mutex // serialises dead-letter operations
 	mu                         sync.RWMutex
 	closed                     bool
-	ownedDeliverySubscription  map[string]bool // names made or received on by this Driver, deleted on Close
-	activeDeliverySubscription map[string]int  // names being received on, for the setup check
-	deliveryTargets            sync.Map        // instance -> struct{}: its subscription is known to exist
+	ownedDelivery              map[string]ownedDelivery // by instance: made or received on by this Driver, deleted on Close
+	activeDeliverySubscription map[string]int           // names being received on, for the setup check
+}
+
+// ownedDelivery names the resources of one instance's delivery that this
+// Driver made, which it deletes on Close.
+type ownedDelivery struct {
+	topic, subscription string // full names
+	legacySubscription  string // full name; "" without LegacySharedDelivery
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -102,7 +125,7 @@ func New(ctx context.Context, cfg Config, opts ...option.ClientOption) (*Driver,
 		cfg:                        cfg,
 		log:                        cfg.Logger.With("bus", "gcppubsub"),
 		client:                     client,
-		ownedDeliverySubscription:  map[string]bool{},
+		ownedDelivery:              map[string]ownedDelivery{},
 		activeDeliverySubscription: map[string]int{},
 	}
 	if err := b.setup(ctx); err != nil {
@@ -111,7 +134,13 @@ func New(ctx context.Context, cfg Config, opts ...option.ClientOption) (*Driver,
 	}
 	b.ingress = b.newPublisher(cfg.IngressTopic)
 	b.ingress.PublishSettings.Timeout = cfg.IngressPublishTimeout
-	b.delivery = b.newPublisher(cfg.DeliveryTopic)
+	b.topics = newPublishers(func(instance string) *pubsub.Publisher {
+		id, _ := DeliveryTopicID(cfg.DeliveryTopic, instance) // checked before
+		return b.newPublisher(id)
+	})
+	if cfg.LegacySharedDelivery {
+		b.shared = b.newPublisher(cfg.DeliveryTopic)
+	}
 	b.ingressDead = b.newPublisher(cfg.IngressDeadLetterTopic)
 	b.deliveryDead = b.newPublisher(cfg.DeliveryDeadLetterTopic)
 	return b, nil
@@ -139,38 +168,29 @@ func (b *Driver) isClosed() bool {
 }
 
 // Publish publishes ms and returns once Pub/Sub accepted every one. A
-// delivery event also makes sure that its instance's subscription exists.
+// delivery event goes to its instance's own topic (see the package doc).
 func (b *Driver) Publish(ctx context.Context, queue string, ms []*driver.Message) error {
-	var p *pubsub.Publisher
-	wait := ctx
 	switch queue {
 	case driver.QueueIngress:
-		p = b.ingress
+		pms := make([]*pubsub.Message, len(ms))
+		for i, m := range ms {
+			pms[i] = toPubSub(m)
+		}
 		// The client keeps trying a publish whose caller gave up, until its
 		// own timeout: wait for its outcome rather than answer "not
 		// published" for a message that may be sent afterwards.
-		wait = context.WithoutCancel(ctx)
-	case driver.QueueDelivery:
-		p = b.delivery
-		for _, m := range ms {
-			if !instanceName.MatchString(m.Instance) {
-				return fmt.Errorf("gcppubsub: publish %s: invalid instance name %q", m.ID, m.Instance)
-			}
-			if err := b.ensureDeliveryTarget(ctx, m.Instance); err != nil {
-				return fmt.Errorf("gcppubsub: publish %s to %s: %w", m.ID, m.Instance, err)
-			}
+		if err := errors.Join(b.publishAll(ctx, context.WithoutCancel(ctx), b.ingress, pms)...); err != nil {
+			return fmt.Errorf("gcppubsub: publish to %s: %w", queue, err)
 		}
+		return nil
+	case driver.QueueDelivery:
+		if err := b.publishDeliveries(ctx, ms); err != nil {
+			return fmt.Errorf("gcppubsub: publish to %s: %w", queue, err)
+		}
+		return nil
 	default:
 		return fmt.Errorf("gcppubsub: publish: unknown queue %q", queue)
 	}
-	pms := make([]*pubsub.Message, len(ms))
-	for i, m := range ms {
-		pms[i] = toPubSub(m)
-	}
-	if err := b.publishAll(ctx, wait, p, pms); err != nil {
-		return fmt.Errorf("gcppubsub: publish to %s: %w", queue, err)
-	}
-	return nil
 }
 
 // toPubSub is the Pub/Sub message for m: its attributes plus the id.
@@ -182,7 +202,8 @@ func toPubSub(m *driver.Message) *pubsub.Message {
 }
 
 // publishAll publishes pms in order and waits for every result (with
-// wait, which may outlive ctx).
+// wait, which may outlive ctx); it returns one error per message, nil for
+// those published.
 //
 // When a publish with an ordering key fails, the Pub/Sub client pauses the
 // key: every later publish with it fails at once until ResumePublish. The
@@ -190,18 +211,21 @@ func toPubSub(m *driver.Message) *pubsub.Message {
 // publishes are not stuck. A publish refused because the key was paused by
 // an earlier failure (whose caller gave up waiting before the failure came
 // back) was never sent: it is resumed and sent once more.
-func (b *Driver) publishAll(ctx, wait context.Context, p *pubsub.Publisher, pms []*pubsub.Message) error {
+func (b *Driver) publishAll(ctx, wait context.Context, p *pubsub.Publisher, pms []*pubsub.Message) []error {
+	errs := make([]error, len(pms))
 	results := make([]*pubsub.PublishResult, len(pms))
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
-		return driver.ErrClosed
+		for i := range errs {
+			errs[i] = driver.ErrClosed
+		}
+		return errs
 	}
 	for i, pm := range pms {
 		results[i] = p.Publish(ctx, pm)
 	}
 	b.mu.RUnlock()
-	var errs []error
 	for i, r := range results {
 		_, err := r.Get(wait)
 		if err == nil {
@@ -217,9 +241,9 @@ func (b *Driver) publishAll(ctx, wait context.Context, p *pubsub.Publisher, pms 
 		if key != "" {
 			p.ResumePublish(key)
 		}
-		errs = append(errs, err)
+		errs[i] = err
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // publishOne publishes pm and waits for the result; the read lock keeps
@@ -236,64 +260,12 @@ func (b *Driver) publishOne(ctx, wait context.Context, p *pubsub.Publisher, pm *
 	return err
 }
 
-// ensureDeliveryTarget makes sure that instance's subscription exists
-// before the first event addressed to it is published: Pub/Sub delivers a
-// message only to the subscriptions that exist when it is published, and
-// the instance may be creating its subscription right now. It creates the
-// subscription when it is missing (with the instance's expiration, so one
-// made for an instance that never comes is removed by Pub/Sub); it asks
-// Pub/Sub once per instance and Driver.
-func (b *Driver) ensureDeliveryTarget(ctx context.Context, instance string) error {
-	if _, ok := b.deliveryTargets.Load(instance); ok {
-		return nil
-	}
-	if b.isClosed() {
-		return driver.ErrClosed
-	}
-	spec := b.deliverySubscriptionSpec(instance)
-	_, err := b.client.SubscriptionAdminClient.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: spec.Name})
-	if status.Code(err) == codes.NotFound {
-		_, err = b.client.SubscriptionAdminClient.CreateSubscription(ctx, spec)
-		if status.Code(err) == codes.AlreadyExists {
-			err = nil
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("ensure subscription %s: %w", spec.Name, err)
-	}
-	b.deliveryTargets.Store(instance, struct{}{})
-	return nil
-}
-
-// PrepareDelivery creates (or verifies) instance's delivery subscription,
-// which this Driver then owns (it is deleted on Close).
+// PrepareDelivery creates (or verifies) instance's delivery topic and
+// subscription (and, under LegacySharedDelivery, its filtered subscription
+// on the shared topic), which this Driver then owns: Close deletes them.
 func (b *Driver) PrepareDelivery(ctx context.Context, instance string) error {
-	_, err := b.ownDeliverySubscription(ctx, instance)
+	_, err := b.ownDelivery(ctx, instance)
 	return err
-}
-
-// ownDeliverySubscription creates or verifies instance's subscription and
-// records it as this Driver's; it returns the subscription's id.
-func (b *Driver) ownDeliverySubscription(ctx context.Context, instance string) (string, error) {
-	if !instanceName.MatchString(instance) {
-		return "", fmt.Errorf("gcppubsub: invalid instance name %q (1-200 of [A-Za-z0-9._~+-])", instance)
-	}
-	subID := b.cfg.DeliverySubscriptionPrefix + instance
-	if !validResourceID(subID) {
-		return "", fmt.Errorf("gcppubsub: subscription id %q is not a valid Pub/Sub id", subID)
-	}
-	if b.isClosed() {
-		return "", driver.ErrClosed
-	}
-	spec := b.deliverySubscriptionSpec(instance)
-	if _, err := b.ensureSubscription(ctx, spec); err != nil {
-		return "", fmt.Errorf("gcppubsub: delivery subscription of %s: %w", instance, err)
-	}
-	b.deliveryTargets.Store(instance, struct{}{})
-	b.mu.Lock()
-	b.ownedDeliverySubscription[spec.Name] = true
-	b.mu.Unlock()
-	return subID, nil
 }
 
 // OnEngineDeadLetter: Pub/Sub's own dead-letter policy moves messages
@@ -320,9 +292,14 @@ func (b *Driver) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close deletes the delivery subscriptions this Driver made, flushes the
-// publishers and closes the client. Subscriptions must be closed first. It
-// is safe to call more than once.
+// Close deletes the delivery subscriptions and topics this Driver made,
+// flushes the publishers and closes the client. Subscriptions must be
+// closed first. It is safe to call more than once.
+//
+// An instance's resources go in this order: its filtered subscription on
+// the shared topic, its subscription, its topic. A publisher that finds the
+// topic gone drops the event (and, under LegacySharedDelivery, finds no
+// filtered subscription to send it to instead).
 func (b *Driver) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -330,21 +307,25 @@ func (b *Driver) Close() error {
 		return nil
 	}
 	b.closed = true
-	owned := maps.Clone(b.ownedDeliverySubscription)
+	owned := maps.Clone(b.ownedDelivery)
 	b.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
 	var errs []error
-	for name := range owned {
-		if err := b.deleteSubscription(ctx, name); err != nil {
+	for instance, o := range owned {
+		err := b.deleteDelivery(ctx, o)
+		if err != nil {
 			errs = append(errs, err)
-		} else {
-			b.log.Info("deleted delivery subscription", "subscription", name)
+			continue
 		}
+		b.log.Info("deleted delivery topic and subscription", "instance", instance, "topic", o.topic)
 	}
-	for _, p := range []*pubsub.Publisher{b.ingress, b.delivery, b.ingressDead, b.deliveryDead} {
-		p.Stop()
+	b.topics.stopAll()
+	for _, p := range []*pubsub.Publisher{b.ingress, b.shared, b.ingressDead, b.deliveryDead} {
+		if p != nil {
+			p.Stop()
+		}
 	}
 	if err := b.client.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close client: %w", err))

@@ -104,10 +104,13 @@ func (f *fake) newBus(t testing.TB, cfg gcppubsub.Config) *bus.Bus {
 
 // harness builds each driver on its own fake, mapping the suites' options
 // onto what Pub/Sub accepts (ack deadline at least 10s, 5 to 100 attempts).
-type harness struct{}
+// legacy runs it with LegacySharedDelivery (each instance reads its own
+// topic and its filtered subscription on the shared one).
+type harness struct{ legacy bool }
 
-func (harness) config(t *testing.T, o bustest.Options) gcppubsub.Config {
+func (h harness) config(t *testing.T, o bustest.Options) gcppubsub.Config {
 	cfg := testConfig(t)
+	cfg.LegacySharedDelivery = h.legacy
 	if o.MaxDeliveryAttempts != 0 {
 		cfg.MaxDeliveryAttempts = min(max(o.MaxDeliveryAttempts, 5), 100)
 	}
@@ -152,6 +155,16 @@ func TestDriver(t *testing.T) {
 
 func TestConformance(t *testing.T) {
 	bustest.RunConformanceTests(t, harness{})
+}
+
+// While a deployment moves over from the shared delivery topic, its
+// instances read both layouts: the portable promises hold there too.
+func TestDriverLegacySharedDelivery(t *testing.T) {
+	drivertest.RunDriverTests(t, harness{legacy: true})
+}
+
+func TestConformanceLegacySharedDelivery(t *testing.T) {
+	bustest.RunConformanceTests(t, harness{legacy: true})
 }
 
 func TestBatches(t *testing.T) {

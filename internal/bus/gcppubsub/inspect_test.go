@@ -48,7 +48,8 @@ func TestInspectChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantMissing := []string{topicName(cfg.DeliveryTopic), topicName(cfg.IngressDeadLetterTopic), topicName(cfg.DeliveryDeadLetterTopic)}
+	// The delivery topics are each instance's own: none is shared.
+	wantMissing := []string{topicName(cfg.IngressDeadLetterTopic), topicName(cfg.DeliveryDeadLetterTopic)}
 	if !slices.Equal(topo.Topics, []string{topicName(cfg.IngressTopic)}) || !slices.Equal(topo.MissingTopics, wantMissing) {
 		t.Errorf("topics %v, missing %v", topo.Topics, topo.MissingTopics)
 	}
@@ -71,7 +72,7 @@ func TestInspectChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(topo.Topics) != 4 || len(topo.Subscriptions) != 3 || len(topo.MissingTopics)+len(topo.MissingSubscriptions)+len(topo.Outdated) != 0 {
+	if len(topo.Topics) != 3 || len(topo.Subscriptions) != 3 || len(topo.MissingTopics)+len(topo.MissingSubscriptions)+len(topo.Outdated) != 0 {
 		t.Errorf("after New: %+v", topo)
 	}
 
@@ -80,7 +81,7 @@ func TestInspectChangesNothing(t *testing.T) {
 	other := testConfig(t)
 	other.IngressSubscription = "taken"
 	if _, err := admin.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: subName("taken"), Topic: topicName(cfg.DeliveryTopic), AckDeadlineSeconds: 10,
+		Name: subName("taken"), Topic: topicName(cfg.IngressDeadLetterTopic), AckDeadlineSeconds: 10,
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -118,9 +118,11 @@ func TestVerifyRequiresMessageOrdering(t *testing.T) {
 	if !getSub(t, admin, cfg.IngressSubscription).GetEnableMessageOrdering() {
 		t.Errorf("recreated ingress subscription has message ordering disabled")
 	}
+	if _, err := admin.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topicName("delivery.node-x")}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := admin.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: subName(cfg.DeliverySubscriptionPrefix + "node-x"), Topic: topicName(cfg.DeliveryTopic), AckDeadlineSeconds: 10,
-		Filter: `attributes.instance = "node-x"`,
+		Name: subName("delivery.node-x"), Topic: topicName("delivery.node-x"), AckDeadlineSeconds: 10,
 	}); err != nil {
 		t.Fatal(err)
 	}

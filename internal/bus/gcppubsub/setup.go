@@ -29,10 +29,16 @@ func (b *Driver) subscriptionName(id string) string {
 	return "projects/" + b.cfg.ProjectID + "/subscriptions/" + id
 }
 
-// sharedTopics are the full names of every topic the bus uses.
+// sharedTopics are the full names of the topics every instance shares (the
+// delivery topics are each instance's own; the shared delivery topic of
+// the earlier layout is kept under LegacySharedDelivery only).
 func (b *Driver) sharedTopics() []string {
-	return []string{b.topicName(b.cfg.IngressTopic), b.topicName(b.cfg.DeliveryTopic),
+	topics := []string{b.topicName(b.cfg.IngressTopic),
 		b.topicName(b.cfg.IngressDeadLetterTopic), b.topicName(b.cfg.DeliveryDeadLetterTopic)}
+	if b.cfg.LegacySharedDelivery {
+		topics = append(topics, b.topicName(b.cfg.DeliveryTopic))
+	}
+	return topics
 }
 
 // sharedSubscriptions are the subscriptions every instance shares (the
@@ -116,7 +122,26 @@ func (b *Driver) holdSubscriptionSpec(deadLetterTopic string) *pubsubpb.Subscrip
 	}
 }
 
-func (b *Driver) deliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
+// deliverySubscriptionSpec is the subscription on an instance's own
+// delivery topic (id: see DeliveryTopicID): every event on the topic is
+// the instance's, so it has no filter.
+func (b *Driver) deliverySubscriptionSpec(id string) *pubsubpb.Subscription {
+	return &pubsubpb.Subscription{
+		Name:               b.subscriptionName(id),
+		Topic:              b.topicName(id),
+		AckDeadlineSeconds: int32(b.cfg.AckDeadline / time.Second),
+		ExpirationPolicy:   &pubsubpb.ExpirationPolicy{Ttl: durationpb.New(b.cfg.DeliverySubscriptionExpiration)},
+		DeadLetterPolicy:   b.deadLetterPolicy(b.cfg.DeliveryDeadLetterTopic),
+		RetryPolicy:        b.retryPolicy(),
+		// One recipient's envelopes are delivered in the order accepted.
+		EnableMessageOrdering: true,
+	}
+}
+
+// legacyDeliverySubscriptionSpec is instance's subscription on the shared
+// delivery topic in the earlier layout (LegacySharedDelivery), filtered on
+// the instance attribute.
+func (b *Driver) legacyDeliverySubscriptionSpec(instance string) *pubsubpb.Subscription {
 	return &pubsubpb.Subscription{
 		Name:               b.subscriptionName(b.cfg.DeliverySubscriptionPrefix + instance),
 		Topic:              b.topicName(b.cfg.DeliveryTopic),
@@ -244,6 +269,15 @@ func deliveryFilter(instance string) string {
 func (b *Driver) ensureTopicExists(ctx context.Context, name string) error {
 	if _, err := b.client.TopicAdminClient.GetTopic(ctx, &pubsubpb.GetTopicRequest{Topic: name}); err != nil {
 		return fmt.Errorf("get topic %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteTopic deletes the topic; one already gone is fine.
+func (b *Driver) deleteTopic(ctx context.Context, name string) error {
+	err := b.client.TopicAdminClient.DeleteTopic(ctx, &pubsubpb.DeleteTopicRequest{Topic: name})
+	if err != nil && status.Code(err) != codes.NotFound {
+		return fmt.Errorf("delete topic %s: %w", name, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"google.golang.org/api/iterator"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -106,10 +107,15 @@ func TestNewCreatesResources(t *testing.T) {
 	f.newBus(t, cfg)
 	admin := f.adminClient(t)
 
-	for _, id := range []string{cfg.IngressTopic, cfg.DeliveryTopic, cfg.IngressDeadLetterTopic, cfg.DeliveryDeadLetterTopic} {
+	for _, id := range []string{cfg.IngressTopic, cfg.IngressDeadLetterTopic, cfg.DeliveryDeadLetterTopic} {
 		if _, err := admin.TopicAdminClient.GetTopic(ctxT(t), &pubsubpb.GetTopicRequest{Topic: topicName(id)}); err != nil {
 			t.Errorf("topic %s: %v", id, err)
 		}
+	}
+	// Delivery topics are each instance's own; the shared one of the
+	// earlier layout is made only to read that layout.
+	if topicExists(t, admin, cfg.DeliveryTopic) {
+		t.Errorf("New made the shared delivery topic %s without LegacySharedDelivery", cfg.DeliveryTopic)
 	}
 	ingress := getSub(t, admin, cfg.IngressSubscription)
 	if ingress.GetTopic() != topicName(cfg.IngressTopic) || ingress.GetFilter() != "" {
@@ -136,7 +142,7 @@ func TestNewCreatesResources(t *testing.T) {
 	checkPolicies(t, getSub(t, admin, cfg.IngressSubscription), cfg, cfg.IngressDeadLetterTopic, 0)
 }
 
-func TestDeliverySubscriptionFilterAndPolicies(t *testing.T) {
+func TestDeliveryTopicPerInstance(t *testing.T) {
 	t.Parallel()
 	f := newFake(t)
 	cfg := testConfig(t)
@@ -162,6 +168,11 @@ func TestDeliverySubscriptionFilterAndPolicies(t *testing.T) {
 	count := func(s *seen) int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.ids) }
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	for _, inst := range []string{"node-a", "node-b"} {
+		if err := b.PrepareDelivery(ctxT(t), inst); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, r := range []struct {
 		inst string
 		s    *seen
@@ -195,39 +206,88 @@ func TestDeliverySubscriptionFilterAndPolicies(t *testing.T) {
 	}
 	a.mu.Unlock()
 
-	sub := getSub(t, admin, "delivery-node-a")
-	if want := `attributes.instance = "node-a"`; sub.GetFilter() != want {
-		t.Errorf("filter %q, want %q", sub.GetFilter(), want)
+	// Each event went to its instance's topic only, which has one
+	// subscription and no filter.
+	for _, m := range f.srv.Messages() {
+		want := topicName("delivery." + m.Attributes[bus.AttrInstance])
+		if m.Topic != want {
+			t.Errorf("event %s for %s published to %s, want %s", m.Attributes[gcppubsub.AttrMessageID], m.Attributes[bus.AttrInstance], m.Topic, want)
+		}
 	}
-	if sub.GetTopic() != topicName(cfg.DeliveryTopic) {
-		t.Errorf("delivery subscription on %s, want %s", sub.GetTopic(), topicName(cfg.DeliveryTopic))
+	for _, inst := range []string{"node-a", "node-b"} {
+		sub := getSub(t, admin, "delivery."+inst)
+		if sub.GetFilter() != "" {
+			t.Errorf("%s: filter %q, want none", sub.GetName(), sub.GetFilter())
+		}
+		if sub.GetTopic() != topicName("delivery."+inst) {
+			t.Errorf("%s on %s, want %s", sub.GetName(), sub.GetTopic(), topicName("delivery."+inst))
+		}
+		if got := topicSubscriptions(t, admin, "delivery."+inst); len(got) != 1 {
+			t.Errorf("topic delivery.%s has subscriptions %v, want its own only", inst, got)
+		}
+		checkPolicies(t, sub, cfg, cfg.DeliveryDeadLetterTopic, cfg.DeliverySubscriptionExpiration)
 	}
-	checkPolicies(t, sub, cfg, cfg.DeliveryDeadLetterTopic, cfg.DeliverySubscriptionExpiration)
 	if err := b.CheckSetup(ctxT(t)); err != nil {
 		t.Errorf("CheckDeadLetterSetup with two delivery receivers: %v", err)
 	}
 }
 
-func TestCloseDeletesOwnDeliverySubscriptions(t *testing.T) {
+func topicExists(t *testing.T, c *pubsub.Client, id string) bool {
+	t.Helper()
+	_, err := c.TopicAdminClient.GetTopic(ctxT(t), &pubsubpb.GetTopicRequest{Topic: topicName(id)})
+	if err != nil && status.Code(err) != codes.NotFound {
+		t.Fatalf("get topic %s: %v", id, err)
+	}
+	return err == nil
+}
+
+// topicSubscriptions lists the names of the subscriptions attached to topic id.
+func topicSubscriptions(t *testing.T, c *pubsub.Client, id string) []string {
+	t.Helper()
+	var out []string
+	it := c.TopicAdminClient.ListTopicSubscriptions(ctxT(t), &pubsubpb.ListTopicSubscriptionsRequest{Topic: topicName(id)})
+	for {
+		name, err := it.Next()
+		if errors.Is(err, iterator.Done) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("list subscriptions of %s: %v", id, err)
+		}
+		out = append(out, name)
+	}
+}
+
+func TestCloseDeletesOwnDeliveryTopic(t *testing.T) {
 	t.Parallel()
 	f := newFake(t)
 	cfg := testConfig(t)
 	admin := f.adminClient(t)
 	other := f.newBus(t, cfg) // another process on the same project
 	b := f.newBus(t, cfg)
+	if err := other.PrepareDelivery(ctxT(t), "staying"); err != nil {
+		t.Fatal(err)
+	}
 
 	done := make(chan error, 1)
 	go func() {
 		done <- b.ReceiveDelivery(context.Background(), "leaving", func(context.Context, *bus.Message) error { return nil })
 	}()
-	waitUntil(t, "the instance's subscription", func() bool { return subExists(t, admin, "delivery-leaving") })
-	// A publish to an instance that has not subscribed yet creates its
-	// subscription, which belongs to that instance, not to the publisher.
-	if err := b.PublishDelivery(ctxT(t), "arriving", &bus.Message{ID: "e1", Data: []byte("x")}); err != nil {
-		t.Fatal(err)
+	waitUntil(t, "the instance's subscription", func() bool { return subExists(t, admin, "delivery.leaving") })
+	if !topicExists(t, admin, "delivery.leaving") {
+		t.Fatal("the instance's subscription exists without its topic")
 	}
-	if !subExists(t, admin, "delivery-arriving") {
-		t.Fatalf("PublishDelivery did not create the subscription of an instance that has not subscribed yet")
+	// A publish to an instance without a topic (it has left, or never
+	// came) makes nothing: the event is dropped, as Pub/Sub drops a
+	// message to a topic without subscriptions.
+	if err := b.PublishDelivery(ctxT(t), "gone", &bus.Message{ID: "e1", Data: []byte("x")}); err != nil {
+		t.Fatalf("PublishDelivery to an instance without a topic: %v", err)
+	}
+	if topicExists(t, admin, "delivery.gone") || subExists(t, admin, "delivery.gone") {
+		t.Errorf("PublishDelivery made a topic or subscription for an instance without one")
+	}
+	if n := len(f.srv.Messages()); n != 0 {
+		t.Errorf("%d messages published for an instance without a topic, want 0", n)
 	}
 
 	if err := b.Close(); err != nil {
@@ -241,11 +301,11 @@ func TestCloseDeletesOwnDeliverySubscriptions(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("ReceiveDelivery did not return after Close")
 	}
-	if subExists(t, admin, "delivery-leaving") {
-		t.Errorf("Close left the instance's delivery subscription")
+	if subExists(t, admin, "delivery.leaving") || topicExists(t, admin, "delivery.leaving") {
+		t.Errorf("Close left the instance's delivery subscription or topic")
 	}
-	if !subExists(t, admin, "delivery-arriving") {
-		t.Errorf("Close deleted a subscription of another instance")
+	if !subExists(t, admin, "delivery.staying") || !topicExists(t, admin, "delivery.staying") {
+		t.Errorf("Close deleted the delivery topic or subscription of another instance")
 	}
 	if !subExists(t, admin, cfg.IngressSubscription) {
 		t.Errorf("Close deleted the shared ingress subscription")
@@ -301,10 +361,12 @@ func TestVerifyRejectsImmutableDifferences(t *testing.T) {
 		t.Fatalf("New with the ingress subscription on another topic: %v; want an error naming the topic difference", err)
 	}
 
-	// The same for a delivery subscription with another filter.
+	// The same for an instance's filtered subscription on the shared
+	// topic (read under LegacySharedDelivery) with another filter.
 	if err := admin.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: subName(cfg.IngressSubscription)}); err != nil {
 		t.Fatal(err)
 	}
+	cfg.LegacySharedDelivery = true
 	if _, err := admin.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name: subName("delivery-node-x"), Topic: topicName(cfg.DeliveryTopic), AckDeadlineSeconds: 10,
 		Filter: `attributes.instance = "node-y"`,
@@ -386,6 +448,10 @@ func TestConfigValidation(t *testing.T) {
 		{"backoff order", func(c *gcppubsub.Config) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }, "MinBackoff"},
 		{"bad topic id", func(c *gcppubsub.Config) { c.IngressTopic = "goog-topic" }, "IngressTopic"},
 		{"same topics", func(c *gcppubsub.Config) { c.IngressDeadLetterTopic = c.IngressTopic }, "four different topics"},
+		{"topic named like an instance's", func(c *gcppubsub.Config) { c.DeliveryDeadLetterTopic = "delivery.dlq" }, "DeliveryDeadLetterTopic"},
+		{"subscription named like an instance's", func(c *gcppubsub.Config) { c.IngressSubscription = "delivery.pipeline" }, "IngressSubscription"},
+		{"filtered subscriptions named like instances' topics", func(c *gcppubsub.Config) { c.DeliverySubscriptionPrefix = "delivery.x-" }, "DeliverySubscriptionPrefix"},
+		{"instances' topics named like filtered subscriptions", func(c *gcppubsub.Config) { c.DeliverySubscriptionPrefix = "deliv" }, "DeliverySubscriptionPrefix"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

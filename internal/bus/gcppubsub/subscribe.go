@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,88 +14,110 @@ import (
 )
 
 // Subscribe opens the shared ingress subscription, or instance's delivery
-// subscription (created or verified here, and owned by this Driver). A
-// streaming pull runs until Close, with at most MaxOutstanding messages
-// received and unsettled; the client extends their leases by AckDeadline
-// meanwhile, so that the messages of a receiver that dies return
-// AckDeadline after its last extension at the latest.
+// subscription (created or verified here with its topic, and owned by this
+// Driver; under LegacySharedDelivery together with its filtered
+// subscription on the shared topic, both read as one). A streaming pull
+// runs until Close, with at most MaxOutstanding messages received and
+// unsettled per subscription; the client extends their leases by
+// AckDeadline meanwhile, so that the messages of a receiver that dies
+// return AckDeadline after its last extension at the latest.
 func (b *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.Subscription, error) {
 	if b.isClosed() {
 		return nil, driver.ErrClosed
 	}
-	var subID, active string
+	var subIDs, active []string
 	switch queue {
 	case driver.QueueIngress:
-		subID = b.cfg.IngressSubscription
+		subIDs = []string{b.cfg.IngressSubscription}
 	case driver.QueueDelivery:
 		var err error
-		if subID, err = b.ownDeliverySubscription(ctx, instance); err != nil {
+		if subIDs, err = b.ownDelivery(ctx, instance); err != nil {
 			return nil, err
 		}
-		active = b.subscriptionName(subID)
 		b.mu.Lock()
-		b.activeDeliverySubscription[active]++
+		for _, id := range subIDs {
+			name := b.subscriptionName(id)
+			active = append(active, name)
+			b.activeDeliverySubscription[name]++
+		}
 		b.mu.Unlock()
 	default:
 		return nil, fmt.Errorf("gcppubsub: subscribe: unknown queue %q", queue)
 	}
-	sub := b.client.Subscriber(subID)
-	sub.ReceiveSettings.MaxOutstandingMessages = b.cfg.MaxOutstanding
-	sub.ReceiveSettings.NumGoroutines = b.cfg.Streams
-	// The lease of every received message is AckDeadline, on the stream
-	// and on each extension. Left to itself the client leases messages on
-	// a stream for 60s and then extends them by the 99th percentile of its
-	// processing times, up to 10 minutes: messages held by an instance
-	// that dies would stay leased that long, and with them every later
-	// message of their ordering keys.
-	sub.ReceiveSettings.MinDurationPerAckExtension = b.cfg.AckDeadline
-	sub.ReceiveSettings.MaxDurationPerAckExtension = b.cfg.AckDeadline
 	rctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
 		b:      b,
 		queue:  queue,
-		subID:  subID,
+		subID:  strings.Join(subIDs, "+"),
 		active: active,
 		msgs:   make(chan *pubsub.Message, b.cfg.MaxOutstanding),
 		closed: make(chan struct{}),
 		broken: make(chan struct{}),
 		cancel: cancel,
 	}
-	go s.run(rctx, sub)
+	subs := make([]*pubsub.Subscriber, len(subIDs))
+	for i, id := range subIDs {
+		sub := b.client.Subscriber(id)
+		sub.ReceiveSettings.MaxOutstandingMessages = b.cfg.MaxOutstanding
+		sub.ReceiveSettings.NumGoroutines = b.cfg.Streams
+		// The lease of every received message is AckDeadline, on the stream
+		// and on each extension. Left to itself the client leases messages on
+		// a stream for 60s and then extends them by the 99th percentile of its
+		// processing times, up to 10 minutes: messages held by an instance
+		// that dies would stay leased that long, and with them every later
+		// message of their ordering keys.
+		sub.ReceiveSettings.MinDurationPerAckExtension = b.cfg.AckDeadline
+		sub.ReceiveSettings.MaxDurationPerAckExtension = b.cfg.AckDeadline
+		subs[i] = sub
+	}
+	go s.run(rctx, subs)
 	return s, nil
 }
 
-// subscription hands the streaming pull's messages to Receive through a
+// subscription hands the streaming pulls' messages to Receive through a
 // channel. The client calls back one message of an ordering key at a time;
 // the callback returns once the message is queued, so the order of the
-// channel is the key's order.
+// channel is the key's order (within each subscription read).
 type subscription struct {
 	b      *Driver
 	queue  string
-	subID  string
-	active string // the delivery subscription's name, for the setup check
+	subID  string   // the subscription ids read, for errors
+	active []string // the delivery subscriptions' names, for the setup check
 	msgs   chan *pubsub.Message
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close
-	broken    chan struct{} // closed when the streaming pull has returned
-	err       error         // its error; read after broken
+	broken    chan struct{} // closed when every streaming pull has returned
+	err       error         // the first one's error; read after broken
 	cancel    context.CancelFunc
 }
 
-func (s *subscription) run(ctx context.Context, sub *pubsub.Subscriber) {
+// run runs one streaming pull per subscriber; when one returns, the others
+// are stopped too and the subscription is broken (the portable bus
+// subscribes again).
+func (s *subscription) run(ctx context.Context, subs []*pubsub.Subscriber) {
 	defer close(s.broken)
-	err := sub.Receive(ctx, func(_ context.Context, pm *pubsub.Message) {
-		select {
-		case s.msgs <- pm:
-		case <-s.closed:
-			pm.Nack()
-		}
-	})
-	if err == nil {
-		err = fmt.Errorf("streaming pull on %s returned", s.subID)
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var once sync.Once
+	var wg sync.WaitGroup
+	for _, sub := range subs {
+		wg.Go(func() {
+			err := sub.Receive(ctx, func(_ context.Context, pm *pubsub.Message) {
+				select {
+				case s.msgs <- pm:
+				case <-s.closed:
+					pm.Nack()
+				}
+			})
+			if err == nil {
+				err = fmt.Errorf("streaming pull on %s returned", sub.ID())
+			}
+			once.Do(func() { s.err = err })
+			stop()
+		})
 	}
-	s.err = err
+	wg.Wait()
 }
 
 // Receive returns what is waiting (at least one message, at most max).
@@ -112,13 +135,13 @@ func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		s.cancel()
-		if s.active != "" {
-			s.b.mu.Lock()
-			if s.b.activeDeliverySubscription[s.active]--; s.b.activeDeliverySubscription[s.active] <= 0 {
-				delete(s.b.activeDeliverySubscription, s.active)
+		s.b.mu.Lock()
+		for _, name := range s.active {
+			if s.b.activeDeliverySubscription[name]--; s.b.activeDeliverySubscription[name] <= 0 {
+				delete(s.b.activeDeliverySubscription, name)
 			}
-			s.b.mu.Unlock()
 		}
+		s.b.mu.Unlock()
 	})
 	// The streaming pull returns once every message it handed over is
 	// settled: release those still queued while waiting for it.
@@ -175,7 +198,7 @@ func (b *Driver) DeadLetter(ctx context.Context, queue string, m *driver.Message
 	if queue == driver.QueueDelivery {
 		p = b.deliveryDead
 	}
-	if err := b.publishAll(ctx, ctx, p, []*pubsub.Message{toPubSub(m)}); err != nil {
+	if err := errors.Join(b.publishAll(ctx, ctx, p, []*pubsub.Message{toPubSub(m)})...); err != nil {
 		return fmt.Errorf("gcppubsub: publish to %s dead-letter topic: %w", queue, err)
 	}
 	return nil
