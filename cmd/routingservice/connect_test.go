@@ -307,7 +307,9 @@ func TestConfigCheckConnectPubSub(t *testing.T) {
 		t.Fatalf("config check --connect created topic %v (%v)", tp.GetName(), err)
 	}
 
-	d, err := gcppubsub.New(ctx, gcppubsub.Config{ProjectID: project, Logger: slog.New(slog.DiscardHandler)})
+	// As serve makes them with the default configuration (the earlier
+	// layout's shared delivery topic included, legacy_shared_delivery).
+	d, err := gcppubsub.New(ctx, gcppubsub.Config{ProjectID: project, LegacySharedDelivery: true, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -473,6 +473,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.push != nil {
 		goRole("push", func() error { return a.push.run(work) })
 	}
+	if cfg.Has(config.RolePipeline) && cfg.Bus.Type == "pubsub" {
+		goRole("janitor", func() error { a.runDeliveryJanitor(work); return nil })
+	}
 	if cfg.Has(config.RolePipeline) {
 		goRole("sweep", func() error {
 			store.Sweep(work, a.store, cfg.Store.Retention, cfg.API.IdempotencyWindow, cfg.Store.SweepInterval, a.log)

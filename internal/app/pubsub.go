@@ -41,6 +41,7 @@ func pubsubConfig(cfg config.Config, log *slog.Logger) (gcppubsub.Config, []opti
 		DeliveryTopic:                  cfg.Bus.DeliveryTopic,
 		DeliverySubscriptionPrefix:     ps.DeliverySubscriptionPrefix,
 		DeliverySubscriptionExpiration: ps.DeliverySubscriptionExpiration,
+		LegacySharedDelivery:           ps.LegacySharedDelivery,
 		IngressDeadLetterTopic:         cfg.Bus.IngressDeadLetterTopic,
 		DeliveryDeadLetterTopic:        cfg.Bus.DeliveryDeadLetterTopic,
 		MaxDeliveryAttempts:            cfg.Bus.MaxDeliveryAttempts,

@@ -272,6 +272,17 @@ type PubSub struct {
 	ProjectID                      string        `yaml:"project_id"`
 	DeliverySubscriptionPrefix     string        `yaml:"delivery_subscription_prefix"`
 	DeliverySubscriptionExpiration time.Duration `yaml:"delivery_subscription_expiration"`
+	// DeliveryTopicTTL: the pipeline role deletes the delivery topic
+	// ("<bus.delivery_topic>.<instance>") of a realtime instance absent from
+	// presence this long whose subscription is gone (an instance that died
+	// without removing its own; at least 1h).
+	DeliveryTopicTTL time.Duration `yaml:"delivery_topic_ttl"`
+	// LegacySharedDelivery also reads and, for instances that have no topic
+	// of their own, publishes to the shared delivery topic with its
+	// filtered subscription per instance (the layout before 0.3.0), so
+	// that a deployment moves over without losing an event. Turn it off
+	// once no process older than 0.3.0 runs.
+	LegacySharedDelivery bool `yaml:"legacy_shared_delivery"`
 	// Endpoint overrides the API endpoint (PUBSUB_EMULATOR_HOST is honoured too).
 	Endpoint string `yaml:"endpoint"`
 	// CredentialsFile of a service account; default: application default credentials.
@@ -512,6 +523,8 @@ func Default() Config {
 			PubSub: PubSub{
 				DeliverySubscriptionPrefix:     "routing-delivery-",
 				DeliverySubscriptionExpiration: 24 * time.Hour,
+				DeliveryTopicTTL:               48 * time.Hour,
+				LegacySharedDelivery:           true,
 			},
 		},
 		Store: Store{
@@ -873,6 +886,14 @@ func (c Config) Check() error {
 		}
 		if c.Bus.PubSub.DeliverySubscriptionExpiration < 24*time.Hour {
 			bad("bus.pubsub.delivery_subscription_expiration", "must be at least 24h (the Pub/Sub minimum)")
+		}
+		if c.Bus.PubSub.DeliveryTopicTTL < time.Hour {
+			bad("bus.pubsub.delivery_topic_ttl", "must be at least 1h, got %s", c.Bus.PubSub.DeliveryTopicTTL)
+		}
+		// Pub/Sub ids are at most 255 characters.
+		if n := len(c.Bus.DeliveryTopic) + 1 + len(c.InstanceID); n > 255 {
+			bad("bus.delivery_topic", "with instance_id names the instance's delivery topic %q: %d characters, Pub/Sub allows 255",
+				c.Bus.DeliveryTopic+"."+c.InstanceID, n)
 		}
 	default:
 		bad("bus.type", "must be embedded, nats or pubsub, got %q", c.Bus.Type)
