@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/go-routing-service/routingservice/internal/batch"
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -80,15 +81,19 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 		return fmt.Errorf("bus: subscribe %s: %w", queue, err)
 	}
 	maxBatch = min(max(1, maxBatch), b.o.MaxOutstanding)
-	// tokens bounds the messages held unsettled: one is taken per message
+	// free bounds the messages held unsettled: it holds a token per
+	// message that may still be received; one is taken per message
 	// received and given back once it is settled.
-	tokens := make(chan struct{}, b.o.MaxOutstanding)
+	free := make(chan struct{}, b.o.MaxOutstanding)
+	for range b.o.MaxOutstanding {
+		free <- struct{}{}
+	}
 	g := newGate(func(paused bool) {
 		if b.o.OnOutage != nil {
 			b.o.OnOutage(queue, paused)
 		}
 	})
-	pool := b.startWorkers(ctx, queue, maxBatch, h, tokens, g)
+	pool := b.startWorkers(ctx, queue, maxBatch, h, free, g)
 
 	retry := b.o.MinBackoff
 	var parked []received // taken while paused, handed out on resume
@@ -110,7 +115,7 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 			// A handler waits out an outage: hand out nothing new, but
 			// keep what arrives (and what the engine sends ahead) held and
 			// extended, so that a long outage costs it no attempt.
-			if err := b.park(ctx, sub, g, tokens, &parked); err != nil {
+			if err := b.park(ctx, sub, g, free, &parked); err != nil {
 				if ctx.Err() != nil {
 					break
 				}
@@ -121,16 +126,16 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 			continue
 		}
 		for _, r := range parked {
-			pool.dispatch(ctx, r, tokens)
+			pool.dispatch(ctx, r, free)
 		}
 		parked = nil
-		n := take(ctx, tokens, b.o.MaxOutstanding)
+		n := take(ctx, free, b.o.MaxOutstanding)
 		if n == 0 {
 			break
 		}
 		ms, err := sub.Receive(ctx, n)
 		for range n - len(ms) {
-			<-tokens
+			free <- struct{}{}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -149,12 +154,12 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 				parked = append(parked, r)
 				continue
 			}
-			pool.dispatch(ctx, r, tokens)
+			pool.dispatch(ctx, r, free)
 		}
 	}
 	for _, r := range parked {
 		_ = r.dm.Acker.Nack(0)
-		<-tokens
+		free <- struct{}{}
 	}
 	pool.stop()
 	if sub != nil {
@@ -169,7 +174,7 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 // then waits up to OutageBackoff (or until the pause ends) for more, which
 // it parks too, as many as there are free tokens. It returns the
 // subscription's error, if it broke.
-func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, tokens chan struct{}, parked *[]received) error {
+func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, free chan struct{}, parked *[]received) error {
 	for _, r := range *parked {
 		if x, ok := r.dm.Acker.(driver.Extender); ok {
 			_ = x.Extend() // best effort: on failure the engine redelivers it later
@@ -180,22 +185,17 @@ func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, tokens
 	stop := context.AfterFunc(g.resumed(), cancel)
 	defer stop()
 	n := 0
-	for n < b.o.MaxOutstanding {
-		select {
-		case tokens <- struct{}{}:
-			n++
-			continue
-		default:
-		}
-		break
-	}
+	batch.Drain(free, func(struct{}) bool {
+		n++
+		return n < b.o.MaxOutstanding
+	})
 	if n == 0 {
 		<-rctx.Done()
 		return nil
 	}
 	ms, err := sub.Receive(rctx, n)
 	for range n - len(ms) {
-		<-tokens
+		free <- struct{}{}
 	}
 	for _, dm := range ms {
 		*parked = append(*parked, received{dm: dm, m: incoming(dm)})
@@ -206,22 +206,21 @@ func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, tokens
 	return nil
 }
 
-// take waits for one token, then takes as many more as are free, up to
-// limit; it returns how many it took (0 when ctx ended first).
-func take(ctx context.Context, tokens chan struct{}, limit int) int {
+// take waits for one token of free, then takes as many more as are
+// there, up to limit; it returns how many it took (0 when ctx ended
+// first).
+func take(ctx context.Context, free chan struct{}, limit int) int {
 	select {
-	case tokens <- struct{}{}:
+	case <-free:
 	case <-ctx.Done():
 		return 0
 	}
 	n := 1
-	for n < limit {
-		select {
-		case tokens <- struct{}{}:
+	if n < limit {
+		batch.Drain(free, func(struct{}) bool {
 			n++
-		default:
-			return n
-		}
+			return n < limit
+		})
 	}
 	return n
 }
@@ -247,12 +246,12 @@ type workers struct {
 	wg     sync.WaitGroup
 }
 
-func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, tokens chan struct{}, g *gate) *workers {
+func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, free chan struct{}, g *gate) *workers {
 	p := &workers{shared: make(chan received), keyed: make([]chan received, b.o.Concurrency)}
 	for i := range p.keyed {
 		own, sh := make(chan received, maxBatch-1), p.shared
 		p.keyed[i] = own
-		batch := make([]received, 0, maxBatch)
+		items := make([]received, 0, maxBatch)
 		p.wg.Go(func() {
 			for own != nil || sh != nil {
 				select {
@@ -261,32 +260,21 @@ func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h Ba
 						own = nil
 						continue
 					}
-					batch = append(batch[:0], r)
-				drain:
-					for len(batch) < maxBatch {
-						select {
-						case r, ok := <-own:
-							if !ok {
-								own = nil
-								break drain
-							}
-							batch = append(batch, r)
-						default:
-							break drain
-						}
+					if items, ok = batch.Fill(append(items[:0], r), own, maxBatch); !ok {
+						own = nil
 					}
 				case r, ok := <-sh:
 					if !ok {
 						sh = nil
 						continue
 					}
-					batch = append(batch[:0], r)
+					items = append(items[:0], r)
 				}
-				b.runAll(ctx, queue, maxBatch, h, batch, g)
-				for range batch {
-					<-tokens
+				b.runAll(ctx, queue, maxBatch, h, items, g)
+				for range items {
+					free <- struct{}{}
 				}
-				clear(batch)
+				clear(items)
 			}
 		})
 	}
@@ -295,7 +283,7 @@ func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h Ba
 
 // dispatch hands r to its worker; when ctx ends first, r is released for
 // redelivery.
-func (p *workers) dispatch(ctx context.Context, r received, tokens chan struct{}) {
+func (p *workers) dispatch(ctx context.Context, r received, free chan struct{}) {
 	c := p.shared
 	if r.dm.OrderingKey != "" {
 		c = p.keyed[fnv32(r.dm.OrderingKey)%uint32(len(p.keyed))]
@@ -304,7 +292,7 @@ func (p *workers) dispatch(ctx context.Context, r received, tokens chan struct{}
 	case c <- r:
 	case <-ctx.Done():
 		_ = r.dm.Acker.Nack(0)
-		<-tokens
+		free <- struct{}{}
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/go-routing-service/routingservice/internal/batch"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
@@ -244,17 +245,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		case <-timer.C:
 			d.expire(jobs)
 		case <-ctx.Done():
-			for {
-				select {
-				case n := <-d.queue:
-					d.admit(n, jobs)
-				default:
-					if p := d.pendingTrailing(); p > 0 {
-						d.log.Debug("push dispatcher stopping with trailing pushes not sent", "count", p)
-					}
-					return nil
-				}
+			batch.Drain(d.queue, func(n Notification) bool {
+				d.admit(n, jobs)
+				return true
+			})
+			if p := d.pendingTrailing(); p > 0 {
+				d.log.Debug("push dispatcher stopping with trailing pushes not sent", "count", p)
 			}
+			return nil
 		}
 		if len(d.ends) > 0 {
 			timer.Reset(max(d.ends[0].until.Sub(d.o.Now()), 0))

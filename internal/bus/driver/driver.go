@@ -19,6 +19,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/go-routing-service/routingservice/internal/batch"
 )
 
 // The two consumed queues. Each has a dead-letter queue.
@@ -216,13 +218,11 @@ func Take[T any](ctx context.Context, msgs <-chan T, ended <-chan struct{}, max 
 	}
 	out := make([]*Message, 1, min(max, 1+len(msgs)))
 	out[0] = convert(first)
-	for len(out) < max {
-		select {
-		case m := <-msgs:
+	if len(out) < max {
+		batch.Drain(msgs, func(m T) bool {
 			out = append(out, convert(m))
-		default:
-			return out, nil
-		}
+			return len(out) < max
+		})
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/go-routing-service/routingservice/internal/batch"
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
 )
 
@@ -121,17 +122,14 @@ func (s *subscription) Close() error {
 		s.it.Drain()
 	})
 	<-s.broken
-	for {
-		select {
-		case jm := <-s.msgs:
-			_ = jm.Nak()
-		default:
-			if errors.Is(s.err, jetstream.ErrMsgIteratorClosed) || errors.Is(s.err, nats.ErrConnectionClosed) {
-				return nil
-			}
-			return s.err
-		}
+	batch.Drain(s.msgs, func(jm jetstream.Msg) bool {
+		_ = jm.Nak()
+		return true
+	})
+	if errors.Is(s.err, jetstream.ErrMsgIteratorClosed) || errors.Is(s.err, nats.ErrConnectionClosed) {
+		return nil
 	}
+	return s.err
 }
 
 // decode turns a received JetStream message into a driver message.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/go-routing-service/routingservice/internal/batch"
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
@@ -108,7 +109,7 @@ type buffers[E, R any] struct {
 // stopped by Close).
 func (w *Writer[E, R]) run() {
 	defer close(w.done)
-	batch := make([]*request[E, R], 0, 64)
+	reqs := make([]*request[E, R], 0, 64)
 	var buf buffers[E, R]
 	for {
 		var first *request[E, R]
@@ -117,20 +118,18 @@ func (w *Writer[E, R]) run() {
 		case <-w.quit:
 			return
 		}
-		batch = append(batch[:0], first)
+		reqs = append(reqs[:0], first)
 		n := len(first.items)
-	collect:
-		for n < w.maxBatch {
-			select {
-			case req := <-w.reqs:
-				batch = append(batch, req)
+		if n < w.maxBatch {
+			// The requests waiting, up to maxBatch items.
+			batch.Drain(w.reqs, func(req *request[E, R]) bool {
+				reqs = append(reqs, req)
 				n += len(req.items)
-			default:
-				break collect
-			}
+				return n < w.maxBatch
+			})
 		}
-		w.commitBatch(batch, n, &buf)
-		clear(batch)
+		w.commitBatch(reqs, n, &buf)
+		clear(reqs)
 	}
 }
 
