@@ -112,8 +112,8 @@ func TestConfigCheckAgreesWithServe(t *testing.T) {
 				t.Fatal("serve accepted it")
 			}
 			for _, k := range c.keys {
-				if !strings.Contains(checkErr.Error(), k) {
-					t.Errorf("config check error does not say %q:\n%v", k, checkErr)
+				if !strings.Contains(out.String(), k) {
+					t.Errorf("config check does not say %q:\n%s", k, out.String())
 				}
 				if !strings.Contains(serveErr.Error(), k) {
 					t.Errorf("serve error does not say %q:\n%v", k, serveErr)
@@ -127,3 +127,46 @@ func TestConfigCheckAgreesWithServe(t *testing.T) {
 }
 
 func q(s string) string { return "'" + s + "'" }
+
+// A production configuration with problems of every kind (missing secrets,
+// links, a file that does not exist) gets all of them from one run of
+// config check, each printed once, under the name of the file it read.
+func TestConfigCheckReportsEverythingInOnePass(t *testing.T) {
+	t.Setenv("ROUTING_CONFIG", "")
+	t.Setenv("ROUTING_DATA_DIR", "")
+	for _, k := range []string{"JWT_SECRET", "DATABASE_URL", "REDIS_PASSWORD"} {
+		t.Setenv(k, "")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "production.yaml")
+	body := `run_mode: production
+store: {type: postgres}
+presence: {type: redis}
+bus: {type: nats, nats: {url: "nats://127.0.0.1:1"}}
+push: {webpush: {enabled: true, vapid_private_key_file: ` + q(filepath.Join(dir, "missing")) + `}}
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut strings.Builder
+	err := run([]string{"config", "check", "--config", path}, &out, &errOut)
+	if err == nil {
+		t.Fatalf("accepted:\n%s", out.String())
+	}
+	got := out.String()
+	if !strings.Contains(got, "config file: "+path) {
+		t.Errorf("does not say which file it read:\n%s", got)
+	}
+	for _, k := range []string{"store.type", "DATABASE_URL", "sslmode", "auth.algorithms", "JWT_SECRET", "presence.redis.tls",
+		"REDIS_PASSWORD", "bus.nats.url", "bus.nats.credentials_file", "push.webpush.vapid_private_key_file"} {
+		if !strings.Contains(got, k) {
+			t.Errorf("does not say %q in the one pass:\n%s", k, got)
+		}
+	}
+	if n := strings.Count(got, "config key bus.nats.url:"); n != 1 {
+		t.Errorf("bus.nats.url printed %d times:\n%s", n, got)
+	}
+	if strings.Contains(err.Error(), "bus.nats.url") || errOut.Len() > 0 {
+		t.Errorf("the problems are repeated: error %q, stderr %q", err, errOut.String())
+	}
+}

@@ -569,6 +569,21 @@ func Default() Config {
 // environment and then each override (a command's flags), fills the
 // derived defaults and validates the result.
 func Load(path string, overrides ...func(*Config)) (Config, error) {
+	cfg, err := LoadUnchecked(path, overrides...)
+	if err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Check(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// LoadUnchecked is Load without Check: the configuration as read, with its
+// derived defaults, for a caller that reports every problem at once (the
+// key checks, and its own checks of the files it names). It fails only
+// when the file cannot be read or parsed, or the local secret made.
+func LoadUnchecked(path string, overrides ...func(*Config)) (Config, error) {
 	cfg := Default()
 	if path != "" {
 		b, err := os.ReadFile(path)
@@ -585,9 +600,6 @@ func Load(path string, overrides ...func(*Config)) (Config, error) {
 	}
 	cfg.FillDefaults()
 	if err := cfg.LoadLocalSecret(); err != nil {
-		return Config{}, err
-	}
-	if err := cfg.Check(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
@@ -925,7 +937,9 @@ func (c Config) Check() error {
 			bad("store.sqlite_path", "must not be empty when store.type is sqlite")
 		}
 	case "postgres":
-		if c.DatabaseURL == "" {
+		if c.DatabaseURL == "" && prod {
+			bad("store.type", "postgres needs the DATABASE_URL environment variable (in production with sslmode=require, verify-ca or verify-full)")
+		} else if c.DatabaseURL == "" {
 			bad("store.type", "postgres needs the DATABASE_URL environment variable")
 		}
 	default:
