@@ -12,21 +12,34 @@ import (
 // 100 on Linux whatever the kernel's own tick).
 const clockTick = 10 * time.Millisecond
 
-// parsePIDs reads -pids: process ids separated by commas.
-func parsePIDs(s string) ([]int, error) {
-	var pids []int
+// proc is one server process named by -pids, with its label ("" when
+// none was given).
+type proc struct {
+	label string
+	pid   int
+}
+
+// parsePIDs reads -pids: process ids separated by commas, each optionally
+// labelled, "label=pid" (e.g. "api=123,nats=456"), so that a summary
+// reports each process's share under its name.
+func parsePIDs(s string) ([]proc, error) {
+	var ps []proc
 	for f := range strings.SplitSeq(s, ",") {
 		f = strings.TrimSpace(f)
 		if f == "" {
 			continue
 		}
-		p, err := strconv.Atoi(f)
-		if err != nil || p <= 0 {
-			return nil, fmt.Errorf("-pids: %q is not a process id", f)
+		label, num, ok := strings.Cut(f, "=")
+		if !ok {
+			label, num = "", f
 		}
-		pids = append(pids, p)
+		p, err := strconv.Atoi(num)
+		if err != nil || p <= 0 {
+			return nil, fmt.Errorf("-pids: %q is not a process id (or label=id)", f)
+		}
+		ps = append(ps, proc{label: label, pid: p})
 	}
-	return pids, nil
+	return ps, nil
 }
 
 // procCPU returns the CPU time (user plus system) process pid has used,
@@ -100,22 +113,65 @@ func children(pid int) []int {
 
 // cpuMeter sums the CPU time of the server processes a run measures.
 type cpuMeter struct {
-	pids []int
+	procs []proc
 }
 
-// total returns the processes' CPU time so far; a process that has gone
-// counts for nothing from then on, and the error says which.
-func (m cpuMeter) total() (time.Duration, error) {
-	var sum time.Duration
+// each returns each process's CPU time so far, in the order of procs; a
+// process that has gone counts for nothing from then on, and the error
+// says which.
+func (m cpuMeter) each() ([]time.Duration, error) {
+	out := make([]time.Duration, len(m.procs))
 	var first error
-	for _, p := range m.pids {
-		d, err := procCPU(p)
+	for i, p := range m.procs {
+		d, err := procCPU(p.pid)
 		if err != nil && first == nil {
 			first = err
 		}
+		out[i] = d
+	}
+	return out, first
+}
+
+// total returns the processes' CPU time so far (see each).
+func (m cpuMeter) total() (time.Duration, error) {
+	each, err := m.each()
+	return sumDurations(each), err
+}
+
+func sumDurations(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
 		sum += d
 	}
-	return sum, first
+	return sum
+}
+
+// pids are the processes' ids.
+func (m cpuMeter) pids() []int {
+	out := make([]int, len(m.procs))
+	for i, p := range m.procs {
+		out[i] = p.pid
+	}
+	return out
+}
+
+// processCPU is one server process's share of a run's CPU.
+type processCPU struct {
+	Label      string  `json:"label,omitempty"`
+	PID        int     `json:"pid"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	CPUPerMsg  float64 `json:"cpu_us_per_msg"`
+}
+
+// shares returns each process's CPU between before and after (from each),
+// per delivered message too.
+func (m cpuMeter) shares(before, after []time.Duration, delivered int64) []processCPU {
+	out := make([]processCPU, len(m.procs))
+	for i, p := range m.procs {
+		d := after[i] - before[i]
+		out[i] = processCPU{Label: p.label, PID: p.pid, CPUSeconds: d.Seconds(), CPUPerMsg: perMessage(d, delivered)}
+	}
+	return out
 }
 
 // perMessage is CPU per delivered message in microseconds (0 without

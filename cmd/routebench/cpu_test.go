@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"os/exec"
 	"slices"
@@ -10,10 +11,14 @@ import (
 
 func TestParsePIDs(t *testing.T) {
 	got, err := parsePIDs(" 12,34 ,,56")
-	if err != nil || !slices.Equal(got, []int{12, 34, 56}) {
+	if err != nil || !slices.Equal(got, []proc{{"", 12}, {"", 34}, {"", 56}}) {
 		t.Errorf("parsePIDs: %v, %v", got, err)
 	}
-	for _, bad := range []string{"x", "1,-2", "0"} {
+	got, err = parsePIDs("api=12, nats=34,56")
+	if err != nil || !slices.Equal(got, []proc{{"api", 12}, {"nats", 34}, {"", 56}}) {
+		t.Errorf("parsePIDs with labels: %v, %v", got, err)
+	}
+	for _, bad := range []string{"x", "1,-2", "0", "api=", "api=x", "=0"} {
 		if _, err := parsePIDs(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
@@ -41,9 +46,20 @@ func TestProcCPUMatchesRusage(t *testing.T) {
 	if got <= 0 || got > want+5*clockTick || got < want-5*clockTick {
 		t.Errorf("/proc says %v, getrusage %v", got, want)
 	}
-	m := cpuMeter{pids: []int{os.Getpid(), 1 << 22}}
+	m := cpuMeter{procs: []proc{{"me", os.Getpid()}, {"gone", 1 << 22}}}
 	if _, err := m.total(); err == nil {
 		t.Error("a process that does not exist: no error")
+	}
+	before, _ := m.each()
+	deadline = time.Now().Add(100 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		x++
+	}
+	after, _ := m.each()
+	sh := m.shares(before, after, 1000)
+	if len(sh) != 2 || sh[0].Label != "me" || sh[0].CPUSeconds <= 0 || sh[1].CPUSeconds != 0 ||
+		math.Abs(sh[0].CPUPerMsg-sh[0].CPUSeconds*1e6/1000) > 0.01 {
+		t.Errorf("shares after burning CPU in this process: %+v", sh)
 	}
 }
 

@@ -87,7 +87,7 @@ type options struct {
 	memProfile string
 	sync       bool
 	window     time.Duration
-	pids       []int
+	pids       []proc
 	set        map[string]bool // flags given on the command line
 }
 
@@ -129,7 +129,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write this process's allocation profile (allocs) to the file at the end")
 	fs.DurationVar(&o.window, "window", time.Minute, "online, fanout: report deliveries per window of this length, and the last window's rate over the first's (0: off)")
-	pids := fs.String("pids", "", "server process ids, comma-separated (a run on several instances sums them, engines too): their CPU per delivered message, from /proc/<pid>/stat")
+	pids := fs.String("pids", "", "server process ids, comma-separated, each optionally label=id (a run on several instances sums them, engines too): their CPU per delivered message, from /proc/<pid>/stat, in all and per process")
 	fs.BoolVar(&o.sync, "sync", true, "floor: fsync the file before each group of 202s (false: the bound without durability)")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		o.scenario, args = args[0], args[1:]

@@ -130,8 +130,9 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	// The server registers presence before the backlog; give the last ones a moment.
 	time.Sleep(200 * time.Millisecond)
 
-	cpu := cpuMeter{pids: o.pids}
-	cpu0, _ := cpu.total()
+	cpu := cpuMeter{procs: o.pids}
+	each0, _ := cpu.each()
+	cpu0 := sumDurations(each0)
 	start := time.Now()
 	l := &load{senders: e.clients(stoks), names: names, targets: allTargets(o.recipients),
 		payload: o.payload, rate: o.rate, until: start.Add(o.duration), ck: ck}
@@ -143,7 +144,7 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 		win.tick(time.Now(), del)
 		line := fmt.Sprintf("sent %d  accepted %d  delivered %d  owed %d  %.0f accepted/s  %.0f delivered/s  errors %d",
 			l.offered.Load(), acc, del, ck.Outstanding(), sr.rate(acc), dr.rate(del), l.errs.Total())
-		if len(cpu.pids) > 0 {
+		if len(cpu.procs) > 0 {
 			now, _ := cpu.total()
 			line += fmt.Sprintf("  server %.0f µs/msg", perMessage(now-lastCPU, del-lastDel))
 			lastCPU, lastDel = now, del
@@ -153,7 +154,8 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	sendDur := l.run(ctx)
 	drain(ctx, ck, o.drain)
 	stopProgress()
-	cpu1, cpuErr := cpu.total()
+	each1, cpuErr := cpu.each()
+	cpu1 := sumDurations(each1)
 	stopAck()
 	rs.closeAll(stopRead)
 
@@ -162,10 +164,11 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	s.fill(ck, &l.errs, rs.wsErrs, &l.sendLat, start, sendDur)
 	s.Dropped = rs.dropped.Load()
 	s.Windows, s.HoldRatio = win.result()
-	if len(cpu.pids) > 0 {
-		s.ServerPIDs = cpu.pids
+	if len(cpu.procs) > 0 {
+		s.ServerPIDs = cpu.pids()
 		s.ServerCPU = (cpu1 - cpu0).Seconds()
 		s.ServerCPUPerMsg = perMessage(cpu1-cpu0, s.Deliveries)
+		s.ServerProcesses = cpu.shares(each0, each1, s.Deliveries)
 		if cpuErr != nil {
 			s.ServerCPUError = cpuErr.Error()
 		}

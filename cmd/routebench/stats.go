@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -111,6 +112,8 @@ type summary struct {
 	ServerCPU       float64 `json:"server_cpu_seconds,omitempty"`
 	ServerCPUPerMsg float64 `json:"server_cpu_us_per_msg,omitempty"`
 	ServerCPUError  string  `json:"server_cpu_error,omitempty"`
+	// ServerProcesses is each process's share, in the order of -pids.
+	ServerProcesses []processCPU `json:"server_processes,omitempty"`
 	// Deliveries per -window, and the last window's rate over the first's.
 	Windows   []windowStat `json:"windows,omitempty"`
 	HoldRatio float64      `json:"hold_ratio,omitempty"`
@@ -244,6 +247,17 @@ func (s *summary) writeText(w io.Writer) {
 	if len(s.ServerPIDs) > 0 {
 		row("server CPU", "%.2f s in %d processes = %.1f µs per delivered message%s", s.ServerCPU, len(s.ServerPIDs), s.ServerCPUPerMsg,
 			map[bool]string{true: " (" + s.ServerCPUError + ")", false: ""}[s.ServerCPUError != ""])
+		if len(s.ServerProcesses) > 1 {
+			var parts []string
+			for _, p := range s.ServerProcesses {
+				name := p.Label
+				if name == "" {
+					name = strconv.Itoa(p.PID)
+				}
+				parts = append(parts, fmt.Sprintf("%s %.1f µs", name, p.CPUPerMsg))
+			}
+			row("per process", "%s", strings.Join(parts, ", "))
+		}
 	}
 	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Embedded && s.Scenario != "idle" || s.Floor != nil])
 }
