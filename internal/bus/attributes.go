@@ -57,7 +57,7 @@ func outgoing(m *Message, instance string, sc trace.SpanContext) (*driver.Messag
 	return &driver.Message{
 		ID:          m.ID,
 		DedupID:     m.ID,
-		Body:        m.Data,
+		Data:        m.Data,
 		Attributes:  attrs,
 		OrderingKey: m.OrderingKey,
 		Instance:    instance,
@@ -84,7 +84,7 @@ func incoming(dm *driver.Message) *Message {
 	if attempt < 1 {
 		attempt = 1
 	}
-	return &Message{ID: dm.ID, Data: dm.Body, Attributes: dm.Attributes, OrderingKey: dm.OrderingKey, DeliveryAttempt: attempt}
+	return &Message{ID: dm.ID, Data: dm.Data, Attributes: dm.Attributes, OrderingKey: dm.OrderingKey, DeliveryAttempt: attempt}
 }
 
 func checkAttributes(attrs map[string]string) error {
@@ -185,7 +185,7 @@ func (b *Bus) toDead(queue string, dd driver.DeadMessage) DeadMessage {
 		Queue: queue,
 		Message: Message{
 			ID:          dd.Message.ID,
-			Data:        dd.Message.Body,
+			Data:        dd.Message.Data,
 			Attributes:  attrs,
 			OrderingKey: dd.Message.OrderingKey,
 		},
@@ -202,7 +202,7 @@ func (b *Bus) toDead(queue string, dd driver.DeadMessage) DeadMessage {
 // When sc is valid (the replay's own producer span), the copy carries it
 // instead of the original trace context.
 func replayCopy(queue string, d DeadMessage, sc trace.SpanContext) (*driver.Message, error) {
-	m := &driver.Message{ID: d.Message.ID, Body: d.Message.Data, Attributes: d.Message.Attributes, OrderingKey: d.Message.OrderingKey}
+	m := &driver.Message{ID: d.Message.ID, Data: d.Message.Data, Attributes: d.Message.Attributes, OrderingKey: d.Message.OrderingKey}
 	if sc.IsValid() {
 		m.Attributes = make(map[string]string, len(d.Message.Attributes)+2)
 		maps.Copy(m.Attributes, d.Message.Attributes)

@@ -55,7 +55,7 @@ func TestOutgoingChecksWhatEveryEngineCarries(t *testing.T) {
 
 func TestDeadMessageReasonAndAttempts(t *testing.T) {
 	b := &Bus{o: Options{MaxDeliveryAttempts: 7}}
-	m := &driver.Message{ID: "m", Body: []byte("x"), Attributes: map[string]string{"k": "v"}, OrderingKey: "key"}
+	m := &driver.Message{ID: "m", Data: []byte("x"), Attributes: map[string]string{"k": "v"}, OrderingKey: "key"}
 	dead := deadCopy(m, "store down\nreally", 3)
 	got := b.toDead(QueueIngress, driver.DeadMessage{ID: "1", Message: *dead})
 	if got.Reason != "store down really" || got.Attempts != 3 || got.Message.OrderingKey != "key" || len(got.Message.Attributes) != 1 {

@@ -101,12 +101,12 @@ func (b *Bus) pack(inst string, ms []*driver.Message, size int) *driver.Message 
 			body = appendString(body, k)
 			body = appendString(body, v)
 		}
-		body = appendString(body, string(m.Body))
+		body = appendString(body, string(m.Data))
 	}
 	id := b.packKey + "." + strconv.FormatUint(b.packSeq.Add(1), 10)
 	return &driver.Message{
 		ID:          id,
-		Body:        body,
+		Data:        body,
 		Attributes:  map[string]string{AttrInstance: inst, AttrPacked: strconv.Itoa(len(ms))},
 		OrderingKey: b.packKey,
 		Instance:    inst,
@@ -115,7 +115,7 @@ func (b *Bus) pack(inst string, ms []*driver.Message, size int) *driver.Message 
 
 // packedSize is an upper bound of m's encoding in a pack.
 func packedSize(m *driver.Message) int {
-	n := 3*binary.MaxVarintLen64 + len(m.ID) + len(m.OrderingKey) + len(m.Body)
+	n := 3*binary.MaxVarintLen64 + len(m.ID) + len(m.OrderingKey) + len(m.Data)
 	for k, v := range m.Attributes {
 		n += 2*binary.MaxVarintLen64 + len(k) + len(v)
 	}
@@ -133,7 +133,7 @@ var errPack = errors.New("malformed pack")
 // unpack decodes the events of the pack p. Each event gets p's instance and
 // delivery attempt; its Acker is left nil.
 func unpack(p *driver.Message) ([]*driver.Message, error) {
-	body := p.Body
+	body := p.Data
 	if len(body) == 0 || body[0] != packVersion {
 		return nil, fmt.Errorf("%w: unknown version", errPack)
 	}
@@ -158,7 +158,7 @@ func unpack(p *driver.Message) ([]*driver.Message, error) {
 				m.Attributes[k] = r.string()
 			}
 		}
-		m.Body = r.bytes()
+		m.Data = r.bytes()
 		if r.err == nil && m.ID == "" {
 			return nil, fmt.Errorf("%w: event %d has no id", errPack, i)
 		}

@@ -17,7 +17,7 @@ func testEvents(inst string, n, body int) []*driver.Message {
 			ID: inst + "-" + strconv.Itoa(i), DedupID: inst + "-" + strconv.Itoa(i), Instance: inst,
 			OrderingKey: inst + "/r" + strconv.Itoa(i%3),
 			Attributes:  map[string]string{AttrInstance: inst, "stored": "1", AttrTraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-			Body:        bytes.Repeat([]byte{byte('a' + i%26)}, body),
+			Data:        bytes.Repeat([]byte{byte('a' + i%26)}, body),
 		}
 	}
 	return ms
@@ -48,7 +48,7 @@ func TestPackRoundTrip(t *testing.T) {
 		}
 		for j, g := range got {
 			w := want[j]
-			if g.ID != w.ID || g.OrderingKey != w.OrderingKey || !bytes.Equal(g.Body, w.Body) || !maps.Equal(g.Attributes, w.Attributes) ||
+			if g.ID != w.ID || g.OrderingKey != w.OrderingKey || !bytes.Equal(g.Data, w.Data) || !maps.Equal(g.Attributes, w.Attributes) ||
 				g.Instance != w.Instance || g.DeliveryAttempt != 3 {
 				t.Errorf("pack %d event %d = %+v, want %+v on attempt 3", i, j, g, w)
 			}
@@ -73,8 +73,8 @@ func TestPackSplitsBySize(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(evs) > 1 && len(p.Body) > maxPackBytes {
-			t.Errorf("pack of %d events is %d bytes, over %d", len(evs), len(p.Body), maxPackBytes)
+		if len(evs) > 1 && len(p.Data) > maxPackBytes {
+			t.Errorf("pack of %d events is %d bytes, over %d", len(evs), len(p.Data), maxPackBytes)
 		}
 		for _, e := range evs {
 			ids = append(ids, e.ID)
@@ -90,7 +90,7 @@ func TestPackSplitsBySize(t *testing.T) {
 
 func TestUnpackRefusesMalformed(t *testing.T) {
 	b := &Bus{packKey: newPackKey()}
-	good := b.packs(testEvents("inst", 2, 10))[0].Body
+	good := b.packs(testEvents("inst", 2, 10))[0].Data
 	for name, body := range map[string][]byte{
 		"empty":           nil,
 		"unknown version": append([]byte{2}, good[1:]...),
@@ -100,7 +100,7 @@ func TestUnpackRefusesMalformed(t *testing.T) {
 		"length past end": {packVersion, 1, 200, 1},
 		"no id":           {packVersion, 1, 0, 0, 0, 0},
 	} {
-		if _, err := unpack(&driver.Message{Body: body}); err == nil {
+		if _, err := unpack(&driver.Message{Data: body}); err == nil {
 			t.Errorf("%s: unpacked", name)
 		}
 	}
@@ -110,11 +110,11 @@ func TestUnpackRefusesMalformed(t *testing.T) {
 // same events, or is refused; it never panics.
 func FuzzUnpack(f *testing.F) {
 	b := &Bus{packKey: newPackKey()}
-	f.Add(b.packs(testEvents("inst", 3, 20))[0].Body)
+	f.Add(b.packs(testEvents("inst", 3, 20))[0].Data)
 	f.Add([]byte{packVersion, 1, 1, 'x', 0, 0, 0})
 	f.Add([]byte{packVersion, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		evs, err := unpack(&driver.Message{Body: body, Instance: "inst"})
+		evs, err := unpack(&driver.Message{Data: body, Instance: "inst"})
 		if err != nil {
 			return
 		}
@@ -126,7 +126,7 @@ func FuzzUnpack(f *testing.F) {
 			t.Fatalf("repack: %v", err)
 		}
 		for i := range evs {
-			if again[i].ID != evs[i].ID || again[i].OrderingKey != evs[i].OrderingKey || !bytes.Equal(again[i].Body, evs[i].Body) ||
+			if again[i].ID != evs[i].ID || again[i].OrderingKey != evs[i].OrderingKey || !bytes.Equal(again[i].Data, evs[i].Data) ||
 				!maps.Equal(again[i].Attributes, evs[i].Attributes) {
 				t.Fatalf("event %d changed on repacking", i)
 			}
@@ -149,7 +149,7 @@ func BenchmarkUnpack(b *testing.B) {
 	bus := &Bus{packKey: newPackKey()}
 	p := bus.packs(testEvents("inst", 16, 400))[0]
 	b.ReportAllocs()
-	b.SetBytes(int64(len(p.Body)))
+	b.SetBytes(int64(len(p.Data)))
 	for b.Loop() {
 		if _, err := unpack(p); err != nil {
 			b.Fatal(err)

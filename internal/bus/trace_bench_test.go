@@ -57,7 +57,7 @@ func BenchmarkPublishAndHandle(b *testing.B) {
 			ctx := context.Background()
 			m := &Message{ID: "01JD0000000000000000000000", Data: make([]byte, 300), OrderingKey: "urn:sm:user:bob", Attributes: map[string]string{AttrStored: "1"}}
 			handler := func(ctx context.Context, ms []*Message) []error { return nil }
-			dm := &driver.Message{ID: m.ID, Body: m.Data, Attributes: m.Attributes, OrderingKey: m.OrderingKey, DeliveryAttempt: 1, Acker: nopAcker{}}
+			dm := &driver.Message{ID: m.ID, Data: m.Data, Attributes: m.Attributes, OrderingKey: m.OrderingKey, DeliveryAttempt: 1, Acker: nopAcker{}}
 			batch := []received{{dm: dm}}
 			g := newGate(func(bool) {})
 			b.ReportAllocs()

@@ -216,7 +216,7 @@ func testPackMalformed(t *testing.T, h Harness) {
 		c.add(m)
 		return nil
 	})
-	bad := &driver.Message{ID: "bad-pack", Body: []byte{1, 3, 0xff}, Instance: "pack-m",
+	bad := &driver.Message{ID: "bad-pack", Data: []byte{1, 3, 0xff}, Instance: "pack-m",
 		Attributes: map[string]string{bus.AttrInstance: "pack-m", bus.AttrPacked: "3"}}
 	if err := d.Driver.Publish(ctxTimeout(t), driver.QueueDelivery, []*driver.Message{bad}); err != nil {
 		t.Fatal(err)

@@ -52,8 +52,8 @@ type Message struct {
 	// deduplication (Capabilities.DedupWindow > 0) to store one message per
 	// DedupID within its window. Empty: never deduplicated (a replay).
 	DedupID string
-	// Body is the message body.
-	Body []byte
+	// Data is the message body (bus.Message.Data).
+	Data []byte
 	// Attributes are small string key/values beside the body. The portable
 	// bus checks their keys and values before they reach a driver.
 	Attributes map[string]string

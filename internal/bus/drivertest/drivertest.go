@@ -151,12 +151,12 @@ func ids(ms []*driver.Message) []string {
 
 func testPublishReceive(t *testing.T, h Harness) {
 	d := h.MakeTestDriver(t, Options{})
-	want := &driver.Message{ID: "m-1", DedupID: "m-1", Body: []byte{0, 1, 0xff, 'x'}, OrderingKey: "urn:sm:user:bob",
+	want := &driver.Message{ID: "m-1", DedupID: "m-1", Data: []byte{0, 1, 0xff, 'x'}, OrderingKey: "urn:sm:user:bob",
 		Attributes: map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "kind": "chat"}}
 	publish(t, d, driver.QueueIngress, want)
 	s := subscribe(t, d, driver.QueueIngress, "")
 	got := receiveN(t, s, 1)[0]
-	if got.ID != want.ID || string(got.Body) != string(want.Body) || got.OrderingKey != want.OrderingKey || !maps.Equal(got.Attributes, want.Attributes) {
+	if got.ID != want.ID || string(got.Data) != string(want.Data) || got.OrderingKey != want.OrderingKey || !maps.Equal(got.Attributes, want.Attributes) {
 		t.Errorf("received %+v, want %+v", got, want)
 	}
 	if got.DeliveryAttempt != 1 || got.Acker == nil {
@@ -177,7 +177,7 @@ func testDeliveryAddressing(t *testing.T, h Harness) {
 		}
 	}
 	ev := func(id, inst string) *driver.Message {
-		return &driver.Message{ID: id, DedupID: id, Body: []byte(id), Instance: inst, Attributes: map[string]string{driver.AttrInstance: inst}}
+		return &driver.Message{ID: id, DedupID: id, Data: []byte(id), Instance: inst, Attributes: map[string]string{driver.AttrInstance: inst}}
 	}
 	publish(t, d, driver.QueueDelivery, ev("a-1", "inst-a"), ev("b-1", "inst-b"), ev("a-2", "inst-a"))
 	sa := subscribe(t, d, driver.QueueDelivery, "inst-a")
@@ -204,8 +204,8 @@ func testDeliveryAddressing(t *testing.T, h Harness) {
 
 func testAckNack(t *testing.T, h Harness) {
 	d := h.MakeTestDriver(t, Options{MaxDeliveryAttempts: 10})
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "acked", DedupID: "acked", Body: []byte("1")},
-		&driver.Message{ID: "nacked", DedupID: "nacked", Body: []byte("2")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "acked", DedupID: "acked", Data: []byte("1")},
+		&driver.Message{ID: "nacked", DedupID: "nacked", Data: []byte("2")})
 	s := subscribe(t, d, driver.QueueIngress, "")
 	for _, m := range receiveN(t, s, 2) {
 		var err error
@@ -223,7 +223,7 @@ func testAckNack(t *testing.T, h Harness) {
 		t.Errorf("after ack and nack received %s attempt %d, want nacked attempt 2", again.ID, again.DeliveryAttempt)
 	}
 	ackAll(t, []*driver.Message{again})
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "marker", DedupID: "marker", Body: []byte("3")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "marker", DedupID: "marker", Data: []byte("3")})
 	m := receiveN(t, s, 1)[0]
 	ackAll(t, []*driver.Message{m})
 	if m.ID != "marker" {
@@ -239,7 +239,7 @@ func testNackDelay(t *testing.T, h Harness) {
 		}
 	}
 	const delay = 700 * time.Millisecond
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "later", DedupID: "later", Body: []byte("x")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "later", DedupID: "later", Data: []byte("x")})
 	s := subscribe(t, d, driver.QueueIngress, "")
 	m := receiveN(t, s, 1)[0]
 	start := time.Now()
@@ -259,7 +259,7 @@ func testOrderingKey(t *testing.T, h Harness) {
 	var batch []*driver.Message
 	for i := range n {
 		id := fmt.Sprintf("o-%03d", i)
-		m := &driver.Message{ID: id, DedupID: id, Body: []byte(id), OrderingKey: "k"}
+		m := &driver.Message{ID: id, DedupID: id, Data: []byte(id), OrderingKey: "k"}
 		if i < n/2 {
 			publish(t, d, driver.QueueIngress, m)
 		} else {
@@ -282,10 +282,10 @@ func testOrderingKey(t *testing.T, h Harness) {
 func testDedup(t *testing.T, h Harness) {
 	d := h.MakeTestDriver(t, Options{})
 	window := d.Capabilities().DedupWindow
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "dup", DedupID: "dup", Body: []byte("first")})
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "dup", DedupID: "dup", Body: []byte("second")})
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "replay", Body: []byte("r1")})
-	publish(t, d, driver.QueueIngress, &driver.Message{ID: "replay", Body: []byte("r2")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "dup", DedupID: "dup", Data: []byte("first")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "dup", DedupID: "dup", Data: []byte("second")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "replay", Data: []byte("r1")})
+	publish(t, d, driver.QueueIngress, &driver.Message{ID: "replay", Data: []byte("r2")})
 	s := subscribe(t, d, driver.QueueIngress, "")
 	want := 4
 	if window > 0 {
@@ -304,7 +304,7 @@ func testDeadLetter(t *testing.T, h Harness) {
 	if err := d.PrepareDelivery(ctx, "dl-inst"); err != nil {
 		t.Fatal(err)
 	}
-	orig := &driver.Message{ID: "ev-1", DedupID: "ev-1", Body: []byte("event"), OrderingKey: "dl-inst/urn:sm:user:bob", Instance: "dl-inst",
+	orig := &driver.Message{ID: "ev-1", DedupID: "ev-1", Data: []byte("event"), OrderingKey: "dl-inst/urn:sm:user:bob", Instance: "dl-inst",
 		Attributes: map[string]string{driver.AttrInstance: "dl-inst", "kind": "chat"}}
 	publish(t, d, driver.QueueDelivery, orig)
 	s := subscribe(t, d, driver.QueueDelivery, "dl-inst")
@@ -329,7 +329,7 @@ func testDeadLetter(t *testing.T, h Harness) {
 		t.Fatalf("ListDead returned %d messages, want 1", len(list))
 	}
 	got := list[0]
-	if got.Message.ID != orig.ID || string(got.Message.Body) != "event" || got.Message.OrderingKey != orig.OrderingKey ||
+	if got.Message.ID != orig.ID || string(got.Message.Data) != "event" || got.Message.OrderingKey != orig.OrderingKey ||
 		got.Message.Instance != "dl-inst" || got.Message.Attributes["kind"] != "chat" || got.Message.Attributes["dead_letter_reason"] != "bad event" {
 		t.Errorf("dead copy %+v, want the original with its ordering key, instance and attributes", got.Message)
 	}
@@ -372,7 +372,7 @@ func testClosed(t *testing.T, h Harness) {
 		t.Fatalf("Close: %v", err)
 	}
 	ctx := ctxTimeout(t)
-	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "x", Body: []byte("x")}}); !errors.Is(err, driver.ErrClosed) {
+	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "x", Data: []byte("x")}}); !errors.Is(err, driver.ErrClosed) {
 		t.Errorf("Publish after Close returned %v, want ErrClosed", err)
 	}
 	if _, err := d.Subscribe(ctx, driver.QueueIngress, ""); !errors.Is(err, driver.ErrClosed) {
@@ -414,7 +414,7 @@ func testBacklog(t *testing.T, h Harness) {
 	backlogReaches("of a fresh queue", 0)
 	for i := range 5 {
 		id := fmt.Sprintf("b-%d", i)
-		publish(t, d, driver.QueueIngress, &driver.Message{ID: id, DedupID: id, Body: []byte("x")})
+		publish(t, d, driver.QueueIngress, &driver.Message{ID: id, DedupID: id, Data: []byte("x")})
 	}
 	backlogReaches("after 5 publishes", 5)
 	s := subscribe(t, d, driver.QueueIngress, "")

@@ -57,7 +57,7 @@ func TestFailedIngressPublishIsNotSentLater(t *testing.T) {
 
 	o.down.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "refused", Body: []byte("x"), OrderingKey: "bob"}})
+	err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "refused", Data: []byte("x"), OrderingKey: "bob"}})
 	cancel()
 	if err == nil {
 		t.Fatal("publish during an outage succeeded")
@@ -70,7 +70,7 @@ func TestFailedIngressPublishIsNotSentLater(t *testing.T) {
 	// returned).
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "accepted", Body: []byte("y"), OrderingKey: "bob"}}); err != nil {
+	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "accepted", Data: []byte("y"), OrderingKey: "bob"}}); err != nil {
 		t.Fatalf("publish after the outage: %v", err)
 	}
 	if n := o.count("accepted"); n == 0 {

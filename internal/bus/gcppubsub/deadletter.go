@@ -257,7 +257,7 @@ func toDead(queue string, rm *pubsubpb.ReceivedMessage) driver.DeadMessage {
 	if pm.GetPublishTime() != nil {
 		deadAt = pm.GetPublishTime().AsTime()
 	}
-	m := driver.Message{ID: id, Body: pm.GetData(), Attributes: attrs, OrderingKey: pm.GetOrderingKey()}
+	m := driver.Message{ID: id, Data: pm.GetData(), Attributes: attrs, OrderingKey: pm.GetOrderingKey()}
 	if queue == driver.QueueDelivery {
 		m.Instance = attrs[attrInstance]
 	}

@@ -198,7 +198,7 @@ func toPubSub(m *driver.Message) *pubsub.Message {
 	attrs := make(map[string]string, len(m.Attributes)+1)
 	maps.Copy(attrs, m.Attributes)
 	attrs[AttrMessageID] = m.ID
-	return &pubsub.Message{Data: m.Body, Attributes: attrs, OrderingKey: m.OrderingKey}
+	return &pubsub.Message{Data: m.Data, Attributes: attrs, OrderingKey: m.OrderingKey}
 }
 
 // publishAll publishes pms in order and waits for every result (with

@@ -26,7 +26,7 @@ func TestLeaseIsAckDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "held", Body: []byte("x"), OrderingKey: "urn:sm:user:bob"}}); err != nil {
+	if err := d.Publish(ctx, driver.QueueIngress, []*driver.Message{{ID: "held", Data: []byte("x"), OrderingKey: "urn:sm:user:bob"}}); err != nil {
 		t.Fatal(err)
 	}
 	ms, err := sub.Receive(ctx, 1)

@@ -164,7 +164,7 @@ func (s *subscription) Close() error {
 
 // fromPubSub converts a received message; the id attribute becomes the id.
 func (s *subscription) fromPubSub(pm *pubsub.Message) *driver.Message {
-	m := &driver.Message{ID: pm.Attributes[AttrMessageID], Body: pm.Data, OrderingKey: pm.OrderingKey, DeliveryAttempt: 1, Acker: acker{pm}}
+	m := &driver.Message{ID: pm.Attributes[AttrMessageID], Data: pm.Data, OrderingKey: pm.OrderingKey, DeliveryAttempt: 1, Acker: acker{pm}}
 	if m.ID == "" {
 		m.ID = pm.ID
 	}

@@ -189,7 +189,7 @@ func (d *Driver) toDead(q *queue, rm *jetstream.RawStreamMsg) driver.DeadMessage
 	attempts, _ := strconv.Atoi(rm.Header.Get(hdrEngineAttempts))
 	m := driver.Message{
 		ID:          messageID(rm.Header),
-		Body:        rm.Data,
+		Data:        rm.Data,
 		Attributes:  attributes(rm.Header),
 		OrderingKey: rm.Header.Get(hdrOrderingKey),
 	}

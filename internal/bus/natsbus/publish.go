@@ -38,7 +38,7 @@ func natsMsg(subject string, m *driver.Message) *nats.Msg {
 	if m.OrderingKey != "" {
 		h[hdrOrderingKey] = []string{m.OrderingKey}
 	}
-	return &nats.Msg{Subject: subject, Header: h, Data: m.Body}
+	return &nats.Msg{Subject: subject, Header: h, Data: m.Data}
 }
 
 // messageID is the id a message was published with.

@@ -137,7 +137,7 @@ func (s *subscription) decode(jm jetstream.Msg) *driver.Message {
 	h := jm.Headers()
 	m := &driver.Message{
 		ID:              messageID(h),
-		Body:            jm.Data(),
+		Data:            jm.Data(),
 		OrderingKey:     h.Get(hdrOrderingKey),
 		Attributes:      attributes(h),
 		DeliveryAttempt: 1,
