@@ -39,6 +39,7 @@ func busOptions(cfg config.Config, log *slog.Logger, onDeadLetter func(queue, re
 		MaxBackoff:          cfg.Bus.MaxBackoff,
 		MaxOutstanding:      cfg.Bus.MaxOutstanding,
 		Concurrency:         cfg.Pipeline.Concurrency,
+		DeliveryConcurrency: cfg.Realtime.DeliveryConcurrency,
 		PackDeliveries:      cfg.Bus.Packing(),
 		Logger:              log,
 		OnDeadLetter:        onDeadLetter,

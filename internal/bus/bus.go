@@ -167,6 +167,9 @@ type Options struct {
 	// Concurrency is the number of handler workers of one receive call;
 	// default MaxOutstanding/2 (at least 1).
 	Concurrency int
+	// DeliveryConcurrency, when positive, is the number of handler
+	// workers of a ReceiveDelivery call instead (at most MaxOutstanding).
+	DeliveryConcurrency int
 	// Logger receives the bus's logs; default slog.Default().
 	Logger *slog.Logger
 	// OnDeadLetter, when set, is called once for each message moved to a
@@ -209,6 +212,10 @@ func (o Options) withDefaults() Options {
 		o.Concurrency = max(1, o.MaxOutstanding/2)
 	}
 	o.Concurrency = min(o.Concurrency, o.MaxOutstanding)
+	if o.DeliveryConcurrency <= 0 {
+		o.DeliveryConcurrency = o.Concurrency
+	}
+	o.DeliveryConcurrency = min(o.DeliveryConcurrency, o.MaxOutstanding)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -76,3 +76,14 @@ func TestDeadMessageReasonAndAttempts(t *testing.T) {
 		t.Error("replay of a delivery event without an instance accepted")
 	}
 }
+
+// A delivery receive has DeliveryConcurrency handlers, Concurrency when it
+// is not set (as before it existed), never more than MaxOutstanding.
+func TestDeliveryConcurrencyDefaults(t *testing.T) {
+	for _, tc := range []struct{ set, want int }{{0, 8}, {3, 3}, {500, 100}} {
+		o := Options{MaxOutstanding: 100, Concurrency: 8, DeliveryConcurrency: tc.set}.withDefaults()
+		if o.DeliveryConcurrency != tc.want || o.Concurrency != 8 {
+			t.Errorf("DeliveryConcurrency %d: %d handlers (ingress %d), want %d (ingress 8)", tc.set, o.DeliveryConcurrency, o.Concurrency, tc.want)
+		}
+	}
+}

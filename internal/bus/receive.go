@@ -32,8 +32,9 @@ func (b *Bus) ReceiveIngressBatch(ctx context.Context, max int, h BatchHandler) 
 }
 
 // ReceiveDelivery calls h for each delivery event addressed to instance,
-// through that instance's own subscription (created if needed). It behaves
-// as ReceiveIngress otherwise.
+// through that instance's own subscription (created if needed), with
+// DeliveryConcurrency handlers at once. It behaves as ReceiveIngress
+// otherwise.
 func (b *Bus) ReceiveDelivery(ctx context.Context, instance string, h Handler) error {
 	if instance == "" {
 		return errors.New("bus: receive delivery: no instance")
@@ -247,7 +248,11 @@ type workers struct {
 }
 
 func (b *Bus) startWorkers(ctx context.Context, queue string, maxBatch int, h BatchHandler, free chan struct{}, g *gate) *workers {
-	p := &workers{shared: make(chan received), keyed: make([]chan received, b.o.Concurrency)}
+	n := b.o.Concurrency
+	if queue == QueueDelivery {
+		n = b.o.DeliveryConcurrency
+	}
+	p := &workers{shared: make(chan received), keyed: make([]chan received, n)}
 	for i := range p.keyed {
 		own, sh := make(chan received, maxBatch-1), p.shared
 		p.keyed[i] = own

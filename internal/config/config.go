@@ -160,6 +160,10 @@ type Realtime struct {
 	SendBufferBytes int64         `yaml:"send_buffer_bytes"`
 	BacklogPage     int           `yaml:"backlog_page"`
 	MaxConnsPerUser int           `yaml:"max_conns_per_user"`
+	// DeliveryConcurrency is the number of handlers of this instance's
+	// delivery subscription (0: pipeline.concurrency, which sized them
+	// before this key).
+	DeliveryConcurrency int `yaml:"delivery_concurrency"`
 	// AllowedHosts are the host names (no port) a browser may reach the
 	// WebSocket endpoint by: an upgrade with an Origin header and another
 	// Host is refused, so a DNS-rebound name cannot pass as same-origin.
@@ -336,6 +340,9 @@ type Redis struct {
 
 // Pipeline configures the ingress consumer.
 type Pipeline struct {
+	// Concurrency is the number of handlers of the ingress consumer (and
+	// of the delivery subscription unless realtime.delivery_concurrency
+	// is set).
 	Concurrency    int           `yaml:"concurrency"`
 	HandlerTimeout time.Duration `yaml:"handler_timeout"`
 	// RerouteAfter is how long a stored message may wait for its routing
@@ -1229,7 +1236,7 @@ func (c Config) checkRealtime(bad func(key, format string, args ...any)) {
 	if c.Realtime.MaxConns < 1 {
 		bad("realtime.max_conns", "must be at least 1")
 	}
-	for k, v := range map[string]int{"realtime.max_conns_per_ip": c.Realtime.MaxConnsPerIP} {
+	for k, v := range map[string]int{"realtime.max_conns_per_ip": c.Realtime.MaxConnsPerIP, "realtime.delivery_concurrency": c.Realtime.DeliveryConcurrency} {
 		if v < 0 {
 			bad(k, "must not be negative (0: no limit)")
 		}

@@ -152,6 +152,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"too many proxy hops", "realtime: {trusted_proxy_hops: 9}", nil, "realtime.trusted_proxy_hops"},
 		{"global connection cap", "realtime: {max_conns: 0}", nil, "realtime.max_conns"},
 		{"per-ip cap", "realtime: {max_conns_per_ip: -1}", nil, "realtime.max_conns_per_ip"},
+		{"delivery handlers", "realtime: {delivery_concurrency: -1}", nil, "realtime.delivery_concurrency"},
 		{"connect rate per ip", "realtime: {connect_rate_per_ip: -1}", nil, "realtime.connect_rate_per_ip"},
 		{"connect burst per user", "realtime: {connect_burst_per_user: 0}", nil, "realtime.connect_burst_per_user"},
 		{"ack burst", "realtime: {ack_burst: 0}", nil, "realtime.ack_burst"},
