@@ -62,13 +62,13 @@ func (c *Core) Accept(ctx context.Context, msg Message) (Accepted, error) {
 		ctx, span = c.tracer.Start(ctx, "accept")
 		defer span.End()
 	}
+	a, err := c.check(msg)
+	if err != nil {
+		return Accepted{}, err // bad input is answered as such, overloaded or not
+	}
 	if c.backlog.overloaded() {
 		c.refused("backlog")
 		return Accepted{}, errOverloaded
-	}
-	a, err := c.check(msg)
-	if err != nil {
-		return Accepted{}, err
 	}
 	env := a.env
 	callerCtx := ctx

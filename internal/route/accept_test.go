@@ -147,9 +147,10 @@ func TestAcceptHandsOffStoredMessages(t *testing.T) {
 	}
 }
 
-// While the ingress backlog is over its limit, Accept refuses every
-// message (overloaded, retry after a second) before looking at it; once
-// the backlog is back under, it accepts again.
+// While the ingress backlog is over its limit, Accept refuses every valid
+// message (overloaded, retry after a second) and stores nothing; bad
+// input is still refused as bad input; once the backlog is back under,
+// Accept accepts again.
 func TestAcceptRefusesWhileOverloaded(t *testing.T) {
 	st, b := openStore(t), &fakeBus{}
 	backlog := make(chan int64, 1)
@@ -167,10 +168,16 @@ func TestAcceptRefusesWhileOverloaded(t *testing.T) {
 	go func() { done <- c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	poll(t, "the backlog read", func() bool { return c.backlog.overloaded() })
-	_, err := c.Accept(t.Context(), Message{Sender: "urn:sm:user:alice", Recipient: "not a urn"})
+	_, err := c.Accept(t.Context(), Message{Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bob", Payload: "aGk="})
 	var e *Error
 	if !errors.Is(err, ErrOverloaded) || !errors.As(err, &e) || e.RetryAfter != time.Second {
 		t.Fatalf("error %v, want overloaded with a retry after 1s", err)
+	}
+	if n, _ := st.PendingCount(t.Context(), "urn:sm:user:bob"); n != 0 || len(b.requeued()) != 0 {
+		t.Fatalf("refused as overloaded, yet %d stored and %d published", n, len(b.requeued()))
+	}
+	if _, err := c.Accept(t.Context(), Message{Sender: "urn:sm:user:alice", Recipient: "not a urn", Payload: "aGk="}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad input while overloaded: %v, want invalid", err)
 	}
 	backlog <- 0
 	poll(t, "the backlog back under its limit", func() bool { return !c.backlog.overloaded() })
