@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/go-routing-service/routingservice/internal/envelope"
 )
 
@@ -30,4 +32,44 @@ func TestFrameFromWireFormIsTheEncodedFrame(t *testing.T) {
 			t.Fatalf("%s: frame from the wire form\n%q\nwant\n%q", env.ID, got[:min(len(got), 120)], want[:min(len(want), 120)])
 		}
 	}
+}
+
+// A frame header is written as gobwas/ws writes it, for every length
+// form (7-bit, 16-bit, 64-bit).
+func TestFrameHeaderIsWSHeader(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 1 << 20} {
+		var want bytes.Buffer
+		if err := ws.WriteHeader(&want, ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(n)}); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendFrameHeader(nil, ws.OpText, n); !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("length %d: header %x, want %x", n, got, want.Bytes())
+		}
+	}
+}
+
+// BenchmarkMessageFrame makes the frame of a message with a 256-byte
+// payload: from the envelope (encoded here, as the backlog does) and from
+// its wire form (as live delivery does).
+func BenchmarkMessageFrame(b *testing.B) {
+	env := &envelope.Envelope{ID: envelope.NewIDs().New(envelope.Now()), Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bob",
+		Payload: make([]byte, 256), CreatedAt: envelope.Now()}
+	wire, err := envelope.Marshal(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("envelope", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := encodeMessage(env); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("wire", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			encodeMessageWire(wire)
+		}
+	})
 }

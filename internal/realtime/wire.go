@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,13 +60,26 @@ const (
 // again.
 func encodeMessageWire(wire []byte) []byte {
 	n := len(messageFramePrefix) + len(wire) + len(messageFrameSuffix)
-	h := ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(n)}
-	b := bytes.NewBuffer(make([]byte, 0, ws.HeaderSize(h)+n))
-	_ = ws.WriteHeader(b, h) // cannot fail: the buffer has room
-	b.WriteString(messageFramePrefix)
-	b.Write(wire)
-	b.WriteString(messageFrameSuffix)
-	return b.Bytes()
+	b := make([]byte, 0, ws.MaxHeaderSize+n)
+	b = appendFrameHeader(b, ws.OpText, n)
+	b = append(b, messageFramePrefix...)
+	b = append(b, wire...)
+	return append(b, messageFrameSuffix...)
+}
+
+// appendFrameHeader appends the header of an unmasked, final server frame
+// of type op with n bytes of payload (RFC 6455 5.2): what ws.WriteHeader
+// writes for it, without its buffer.
+func appendFrameHeader(b []byte, op ws.OpCode, n int) []byte {
+	b = append(b, 0x80|byte(op))
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return append(b, 126, byte(n>>8), byte(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
 }
 
 // encodeError returns the frame of an error event.
