@@ -359,7 +359,6 @@ func (a *App) coreOptions() route.Options {
 		HandlerTimeout: cfg.Pipeline.HandlerTimeout,
 		MaxBatch:       cfg.Store.MaxBatch,
 		RerouteAfter:   cfg.Pipeline.RerouteAfter,
-		MarkDelay:      min(route.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4),
 		UnackedAfter:   cfg.Push.UnackedAfter,
 		Logger:         a.log.With("role", "route"),
 		Metrics:        a.metrics,
@@ -377,6 +376,7 @@ func (a *App) coreOptions() route.Options {
 		}
 	}
 	if cfg.Has(config.RolePipeline) {
+		o.MarkDelay = min(route.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4)
 		if a.realtime != nil {
 			o.Sessions = a.realtime
 		}

@@ -339,39 +339,67 @@ var storedAttrs = map[string]string{bus.AttrStored: "1"}
 
 // commit makes a's message durable and hands its routing event on; an
 // error means nothing was accepted. The message is encoded here, once:
-// its wire form is the routing event's body. The durable point is the
-// store, where the envelope is put as a new message (PutNew, under msg's
-// claim if any): concurrent accepts share one commit (and one fsync)
-// through the store's group commit, and the answer waits for it. A put
-// whose claim another attempt took stores nothing and routes nothing: that
-// attempt stored the message. The routing event then goes to this
-// instance's routing in process (the hand-off), or on the ingress topic;
-// if that publish fails the message is still accepted, and the sweep of
-// unrouted messages routes it. An ephemeral message is never stored: it is
-// accepted once the bus holds it.
+// its wire form is the routing event's body. A stored message is put
+// (putNew) and then handed on; an ephemeral one is never stored: it is
+// accepted once the bus holds it. (A batch accepted in one store commit
+// is the same two steps: one putNew of all its messages, then handOn for
+// each stored one.)
 func (c *Core) commit(ctx context.Context, a accepting, msg store.NewMessage) error {
 	env := a.env
 	wire := envelope.AppendJSON(make([]byte, 0, envelope.JSONLen(env, len(a.payload))), env, a.payload)
-	m := &bus.Message{ID: env.ID, Data: wire, OrderingKey: env.Recipient}
 	if !env.Ephemeral {
-		// Wait for the commit's outcome even if the caller goes away, so
-		// that the answer says what happened.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.AcceptTimeout)
-		cctx, span := telemetry.Start(cctx, c.tracer, "store write", trace.SpanKindInternal)
-		stored, err := c.store.PutNew(cctx, []store.NewMessage{msg})
-		cancel()
-		if span != nil {
-			span.SetAttributes(telemetry.AttrMessageID.String(env.ID))
-			telemetry.End(span, err)
-		}
+		stored, err := c.putNew(ctx, []store.NewMessage{msg})
 		if err != nil {
-			c.log.WarnContext(ctx, "store accepted message failed", "id", env.ID, "err", err)
-			return unavailable("store")
+			return err
 		}
 		if len(stored) == 1 && !stored[0] {
 			return nil // a retry whose claim an earlier attempt took: stored (and routed) by that one
 		}
 		env.Payload = nil // stored: the wire form carries it from here
+	}
+	return c.handOn(ctx, env, wire)
+}
+
+// putNew puts msgs in the store as new messages (PutNew, each under its
+// claim if any) and reports which it stored. The durable point of a
+// message is there: concurrent accepts share one commit (and one fsync)
+// through the store's group commit, and the answer waits for it, even if
+// the caller goes away, so that it says what happened. A put whose claim
+// another attempt took stores nothing (false): that attempt stored the
+// message, and routes it.
+func (c *Core) putNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.AcceptTimeout)
+	defer cancel()
+	var spans []trace.Span // one per message
+	if c.tracer != nil {
+		spans = make([]trace.Span, len(msgs))
+		for i, m := range msgs {
+			var sctx context.Context
+			sctx, spans[i] = telemetry.Start(cctx, c.tracer, "store write", trace.SpanKindInternal)
+			spans[i].SetAttributes(telemetry.AttrMessageID.String(m.Envelope.ID))
+			if len(msgs) == 1 {
+				cctx = sctx
+			}
+		}
+	}
+	stored, err := c.store.PutNew(cctx, msgs)
+	endSpans(spans, err)
+	if err != nil {
+		c.log.WarnContext(ctx, "store accepted message failed", "id", msgs[0].Envelope.ID, "count", len(msgs), "err", err)
+		return nil, unavailable("store")
+	}
+	return stored, nil
+}
+
+// handOn hands the routing event of an accepted message, whose wire form
+// is wire, on: a stored one to this instance's routing in process (the
+// hand-off) when it takes it, else on the ingress topic, marked stored; if
+// that publish fails the message is still accepted, and the sweep of
+// unrouted messages routes it. An ephemeral one goes on the ingress topic,
+// and is not accepted if that fails.
+func (c *Core) handOn(ctx context.Context, env *envelope.Envelope, wire []byte) error {
+	m := &bus.Message{ID: env.ID, Data: wire, OrderingKey: env.Recipient}
+	if !env.Ephemeral {
 		m.Attributes = storedAttrs
 		if c.handoff != nil {
 			ev := Event{Envelope: env, Data: wire, Stored: true}
