@@ -211,8 +211,16 @@ func newPublishers(make func(instance string) *pubsub.Publisher) *publishers {
 	return &publishers{make: make, byName: map[string]*topicPublisher{}, lastPrune: time.Now()}
 }
 
-// acquire returns instance's publisher, held until release.
+// acquire returns instance's publisher, held until release. Once a
+// minute it also stops the publishers left unused for publisherIdle (they
+// have nothing to flush: their results were all waited for).
 func (ps *publishers) acquire(instance string) *topicPublisher {
+	var idle []*topicPublisher
+	defer func() {
+		for _, tp := range idle {
+			tp.p.Stop()
+		}
+	}()
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	now := time.Now()
@@ -221,7 +229,7 @@ func (ps *publishers) acquire(instance string) *topicPublisher {
 		for name, tp := range ps.byName {
 			if tp.users == 0 && now.Sub(tp.lastUsed) > publisherIdle {
 				delete(ps.byName, name)
-				go tp.p.Stop()
+				idle = append(idle, tp)
 			}
 		}
 	}
@@ -247,7 +255,7 @@ func (ps *publishers) release(tp *topicPublisher) {
 	stop := tp.users == 0 && tp.retired
 	ps.mu.Unlock()
 	if stop {
-		go tp.p.Stop()
+		tp.p.Stop()
 	}
 }
 
@@ -262,7 +270,7 @@ func (ps *publishers) retire(instance string, tp *topicPublisher) {
 	stop := !already && tp.users == 0
 	ps.mu.Unlock()
 	if stop {
-		go tp.p.Stop()
+		tp.p.Stop()
 	}
 }
 

@@ -2,6 +2,7 @@ package gcppubsub_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -107,7 +108,7 @@ func receive(t *testing.T, b *bus.Bus, instance string) *collected {
 			c.ids[m.ID]++
 			c.mu.Unlock()
 			return nil
-		}); err != nil {
+		}); err != nil && !errors.Is(err, bus.ErrClosed) {
 			t.Errorf("ReceiveDelivery(%s): %v", instance, err)
 		}
 	}()

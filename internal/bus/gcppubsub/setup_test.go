@@ -500,3 +500,40 @@ func TestEmulatorHostEnvironment(t *testing.T) {
 		t.Errorf("ReceiveIngress: %v", err)
 	}
 }
+
+// A pipeline's events follow an instance that leaves and comes back under
+// the same id: dropped while it has no topic, delivered again once it has
+// made its topic anew (the publisher of the deleted topic is replaced).
+func TestPublishFollowsAnInstanceThatComesBack(t *testing.T) {
+	t.Parallel()
+	f := newFake(t)
+	cfg := testConfig(t)
+	pipeline := f.newBus(t, cfg)
+	first := f.newBus(t, cfg)
+	if err := first.PrepareDelivery(ctxT(t), "rt-x"); err != nil {
+		t.Fatal(err)
+	}
+	got := receive(t, first, "rt-x")
+	if err := pipeline.PublishDelivery(ctxT(t), "rt-x", &bus.Message{ID: "before", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the first event", func() bool { return got.has("before") })
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.PublishDelivery(ctxT(t), "rt-x", &bus.Message{ID: "while-away", Data: []byte("x")}); err != nil {
+		t.Fatalf("publish while the instance is away: %v", err)
+	}
+	second := f.newBus(t, cfg)
+	if err := second.PrepareDelivery(ctxT(t), "rt-x"); err != nil {
+		t.Fatal(err)
+	}
+	again := receive(t, second, "rt-x")
+	if err := pipeline.PublishDelivery(ctxT(t), "rt-x", &bus.Message{ID: "after", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the event after the instance came back", func() bool { return again.has("after") })
+	if again.has("while-away") {
+		t.Error("an event published while the instance had no topic was delivered")
+	}
+}
