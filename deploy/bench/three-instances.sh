@@ -21,8 +21,12 @@
 #                 statements that took the most time
 #   DATABASE_URL  otherwise (default the local test database); the run's
 #                 schema is dropped at the end
+#   PG_PID        without PRIVATE_PG: the PostgreSQL postmaster to count
+#                 (its backends included)
 #   NATS_URL      default nats://127.0.0.1:4222; NATS_PID to count its CPU
-#   REDIS_ADDR    default 127.0.0.1:6379
+#   REDIS_ADDR    default 127.0.0.1:6379; REDIS_PID to count its CPU
+# Each process counted is labelled in routebench's summary (A, B, C, nats,
+# redis, postgres), per delivered message.
 # The run's streams and keys (prefix threebench<pid>) are deleted at the end.
 #   BIN_DIR       prebuilt routingservice and routebench binaries (default:
 #                 built into a temporary directory from this tree)
@@ -71,7 +75,7 @@ if [ -n "${PRIVATE_PG:-}" ]; then
   [ -n "${PG_STATEMENTS:-}" ] && psql_url -c "CREATE EXTENSION pg_stat_statements"
 else
   export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
-  pg_pid=
+  pg_pid=${PG_PID:-}
 fi
 export JWT_SECRET=${JWT_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
@@ -117,7 +121,8 @@ tables() {
   psql_url -F ' ' -c "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables WHERE schemaname = '$prefix' ORDER BY relname" |
     awk -v at="$1" '{printf "tables %s: %-16s live %8d dead %8d size %8.1f MiB\n", at, $1, $2, $3, $4 / 1048576}'
 }
-watched=("${pids[@]}" ${NATS_PID:-})
+watched=("${pids[@]}" ${NATS_PID:-} ${REDIS_PID:-})
+labels=(A B C ${NATS_PID:+nats} ${REDIS_PID:+redis})
 before=(); for p in "${watched[@]}"; do before+=("$(cpu "$p")"); done
 [ -n "$pg_pid" ] && pg_before=$(pgcpu "$pg_pid")
 
@@ -126,14 +131,15 @@ before=(); for p in "${watched[@]}"; do before+=("$(cpu "$p")"); done
 sampler=$!
 
 status=0
+labelled=()
+for i in "${!watched[@]}"; do labelled+=("${labels[$i]}=${watched[$i]}"); done
 "$bin/routebench" online -api http://127.0.0.1:19082 -ws ws://127.0.0.1:19285 -duration "$duration" \
-  -pids "$(IFS=,; echo "${watched[*]}${pg_pid:+,$pg_pid}")" "$@" || status=$?
+  -pids "$(IFS=,; echo "${labelled[*]}${pg_pid:+,postgres=$pg_pid}")" "$@" || status=$?
 
 hz=$(getconf CLK_TCK)
-names=(A B C NATS)
 for i in "${!watched[@]}"; do
   after=$(cpu "${watched[$i]}")
-  echo "cpu ${names[$i]}: $(awk -v t=$((after - before[i])) -v hz="$hz" 'BEGIN {printf "%.2f s", t / hz}')"
+  echo "cpu ${labels[$i]}: $(awk -v t=$((after - before[i])) -v hz="$hz" 'BEGIN {printf "%.2f s", t / hz}')"
 done
 [ -n "$pg_pid" ] && echo "cpu PostgreSQL: $(awk -v t=$(($(pgcpu "$pg_pid") - pg_before)) -v hz="$hz" 'BEGIN {printf "%.2f s", t / hz}')"
 kill "$sampler" 2>/dev/null || true
