@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -27,6 +26,9 @@ type target struct {
 	secret  string
 	pid     int                                       // the server's process, when known (-pid, child)
 	scrape  func(ctx context.Context) (string, error) // Prometheus text; nil: none
+	// metricsURL is the server's /metrics on its operations listener,
+	// when routebench started it.
+	metricsURL string
 	close   func()
 	floor   *floorServer // the floor scenario's server, else nil
 }
@@ -37,10 +39,8 @@ func newTarget(o options) (target, error) {
 	switch {
 	case o.scenario == "floor":
 		return startFloor(o)
-	case o.embedded && o.scenario == "idle":
-		t, err = startChild(o)
 	case o.embedded:
-		t, err = startInProcess(o.config)
+		t, err = startChild(o)
 	default:
 		t = target{api: o.api, ws: o.ws, secret: os.Getenv("JWT_SECRET"), close: func() {}}
 		if t.secret == "" {
@@ -90,14 +90,11 @@ func startInProcess(configPath string) (target, error) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	metrics := a.Metrics().Handler()
+	metricsURL := "http://" + a.OpsAddr() + "/metrics"
 	return target{
 		api: "http://" + a.APIAddr(), ws: "ws://" + a.WSAddr(), secret: cfg.JWTSecret, pid: os.Getpid(),
-		scrape: func(context.Context) (string, error) {
-			rec := httptest.NewRecorder()
-			metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-			return rec.Body.String(), nil
-		},
+		scrape: func(ctx context.Context) (string, error) { return scrapeURL(ctx, metricsURL) },
+		metricsURL: metricsURL,
 		close: func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -117,7 +114,7 @@ func runServer(o options) error {
 		return err
 	}
 	defer t.close()
-	fmt.Printf("api=%s ws=%s pid=%d\n", t.api, t.ws, os.Getpid())
+	fmt.Printf("api=%s ws=%s metrics=%s pid=%d\n", t.api, t.ws, t.metricsURL, os.Getpid())
 	stdinClosed := make(chan struct{})
 	go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
 	sig := make(chan os.Signal, 1)
@@ -195,6 +192,10 @@ func startChild(o options) (target, error) {
 			t.api = v
 		case "ws":
 			t.ws = v
+		case "metrics":
+			u := v
+			t.metricsURL = u
+			t.scrape = func(ctx context.Context) (string, error) { return scrapeURL(ctx, u) }
 		}
 	}
 	if t.api == "" || t.ws == "" {

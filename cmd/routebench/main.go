@@ -87,6 +87,7 @@ type options struct {
 	memProfile string
 	sync       bool
 	window     time.Duration
+	ephemeral  bool
 	pids       []proc
 	set        map[string]bool // flags given on the command line
 }
@@ -128,6 +129,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.jsonOut, "json", false, "print the summary as JSON on stdout (progress on stderr)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile to the file (the load generator's own cost)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write this process's allocation profile (allocs) to the file at the end")
+	fs.BoolVar(&o.ephemeral, "ephemeral", false, "online, fanout: send every message ephemeral (delivered live only, never stored)")
 	fs.DurationVar(&o.window, "window", time.Minute, "online, fanout: report deliveries per window of this length, and the last window's rate over the first's (0: off)")
 	pids := fs.String("pids", "", "server process ids, comma-separated, each optionally label=id (a run on several instances sums them, engines too): their CPU per delivered message, from /proc/<pid>/stat, in all and per process")
 	fs.BoolVar(&o.sync, "sync", true, "floor: fsync the file before each group of 202s (false: the bound without durability)")
@@ -313,6 +315,11 @@ func run(args []string) error {
 		return err
 	}
 	defer e.t.close()
+	if o.embedded && len(o.pids) == 0 && e.t.pid != 0 && e.t.pid != os.Getpid() {
+		// The server routebench started runs in a process of its own:
+		// its CPU per delivered message is measured by default.
+		e.o.pids = []proc{{label: "server", pid: e.t.pid}}
+	}
 	e.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		MaxIdleConns: o.senders * 2, MaxIdleConnsPerHost: o.senders * 2, IdleConnTimeout: time.Minute,
 	}}
@@ -357,7 +364,7 @@ func (e *env) newSummary(conns int) *summary {
 	return &summary{
 		Scenario: e.o.scenario, API: e.t.api, WS: e.t.ws, Embedded: e.o.embedded,
 		Recipients: e.o.recipients, ConnsPerRecipient: conns, Connections: e.o.recipients * conns,
-		Senders: e.o.senders, PayloadBytes: e.o.payload, Rate: e.o.rate, FDLimit: e.fdLimit,
+		Senders: e.o.senders, PayloadBytes: e.o.payload, Rate: e.o.rate, FDLimit: e.fdLimit, Ephemeral: e.o.ephemeral,
 	}
 }
 

@@ -22,6 +22,8 @@ type load struct {
 	rate    float64   // msg/s in total, 0: flat out
 	until   time.Time // zero: no deadline
 	count   int64     // 0: no count
+	// ephemeral sends every message ephemeral.
+	ephemeral bool
 
 	ck      *checker
 	offered atomic.Int64
@@ -62,7 +64,7 @@ func (l *load) run(ctx context.Context) time.Duration {
 				r := l.targets[int(n-1)%len(l.targets)]
 				t0 := time.Now()
 				binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
-				a, err := c.Send(ctx, client.Message{Recipient: l.names[r], Payload: buf})
+				a, err := c.Send(ctx, client.Message{Recipient: l.names[r], Payload: buf, Ephemeral: l.ephemeral})
 				l.offered.Add(1)
 				if err != nil {
 					l.errs.AddStatus(statusOf(err))
@@ -135,7 +137,7 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	cpu0 := sumDurations(each0)
 	start := time.Now()
 	l := &load{senders: e.clients(stoks), names: names, targets: allTargets(o.recipients),
-		payload: o.payload, rate: o.rate, until: start.Add(o.duration), ck: ck}
+		payload: o.payload, rate: o.rate, until: start.Add(o.duration), ck: ck, ephemeral: o.ephemeral}
 	sr, dr := rater{lastT: start}, rater{lastT: start}
 	win := &windows{size: o.window, start: start}
 	lastCPU, lastDel := cpu0, int64(0)

@@ -85,6 +85,7 @@ type summary struct {
 	Senders           int     `json:"senders"`
 	PayloadBytes      int     `json:"payload_bytes"`
 	Rate              float64 `json:"rate"` // offered msg/s, 0: as fast as possible
+	Ephemeral         bool    `json:"ephemeral,omitempty"`
 	FDLimit           uint64  `json:"fd_limit"`
 
 	Offered       int64            `json:"offered"`
@@ -198,7 +199,11 @@ func (s *summary) writeText(w io.Writer) {
 	case s.Floor != nil:
 		who = "no service: group-committed appends to a file"
 	}
-	row("setup", "%s, %d senders, %d B payload, %s, fd limit %d", who, s.Senders, s.PayloadBytes, rate, s.FDLimit)
+	kind := ""
+	if s.Ephemeral {
+		kind = ", ephemeral"
+	}
+	row("setup", "%s, %d senders, %d B payload%s, %s, fd limit %d", who, s.Senders, s.PayloadBytes, kind, rate, s.FDLimit)
 	row("offered", "%d", s.Offered)
 	row("accepted (202)", "%d in %.2f s = %.0f/s", s.Accepted, s.SendSeconds, s.AcceptedPerS)
 	if s.Offline == nil && s.Floor == nil {
@@ -259,7 +264,7 @@ func (s *summary) writeText(w io.Writer) {
 			row("per process", "%s", strings.Join(parts, ", "))
 		}
 	}
-	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Embedded && s.Scenario != "idle" || s.Floor != nil])
+	row("client CPU", "%.1f s (this process%s)", s.ClientCPU, map[bool]string{true: ", server included", false: ""}[s.Floor != nil])
 }
 
 func countsString(m map[string]int64) string {
