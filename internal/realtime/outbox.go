@@ -66,7 +66,17 @@ type outbox struct {
 	// sentUntil (sentWindow after the last pass ended).
 	sent      map[string]struct{}
 	sentUntil time.Time
+	// ephemeral holds the ids of the ephemeral messages queued, until
+	// the client acknowledges them (at most maxEphemeralTracked; nil while
+	// none is): their acks need not reach the store, which never held
+	// them.
+	ephemeral map[string]struct{}
 }
+
+// maxEphemeralTracked bounds the ephemeral ids an outbox remembers for
+// the client's acks; past it the oldest are forgotten all at once (their
+// acks then go to the store, which ignores ids it does not hold).
+const maxEphemeralTracked = 1024
 
 // urgentFrame is a frame written before the next live frames.
 type urgentFrame struct {
@@ -153,7 +163,36 @@ func (o *outbox) Push(f frame) (wake bool, err error) {
 	}
 	o.live = append(o.live, f)
 	o.bytes += size
+	if f.ephemeral {
+		if o.ephemeral == nil || len(o.ephemeral) >= maxEphemeralTracked {
+			o.ephemeral = make(map[string]struct{})
+		}
+		o.ephemeral[f.id] = struct{}{}
+	}
 	return o.wakeLocked(), nil
+}
+
+// StoredOnly returns ids without those of the ephemeral messages this
+// outbox queued (forgetting them): what an ack needs the store for. It
+// reuses ids' array.
+func (o *outbox) StoredOnly(ids []string) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.ephemeral) == 0 {
+		return ids
+	}
+	out := ids[:0]
+	for _, id := range ids {
+		if _, ok := o.ephemeral[id]; ok {
+			delete(o.ephemeral, id)
+			continue
+		}
+		out = append(out, id)
+	}
+	if len(o.ephemeral) == 0 {
+		o.ephemeral = nil
+	}
+	return out
 }
 
 // Send queues a control frame or an error event ahead of the live frames,

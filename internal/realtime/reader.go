@@ -227,6 +227,14 @@ func (ss *session) handle(op ws.OpCode, data []byte) {
 		ss.send(encodeError(code, msg))
 		return
 	}
+	// Acks of ephemeral messages delivered here end here: the store
+	// never held them.
+	if ids = ss.out.StoredOnly(ids); len(ids) == 0 {
+		if s.m != nil {
+			s.m.WSAcks.Inc()
+		}
+		return
+	}
 	actx, cancel := context.WithTimeout(ss.ctx, s.o.WriteTimeout)
 	var span, del trace.Span
 	if s.tracer != nil {

@@ -392,23 +392,28 @@ func (c *Core) putNew(ctx context.Context, msgs []store.NewMessage) ([]bool, err
 }
 
 // handOn hands the routing event of an accepted message, whose wire form
-// is wire, on: a stored one to this instance's routing in process (the
-// hand-off) when it takes it, else on the ingress topic, marked stored; if
-// that publish fails the message is still accepted, and the sweep of
-// unrouted messages routes it. An ephemeral one goes on the ingress topic,
-// and is not accepted if that fails.
+// is wire, on: to this instance's routing in process (the hand-off) when
+// it takes it, else on the ingress topic (marked stored unless the message
+// is ephemeral). If that publish fails a stored message is still accepted,
+// and the sweep of unrouted messages routes it; an ephemeral one is not
+// accepted.
 func (c *Core) handOn(ctx context.Context, env *envelope.Envelope, wire []byte) error {
 	m := &bus.Message{ID: env.ID, Data: wire, OrderingKey: env.Recipient}
 	if !env.Ephemeral {
 		m.Attributes = storedAttrs
-		if c.handoff != nil {
-			ev := Event{Envelope: env, Data: wire, Stored: true}
-			if c.tracer != nil {
-				ev.Trace = trace.SpanContextFromContext(ctx)
-			}
-			if c.offer(ev) {
-				return nil
-			}
+	}
+	// This instance's own routing takes the event in process when it has
+	// room: a stored message's, and an ephemeral one's, which is then
+	// delivered to a recipient connected here with no disk and no bus on
+	// its way (lost, like any ephemeral message, if the instance dies
+	// before it is delivered: at most once).
+	if c.handoff != nil {
+		ev := Event{Envelope: env, Data: wire, Stored: !env.Ephemeral}
+		if c.tracer != nil {
+			ev.Trace = trace.SpanContextFromContext(ctx)
+		}
+		if c.offer(ev) {
+			return nil
 		}
 	}
 	if err := c.bus.PublishIngress(ctx, m); err != nil {

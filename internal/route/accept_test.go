@@ -118,7 +118,8 @@ func TestAcceptEncodesOnce(t *testing.T) {
 // With the in-process hand-off, a stored message's routing event goes to
 // this instance's routing, with the same wire form, and not on the
 // ingress topic; once the hand-off is full it goes on the topic. An
-// ephemeral message always goes on the topic.
+// ephemeral message takes the same way: the hand-off when it has room
+// (never stored, so not marked so), else the topic.
 func TestAcceptHandsOffStoredMessages(t *testing.T) {
 	st, b := openStore(t), &fakeBus{}
 	c := acceptCore(Options{HandoffQueue: 1}, st, b)
@@ -144,6 +145,17 @@ func TestAcceptHandsOffStoredMessages(t *testing.T) {
 	send(true)
 	if got := b.requeued(); len(got) != 2 || got[0].ID != second.ID || got[0].Attributes[bus.AttrStored] != "1" || got[1].Attributes[bus.AttrStored] != "" {
 		t.Fatalf("published %v, want the message the full hand-off refused, then the ephemeral one", got)
+	}
+	<-c.handoff.ch // room again
+	eph := send(true)
+	if len(b.requeued()) != 2 || len(c.handoff.ch) != 1 {
+		t.Fatalf("published %d, handed off %d; want the ephemeral message handed off", len(b.requeued()), len(c.handoff.ch))
+	}
+	if ev := <-c.handoff.ch; ev.Envelope.ID != eph.ID || ev.Stored || !ev.Envelope.Ephemeral {
+		t.Fatalf("handed off %+v (stored %v), want the ephemeral message, not stored", ev.Envelope, ev.Stored)
+	}
+	if n, _ := st.PendingCount(t.Context(), "urn:sm:user:bob"); n != 3 {
+		t.Fatalf("%d pending, want the 3 durable messages only", n)
 	}
 }
 

@@ -21,7 +21,7 @@ type handoff struct {
 	closed bool
 }
 
-// offer hands ev, stored already, to this instance's routing. It does not
+// offer hands ev (stored already, or ephemeral) to this instance's routing. It does not
 // block: it reports false when the hand-off is full or stopped, and the
 // caller publishes the event on the ingress topic instead. An event
 // handed off and lost with the process leaves its message stored and
@@ -111,7 +111,10 @@ func (c *Core) requeue(ctx context.Context, ev *Event, cause error) {
 		c.m.IngressLocal.WithLabelValues("requeued").Inc()
 	}
 	env := ev.Envelope
-	m := &bus.Message{ID: env.ID, Data: ev.Data, OrderingKey: env.Recipient, Attributes: storedAttrs, Trace: ev.Trace}
+	m := &bus.Message{ID: env.ID, Data: ev.Data, OrderingKey: env.Recipient, Trace: ev.Trace}
+	if ev.Stored {
+		m.Attributes = storedAttrs
+	}
 	if err := c.bus.PublishIngress(ctx, m); err != nil {
 		c.log.Warn("route: routing failed and the ingress topic refused the message; the sweep of unrouted messages routes it",
 			"id", env.ID, "err", cause, "publish_err", err)
