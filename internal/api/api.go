@@ -6,15 +6,15 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
-	"math"
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,14 +33,22 @@ type Store interface {
 	store.Targets
 }
 
-// Accepter accepts the messages senders send (route.Core).
+// Accepter accepts the messages senders send (route.Core): one at a time,
+// or a batch in one commit.
 type Accepter interface {
 	Accept(ctx context.Context, msg route.Message) (route.Accepted, error)
+	AcceptBatch(ctx context.Context, msgs []route.Message) ([]route.Accepted, error)
 }
 
 // Options configures the API.
 type Options struct {
-	MaxBodyBytes      int64
+	// MaxBodyBytes bounds the body of every request but a batch's.
+	MaxBodyBytes int64
+	// MaxBatch bounds the messages of one POST /v1/messages/batch, and
+	// MaxBatchBodyBytes its body (over either: 413). Zero: DefaultMaxBatch
+	// and DefaultMaxBatchBodyBytes.
+	MaxBatch          int
+	MaxBatchBodyBytes int64
 	MaxTargetsPerUser int
 	// MaxPageBytes bounds the payload bytes of a page of GET /v1/messages:
 	// the page ends early, with a cursor, before the message that would
@@ -55,9 +63,12 @@ type Options struct {
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
 	VAPIDPublicKey string
 	// RateLimit is each user's average requests per second over the /v1
-	// endpoints (<= 0: none), with bursts of RateBurst.
+	// endpoints (<= 0: none), with bursts of RateBurst. Limiter, when set,
+	// is that limit, shared with another server (the WebSocket sends of
+	// the same instance); RateLimit and RateBurst are then not read.
 	RateLimit float64
 	RateBurst int
+	Limiter   *Limiter
 	Logger    *slog.Logger
 	Metrics   *telemetry.Metrics
 }
@@ -81,13 +92,24 @@ func New(o Options, st Store, acc Accepter, authenticate web.Authenticate) *Serv
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.MaxBatchBodyBytes <= 0 {
+		o.MaxBatchBodyBytes = DefaultMaxBatchBodyBytes
+	}
+	limiter := o.Limiter
+	if limiter == nil {
+		limiter = NewLimiter(o.RateLimit, o.RateBurst)
+	}
 	return &Server{o: o, store: st, accept: acc, auth: authenticate, log: o.Logger, m: o.Metrics,
-		limiter: NewLimiter(o.RateLimit, o.RateBurst), fetches: userSlots{max: o.MaxFetchesPerUser}}
+		limiter: limiter, fetches: userSlots{max: o.MaxFetchesPerUser}}
 }
 
 // Mount adds the /v1 routes to rt.
 func (s *Server) Mount(rt *Router) {
 	rt.HandleFunc(http.MethodPost, "/v1/messages", web.RequireAuth(s.auth, s.limit(s.send)))
+	rt.HandleFunc(http.MethodPost, "/v1/messages/batch", web.RequireAuth(s.auth, s.limit(s.sendBatch)))
 	rt.HandleFunc(http.MethodGet, "/v1/messages", web.RequireAuth(s.auth, s.limit(s.fetch)))
 	rt.HandleFunc(http.MethodPost, "/v1/messages/ack", web.RequireAuth(s.auth, s.limit(s.ack)))
 	rt.HandleFunc(http.MethodPut, "/v1/devices", web.RequireAuth(s.auth, s.limit(s.putDevice)))
@@ -119,47 +141,49 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	acc, err := s.accept.Accept(r.Context(), route.Message{Sender: web.Subject(r.Context()), Recipient: req.Recipient,
 		Payload: req.Payload, Type: req.Type, Ephemeral: req.Ephemeral, IdempotencyKey: req.IdempotencyKey})
 	if err != nil {
-		web.WriteError(w, sendError(err))
+		web.WriteError(w, route.Answer(err))
 		return
 	}
-	web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: acc.ID, CreatedAt: acc.CreatedAt})
+	writeAccepted(w, acc.ID, acc.CreatedAt)
 }
 
-// sendError is the answer to a message Accept refused: its kind's status
-// and code (docs/API.md), its message, and its Retry-After in seconds.
-func sendError(err error) *web.Error {
-	var re *route.Error
-	if !errors.As(err, &re) {
-		return web.Errorf(http.StatusInternalServerError, web.CodeInternal, "the message could not be accepted")
+// writeAccepted writes a send's 202 answer, {"id","created_at"}, as
+// web.WriteJSON would write a sendResponse, without the reflection: it
+// is every accepted message's answer.
+func writeAccepted(w http.ResponseWriter, id string, createdAt time.Time) {
+	if !plainID(id) || createdAt.Year() < 0 || createdAt.Year() > 9999 {
+		web.WriteJSON(w, http.StatusAccepted, sendResponse{ID: id, CreatedAt: createdAt})
+		return
 	}
-	var e *web.Error
-	switch re.Kind {
-	case route.KindInvalid:
-		code := web.CodeInvalidParameter
-		switch re.Field {
-		case route.FieldRecipient:
-			code = web.CodeInvalidRecipient
-		case route.FieldPayload:
-			code = web.CodeInvalidPayload
+	b := make([]byte, 0, 80)
+	b = append(b, `{"id":"`...)
+	b = append(b, id...)
+	b = append(b, `","created_at":"`...)
+	b = createdAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, "\"}\n"...)
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["X-Content-Type-Options"] = noSniff
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
+}
+
+// The header values of every 202, shared (net/http only reads them).
+var (
+	jsonContentType = []string{"application/json"}
+	noSniff         = []string{"nosniff"}
+)
+
+// plainID reports whether id needs no escaping in JSON: letters and
+// digits only, as the ids the service makes (ULIDs) are.
+func plainID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
 		}
-		e = web.Errorf(http.StatusBadRequest, code, re.Message)
-	case route.KindTooLarge:
-		e = web.Errorf(http.StatusRequestEntityTooLarge, web.CodePayloadTooLarge, re.Message)
-	case route.KindQueueFull:
-		e = web.Errorf(http.StatusTooManyRequests, web.CodeRecipientQueueFull, re.Message)
-	case route.KindSenderQuota:
-		e = web.Errorf(http.StatusTooManyRequests, web.CodeSenderQuotaExceeded, re.Message)
-	case route.KindKeyReused:
-		e = web.Errorf(http.StatusConflict, web.CodeIdempotencyKeyReused, re.Message)
-	case route.KindUnavailable, route.KindOverloaded:
-		e = web.Errorf(http.StatusServiceUnavailable, web.CodeBackendUnavailable, re.Message)
-	default:
-		e = web.Errorf(http.StatusInternalServerError, web.CodeInternal, "the message could not be accepted")
 	}
-	if re.RetryAfter > 0 {
-		e.RetryAfter = int(math.Ceil(re.RetryAfter.Seconds()))
-	}
-	return e
+	return id != ""
 }
 
 func unavailable(backend string) *web.Error {
@@ -410,27 +434,47 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *web.Erro
 	if e := CheckJSONContentType(r); e != nil {
 		return e
 	}
-	body := http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
-	dec := json.NewDecoder(body)
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			return web.Errorf(http.StatusRequestEntityTooLarge, web.CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
-		case errors.Is(err, io.EOF):
-			return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is empty")
-		default:
-			return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is not valid JSON of the expected shape: "+err.Error())
+	// The body is read whole into a pooled buffer (at most the limit)
+	// and decoded from there: no decoder and no buffer of its own per
+	// request.
+	buf := bodyBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledBody {
+			buf.Reset()
+			bodyBufs.Put(buf)
 		}
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	}()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return web.Errorf(http.StatusRequestEntityTooLarge, web.CodeBodyTooLarge, "request body is over "+strconv.FormatInt(s.o.MaxBodyBytes, 10)+" bytes")
+			return bodyTooLarge(s.o.MaxBodyBytes, "api.max_body_bytes")
 		}
-		return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body has data after the JSON value")
+		return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body could not be read")
+	}
+	body := buf.Bytes()
+	if len(bytes.TrimSpace(body)) == 0 {
+		return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is empty")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		// Unmarshal checks the whole body first: a complete value
+		// followed by more is a syntax error "after top-level value".
+		var se *json.SyntaxError
+		if errors.As(err, &se) && strings.Contains(se.Error(), "after top-level value") {
+			return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body has data after the JSON value")
+		}
+		return web.Errorf(http.StatusBadRequest, web.CodeBadJSON, "request body is not valid JSON of the expected shape: "+err.Error())
 	}
 	return nil
+}
+
+// maxPooledBody is the largest request body buffer kept for reuse.
+const maxPooledBody = 64 << 10
+
+var bodyBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// bodyTooLarge is the 413 of a body over max bytes, the value of key.
+func bodyTooLarge(max int64, key string) *web.Error {
+	return web.Errorf(http.StatusRequestEntityTooLarge, web.CodeBodyTooLarge, "request body is over "+strconv.FormatInt(max, 10)+" bytes ("+key+")")
 }
 
 // CheckJSONContentType answers 415 unless the request's body is application/json.

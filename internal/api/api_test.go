@@ -387,36 +387,24 @@ func TestRecipientQueueFull(t *testing.T) {
 	}
 }
 
-// Each kind of error of the routing core answers with the status and code
-// of docs/API.md, its message, and Retry-After in whole seconds when it
-// has one.
-func TestSendErrorsMapToTheContract(t *testing.T) {
-	cases := []struct {
-		err        error
-		status     int
-		code       string
-		retryAfter int
+// writeAccepted writes what web.WriteJSON writes for a sendResponse.
+func TestWriteAcceptedIsWriteJSON(t *testing.T) {
+	for _, c := range []struct {
+		id string
+		at time.Time
 	}{
-		{&route.Error{Kind: route.KindInvalid, Field: route.FieldRecipient, Message: "m"}, http.StatusBadRequest, web.CodeInvalidRecipient, 0},
-		{&route.Error{Kind: route.KindInvalid, Field: route.FieldPayload, Message: "m"}, http.StatusBadRequest, web.CodeInvalidPayload, 0},
-		{&route.Error{Kind: route.KindInvalid, Field: route.FieldType, Message: "m"}, http.StatusBadRequest, web.CodeInvalidParameter, 0},
-		{&route.Error{Kind: route.KindInvalid, Field: route.FieldIdempotencyKey, Message: "m"}, http.StatusBadRequest, web.CodeInvalidParameter, 0},
-		{&route.Error{Kind: route.KindTooLarge, Message: "m"}, http.StatusRequestEntityTooLarge, web.CodePayloadTooLarge, 0},
-		{&route.Error{Kind: route.KindQueueFull, Message: "m"}, http.StatusTooManyRequests, web.CodeRecipientQueueFull, 0},
-		{&route.Error{Kind: route.KindSenderQuota, Message: "m"}, http.StatusTooManyRequests, web.CodeSenderQuotaExceeded, 0},
-		{&route.Error{Kind: route.KindKeyReused, Message: "m", RetryAfter: time.Second}, http.StatusConflict, web.CodeIdempotencyKeyReused, 1},
-		{&route.Error{Kind: route.KindUnavailable, Backend: "store", Message: "m", RetryAfter: time.Second}, http.StatusServiceUnavailable, web.CodeBackendUnavailable, 1},
-		{&route.Error{Kind: route.KindOverloaded, Message: "m", RetryAfter: 1500 * time.Millisecond}, http.StatusServiceUnavailable, web.CodeBackendUnavailable, 2},
-		{errors.New("not the core's"), http.StatusInternalServerError, web.CodeInternal, 0},
-	}
-	for _, tc := range cases {
-		e := sendError(tc.err)
-		if e.Status != tc.status || e.Code != tc.code || e.RetryAfter != tc.retryAfter {
-			t.Errorf("%v: %d %s Retry-After %d, want %d %s %d", tc.err, e.Status, e.Code, e.RetryAfter, tc.status, tc.code, tc.retryAfter)
-		}
-		var re *route.Error
-		if errors.As(tc.err, &re) && e.Message != re.Message {
-			t.Errorf("%v: message %q, want the core's", tc.err, e.Message)
+		{"01J9Z3ABCDEFGHJKMNPQRSTVWX", time.Date(2026, 11, 27, 10, 0, 0, 123e6, time.UTC)},
+		{"01J9Z3ABCDEFGHJKMNPQRSTVWX", time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)},
+		{"01J9Z3ABCDEFGHJKMNPQRSTVWX", time.Date(2026, 11, 27, 10, 0, 0, 5e6, time.FixedZone("X", 3600))},
+		{`odd"id`, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)},
+	} {
+		got, want := httptest.NewRecorder(), httptest.NewRecorder()
+		writeAccepted(got, c.id, c.at)
+		web.WriteJSON(want, http.StatusAccepted, sendResponse{ID: c.id, CreatedAt: c.at})
+		if got.Code != want.Code || got.Body.String() != want.Body.String() ||
+			got.Header().Get("Content-Type") != want.Header().Get("Content-Type") ||
+			got.Header().Get("X-Content-Type-Options") != want.Header().Get("X-Content-Type-Options") {
+			t.Errorf("%q %v: %d %q, want %d %q", c.id, c.at, got.Code, got.Body, want.Code, want.Body)
 		}
 	}
 }
