@@ -223,7 +223,8 @@ func (b *Bus) runPack(ctx context.Context, queue string, maxBatch int, h BatchHa
 	pa := &packAcker{pack: r.dm.Acker}
 	items := make([]received, len(events))
 	for i, dm := range events {
-		dm.Acker = &packMember{p: pa, index: i}
+		dm.Acker = &packMember{p: pa}
+		dm.Pack, dm.PackIndex = r.dm.Acker, i
 		items[i] = received{dm: dm, m: incoming(dm)}
 	}
 	for start := 0; start < len(items); start += maxBatch {
@@ -256,8 +257,7 @@ func (a *packAcker) settle() error {
 
 // packMember is the Acker of one event of a pack.
 type packMember struct {
-	p     *packAcker
-	index int
+	p *packAcker
 }
 
 func (m *packMember) Ack() error { return nil }
@@ -270,13 +270,6 @@ func (m *packMember) Nack(delay time.Duration) error {
 	return nil
 }
 
-// Extend extends the pack, when its engine needs it.
-func (m *packMember) Extend() error {
-	if x, ok := m.p.pack.(driver.Extender); ok {
-		return x.Extend()
-	}
-	return nil
-}
-
-// Pack returns the pack's own Acker and this event's place in it.
-func (m *packMember) Pack() (driver.Acker, int) { return m.p.pack, m.index }
+// Extend extends the pack (the bus calls it only where the engine needs
+// it: Capabilities.Extend).
+func (m *packMember) Extend() error { return m.p.pack.Extend() }

@@ -176,11 +176,7 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 // it parks too, as many as there are free tokens. It returns the
 // subscription's error, if it broke.
 func (b *Bus) park(ctx context.Context, sub driver.Subscription, g *gate, free chan struct{}, parked *[]received) error {
-	for _, r := range *parked {
-		if x, ok := r.dm.Acker.(driver.Extender); ok {
-			_ = x.Extend() // best effort: on failure the engine redelivers it later
-		}
-	}
+	b.extend(*parked)
 	rctx, cancel := context.WithTimeout(ctx, b.o.OutageBackoff)
 	defer cancel()
 	stop := context.AfterFunc(g.resumed(), cancel)
@@ -339,6 +335,18 @@ func (b *Bus) runAll(ctx context.Context, queue string, maxBatch int, h BatchHan
 	}
 }
 
+// extend restarts the ack deadline of messages held back, on an engine
+// that needs it (Capabilities.Extend); best effort: a message whose
+// extension fails is redelivered by the engine later.
+func (b *Bus) extend(held []received) {
+	if !b.caps.Extend {
+		return
+	}
+	for _, r := range held {
+		_ = r.dm.Acker.Extend()
+	}
+}
+
 // run calls h on a batch and settles each message by its result. Messages
 // whose handler answered ErrUnavailable are kept, with the receive call
 // paused (g), and handed to h again with capped backoff until it answers
@@ -362,11 +370,7 @@ func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []rec
 			return
 		}
 		delay = min(2*delay, b.o.OutageBackoff)
-		for _, r := range held {
-			if x, ok := r.dm.Acker.(driver.Extender); ok {
-				_ = x.Extend() // best effort: on failure the engine redelivers it later
-			}
-		}
+		b.extend(held)
 		held = b.runOnce(ctx, queue, h, held)
 	}
 	b.log.Info("backend available again; resuming", "queue", queue)

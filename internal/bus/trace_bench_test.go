@@ -38,6 +38,7 @@ type nopAcker struct{}
 
 func (nopAcker) Ack() error               { return nil }
 func (nopAcker) Nack(time.Duration) error { return nil }
+func (nopAcker) Extend() error            { return nil }
 
 // BenchmarkPublishAndHandle is the bus's own work for one ingress message
 // on its hot path, the engine left out: the publish (attribute checks,

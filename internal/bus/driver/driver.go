@@ -67,6 +67,13 @@ type Message struct {
 	DeliveryAttempt int
 	// Acker settles a received message. Nil on messages to publish.
 	Acker Acker
+	// Pack, on an event the portable bus unpacked from a pack (several
+	// delivery events sent as one engine message), is the pack's own
+	// Acker, and PackIndex the event's place in it: a driver that needs
+	// the engine message to dead-letter an event (NATS: the stream
+	// sequence and subject) finds it there. Nil otherwise.
+	Pack      Acker
+	PackIndex int
 }
 
 // Acker settles one received message. Each received message is settled
@@ -78,24 +85,12 @@ type Acker interface {
 	// 0). Engines without Capabilities.NackDelay redeliver it by their own
 	// retry policy and ignore delay.
 	Nack(delay time.Duration) error
-}
-
-// Extender is an Acker whose engine redelivers a message held past its ack
-// deadline unless told it is still being worked on (NATS). Engines that
-// extend held messages by themselves (Pub/Sub's client) do not need it.
-type Extender interface {
-	// Extend restarts the message's ack deadline.
+	// Extend restarts the message's ack deadline, on an engine that
+	// redelivers a message held past it unless told it is still being
+	// worked on (Capabilities.Extend). Elsewhere it does nothing and
+	// returns nil; the portable bus calls it only where the capability
+	// says it is needed.
 	Extend() error
-}
-
-// PackMember is the Acker of one event that the portable bus unpacked from
-// a pack (several delivery events sent as one engine message). A driver
-// that needs its own Acker to dead-letter a message (NATS: the stream
-// sequence and subject) finds the pack's there.
-type PackMember interface {
-	Acker
-	// Pack returns the pack's Acker and the event's place in the pack.
-	Pack() (pack Acker, index int)
 }
 
 // DeadMessage is one message in a dead-letter queue.
@@ -130,6 +125,12 @@ type Capabilities struct {
 	// Backlog reports that IngressBacklog answers cheaply; when false it
 	// returns an error wrapping errors.ErrUnsupported.
 	Backlog bool
+	// Extend reports that the engine redelivers a message held past its
+	// ack deadline unless Acker.Extend is called (NATS): the portable bus
+	// then extends the messages it holds back while a backend is down.
+	// When false the engine's client extends held messages by itself
+	// (Pub/Sub) and Acker.Extend does nothing.
+	Extend bool
 }
 
 // Driver is one engine's primitives. Methods are safe for concurrent use.

@@ -191,6 +191,10 @@ type acker struct{ pm *pubsub.Message }
 func (a acker) Ack() error               { a.pm.Ack(); return nil }
 func (a acker) Nack(time.Duration) error { a.pm.Nack(); return nil }
 
+// Extend does nothing: the client library extends the leases of the
+// messages it holds by itself (Capabilities.Extend is false).
+func (a acker) Extend() error { return nil }
+
 // DeadLetter publishes a copy of m (with the attributes given, which carry
 // the reason) to queue's dead-letter topic, keeping its ordering key.
 func (b *Driver) DeadLetter(ctx context.Context, queue string, m *driver.Message) error {

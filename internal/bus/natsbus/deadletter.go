@@ -41,10 +41,8 @@ func (d *Driver) DeadLetter(ctx context.Context, queueName string, m *driver.Mes
 		return err
 	}
 	ak, member := m.Acker, ""
-	if pm, ok := ak.(driver.PackMember); ok { // an event of a pack: the pack's stream message, and its place in it
-		var index int
-		ak, index = pm.Pack()
-		member = "." + strconv.Itoa(index)
+	if m.Pack != nil { // an event of a pack: the pack's stream message, and its place in it
+		ak, member = m.Pack, "."+strconv.Itoa(m.PackIndex)
 	}
 	a, ok := ak.(*acker)
 	if !ok {

@@ -236,7 +236,7 @@ func (d *Driver) streams() []jetstream.StreamConfig {
 // Capabilities: JetStream deduplicates by Nats-Msg-Id within the duplicate
 // window and delays a nak as asked.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{DedupWindow: d.cfg.DuplicateWindow, NackDelay: true, Backlog: true}
+	return driver.Capabilities{DedupWindow: d.cfg.DuplicateWindow, NackDelay: true, Backlog: true, Extend: true}
 }
 
 func (d *Driver) streamConfig(name, subject string, retention jetstream.RetentionPolicy) jetstream.StreamConfig {
