@@ -203,6 +203,9 @@ func (a *App) wire(ctx context.Context) error {
 		a.rtLn = ln
 	}
 	demoOn := a.demoEnabled()
+	// One rate limit per user for every send, over HTTP and over the
+	// WebSocket alike.
+	userLimit := api.NewLimiter(cfg.API.RateLimit, cfg.API.RateBurst)
 	rtOrigins := cfg.Realtime.AllowedOrigins
 	if demoOn {
 		rtOrigins = append(demoOrigins(a.apiLn.Addr()), rtOrigins...)
@@ -259,11 +262,12 @@ func (a *App) wire(ctx context.Context) error {
 	if cfg.Has(config.RoleAPI) {
 		a.api = api.New(api.Options{
 			MaxBodyBytes:      cfg.API.MaxBodyBytes,
+			MaxBatch:          cfg.API.MaxBatch,
+			MaxBatchBodyBytes: cfg.API.MaxBatchBodyBytes,
 			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
 			ValidateTarget:    a.push.validateTarget,
 			VAPIDPublicKey:    a.push.vapidPublicKey(),
-			RateLimit:         cfg.API.RateLimit,
-			RateBurst:         cfg.API.RateBurst,
+			Limiter:           userLimit,
 			Logger:            a.log.With("role", "api"),
 			Metrics:           a.metrics,
 			MaxPageBytes:      cfg.API.MaxPageBytes,

@@ -123,6 +123,8 @@ type exchange struct {
 
 	// writesDown: the store's message writes and key releases fail while it runs.
 	writesDown bool
+	// bodyHas, when not "", must be in the answer's body.
+	bodyHas string
 }
 
 // Every endpoint of api/openapi.yaml is called on a running instance with
@@ -156,6 +158,9 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		c.Realtime.MaxConnsPerUser = 1
 		c.API.MaxBodyBytes = 4096
 		c.API.MaxPayloadBytes = 1024
+		c.API.MaxBatch = 8
+		c.API.MaxBatchBodyBytes = 8192
+		c.Store.MaxPendingPerRecipient = 4
 	}, app.Options{WrapStore: func(s store.Store) store.Store { outage.Store = s; return outage }})
 	limited := startApp(t, func(c *config.Config) { c.API.RateLimit = 0.001; c.API.RateBurst = 1 })
 	noPush := startApp(t, nil) // Web Push off: no VAPID key
@@ -197,6 +202,9 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		return out
 	}
 	msg := `{"recipient":"urn:sm:user:bob","payload":"aGk="}`
+	batch := func(items ...string) string { return `{"messages":[` + strings.Join(items, ",") + `]}` }
+	to := func(who string) string { return `{"recipient":"urn:sm:user:` + who + `","payload":"aGk="}` }
+	bigItem := `{"recipient":"urn:sm:user:carol","payload":"` + strings.Repeat("A", 1200) + `"}`
 
 	cases := []exchange{
 		{name: "send", method: "POST", path: "/v1/messages", body: msg, want: 202},
@@ -211,6 +219,17 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		{name: "send another message with a held key", method: "POST", path: "/v1/messages", body: `{"recipient":"urn:sm:user:bob","payload":"b3RoZXI=","idempotency_key":"held"}`, want: 409},
 		{name: "send rate limited 1", on: limited, method: "POST", path: "/v1/messages", body: msg, want: 202},
 		{name: "send rate limited 2", on: limited, method: "POST", path: "/v1/messages", body: msg, want: 429},
+
+		{name: "batch", method: "POST", path: "/v1/messages/batch", body: batch(to("carol"), `{"recipient":"urn:sm:user:dave","payload":"aGk=","type":"chat","idempotency_key":"b1"}`), want: 202},
+		{name: "batch bad message", method: "POST", path: "/v1/messages/batch", body: batch(to("carol"), to("dave"), to("bob:x")), want: 400, bodyHas: `"index":2`},
+		{name: "batch no token", method: "POST", path: "/v1/messages/batch", body: batch(to("carol")), noToken: true, want: 401},
+		{name: "batch body too large", method: "POST", path: "/v1/messages/batch", body: batch(bigItem, bigItem, bigItem, bigItem, bigItem, bigItem, bigItem), want: 413, bodyHas: `"body_too_large"`},
+		{name: "batch too many", method: "POST", path: "/v1/messages/batch", body: batch(to("a"), to("b"), to("c"), to("d"), to("e"), to("f"), to("g"), to("h"), to("i")), want: 413, bodyHas: `"batch_too_large"`},
+		{name: "batch not json", method: "POST", path: "/v1/messages/batch", body: batch(to("carol")), header: map[string]string{"Content-Type": "text/plain"}, want: 415},
+		{name: "batch queue full", method: "POST", path: "/v1/messages/batch", body: batch(to("carol"), to("full"), to("full"), to("full"), to("full"), to("full")), want: 429, bodyHas: `"index":1`},
+		{name: "batch key reused", method: "POST", path: "/v1/messages/batch", body: batch(to("carol"), `{"recipient":"urn:sm:user:bob","payload":"b3RoZXI=","idempotency_key":"held"}`), want: 409, bodyHas: `"index":1`},
+		{name: "batch store down", method: "POST", path: "/v1/messages/batch", body: batch(to("carol"), to("dave")), outage: true, want: 503},
+		{name: "batch rate limited", on: limited, method: "POST", path: "/v1/messages/batch", body: batch(to("carol")), want: 429},
 
 		{name: "fetch", method: "GET", path: "/v1/messages?limit=10", want: 200},
 		{name: "fetch bad limit", method: "GET", path: "/v1/messages?limit=0", want: 400},
@@ -342,6 +361,9 @@ func TestOpenAPIAgainstRunningService(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("%s: status %d, want %d: %s", tc.name, resp.StatusCode, tc.want, respBody)
 			continue
+		}
+		if tc.bodyHas != "" && !bytes.Contains(respBody, []byte(tc.bodyHas)) {
+			t.Errorf("%s: answer %s, want it to hold %s", tc.name, respBody, tc.bodyHas)
 		}
 		out := &openapi3filter.ResponseValidationInput{
 			RequestValidationInput: in,

@@ -143,6 +143,11 @@ type API struct {
 	// MaxFetchesPerUser bounds the GET /v1/messages requests one user has
 	// in progress on an instance at once; more answer 429 rate_limited.
 	MaxFetchesPerUser int `yaml:"max_fetches_per_user"`
+	// MaxBatch bounds the messages of one POST /v1/messages/batch, and
+	// MaxBatchBodyBytes its body (MaxBodyBytes bounds every other body);
+	// over either: 413.
+	MaxBatch          int   `yaml:"max_batch"`
+	MaxBatchBodyBytes int64 `yaml:"max_batch_body_bytes"`
 }
 
 // Realtime configures the WebSocket role.
@@ -164,6 +169,10 @@ type Realtime struct {
 	// delivery subscription (0: pipeline.concurrency, which sized them
 	// before this key).
 	DeliveryConcurrency int `yaml:"delivery_concurrency"`
+	// MaxSendsInFlight bounds the send frames of one connection not
+	// answered yet: past it the server reads nothing more from the
+	// connection until it has answered some (backpressure).
+	MaxSendsInFlight int `yaml:"max_sends_in_flight"`
 	// AllowedHosts are the host names (no port) a browser may reach the
 	// WebSocket endpoint by: an upgrade with an Origin header and another
 	// Host is refused, so a DNS-rebound name cannot pass as same-origin.
@@ -477,11 +486,13 @@ func Default() Config {
 			MaxIngressBacklog:  50000,
 			MaxPageBytes:       1 << 20,
 			MaxFetchesPerUser:  2,
+			MaxBatch:           1000,
+			MaxBatchBodyBytes:  16 << 20,
 		},
 		Realtime: Realtime{
 			Listen:          "127.0.0.1:8085",
 			AllowedOrigins:  []string{},
-			MaxFrameBytes:   64 << 10,
+			MaxFrameBytes:   128 << 10,
 			PingInterval:    25 * time.Second,
 			PongTimeout:     10 * time.Second,
 			WriteTimeout:    10 * time.Second,
@@ -490,6 +501,8 @@ func Default() Config {
 			BacklogPage:     100,
 			MaxConnsPerUser: 16,
 			AllowedHosts:    []string{"localhost", "127.0.0.1", "::1"},
+
+			MaxSendsInFlight: 64,
 
 			MaxConns:            10000,
 			MaxConnsPerIP:       0,
@@ -806,6 +819,12 @@ func (c Config) Check() error {
 	if c.API.MaxFetchesPerUser < 1 {
 		bad("api.max_fetches_per_user", "must be at least 1")
 	}
+	if c.API.MaxBatch < 1 {
+		bad("api.max_batch", "must be at least 1")
+	}
+	if c.API.MaxBatchBodyBytes < c.API.MaxBodyBytes {
+		bad("api.max_batch_body_bytes", "must be at least api.max_body_bytes (%d): a batch of one message is as large as a send", c.API.MaxBodyBytes)
+	}
 	if c.Store.MaxPendingPerSender < 1 {
 		bad("store.max_pending_per_sender", "must be at least 1")
 	}
@@ -848,7 +867,7 @@ func (c Config) Check() error {
 	}
 	ints := map[string]int{
 		"realtime.send_queue": c.Realtime.SendQueue, "realtime.backlog_page": c.Realtime.BacklogPage,
-		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser,
+		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser, "realtime.max_sends_in_flight": c.Realtime.MaxSendsInFlight,
 		"bus.max_outstanding":         c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
 		"store.max_conns": c.Store.MaxConns, "pipeline.concurrency": c.Pipeline.Concurrency,
 		"store.max_pending_per_recipient": c.Store.MaxPendingPerRecipient,

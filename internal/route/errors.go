@@ -42,6 +42,8 @@ const (
 	FieldPayload        = "payload"
 	FieldType           = "type"
 	FieldIdempotencyKey = "idempotency_key"
+	// FieldEphemeral: an ephemeral message in a batch (AcceptBatch).
+	FieldEphemeral = "ephemeral"
 )
 
 // Error is an error of Accept. errors.Is(err, ErrQueueFull) (and the
@@ -80,6 +82,20 @@ var (
 	ErrUnavailable = &Error{Kind: KindUnavailable, Message: "backend unavailable"}
 	ErrOverloaded  = &Error{Kind: KindOverloaded, Message: "routing overloaded"}
 )
+
+// ItemError is an error of AcceptBatch that one of its messages caused:
+// Err, of the message at Index (0-based, in the order given). errors.As
+// finds the *Error through it, and errors.Is its kind. Whatever the
+// error, nothing of the batch was accepted.
+type ItemError struct {
+	Index int
+	Err   *Error
+}
+
+func (e *ItemError) Error() string { return "message " + strconv.Itoa(e.Index) + ": " + e.Err.Message }
+
+// Unwrap returns the message's *Error.
+func (e *ItemError) Unwrap() error { return e.Err }
 
 func invalid(field, message string) *Error {
 	return &Error{Kind: KindInvalid, Field: field, Message: message}

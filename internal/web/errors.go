@@ -41,6 +41,9 @@ const (
 	// CodeIdempotencyKeyReused: the idempotency key is held by another
 	// message whose acceptance has not finished (409, Retry-After).
 	CodeIdempotencyKeyReused = "idempotency_key_reused"
+	// CodeBatchTooLarge: a batch holds more messages than api.max_batch
+	// (413).
+	CodeBatchTooLarge = "batch_too_large"
 )
 
 // Error is an API error: an HTTP status, a snake_case code and a message that
@@ -51,6 +54,9 @@ type Error struct {
 	Message string
 	// RetryAfter, when positive, is sent as the Retry-After header (seconds).
 	RetryAfter int
+	// Index, when not nil, is the position of the item of a batch at
+	// fault (0-based), sent as "index" in the error object.
+	Index *int
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -67,6 +73,7 @@ type errorBody struct {
 type errorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	Index   *int   `json:"index,omitempty"`
 }
 
 // WriteError writes e in the JSON error shape of the client contract.
@@ -78,7 +85,7 @@ func WriteError(w http.ResponseWriter, e *Error) {
 		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
 	w.WriteHeader(e.Status)
-	_ = json.NewEncoder(w).Encode(errorBody{Error: errorDetail{Code: e.Code, Message: e.Message}})
+	_ = json.NewEncoder(w).Encode(errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Index: e.Index}})
 }
 
 // WriteJSON writes v as a JSON response with status.
