@@ -867,8 +867,9 @@ func (c Config) Check() error {
 	}
 	ints := map[string]int{
 		"realtime.send_queue": c.Realtime.SendQueue, "realtime.backlog_page": c.Realtime.BacklogPage,
-		"realtime.max_conns_per_user": c.Realtime.MaxConnsPerUser, "realtime.max_sends_in_flight": c.Realtime.MaxSendsInFlight,
-		"bus.max_outstanding":         c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
+		"realtime.max_conns_per_user":  c.Realtime.MaxConnsPerUser,
+		"realtime.max_sends_in_flight": c.Realtime.MaxSendsInFlight,
+		"bus.max_outstanding":          c.Bus.MaxOutstanding, "store.max_batch": c.Store.MaxBatch,
 		"store.max_conns": c.Store.MaxConns, "pipeline.concurrency": c.Pipeline.Concurrency,
 		"store.max_pending_per_recipient": c.Store.MaxPendingPerRecipient,
 		"push.concurrency":                c.Push.Concurrency, "push.max_targets_per_user": c.Push.MaxTargetsPerUser,
