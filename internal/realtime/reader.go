@@ -33,6 +33,11 @@ var readBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096)
 // startReading hands the connection to the poller, or to a goroutine of
 // its own when it cannot be polled or the upgrade read bytes past the
 // handshake (the goroutine reads those first).
+//
+// A session with Options.MaxSendsInFlight sends unanswered stops reading
+// (readPaused) until one is answered: the poller does not watch it, no
+// goroutine waits on it, and the bytes read past the last message handled
+// stay in the read buffer, which the session keeps until it reads on.
 func (ss *session) startReading() {
 	if br := ss.pending; br != nil {
 		ss.pending = nil
@@ -78,8 +83,16 @@ func (ss *session) watchConn() bool {
 // poller takes the connection over, if there is one.
 func (ss *session) readLoop(br *bufio.Reader, handshake bool) {
 	for {
-		if br.Buffered() > 0 && !ss.readMessages(br) {
-			return
+		if br.Buffered() > 0 {
+			switch ss.readMessages(br) {
+			case readEnded:
+				return
+			case readPaused:
+				if ss.pauseReading(func() { go ss.readLoop(br, handshake) }) {
+					return
+				}
+				continue
+			}
 		}
 		if handshake {
 			handshake = false
@@ -99,36 +112,74 @@ func (ss *session) readLoop(br *bufio.Reader, handshake bool) {
 func (ss *session) readReady(w *watch) {
 	br := readBufs.Get().(*bufio.Reader)
 	br.Reset(ss.conn)
-	more := ss.readMessages(br)
-	br.Reset(nil)
-	readBufs.Put(br)
-	if more {
-		if err := w.rearm(); err != nil {
-			ss.end()
+	ss.readPolled(w, br)
+}
+
+// readPolled reads, on the poller's path, what br holds and what has
+// arrived, then watches the connection again; while the session's sends
+// pause its reading it neither watches it nor gives br back (when br
+// holds bytes not read yet), and the answer that resumes reading calls it
+// again (br nil: nothing held).
+func (ss *session) readPolled(w *watch, br *bufio.Reader) {
+	for br != nil {
+		state := ss.readMessages(br)
+		if state == readPaused && br.Buffered() > 0 {
+			if ss.pauseReading(func() { ss.readPolled(w, br) }) {
+				return
+			}
+			continue
 		}
+		br.Reset(nil)
+		readBufs.Put(br)
+		br = nil
+		switch state {
+		case readEnded:
+			return
+		case readPaused:
+			if ss.pauseReading(func() { ss.readPolled(w, nil) }) {
+				return
+			}
+		}
+	}
+	if err := w.rearm(); err != nil {
+		ss.end()
 	}
 }
 
+// readState is where reading stands after readMessages.
+type readState uint8
+
+const (
+	readMore   readState = iota // read on when more arrives
+	readEnded                   // the connection is done: read no more
+	readPaused                  // the sends in flight are at their bound
+)
+
 // readMessages handles the client's messages: at least one, then those
 // already received, stopping when br has nothing buffered (so that an idle
-// connection keeps no buffer and no deadline). A message that has begun
-// arriving must arrive whole within the I/O timeout (realtime.write_timeout)
-// from when its reading began. It reports whether to go on reading.
-func (ss *session) readMessages(br *bufio.Reader) bool {
+// connection keeps no buffer and no deadline), or when a send took the
+// session's sends in flight to their bound (readPaused; br may hold more).
+// A message that has begun arriving must arrive whole within the I/O
+// timeout (realtime.write_timeout) from when its reading began.
+func (ss *session) readMessages(br *bufio.Reader) readState {
 	s := ss.srv
 	for {
 		_ = ss.conn.SetReadDeadline(ss.ioDeadline())
 		op, data, err := readMessage(br, s.o.MaxFrameBytes, ss.control)
 		if err != nil {
 			if !ss.readFailed(br, err) {
-				return false
+				return readEnded
 			}
 		} else if !op.IsControl() && !ss.isClosing() {
 			ss.handle(op, data)
 		}
+		if ss.sendsFull() {
+			_ = ss.conn.SetReadDeadline(time.Time{})
+			return readPaused
+		}
 		if br.Buffered() == 0 {
 			_ = ss.conn.SetReadDeadline(time.Time{})
-			return true
+			return readMore
 		}
 	}
 }
@@ -205,16 +256,18 @@ func (ss *session) control(op ws.OpCode, payload []byte) error {
 	return nil
 }
 
-// handle handles one client message: an ack. A frame over the rate, not
-// JSON text, or not a valid ack is answered with an error event and not
-// applied; a text frame that is not UTF-8 closes the session (1007).
+// handle handles one client message: an ack or a send (send.go). A
+// frame that is not JSON text, or not a valid ack, is answered with an
+// error event and not applied, as is a frame other than a send over the
+// frame rate; a text frame that is not UTF-8 closes the session (1007). A
+// send is answered with a sent or send_error event.
 func (ss *session) handle(op ws.OpCode, data []byte) {
 	s := ss.srv
-	if ss.frames != nil && !ss.frames.Allow() {
-		ss.send(encodeError(web.CodeRateLimited, "too many frames; this one was not applied (ack again later)"))
-		return
-	}
 	if op != ws.OpText {
+		if ss.frames != nil && !ss.frames.Allow() {
+			ss.send(encodeError(web.CodeRateLimited, "too many frames; this one was not applied (ack again later)"))
+			return
+		}
 		ss.send(encodeError(web.CodeBadRequest, "frames must be JSON text"))
 		return
 	}
@@ -222,11 +275,22 @@ func (ss *session) handle(op ws.OpCode, data []byte) {
 		ss.stop(ws.StatusInvalidFramePayloadData, "text frame is not UTF-8")
 		return
 	}
-	ids, code, msg := decodeClientFrame(data)
-	if code != "" {
-		ss.send(encodeError(code, msg))
+	f := decodeClientFrame(data)
+	if f.kind == frameSend {
+		// Sends count against the user's rate limit, as POST
+		// /v1/messages does, not against the frame rate.
+		ss.handleSend(f)
 		return
 	}
+	if ss.frames != nil && !ss.frames.Allow() {
+		ss.send(encodeError(web.CodeRateLimited, "too many frames; this one was not applied (ack again later)"))
+		return
+	}
+	if f.code != "" {
+		ss.send(encodeError(f.code, f.msg))
+		return
+	}
+	ids := f.ids
 	// Acks of ephemeral messages delivered here end here: the store
 	// never held them.
 	if ids = ss.out.StoredOnly(ids); len(ids) == 0 {

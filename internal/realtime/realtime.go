@@ -7,7 +7,6 @@ package realtime
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -75,9 +74,15 @@ type Options struct {
 	ConnectBurstPerIP   int
 	ConnectRatePerUser  float64
 	ConnectBurstPerUser int
-	// Client frames per second and at once, per connection.
+	// Client frames per second and at once, per connection: every frame
+	// but a send (sends count against the per-user limit of AcceptSends).
 	AckRate  float64
 	AckBurst int
+	// MaxSendsInFlight bounds the send frames of one connection not
+	// answered yet: past it the server reads nothing more from the
+	// connection until it has answered some (default
+	// DefaultMaxSendsInFlight).
+	MaxSendsInFlight int
 	// SendBufferBytes caps what a session holds to write: the bytes of
 	// its frames queued or being written and of the backlog page it
 	// holds; SendQueue caps its queued live frames. A session past
@@ -127,6 +132,15 @@ type Server struct {
 	// is read by a goroutine).
 	pollOnce sync.Once
 	poll     *poller
+	// acceptor accepts the messages sent over the connections, sendLimit
+	// is the per-user rate limit of sends (nil: none); see AcceptSends.
+	acceptor  Accepter
+	sendLimit *web.Limiter
+	// sendGate orders the start of a send (sends.Add) against Shutdown:
+	// once sendsClosed is set, no send starts.
+	sendGate    sync.RWMutex
+	sendsClosed bool
+	sends       sync.WaitGroup
 	// mu orders connection admission against Shutdown: once closing is
 	// set, no session is added (to the hub or to sessions). It guards the
 	// connection counts too.
@@ -140,6 +154,9 @@ type Server struct {
 func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.MaxSendsInFlight <= 0 {
+		o.MaxSendsInFlight = DefaultMaxSendsInFlight
 	}
 	return &Server{o: o, store: st, presence: pr, auth: authenticate, hub: newHub(o.MaxConnsPerUser), log: o.Logger, m: o.Metrics,
 		ipRate:   web.NewLimiter(o.ConnectRatePerIP, o.ConnectBurstPerIP),
@@ -202,7 +219,8 @@ func (s *Server) Run(ctx context.Context, rcv Receiver) error {
 }
 
 // Shutdown closes every connection (going away) and waits for their
-// sessions to end, or for ctx.
+// sessions to end and the sends they started to be accepted or refused,
+// or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -213,6 +231,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.sessions.Wait()
+		s.sendGate.Lock()
+		s.sendsClosed = true
+		s.sendGate.Unlock()
+		s.sends.Wait()
 		close(done)
 	}()
 	select {
@@ -429,27 +451,6 @@ func (s *Server) release(ip string) {
 	if s.perIP[ip]--; s.perIP[ip] <= 0 {
 		delete(s.perIP, ip)
 	}
-}
-
-// decodeClientFrame decodes a client text frame: the ids of a valid ack,
-// or the error code and message to answer it with.
-func decodeClientFrame(data []byte) (ids []string, code, msg string) {
-	var in clientFrame
-	if err := json.Unmarshal(data, &in); err != nil {
-		return nil, web.CodeBadJSON, "frame is not valid JSON of the expected shape"
-	}
-	if in.Type != "ack" {
-		return nil, web.CodeBadRequest, "unknown frame type (expected \"ack\")"
-	}
-	if err := envelope.ValidateAckIDs(in.IDs); err != nil {
-		return nil, web.CodeInvalidParameter, err.Error()
-	}
-	return in.IDs, "", ""
-}
-
-type clientFrame struct {
-	Type string   `json:"type"`
-	IDs  []string `json:"ids"`
 }
 
 type messageFrame struct {

@@ -85,6 +85,12 @@ type session struct {
 	expires time.Time
 	// frames limits the client's frames (nil: no limit).
 	frames *rate.Limiter
+
+	// sendMu guards the sends in flight (send.go): those not answered
+	// yet, and, while reading is paused for them, what resumes it.
+	sendMu   sync.Mutex
+	inFlight int
+	resume   func()
 }
 
 // sessionState is where a session is in its life. It only moves forward:
