@@ -55,8 +55,8 @@ func TestImageConfig(t *testing.T) {
 		t.Fatalf("the image runs run_mode %s, single_node %v, demo.enabled %v, insecure_links %v; want production on one node, no demo",
 			cfg.RunMode, cfg.SingleNode, cfg.Demo.Enabled, cfg.InsecureLinks)
 	}
-	if cfg.DataDir != imageEnv(t)["ROUTING_DATA_DIR"] || cfg.Store.SQLitePath != filepath.Join(cfg.DataDir, "routing.db") {
-		t.Errorf("data_dir %s, store %s: want both on the image's volume", cfg.DataDir, cfg.Store.SQLitePath)
+	if cfg.DataDir != imageEnv(t)["ROUTING_DATA_DIR"] || cfg.Store.SQLite.Path != filepath.Join(cfg.DataDir, "routing.db") {
+		t.Errorf("data_dir %s, store %s: want both on the image's volume", cfg.DataDir, cfg.Store.SQLite.Path)
 	}
 	// `serve --demo` on it is refused too.
 	if _, err := config.Load(path, func(c *config.Config) { c.Demo.Enabled = true }); err == nil || !strings.Contains(err.Error(), "config key demo.enabled:") {

@@ -72,7 +72,7 @@ func startInProcess(configPath string) (target, error) {
 		return target{}, err
 	}
 	cfg.DataDir = dir
-	cfg.Store.SQLitePath = dir + "/routing.db"
+	cfg.Store.SQLite.Path = dir + "/routing.db"
 	cfg.API.Listen, cfg.Realtime.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Push.WebPush.Enabled = false
 	cfg.Ops.Listen = "127.0.0.1:0"

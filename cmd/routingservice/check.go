@@ -25,11 +25,12 @@ const configCheckUsage = "config check [--config PATH] [--connect [--timeout 5s]
 // configCheck runs every check `serve` runs before it opens anything (the
 // keys, the environment, the files the configuration names), all of them in
 // one pass, and prints which file it read, then every problem (one a line,
-// once), or the effective configuration with its YAML key names and
-// whether each secret is set (never its value). With --connect it then
-// reaches each backend the roles use, changing nothing, and prints one line
-// per backend: "ok   " or "FAIL " and the backend's name; any FAIL makes
-// it fail.
+// once), or the effective configuration with its YAML key names, the keys
+// the chosen engines do not use (bus.ingress_topic on NATS, which names
+// its streams from bus.nats.subject_prefix), and whether each secret is
+// set (never its value). With --connect it then reaches each backend the
+// roles use, changing nothing, and prints one line per backend: "ok   "
+// or "FAIL " and the backend's name; any FAIL makes it fail.
 func configCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("config check", configCheckUsage, stderr)
 	connect := fs.Bool("connect", false, "after the static checks, reach every backend the roles use (bus, store, presence, JWKS) without changing anything")
@@ -76,7 +77,11 @@ func configCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "configuration is valid\n\n%s\n# from the environment:\n", b)
+	fmt.Fprintf(stdout, "configuration is valid\n\n%s\n", b)
+	if unused := cfg.Unused(); len(unused) > 0 {
+		fmt.Fprintf(stdout, "# not used with bus.type %s: %s\n", cfg.Bus.Type, strings.Join(unused, ", "))
+	}
+	fmt.Fprintln(stdout, "# from the environment:")
 	secrets := []struct {
 		name string
 		set  bool

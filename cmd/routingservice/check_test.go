@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,5 +169,60 @@ push: {webpush: {enabled: true, vapid_private_key_file: ` + q(filepath.Join(dir,
 	}
 	if strings.Contains(err.Error(), "bus.nats.url") || errOut.Len() > 0 {
 		t.Errorf("the problems are repeated: error %q, stderr %q", err, errOut.String())
+	}
+}
+
+// config check says which keys the chosen bus engine does not use: on
+// NATS the Pub/Sub names (bus.ingress_topic and the rest, since NATS
+// names its streams from bus.nats.subject_prefix) and the pubsub section;
+// on Pub/Sub the nats section, and never a key it uses.
+func TestConfigCheckListsTheKeysTheBusEngineIgnores(t *testing.T) {
+	t.Setenv("ROUTING_CONFIG", "")
+	t.Setenv("ROUTING_DATA_DIR", "")
+	t.Setenv("JWT_SECRET", "check-test-secret-0123456789-0123456789")
+	for _, tc := range []struct {
+		bus          string
+		unused, used []string
+	}{
+		{"{type: nats, nats: {url: 'nats://127.0.0.1:1'}}",
+			[]string{"bus.ingress_topic", "bus.ingress_subscription", "bus.delivery_topic", "bus.ingress_dead_letter_topic", "bus.delivery_dead_letter_topic", "bus.pubsub"},
+			[]string{"bus.nats", "bus.ack_deadline"}},
+		{"{type: embedded}",
+			[]string{"bus.ingress_topic", "bus.pubsub", "bus.nats.url", "bus.nats.credentials_file"},
+			[]string{"bus.nats.sync", "bus.nats.subject_prefix"}},
+		{"{type: pubsub, pubsub: {project_id: p}}",
+			[]string{"bus.nats"},
+			[]string{"bus.ingress_topic", "bus.delivery_topic", "bus.pubsub"}},
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "config.yaml")
+		body := "bus: " + tc.bus + "\ndata_dir: " + q(filepath.Join(dir, "data")) + "\npush: {webpush: {enabled: false}}\n"
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		if err := run([]string{"config", "check", "--config", path}, &out, io.Discard); err != nil {
+			t.Fatalf("bus %s: %v\n%s", tc.bus, err, out.String())
+		}
+		var line string
+		for _, l := range strings.Split(out.String(), "\n") {
+			if strings.HasPrefix(l, "# not used with bus.type ") {
+				line = l
+			}
+		}
+		if line == "" {
+			t.Fatalf("bus %s: no line of unused keys:\n%s", tc.bus, out.String())
+		}
+		keys := strings.Split(line[strings.Index(line, ": ")+2:], ", ")
+		for _, k := range tc.unused {
+			if !slices.Contains(keys, k) {
+				t.Errorf("bus %s: %q does not list %s", tc.bus, line, k)
+			}
+		}
+		for _, k := range tc.used {
+			if slices.Contains(keys, k) {
+				t.Errorf("bus %s: %q lists %s, which the engine uses", tc.bus, line, k)
+			}
+		}
 	}
 }

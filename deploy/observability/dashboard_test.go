@@ -140,8 +140,8 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		schema := pgSchema(t, url)
 		pg := startInstance(t, func(c *config.Config) {
 			c.Store.Type = "postgres"
-			c.Store.PostgresSchema = schema
-			c.Store.PostgresVacuumInterval = 100 * time.Millisecond
+			c.Store.Postgres.Schema = schema
+			c.Store.Postgres.VacuumInterval = 100 * time.Millisecond
 			c.DatabaseURL = url
 		})
 		// routing_store_table_seconds_since_vacuum shows once a table was

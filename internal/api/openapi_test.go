@@ -14,7 +14,6 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/realtime"
 	"github.com/go-routing-service/routingservice/internal/web"
 )
@@ -298,9 +297,8 @@ func TestOpenAPIErrorResponsesUseErrorShape(t *testing.T) {
 
 func TestOpenAPIServersAndSecurity(t *testing.T) {
 	spec := loadSpec(t)
-	def := config.Default()
 	var ports []string
-	for _, listen := range []string{def.API.Listen, def.Realtime.Listen} {
+	for _, listen := range []string{DefaultConfig().Listen, realtime.DefaultConfig().Listen} {
 		_, port, err := net.SplitHostPort(listen)
 		if err != nil {
 			t.Fatalf("default listen %q: %v", listen, err)

@@ -26,7 +26,6 @@ import (
 	"github.com/go-routing-service/routingservice/internal/realtime"
 	"github.com/go-routing-service/routingservice/internal/route"
 	"github.com/go-routing-service/routingservice/internal/store"
-	"github.com/go-routing-service/routingservice/internal/store/postgres"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
 )
 
@@ -102,63 +101,6 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	}
 	a.logExposure()
 	return a, nil
-}
-
-func (a *App) openBackends(ctx context.Context) error {
-	st, err := openStore(ctx, a.cfg, a.log)
-	if err != nil {
-		return err
-	}
-	a.store = st
-	a.closers = append(a.closers, st.Close)
-	if pg, ok := st.(*postgres.Store); ok && a.metrics != nil {
-		a.metrics.RegisterStoreTables(func() []telemetry.TableStat {
-			var out []telemetry.TableStat
-			for _, t := range pg.TableStats() {
-				out = append(out, telemetry.TableStat(t))
-			}
-			return out
-		})
-	}
-	if a.opts.WrapStore != nil {
-		a.store = a.opts.WrapStore(st)
-	}
-
-	b, closeBus, err := openBus(ctx, a.cfg, a.log, a.deadLettered, a.receivePaused, a.tp)
-	if err != nil {
-		return err
-	}
-	a.bus = b
-	a.closers = append(a.closers, closeBus)
-
-	pr, err := openPresence(ctx, a.cfg)
-	if err != nil {
-		return err
-	}
-	a.presence = pr
-	a.closers = append(a.closers, pr.Close)
-
-	v, err := auth.NewVerifier(ctx, authOptions(a.cfg))
-	if err != nil {
-		return fmt.Errorf("auth: %w", err)
-	}
-	a.verifier = v
-	a.closers = append(a.closers, func() error { v.Close(); return nil })
-	return nil
-}
-
-// authOptions maps the configuration onto the token verifier's.
-func authOptions(cfg config.Config) auth.Options {
-	return auth.Options{
-		HS256Secret: []byte(cfg.JWTSecret),
-		Algorithms:  cfg.Auth.Algorithms,
-		JWKSURL:     cfg.Auth.JWKSURL,
-		JWKSRefresh: cfg.Auth.JWKSRefresh,
-		Issuer:      cfg.Auth.Issuer,
-		Audience:    cfg.Auth.Audience,
-		Leeway:      cfg.Auth.Leeway,
-		MaxTokenAge: cfg.Auth.MaxTokenAge,
-	}
 }
 
 func (a *App) authenticate(token string) (string, error) {
@@ -477,8 +419,8 @@ func (a *App) Run(ctx context.Context) error {
 	if a.push != nil {
 		goRole("push", func() error { return a.push.run(work) })
 	}
-	if cfg.Has(config.RolePipeline) && cfg.Bus.Type == "pubsub" {
-		goRole("janitor", func() error { a.runDeliveryJanitor(work); return nil })
+	if cfg.Has(config.RolePipeline) {
+		goRole("janitor", func() error { a.runMaintenance(work); return nil })
 	}
 	if cfg.Has(config.RolePipeline) {
 		goRole("sweep", func() error {

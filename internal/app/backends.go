@@ -2,74 +2,84 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log/slog"
 
+	"github.com/go-routing-service/routingservice/internal/auth"
+	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
-	"github.com/go-routing-service/routingservice/internal/presence"
-	"github.com/go-routing-service/routingservice/internal/presence/memory"
-	redispresence "github.com/go-routing-service/routingservice/internal/presence/redis"
-	"github.com/go-routing-service/routingservice/internal/store"
-	"github.com/go-routing-service/routingservice/internal/store/postgres"
-	"github.com/go-routing-service/routingservice/internal/store/sqlite"
 )
 
-// postgresOptions maps the configuration onto the PostgreSQL store's.
-func postgresOptions(cfg config.Config, log *slog.Logger) postgres.Options {
-	return postgres.Options{
-		MaxBatch: cfg.Store.MaxBatch,
-		MaxConns: int32(cfg.Store.MaxConns),
-		Schema:   cfg.Store.PostgresSchema,
-		Logger:   log.With("store", "postgres"),
-		Vacuum: postgres.VacuumOptions{
-			Interval: cfg.Store.PostgresVacuumInterval,
-			DeadRows: cfg.Store.PostgresVacuumDeadRows,
-		},
+// openBackends opens the store, the bus and presence through the engines
+// the configuration names (config's engine lists), and the token
+// verifier. Each is closed, in reverse order, by closeBackends.
+func (a *App) openBackends(ctx context.Context) error {
+	cfg := a.cfg
+	st, err := cfg.StoreEngine().Open(ctx, cfg.Store.Config, cfg.StoreEnv(a.log, a.metrics))
+	if err != nil {
+		return err
 	}
+	a.store = st
+	a.closers = append(a.closers, st.Close)
+	if a.opts.WrapStore != nil {
+		a.store = a.opts.WrapStore(st)
+	}
+
+	if err := a.openBus(ctx); err != nil {
+		return err
+	}
+
+	pr, err := cfg.PresenceEngine().Open(ctx, cfg.Presence.Config)
+	if err != nil {
+		return err
+	}
+	a.presence = pr
+	a.closers = append(a.closers, pr.Close)
+
+	v, err := auth.NewVerifier(ctx, authOptions(cfg))
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	a.verifier = v
+	a.closers = append(a.closers, func() error { v.Close(); return nil })
+	return nil
 }
 
-// redisOptions maps the configuration onto the Redis presence's.
-func redisOptions(cfg config.Config) redispresence.Options {
-	return redispresence.Options{
-		Addr:      cfg.Presence.Redis.Addr,
-		Password:  cfg.RedisPassword,
-		DB:        cfg.Presence.Redis.DB,
-		KeyPrefix: cfg.Presence.Redis.KeyPrefix,
-		TLS:       cfg.Presence.Redis.TLS,
-		TTL:       cfg.Presence.TTL,
+// openBus opens the engine's driver and the portable bus over it, with
+// the instance's hooks: dead letters counted, paused consumers shown,
+// messages traced.
+func (a *App) openBus(ctx context.Context) error {
+	cfg := a.cfg
+	log := a.log.With("bus", cfg.Bus.Type)
+	e := cfg.Bus.Engine()
+	d, closeEngine, err := e.Open(ctx, cfg.Bus.Config, cfg.BusEnv(log))
+	if err != nil {
+		return err
 	}
+	o := cfg.Bus.Options(cfg.Bus.Packing())
+	o.Concurrency = cfg.Pipeline.Concurrency
+	o.DeliveryConcurrency = cfg.Realtime.DeliveryConcurrency
+	o.Logger = log
+	o.OnDeadLetter = a.deadLettered
+	o.OnOutage = a.receivePaused
+	o.TracerProvider = a.tp
+	o.System = e.System()
+	b := bus.New(d, o)
+	a.bus = b
+	a.closers = append(a.closers, func() error { return errors.Join(b.Close(), closeEngine()) })
+	return nil
 }
 
-func openStore(ctx context.Context, cfg config.Config, log *slog.Logger) (store.Store, error) {
-	switch cfg.Store.Type {
-	case "postgres":
-		s, err := postgres.Open(ctx, cfg.DatabaseURL, postgresOptions(cfg, log))
-		if err != nil {
-			return nil, fmt.Errorf("store (postgres, DATABASE_URL): %w", err)
-		}
-		return s, nil
-	default:
-		s, err := sqlite.Open(ctx, cfg.Store.SQLitePath, sqlite.Options{
-			MaxBatch: cfg.Store.MaxBatch,
-			Logger:   log.With("store", "sqlite"),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("store (sqlite %s): %w", cfg.Store.SQLitePath, err)
-		}
-		log.Info("store", "type", "sqlite", "path", cfg.Store.SQLitePath)
-		return s, nil
-	}
-}
-
-func openPresence(ctx context.Context, cfg config.Config) (presence.Presence, error) {
-	switch cfg.Presence.Type {
-	case "redis":
-		p, err := redispresence.New(ctx, redisOptions(cfg))
-		if err != nil {
-			return nil, fmt.Errorf("presence (redis %s): %w", cfg.Presence.Redis.Addr, err)
-		}
-		return p, nil
-	default:
-		return memory.New(cfg.Presence.TTL), nil
+// authOptions maps the configuration onto the token verifier's.
+func authOptions(cfg config.Config) auth.Options {
+	return auth.Options{
+		HS256Secret: []byte(cfg.JWTSecret),
+		Algorithms:  cfg.Auth.Algorithms,
+		JWKSURL:     cfg.Auth.JWKSURL,
+		JWKSRefresh: cfg.Auth.JWKSRefresh,
+		Issuer:      cfg.Auth.Issuer,
+		Audience:    cfg.Auth.Audience,
+		Leeway:      cfg.Auth.Leeway,
+		MaxTokenAge: cfg.Auth.MaxTokenAge,
 	}
 }

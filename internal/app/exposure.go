@@ -1,43 +1,19 @@
 package app
 
 import (
-	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/datadir"
 )
 
-// prepareDataDir makes the data dir (mode 0700) where it is missing. An
-// existing one that group or others may enter, read or write is tightened
-// to owner-only and a warning says so; one that cannot be tightened (owned
-// by another user, a read-only mount) is refused: it holds the local JWT
-// secret, the VAPID private key, the store and the admin socket.
+// prepareDataDir makes the data dir private (datadir.Prepare): it holds
+// the local JWT secret, the VAPID private key, the store and the admin
+// socket.
 func prepareDataDir(dir string, log *slog.Logger) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := datadir.Prepare(dir, log); err != nil {
 		return &config.KeyError{Key: "data_dir", Err: err}
 	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return &config.KeyError{Key: "data_dir", Err: err}
-	}
-	if !st.IsDir() {
-		return &config.KeyError{Key: "data_dir", Msg: fmt.Sprintf("%s is not a directory", dir)}
-	}
-	perm := st.Mode().Perm()
-	if perm&0o077 == 0 {
-		return nil
-	}
-	tight := perm &^ 0o077
-	if err := os.Chmod(dir, tight); err != nil {
-		return &config.KeyError{Key: "data_dir", Msg: fmt.Sprintf("%s has mode %v (group or others may use it) and cannot be tightened to %v; "+
-			"chmod 700 it as its owner, or name a directory of the service's own", dir, perm, tight), Err: err}
-	}
-	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return &config.KeyError{Key: "data_dir", Msg: fmt.Sprintf("%s keeps mode %v after chmod %v (a file system without Unix permissions?)",
-			dir, st.Mode().Perm(), tight)}
-	}
-	log.Warn("the data dir was open to group or others: tightened to owner only", "dir", dir, "was", perm.String(), "now", tight.String())
 	return nil
 }
 

@@ -267,7 +267,7 @@ func TestDataDirIsTightened(t *testing.T) {
 		c.JWTSecret = ""              // generated into the data dir
 		c.Push.WebPush.Enabled = true // a VAPID key pair generated there
 		c.Admin.Socket = ""           // the admin socket there
-		c.Store.SQLitePath = ""       // the store there
+		c.Store.SQLite.Path = ""      // the store there
 	})
 	st, err := os.Stat(dir)
 	if err != nil {

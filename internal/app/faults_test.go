@@ -221,7 +221,7 @@ func TestFaultStoreCut(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) {
 		c.Store.Type = "postgres"
 		c.DatabaseURL = u.String()
-		c.Store.PostgresSchema = schema
+		c.Store.Postgres.Schema = schema
 		c.API.PublishTimeout = time.Second
 	})
 	bob := ta.client(t, "urn:sm:user:bob")

@@ -1,13 +1,8 @@
 package app
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
-
-	"github.com/nats-io/jwt/v2"
 
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/push/apns"
@@ -16,9 +11,10 @@ import (
 
 // Preflight checks what config.Check cannot see in the configuration alone:
 // that every file it names exists and holds what the key expects (the
-// VAPID private key, FCM credentials, the APNs key, the push CA bundle, the
-// NATS and Pub/Sub credentials). It reads those files and nothing else: it
-// creates, migrates and connects to nothing. It reports every problem at
+// VAPID private key, FCM credentials, the APNs key, the push CA bundle,
+// and the files the chosen engines name: the NATS and Pub/Sub
+// credentials). It reads those files and nothing else: it creates,
+// migrates and connects to nothing. It reports every problem at
 // once, as a config.Errors: each problem a *config.KeyError naming its key.
 //
 // `serve` runs it before it opens anything, and `config check` runs it
@@ -65,48 +61,15 @@ func Preflight(cfg config.Config) error {
 			bad("push.apns.key_file", err)
 		}
 	}
-	if cfg.Bus.Type == "nats" && cfg.Bus.NATS.CredentialsFile != "" {
-		if err := checkNATSCredentials(cfg.Bus.NATS.CredentialsFile); err != nil {
-			bad("bus.nats.credentials_file", err)
-		}
+	// Each chosen engine checks the files its keys name.
+	if e := cfg.Bus.Engine(); e != nil {
+		e.Preflight(func(key string, err error) { bad("bus."+key, err) })
 	}
-	if cfg.Bus.Type == "pubsub" && cfg.Bus.PubSub.CredentialsFile != "" {
-		if err := checkGoogleCredentials(cfg.Bus.PubSub.CredentialsFile); err != nil {
-			bad("bus.pubsub.credentials_file", err)
-		}
+	if e := cfg.StoreEngine(); e != nil {
+		e.Preflight(func(key string, err error) { bad("store."+key, err) })
+	}
+	if e := cfg.PresenceEngine(); e != nil {
+		e.Preflight(func(key string, err error) { bad("presence."+key, err) })
 	}
 	return errs.Err()
-}
-
-// checkNATSCredentials checks a .creds file: a user JWT and its seed.
-func checkNATSCredentials(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if _, err := jwt.ParseDecoratedJWT(b); err != nil {
-		return fmt.Errorf("%s holds no NATS user JWT: %w", path, err)
-	}
-	if _, err := jwt.ParseDecoratedNKey(b); err != nil {
-		return fmt.Errorf("%s holds no NATS user seed: %w", path, err)
-	}
-	return nil
-}
-
-// checkGoogleCredentials checks a Google credentials JSON file.
-func checkGoogleCredentials(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var f struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(b, &f); err != nil {
-		return fmt.Errorf("%s is not a JSON credentials file: %w", path, err)
-	}
-	if strings.TrimSpace(f.Type) == "" {
-		return fmt.Errorf("%s has no \"type\" (service_account, external_account, ...)", path)
-	}
-	return nil
 }

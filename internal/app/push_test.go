@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/pushtest"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
@@ -34,8 +35,8 @@ func TestPushEndToEnd(t *testing.T) {
 	ta := startApp(t, func(c *config.Config) {
 		c.Push.CoalesceWindow = window
 		c.Push.CAFile = caFile
-		c.Push.FCM = config.FCM{Enabled: true, ProjectID: fc.ProjectID, CredentialsFile: fc.CredentialsFile, Endpoint: fc.Endpoint}
-		c.Push.APNs = config.APNs{Enabled: true, KeyFile: ac.KeyFile, KeyID: ac.KeyID, TeamID: ac.TeamID, Topic: ac.Topic,
+		c.Push.FCM = push.FCM{Enabled: true, ProjectID: fc.ProjectID, CredentialsFile: fc.CredentialsFile, Endpoint: fc.Endpoint}
+		c.Push.APNs = push.APNs{Enabled: true, KeyFile: ac.KeyFile, KeyID: ac.KeyID, TeamID: ac.TeamID, Topic: ac.Topic,
 			Endpoint: ac.Endpoint, PushType: "background", Priority: 5}
 		c.Push.WebPush.Enabled = true
 		c.Push.WebPush.VAPIDPrivateKeyFile = vapidFile

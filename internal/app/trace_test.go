@@ -252,7 +252,7 @@ func runSplitRoles(t *testing.T, busConfig func(*config.Config)) {
 			c.InstanceID = id
 			c.Roles = []string{role}
 			c.Store.Type = "postgres"
-			c.Store.PostgresSchema = schema
+			c.Store.Postgres.Schema = schema
 			c.DatabaseURL = pgURL
 			c.Presence.Type = "redis"
 			c.Presence.Redis.Addr = redisAddr

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/go-routing-service/routingservice/internal/auth"
 )
 
 // The shipped config.yaml documents every key with its default.
@@ -37,7 +39,7 @@ func TestDefaultIsValidInLocalMode(t *testing.T) {
 	if !c.LocalSecret || len(c.JWTSecret) < 32 {
 		t.Fatal("local mode without JWT_SECRET must use a generated secret")
 	}
-	if c.InstanceID == "" || c.Store.SQLitePath == "" {
+	if c.InstanceID == "" || c.Store.SQLite.Path == "" {
 		t.Fatal("derived defaults not filled")
 	}
 }
@@ -58,7 +60,7 @@ func TestLocalSecretIsGeneratedPrivateAndKept(t *testing.T) {
 		return c
 	}
 	c := load(dir)
-	if !c.LocalSecret || len(c.JWTSecret) < 32 || slices.Contains(publishedSecrets, c.JWTSecret) {
+	if !c.LocalSecret || len(c.JWTSecret) < 32 || slices.Contains(auth.PublishedSecrets, c.JWTSecret) {
 		t.Fatalf("not a generated secret: %q", c.JWTSecret)
 	}
 	st, err := os.Stat(filepath.Join(dir, LocalSecretFile))
@@ -89,7 +91,7 @@ func TestPublishedSecretIsRefused(t *testing.T) {
 	for _, mode := range []string{ModeLocal, ModeProduction} {
 		c := Default()
 		c.RunMode = mode
-		c.JWTSecret = publishedSecrets[0]
+		c.JWTSecret = auth.PublishedSecrets[0]
 		c.FillDefaults()
 		if err := c.Check(); err == nil || !strings.Contains(err.Error(), "config key auth.algorithms: JWT_SECRET is a published secret") {
 			t.Fatalf("%s mode accepted the published secret: %v", mode, err)
@@ -117,6 +119,9 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"pubsub needs project", "bus:\n  type: pubsub", nil, "bus.pubsub.project_id"},
 		{"postgres needs url", "store:\n  type: postgres", nil, "store.type"},
 		{"bad sync", "bus:\n  nats:\n    sync: sometimes", nil, "bus.nats.sync"},
+		{"subject prefix longer than NATS names allow", "bus: {type: nats, nats: {url: 'nats://n:4222', subject_prefix: " + strings.Repeat("p", 33) + "}}", nil, "bus.nats.subject_prefix"},
+		{"bad postgres schema", "store: {postgres_schema: 'a b'}", nil, "store.postgres_schema"},
+		{"bad bus name", "bus: {ingress_topic: 'a.b'}", nil, "bus.ingress_topic"},
 		{"heartbeat vs ttl", "presence:\n  heartbeat: 2m", nil, "presence.heartbeat"},
 		{"attempts range", "bus:\n  max_delivery_attempts: 1001", nil, "bus.max_delivery_attempts"},
 		{"payload over body", "api:\n  max_payload_bytes: 999999", nil, "api.max_payload_bytes"},
@@ -382,8 +387,8 @@ func TestFillDefaults(t *testing.T) {
 	c := Default()
 	c.DataDir = "/var/lib/routing"
 	c.FillDefaults()
-	if c.InstanceID == "" || c.Store.SQLitePath != "/var/lib/routing/routing.db" {
-		t.Fatalf("derived defaults not filled: instance %q, sqlite %q", c.InstanceID, c.Store.SQLitePath)
+	if c.InstanceID == "" || c.Store.SQLite.Path != "/var/lib/routing/routing.db" {
+		t.Fatalf("derived defaults not filled: instance %q, sqlite %q", c.InstanceID, c.Store.SQLite.Path)
 	}
 	filled := deepCopy(c)
 	c.FillDefaults()
@@ -393,12 +398,12 @@ func TestFillDefaults(t *testing.T) {
 
 	// Set values are kept; production never gets a generated secret.
 	c = Default()
-	c.RunMode, c.InstanceID, c.Store.SQLitePath, c.DataDir = ModeProduction, "pod-1", "/data/r.db", t.TempDir()
+	c.RunMode, c.InstanceID, c.Store.SQLite.Path, c.DataDir = ModeProduction, "pod-1", "/data/r.db", t.TempDir()
 	c.FillDefaults()
 	if err := c.LoadLocalSecret(); err != nil {
 		t.Fatal(err)
 	}
-	if c.InstanceID != "pod-1" || c.Store.SQLitePath != "/data/r.db" || c.JWTSecret != "" || c.LocalSecret {
+	if c.InstanceID != "pod-1" || c.Store.SQLite.Path != "/data/r.db" || c.JWTSecret != "" || c.LocalSecret {
 		t.Fatalf("FillDefaults overrode set values or gave production a generated secret: %+v", c)
 	}
 }

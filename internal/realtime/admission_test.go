@@ -13,14 +13,12 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/go-routing-service/routingservice/internal/config"
 )
 
 // defaultOptions are the realtime options of the shipped defaults
-// (config.Default), as the service wires them.
+// (DefaultConfig), as the service wires them.
 func defaultOptions() Options {
-	c := config.Default().Realtime
+	c := DefaultConfig()
 	return Options{
 		AllowedOrigins:      c.AllowedOrigins,
 		AllowedHosts:        c.AllowedHosts,

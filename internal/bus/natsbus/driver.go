@@ -42,6 +42,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
+	"github.com/go-routing-service/routingservice/internal/ident"
 )
 
 // ErrForeignStream is returned by New for a stream that has this
@@ -117,28 +118,14 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if !validName(c.SubjectPrefix) || len(c.SubjectPrefix) > 32 {
+	if !ident.Valid(c.SubjectPrefix) || len(c.SubjectPrefix) > maxPrefix {
 		return fmt.Errorf("natsbus: subject prefix %q must be 1-32 characters of [A-Za-z0-9_-]", c.SubjectPrefix)
 	}
 	return nil
 }
 
-// validName reports whether s can be a stream, consumer or subject token name.
-func validName(s string) bool {
-	if len(s) < 1 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
 func checkInstance(instance string) error {
-	if !validName(instance) {
+	if !ident.Valid(instance) {
 		return fmt.Errorf("instance %q must be 1-64 characters of [A-Za-z0-9_-]", instance)
 	}
 	return nil

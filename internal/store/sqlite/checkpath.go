@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/go-routing-service/routingservice/internal/datadir"
 )
 
 // PathStatus is what CheckPath found.
@@ -35,7 +37,7 @@ func CheckPath(path string) (PathStatus, error) {
 		if !fi.Mode().IsRegular() {
 			return st, fmt.Errorf("sqlite: %s is not a regular file (%v)", path, fi.Mode().Type())
 		}
-		if err := access(path, accessRead|accessWrite); err != nil {
+		if err := datadir.ReadWritable(path); err != nil {
 			return st, fmt.Errorf("sqlite: %s: %w", path, err)
 		}
 		st.Exists, st.Size = true, fi.Size()
@@ -43,25 +45,8 @@ func CheckPath(path string) (PathStatus, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return st, fmt.Errorf("sqlite: %w", err)
 	}
-	if err := WritableDir(st.Dir); err != nil {
+	if err := datadir.Writable(st.Dir); err != nil {
 		return st, fmt.Errorf("sqlite: %w", err)
 	}
 	return st, nil
-}
-
-// WritableDir reports whether dir is a directory this process may create
-// files in (an error wrapping fs.ErrNotExist when it does not exist). It
-// creates nothing.
-func WritableDir(dir string) error {
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
-	}
-	if err := access(dir, accessWrite|accessExec); err != nil {
-		return fmt.Errorf("directory %s: %w", dir, err)
-	}
-	return nil
 }

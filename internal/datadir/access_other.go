@@ -1,6 +1,6 @@
 //go:build !unix
 
-package sqlite
+package datadir
 
 const (
 	accessRead = 1 << iota

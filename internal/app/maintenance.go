@@ -4,31 +4,15 @@ import (
 	"context"
 	"slices"
 
-	"github.com/go-routing-service/routingservice/internal/bus/gcppubsub"
 	"github.com/go-routing-service/routingservice/internal/presence"
 )
 
-// runDeliveryJanitor removes, until ctx is done, the Pub/Sub delivery
-// topics of realtime instances that died without removing theirs
-// (gcppubsub.Janitor). It runs with the pipeline role, which every
-// deployment has and which runs on fewer instances than realtime; several
-// janitors at once are harmless. It has its own Pub/Sub client, apart from
-// the bus. A janitor that cannot start is logged, never fatal: the topics
-// of instances gone cost nothing but a place in the project's topic quota.
-func (a *App) runDeliveryJanitor(ctx context.Context) {
-	pc, opts := pubsubConfig(a.cfg, a.log)
-	log := a.log.With("role", "janitor")
-	j, err := gcppubsub.NewJanitor(ctx, pc, gcppubsub.JanitorOptions{
-		TopicTTL: a.cfg.Bus.PubSub.DeliveryTopicTTL,
-		Presence: instancePresence{a.presence},
-		Logger:   log,
-	}, opts...)
-	if err != nil {
-		log.Warn("delivery topic janitor not started", "err", err)
-		return
-	}
-	defer j.Close()
-	j.Run(ctx)
+// runMaintenance runs the bus engine's upkeep until ctx is done (the
+// pipeline role runs it; on Pub/Sub, the delivery topic janitor), with
+// this instance's presence saying which realtime instances are present.
+func (a *App) runMaintenance(ctx context.Context) {
+	cfg := a.cfg
+	cfg.Bus.Engine().Maintain(ctx, cfg.Bus.Config, cfg.BusEnv(a.log.With("role", "janitor")), instancePresence{a.presence})
 }
 
 // instancePresence answers which realtime instances are present from the
