@@ -3,7 +3,12 @@
 //
 //	online   N recipients hold one WebSocket each; M senders POST one message per
 //	         request, flat out or at -rate; latency is send start to WebSocket receipt
+//	         (-send ws: each sender holds a WebSocket and pipelines its sends,
+//	         -inflight unanswered at a time)
 //	fanout   the same with -conns WebSockets per recipient: each must get every message
+//	group    online's recipients; each send is one POST /v1/messages/batch of -size
+//	         messages to -size of them in turn (a group message fanned out to its
+//	         members' devices); send latency is the batch's
 //	offline  recipients stay away; M senders send -messages as fast as they can, then
 //	         every recipient pages through GET /v1/messages and acks each page
 //	idle     open -conns WebSockets, hold them for -duration and report the server's
@@ -20,6 +25,8 @@
 //
 //	routebench online -embedded -duration 10s [-rate 5000]
 //	routebench offline -embedded -messages 10000 [-recipients 1]
+//	routebench online -embedded -send ws -inflight 8
+//	routebench group -embedded -size 100
 //	routebench fanout -embedded -recipients 100 -conns 4
 //	routebench idle -embedded -conns 10000 -duration 30s
 //	routebench idle -api http://127.0.0.1:8082 -ws ws://127.0.0.1:8085 -pid $(pgrep -n routingservice) -conns 10000
@@ -89,10 +96,13 @@ type options struct {
 	window     time.Duration
 	ephemeral  bool
 	pids       []proc
+	send       string          // online, fanout: http or ws
+	inflight   int             // -send ws: sends unanswered per WebSocket
+	size       int             // group: messages per batch
 	set        map[string]bool // flags given on the command line
 }
 
-var scenarios = []string{"online", "fanout", "offline", "idle", "server", "floor"}
+var scenarios = []string{"online", "fanout", "group", "offline", "idle", "server", "floor"}
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -133,6 +143,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.window, "window", time.Minute, "online, fanout: report deliveries per window of this length, and the last window's rate over the first's (0: off)")
 	pids := fs.String("pids", "", "server process ids, comma-separated, each optionally label=id (a run on several instances sums them, engines too): their CPU per delivered message, from /proc/<pid>/stat, in all and per process")
 	fs.BoolVar(&o.sync, "sync", true, "floor: fsync the file before each group of 202s (false: the bound without durability)")
+	fs.StringVar(&o.send, "send", "http", "online, fanout: how senders send: http (one POST /v1/messages per message) or ws (over a WebSocket each, -inflight sends unanswered at a time)")
+	fs.IntVar(&o.inflight, "inflight", 8, "-send ws: sends in flight per sender's WebSocket")
+	fs.IntVar(&o.size, "size", 100, "group: messages per batch, each to another recipient (at most -recipients)")
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		o.scenario, args = args[0], args[1:]
 		if err := fs.Parse(args); err != nil {
@@ -162,8 +175,23 @@ func parseFlags(args []string) (options, error) {
 }
 
 func (o *options) validate() error {
+	switch o.send {
+	case "http", "ws":
+	default:
+		return fmt.Errorf("-send must be http or ws, got %q", o.send)
+	}
+	if o.send == "ws" && o.scenario != "online" && o.scenario != "fanout" {
+		return errors.New("-send ws is for online and fanout")
+	}
+	if o.inflight < 1 {
+		return errors.New("-inflight must be positive")
+	}
 	switch o.scenario {
 	case "online", "offline", "server", "floor":
+	case "group":
+		if o.size < 1 || o.size > o.recipients {
+			return errors.New("group: -size must be 1 to -recipients")
+		}
 	case "fanout":
 		if o.conns == 0 {
 			o.conns = 3
@@ -302,7 +330,7 @@ func run(args []string) error {
 	if o.jsonOut {
 		e.log = os.Stderr
 	}
-	conns := map[string]int{"online": o.recipients, "fanout": o.recipients * o.conns, "idle": o.conns}[o.scenario]
+	conns := map[string]int{"online": o.recipients, "fanout": o.recipients * o.conns, "group": o.recipients, "idle": o.conns}[o.scenario]
 	need := uint64(conns + o.senders + 64)
 	if o.embedded && o.scenario != "idle" {
 		need += uint64(conns) // the server's end of each connection is in this process too
@@ -334,6 +362,8 @@ func run(args []string) error {
 		s, err = runDelivery(ctx, e, 1)
 	case "fanout":
 		s, err = runDelivery(ctx, e, o.conns)
+	case "group":
+		s, err = runDelivery(ctx, e, 1)
 	case "offline":
 		s, err = runOffline(ctx, e)
 	case "idle":

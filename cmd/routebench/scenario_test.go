@@ -28,6 +28,8 @@ type fakeService struct {
 	conns   map[string][]*websocket.Conn
 	pending map[string][]map[string]any
 	acked   atomic.Int64
+	batches atomic.Int64 // POST /v1/messages/batch requests
+	wsSends atomic.Int64 // send frames
 }
 
 func newFake(t *testing.T, dropEvery int) (*fakeService, *httptest.Server) {
@@ -61,27 +63,27 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error":{"code":"bad_request"}}`, 400)
 			return
 		}
-		f.mu.Lock()
-		f.seq++
-		id := strconv.Itoa(f.seq)
-		env := map[string]any{"id": id, "sender": sub, "recipient": m.Recipient, "payload": m.Payload}
-		f.pending[m.Recipient] = append(f.pending[m.Recipient], env)
-		conns := f.conns[m.Recipient]
-		drop := f.dropEvery > 0 && f.seq%f.dropEvery == 0
-		f.mu.Unlock()
-		if !drop {
-			frame, _ := json.Marshal(map[string]any{"type": "message", "message": env})
-			// Not the request's context: a sender that gives up on its
-			// request must not close the recipients' sockets (a cancelled
-			// write closes a websocket.Conn), as it does not on the service.
-			wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			for _, c := range conns {
-				_ = c.Write(wctx, websocket.MessageText, frame)
-			}
-			cancel()
-		}
+		id := f.deliver(sub, m.Recipient, m.Payload)
 		w.WriteHeader(http.StatusAccepted)
 		_ = json.NewEncoder(w).Encode(map[string]string{"id": id})
+	case "POST /v1/messages/batch":
+		var b struct {
+			Messages []struct {
+				Recipient string `json:"recipient"`
+				Payload   []byte `json:"payload"`
+			} `json:"messages"`
+		}
+		if json.NewDecoder(r.Body).Decode(&b) != nil {
+			http.Error(w, `{"error":{"code":"bad_request"}}`, 400)
+			return
+		}
+		f.batches.Add(1)
+		out := make([]map[string]string, len(b.Messages))
+		for i, m := range b.Messages {
+			out[i] = map[string]string{"id": f.deliver(sub, m.Recipient, m.Payload)}
+		}
+		w.WriteHeader(http.StatusAccepted)
+		_ = json.NewEncoder(w).Encode(map[string]any{"messages": out})
 	case "GET /v1/messages":
 		f.mu.Lock()
 		msgs := append([]map[string]any{}, f.pending[sub]...)
@@ -105,13 +107,53 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return
 			}
-			var a struct{ IDs []string }
+			var a struct {
+				Type    string
+				IDs     []string
+				Ref     string
+				Message struct {
+					Recipient string `json:"recipient"`
+					Payload   []byte `json:"payload"`
+				}
+			}
 			_ = json.Unmarshal(b, &a)
+			if a.Type == "send" {
+				f.wsSends.Add(1)
+				id := f.deliver(sub, a.Message.Recipient, a.Message.Payload)
+				frame, _ := json.Marshal(map[string]any{"type": "sent", "ref": a.Ref, "id": id, "created_at": time.Now().UTC()})
+				_ = c.Write(context.Background(), websocket.MessageText, frame)
+				continue
+			}
 			f.ack(sub, a.IDs)
 		}
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// deliver accepts a message of sub's to recipient and writes it to the
+// recipient's connections (unless it is one to drop); it returns its id.
+func (f *fakeService) deliver(sub, recipient string, payload []byte) string {
+	f.mu.Lock()
+	f.seq++
+	id := strconv.Itoa(f.seq)
+	env := map[string]any{"id": id, "sender": sub, "recipient": recipient, "payload": payload}
+	f.pending[recipient] = append(f.pending[recipient], env)
+	conns := f.conns[recipient]
+	drop := f.dropEvery > 0 && f.seq%f.dropEvery == 0
+	f.mu.Unlock()
+	if !drop {
+		frame, _ := json.Marshal(map[string]any{"type": "message", "message": env})
+		// Not the request's context: a sender that gives up on its
+		// request must not close the recipients' sockets (a cancelled
+		// write closes a websocket.Conn), as it does not on the service.
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		for _, c := range conns {
+			_ = c.Write(wctx, websocket.MessageText, frame)
+		}
+		cancel()
+	}
+	return id
 }
 
 func (f *fakeService) ack(sub string, ids []string) {
@@ -191,5 +233,56 @@ func TestOfflineAgainstFake(t *testing.T) {
 	}
 	if f.acked.Load() != 120 {
 		t.Errorf("acked %d", f.acked.Load())
+	}
+}
+
+// online -send ws sends every message as a send frame over the senders'
+// WebSockets, several in flight, and every one is delivered.
+func TestOnlineOverWebSocketAgainstFake(t *testing.T) {
+	f, srv := newFake(t, 0)
+	e := testEnv(t, srv, "online", "-send", "ws", "-inflight", "4", "-recipients", "5", "-senders", "2", "-duration", "300ms", "-rate", "400", "-drain", "5s")
+	s, err := runDelivery(context.Background(), e, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Accepted == 0 || s.Missing != 0 || s.Deliveries != s.Accepted || len(s.Errors) != 0 {
+		t.Fatalf("summary: %+v", s)
+	}
+	if got := f.wsSends.Load(); got != s.Offered {
+		t.Fatalf("%d send frames for %d messages offered, want every message over the WebSocket", got, s.Offered)
+	}
+}
+
+// group sends batches of -size messages, each to another recipient; every
+// message is delivered and the send latency is one per batch.
+func TestGroupAgainstFake(t *testing.T) {
+	f, srv := newFake(t, 0)
+	e := testEnv(t, srv, "group", "-size", "4", "-recipients", "6", "-senders", "2", "-duration", "300ms", "-rate", "200", "-drain", "5s")
+	s, err := runDelivery(context.Background(), e, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Accepted == 0 || s.Accepted%4 != 0 || s.Missing != 0 || s.Deliveries != s.Accepted || len(s.Errors) != 0 {
+		t.Fatalf("summary: %+v", s)
+	}
+	if b := f.batches.Load(); b*4 != s.Offered || s.SendLatency == nil || int64(s.SendLatency.N) != b {
+		t.Fatalf("%d batches for %d messages, %v send latencies: want one per batch of 4", b, s.Offered, s.SendLatency)
+	}
+}
+
+func TestSendWayFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"online", "-send", "carrier-pigeon"},
+		{"offline", "-send", "ws"},
+		{"online", "-send", "ws", "-inflight", "0"},
+		{"group", "-size", "0"},
+		{"group", "-size", "11", "-recipients", "10"},
+	} {
+		if _, err := parseFlags(args); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+	if o, err := parseFlags([]string{"group", "-size", "100"}); err != nil || o.size != 100 || o.send != "http" {
+		t.Errorf("group -size 100: %+v, %v", o, err)
 	}
 }

@@ -153,7 +153,13 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 		}
 		return line
 	})
-	sendDur := l.run(ctx)
+	sendDur, err := e.runLoad(ctx, l)
+	if err != nil {
+		stopProgress()
+		stopAck()
+		rs.closeAll(stopRead)
+		return nil, err
+	}
 	drain(ctx, ck, o.drain)
 	stopProgress()
 	each1, cpuErr := cpu.each()

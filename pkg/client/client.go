@@ -68,15 +68,23 @@ type Subscription struct {
 	} `json:"keys"`
 }
 
-// Error is an error answer of the service.
+// Error is an error answer of the service: an HTTP answer, or a send
+// refused over the WebSocket (send_error), whose Status is the one the
+// HTTP API answers with its Code.
 type Error struct {
 	Status     int
 	Code       string
 	Message    string
 	RetryAfter time.Duration
+	// Index is the message of SendBatch's batch at fault (0-based), or -1
+	// when the error names none.
+	Index int
 }
 
 func (e *Error) Error() string {
+	if e.Index >= 0 {
+		return fmt.Sprintf("routing service: %d %s: message %d: %s", e.Status, e.Code, e.Index, e.Message)
+	}
 	return fmt.Sprintf("routing service: %d %s: %s", e.Status, e.Code, e.Message)
 }
 
@@ -194,11 +202,15 @@ func decodeError(resp *http.Response) error {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
+			Index   *int   `json:"index"`
 		} `json:"error"`
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	_ = json.Unmarshal(b, &body)
-	e := &Error{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message}
+	e := &Error{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message, Index: -1}
+	if body.Error.Index != nil {
+		e.Index = *body.Error.Index
+	}
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
 		e.RetryAfter = time.Duration(s) * time.Second
 	}
@@ -210,6 +222,24 @@ func (c *Client) Send(ctx context.Context, m Message) (Accepted, error) {
 	var a Accepted
 	err := c.do(ctx, http.MethodPost, "/v1/messages", m, &a)
 	return a, err
+}
+
+// SendBatch sends msgs in one request (POST /v1/messages/batch): all are
+// accepted in one durable commit, or none is. The answers are in the
+// order of msgs. An *Error whose Index is not -1 names the message at
+// fault; whatever the error, nothing was accepted. Give each message an
+// IdempotencyKey to make sending the batch again safe.
+func (c *Client) SendBatch(ctx context.Context, msgs []Message) ([]Accepted, error) {
+	var out struct {
+		Messages []Accepted `json:"messages"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/messages/batch", map[string][]Message{"messages": msgs}, &out); err != nil {
+		return nil, err
+	}
+	if len(out.Messages) != len(msgs) {
+		return nil, fmt.Errorf("routing service: batch of %d messages answered with %d", len(msgs), len(out.Messages))
+	}
+	return out.Messages, nil
 }
 
 // Fetch returns up to limit pending messages after cursor ("" for the first page).
@@ -248,7 +278,24 @@ func (c *Client) DeleteDevice(ctx context.Context, d Device) error {
 // Conn is a live WebSocket connection.
 type Conn struct {
 	ws *websocket.Conn
+
+	mu      sync.Mutex
+	seq     uint64
+	pending map[string]chan sendAnswer // sends not answered yet, by ref
+	lost    error                      // why the connection ended; no send waits once set
 }
+
+// sendAnswer is the answer to a send over the connection.
+type sendAnswer struct {
+	acc Accepted
+	err error
+}
+
+// ErrUnanswered is the error of a send whose connection ended before the
+// service answered it: it may or may not have been accepted. Send it
+// again with the same IdempotencyKey (over HTTP or a new connection) to
+// learn which, without delivering it twice.
+var ErrUnanswered = errors.New("routing service: the connection ended before the send was answered; it may have been accepted: send it again with the same idempotency key")
 
 // ErrorFrame is an error the server sent over the WebSocket.
 type ErrorFrame struct {
@@ -272,16 +319,20 @@ func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 		return nil, err
 	}
 	ws.SetReadLimit(1 << 20)
-	return &Conn{ws: ws}, nil
+	return &Conn{ws: ws, pending: map[string]chan sendAnswer{}}, nil
 }
 
 // Next returns the next message. An error frame from the server is returned
 // as *ErrorFrame; a closed connection as an error carrying its close status
 // (see websocket.CloseStatus).
+//
+// Next also reads the answers to the connection's sends (see Send): a
+// connection that sends must be read.
 func (c *Conn) Next(ctx context.Context) (Envelope, error) {
 	for {
 		_, data, err := c.ws.Read(ctx)
 		if err != nil {
+			c.fail(err)
 			return Envelope{}, err
 		}
 		var f struct {
@@ -291,6 +342,10 @@ func (c *Conn) Next(ctx context.Context) (Envelope, error) {
 				Code    string `json:"code"`
 				Message string `json:"message"`
 			} `json:"error"`
+			Ref        string    `json:"ref"`
+			ID         string    `json:"id"`
+			CreatedAt  time.Time `json:"created_at"`
+			RetryAfter int       `json:"retry_after"`
 		}
 		if err := json.Unmarshal(data, &f); err != nil {
 			return Envelope{}, fmt.Errorf("routing service: bad frame: %w", err)
@@ -304,8 +359,110 @@ func (c *Conn) Next(ctx context.Context) (Envelope, error) {
 			if f.Error != nil {
 				return Envelope{}, &ErrorFrame{Code: f.Error.Code, Message: f.Error.Message}
 			}
+		case "sent":
+			c.answer(f.Ref, sendAnswer{acc: Accepted{ID: f.ID, CreatedAt: f.CreatedAt}})
+		case "send_error":
+			e := &Error{Index: -1, RetryAfter: time.Duration(f.RetryAfter) * time.Second}
+			if f.Error != nil {
+				e.Code, e.Message = f.Error.Code, f.Error.Message
+			}
+			e.Status = statusOf(e.Code)
+			c.answer(f.Ref, sendAnswer{err: e})
 		}
 	}
+}
+
+// Send sends m over the connection and waits for the service's answer,
+// which Next reads: call Next from another goroutine meanwhile (as a
+// receiving client does), or the answer is never read. Many sends may
+// wait at once; each answer is matched to its send. The service refuses
+// a send as POST /v1/messages would (an *Error with that answer's Status
+// and Code). If the connection ends first, the error wraps ErrUnanswered.
+func (c *Conn) Send(ctx context.Context, m Message) (Accepted, error) {
+	ch := make(chan sendAnswer, 1)
+	c.mu.Lock()
+	if c.lost != nil {
+		err := c.lost
+		c.mu.Unlock()
+		return Accepted{}, fmt.Errorf("routing service: connection closed: %w", err)
+	}
+	c.seq++
+	ref := strconv.FormatUint(c.seq, 36)
+	c.pending[ref] = ch
+	c.mu.Unlock()
+	b, err := json.Marshal(struct {
+		Type    string  `json:"type"`
+		Ref     string  `json:"ref"`
+		Message Message `json:"message"`
+	}{"send", ref, m})
+	if err == nil {
+		err = c.ws.Write(ctx, websocket.MessageText, b)
+	}
+	if err != nil {
+		c.forget(ref)
+		if ctx.Err() == nil {
+			// The frame may have gone out before the connection broke.
+			return Accepted{}, fmt.Errorf("%w (%v)", ErrUnanswered, err)
+		}
+		return Accepted{}, err
+	}
+	select {
+	case a := <-ch:
+		return a.acc, a.err
+	case <-ctx.Done():
+		c.forget(ref)
+		return Accepted{}, ctx.Err()
+	}
+}
+
+// answer hands the answer of the send of ref to its sender.
+func (c *Conn) answer(ref string, a sendAnswer) {
+	c.mu.Lock()
+	ch := c.pending[ref]
+	delete(c.pending, ref)
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- a // buffered: never blocks
+	}
+}
+
+func (c *Conn) forget(ref string) {
+	c.mu.Lock()
+	delete(c.pending, ref)
+	c.mu.Unlock()
+}
+
+// fail ends the sends waiting for an answer: the connection ended (cause).
+func (c *Conn) fail(cause error) {
+	c.mu.Lock()
+	if c.lost == nil {
+		c.lost = cause
+	}
+	pending := c.pending
+	c.pending = map[string]chan sendAnswer{}
+	c.mu.Unlock()
+	for _, ch := range pending {
+		ch <- sendAnswer{err: fmt.Errorf("%w (%v)", ErrUnanswered, cause)}
+	}
+}
+
+// statusOf is the HTTP status the API answers with code.
+func statusOf(code string) int {
+	switch code {
+	case "malformed_json", "bad_request", "invalid_recipient", "invalid_payload", "invalid_parameter":
+		return http.StatusBadRequest
+	case "payload_too_large", "body_too_large", "batch_too_large":
+		return http.StatusRequestEntityTooLarge
+	case "idempotency_key_reused":
+		return http.StatusConflict
+	case "rate_limited", "recipient_queue_full", "sender_quota_exceeded":
+		return http.StatusTooManyRequests
+	case "backend_unavailable":
+		return http.StatusServiceUnavailable
+	case "internal_error":
+		return http.StatusInternalServerError
+	}
+	return 0
 }
 
 // Ack acknowledges messages over the WebSocket.
@@ -322,5 +479,10 @@ func (c *Conn) WriteRaw(ctx context.Context, data []byte) error {
 	return c.ws.Write(ctx, websocket.MessageText, data)
 }
 
-// Close closes the connection normally.
-func (c *Conn) Close() error { return c.ws.Close(websocket.StatusNormalClosure, "") }
+// Close closes the connection normally; sends still waiting end with
+// ErrUnanswered.
+func (c *Conn) Close() error {
+	err := c.ws.Close(websocket.StatusNormalClosure, "")
+	c.fail(errors.New("connection closed"))
+	return err
+}

@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/base64"
 	"errors"
 	"math/rand/v2"
 	"net/http"
@@ -31,6 +33,13 @@ type StreamOptions struct {
 	// OnState, when set, is called from Next when a connection opens
 	// (err nil) and when one ends (err says why).
 	OnState func(connected bool, err error)
+	// RetryUnanswered has Send give a message without an IdempotencyKey a
+	// random one, and send a message again, once, when its connection
+	// ended before the service answered (ErrUnanswered): over the
+	// connection Next has opened since, or over HTTP. The key makes the
+	// second sending return the first one's answer if it was accepted,
+	// without a second copy.
+	RetryUnanswered bool
 }
 
 // Stream receives the caller's messages over WebSocket for as long
@@ -123,6 +132,50 @@ func (s *Stream) Ack(ctx context.Context, ids ...string) error {
 		}
 	}
 	return s.c.Ack(ctx, ids...)
+}
+
+// Send sends m: over the stream's connection while one is open (its
+// answer is read by Next, which must be running, as a receiving client's
+// loop does), else over HTTP (Client.Send). The service answers as POST
+// /v1/messages does; a send whose connection ended before its answer
+// returns an error wrapping ErrUnanswered, unless
+// StreamOptions.RetryUnanswered sends it again (with the same key).
+func (s *Stream) Send(ctx context.Context, m Message) (Accepted, error) {
+	if s.opts.RetryUnanswered && m.IdempotencyKey == "" {
+		m.IdempotencyKey = randomKey()
+	}
+	for retried := false; ; retried = true {
+		s.mu.Lock()
+		conn := s.conn
+		s.mu.Unlock()
+		if conn == nil {
+			return s.c.Send(ctx, m)
+		}
+		acc, err := conn.Send(ctx, m)
+		if !errors.Is(err, ErrUnanswered) || !s.opts.RetryUnanswered || retried || ctx.Err() != nil {
+			return acc, err
+		}
+		// The connection is gone (Next drops it and reconnects): the
+		// next attempt goes over HTTP, or a connection opened since.
+		s.forgetConn(conn)
+	}
+}
+
+// forgetConn stops using conn for sends once it has ended.
+func (s *Stream) forgetConn(conn *Conn) {
+	s.mu.Lock()
+	if s.conn == conn {
+		s.conn = nil
+	}
+	s.mu.Unlock()
+}
+
+// randomKey returns a random idempotency key (22 characters of
+// [A-Za-z0-9_-]).
+func randomKey() string {
+	var b [16]byte
+	_, _ = cryptorand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // Close closes the connection; Next returns an error afterwards.

@@ -78,13 +78,15 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// proxy forwards TCP connections to target until cut.
+// proxy forwards TCP connections to target until cut. While mute is set
+// it drops what the target sends back.
 type proxy struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
 	conns  []net.Conn
 	n      atomic.Int64 // connections accepted
+	mute   atomic.Bool
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -115,7 +117,21 @@ func (p *proxy) serve() {
 		p.conns = append(p.conns, in, out)
 		p.mu.Unlock()
 		go func() { _, _ = io.Copy(out, in); out.Close() }()
-		go func() { _, _ = io.Copy(in, out); in.Close() }()
+		go func() {
+			defer in.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := out.Read(buf)
+				if n > 0 && !p.mute.Load() {
+					if _, werr := in.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
 	}
 }
 
