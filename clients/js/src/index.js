@@ -1,6 +1,7 @@
-// JavaScript client of the routing service's v1 API: send, fetch and
-// acknowledge messages over HTTP, register Web Push subscriptions, and
-// receive messages live over a WebSocket that reconnects by itself.
+// JavaScript client of the routing service's v1 API: send (over the open
+// WebSocket, else HTTP), send a batch, fetch and acknowledge messages,
+// register Web Push subscriptions, and receive messages live over a
+// WebSocket that reconnects by itself.
 // No dependencies: it needs fetch and WebSocket (browsers, Node 22+, or
 // Node 20 with --experimental-websocket, or pass your own).
 
@@ -26,6 +27,14 @@
  */
 
 /**
+ * The answer to a send.
+ * @typedef {object} Accepted
+ * @property {string} id          the message's id
+ * @property {string} created_at  RFC 3339 time the service accepted it
+ * @property {'websocket'|'http'} [via]  how send() sent it (send() only)
+ */
+
+/**
  * @typedef {object} ClientOptions
  * @property {string} apiUrl     HTTP API base, e.g. "http://127.0.0.1:8082"
  * @property {string} [wsUrl]    WebSocket base, e.g. "ws://127.0.0.1:8085"
@@ -33,6 +42,8 @@
  * @property {() => Promise<string>} [renewToken]  returns a fresh token; called on 401 and when a session ends with "token expired"
  * @property {typeof globalThis.fetch} [fetch]          defaults to globalThis.fetch
  * @property {typeof globalThis.WebSocket} [WebSocket]  defaults to globalThis.WebSocket
+ * @property {boolean} [retryUnanswered]  send() gives a message without an idempotencyKey a random one, and sends a message
+ *   again over HTTP, once, when its WebSocket closed before the answer (instead of rejecting with SendUnansweredError)
  */
 
 /**
@@ -46,21 +57,68 @@
  * @property {number} [remember]   message ids kept to drop repeats, default 10000
  */
 
-/** An error answer of the service. */
+/** An error answer of the service (over HTTP, or a send_error over the WebSocket). */
 export class RoutingError extends Error {
   /**
-   * @param {number} status HTTP status
+   * @param {number} status HTTP status (for a send_error: the status POST /v1/messages answers with its code)
    * @param {string} code   snake_case error code
    * @param {string} message
-   * @param {number} [retryAfter] seconds, from Retry-After
+   * @param {number} [retryAfter] seconds, from Retry-After (or a send_error's retry_after)
+   * @param {number} [index] sendBatch: the message at fault (0-based)
    */
-  constructor(status, code, message, retryAfter) {
-    super(`routing service: ${status} ${code}: ${message}`);
+  constructor(status, code, message, retryAfter, index) {
+    super(`routing service: ${status} ${code}: ${index === undefined ? '' : `message ${index}: `}${message}`);
     this.name = 'RoutingError';
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.index = index;
   }
+}
+
+/**
+ * A send over the WebSocket whose connection closed before the service
+ * answered: it may or may not have been accepted. Send it again with the
+ * same idempotencyKey to learn which without delivering it twice.
+ */
+export class SendUnansweredError extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(`routing service: ${message}`);
+    this.name = 'SendUnansweredError';
+    this.code = 'unanswered';
+  }
+}
+
+/** @type {Record<string, number>} the HTTP status of each error code */
+const statusOfCode = {
+  malformed_json: 400, bad_request: 400, invalid_recipient: 400, invalid_payload: 400, invalid_parameter: 400,
+  payload_too_large: 413, body_too_large: 413, batch_too_large: 413, idempotency_key_reused: 409,
+  rate_limited: 429, recipient_queue_full: 429, sender_quota_exceeded: 429, backend_unavailable: 503, internal_error: 500,
+};
+
+/**
+ * A random idempotency key: 22 characters of [A-Za-z0-9_-].
+ * @returns {string}
+ */
+export function randomKey() {
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  return encodePayload(b).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/**
+ * The body of POST /v1/messages (and a send frame's message) for m.
+ * @param {SendOptions} m
+ * @returns {Record<string, unknown>}
+ */
+function messageBody(m) {
+  /** @type {Record<string, unknown>} */
+  const body = { recipient: m.recipient, payload: encodePayload(m.payload) };
+  if (m.type) body.type = m.type;
+  if (m.ephemeral) body.ephemeral = true;
+  if (m.idempotencyKey) body.idempotency_key = m.idempotencyKey;
+  return body;
 }
 
 /**
@@ -142,8 +200,11 @@ export class RoutingClient {
     this.renewToken = opts.renewToken;
     this._fetch = opts.fetch || globalThis.fetch.bind(globalThis);
     this._WebSocket = opts.WebSocket || globalThis.WebSocket;
+    this.retryUnanswered = !!opts.retryUnanswered;
     /** @type {Promise<string>|null} */
     this._renewing = null;
+    /** @type {Subscription|null} the latest subscription: send() goes over its connection while it is open */
+    this._subscription = null;
   }
 
   /**
@@ -197,17 +258,41 @@ export class RoutingClient {
   }
 
   /**
-   * Sends a message; the sender is the token's subject.
+   * Sends a message; the sender is the token's subject. It goes over the
+   * subscription's WebSocket while one is open (no request, no token
+   * check per message; several may be in flight), over HTTP otherwise.
+   * Rejects with a RoutingError the service's refusal, and with a
+   * SendUnansweredError a send whose WebSocket closed before its answer
+   * (unless retryUnanswered sends it again over HTTP).
    * @param {SendOptions} m
-   * @returns {Promise<{id: string, created_at: string}>}
+   * @returns {Promise<Accepted>}
    */
-  send(m) {
-    /** @type {Record<string, unknown>} */
-    const body = { recipient: m.recipient, payload: encodePayload(m.payload) };
-    if (m.type) body.type = m.type;
-    if (m.ephemeral) body.ephemeral = true;
-    if (m.idempotencyKey) body.idempotency_key = m.idempotencyKey;
-    return this._request('POST', '/v1/messages', body);
+  async send(m) {
+    if (this.retryUnanswered && !m.idempotencyKey) m = { ...m, idempotencyKey: randomKey() };
+    const sub = this._subscription;
+    if (sub && sub.connected) {
+      try {
+        return { ...(await sub.send(m)), via: 'websocket' };
+      } catch (err) {
+        if (!(err instanceof SendUnansweredError) || !this.retryUnanswered) throw err;
+      }
+    }
+    return { ...(await this._request('POST', '/v1/messages', messageBody(m))), via: 'http' };
+  }
+
+  /**
+   * Sends many messages in one request (POST /v1/messages/batch), e.g. a
+   * group message fanned out to each member device's URN with its own
+   * ciphertext: all are accepted in one durable commit, or none is. The
+   * answers are in the order of the messages. A RoutingError whose index
+   * is set names the message at fault; give each message an
+   * idempotencyKey to make sending the batch again safe.
+   * @param {SendOptions[]} messages
+   * @returns {Promise<{id: string, created_at: string}[]>}
+   */
+  async sendBatch(messages) {
+    const r = await this._request('POST', '/v1/messages/batch', { messages: messages.map(messageBody) });
+    return r.messages;
   }
 
   /**
@@ -285,7 +370,9 @@ export class RoutingClient {
    * @returns {Subscription}
    */
   subscribe(opts) {
-    return new Subscription(this, opts);
+    const sub = new Subscription(this, opts);
+    this._subscription = sub;
+    return sub;
   }
 }
 
@@ -301,17 +388,20 @@ function pickSubscription(s) {
 async function errorOf(resp) {
   let code = 'http_' + resp.status;
   let message = resp.statusText || '';
+  /** @type {number|undefined} */
+  let index;
   try {
     const body = await resp.json();
     if (body && body.error) {
       code = body.error.code || code;
       message = body.error.message || message;
+      if (typeof body.error.index === 'number') index = body.error.index;
     }
   } catch {
     // not JSON: keep the status
   }
   const ra = Number.parseInt(resp.headers.get('Retry-After') || '', 10);
-  return new RoutingError(resp.status, code, message, Number.isNaN(ra) ? undefined : ra);
+  return new RoutingError(resp.status, code, message, Number.isNaN(ra) ? undefined : ra, index);
 }
 
 /** A live WebSocket subscription; see RoutingClient.subscribe. */
@@ -334,6 +424,9 @@ export class Subscription {
     this.seen = new Set();
     /** @type {ReturnType<typeof setTimeout>|null} */
     this.timer = null;
+    /** @type {Map<string, {resolve: (a: {id: string, created_at: string}) => void, reject: (e: Error) => void}>} sends awaiting their answer, by ref */
+    this.pending = new Map();
+    this.refs = 0;
     this._connect();
   }
 
@@ -356,6 +449,31 @@ export class Subscription {
     await this.client.ack(ids);
   }
 
+  /**
+   * Sends a message over the open connection and resolves with the
+   * service's answer, matched by a ref of its own (several sends may be in
+   * flight). Rejects with a RoutingError the service's refusal (the code
+   * and status POST /v1/messages answers), and with a SendUnansweredError
+   * when the connection closes before the answer. Without an open
+   * connection it rejects at once (RoutingClient.send goes over HTTP then).
+   * @param {SendOptions} m
+   * @returns {Promise<{id: string, created_at: string}>}
+   */
+  send(m) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return Promise.reject(new SendUnansweredError('no open connection; nothing was sent'));
+    const ref = (++this.refs).toString(36);
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      try {
+        ws.send(JSON.stringify({ type: 'send', ref, message: messageBody(m) }));
+      } catch (err) {
+        this.pending.delete(ref);
+        reject(new SendUnansweredError('the connection failed while sending: ' + /** @type {Error} */ (err).message));
+      }
+    });
+  }
+
   /** Closes the connection for good. */
   close() {
     this.closed = true;
@@ -363,6 +481,20 @@ export class Subscription {
     this.timer = null;
     if (this.ws) this.ws.close(1000);
     this.ws = null;
+    this._unanswered('subscription closed');
+    if (this.client._subscription === this) this.client._subscription = null;
+  }
+
+  /**
+   * Rejects the sends still waiting for an answer: their connection ended.
+   * @param {string} why
+   */
+  _unanswered(why) {
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) {
+      p.reject(new SendUnansweredError(`${why} before the send was answered; it may have been accepted: send it again with the same idempotencyKey`));
+    }
   }
 
   /** @param {'connecting'|'open'|'closed'} s @param {{code?: number, reason?: string}} [info] */
@@ -402,6 +534,7 @@ export class Subscription {
     ws.onmessage = (ev) => this._frame(ws, ev.data);
     ws.onclose = (ev) => {
       if (this.ws === ws) this.ws = null;
+      this._unanswered(`connection closed (${ev.code})`);
       this._state('closed', { code: ev.code, reason: ev.reason });
       if (this.closed) return;
       if (ev.code === 1008 && ev.reason === 'token expired') {
@@ -448,6 +581,18 @@ export class Subscription {
     }
     if (f.type === 'error' && f.error) {
       if (this.opts.onError) this.opts.onError(new RoutingError(0, f.error.code, f.error.message));
+      return;
+    }
+    if (f.type === 'sent' || f.type === 'send_error') {
+      const p = this.pending.get(f.ref);
+      if (!p) return;
+      this.pending.delete(f.ref);
+      if (f.type === 'sent') {
+        p.resolve({ id: f.id, created_at: f.created_at });
+      } else {
+        const code = f.error?.code || 'send_error';
+        p.reject(new RoutingError(statusOfCode[code] || 0, code, f.error?.message || '', f.retry_after));
+      }
       return;
     }
     if (f.type !== 'message' || !f.message) return;

@@ -70,6 +70,11 @@ test('alice and bob chat: live, then backlog after bob was offline', async () =>
   const bob = await signIn('bob');
 
   await send(alice, 'bob', 'hello bob');
+  // The page sends over its open WebSocket, and shows the sender's own
+  // message in the conversation.
+  assert.match(await alice.textContent('#sent'), /^sent \S+ over the WebSocket$/);
+  assert.deepEqual((await inbox(alice)).map(({ from, text, how }) => ({ from, text, how })),
+    [{ from: 'you → bob', text: 'hello bob', how: 'sent' }]);
   await bob.waitForFunction(() => document.querySelectorAll('#inbox li').length === 1);
   let got = await inbox(bob);
   assert.deepEqual(got.map(({ from, text, how }) => ({ from, text, how })), [{ from: 'alice', text: 'hello bob', how: 'live' }]);
@@ -94,8 +99,10 @@ test('alice and bob chat: live, then backlog after bob was offline', async () =>
   await bob.waitForFunction(() => document.querySelectorAll('#inbox li[data-acked="true"]').length === 3);
   await bob.screenshot({ path: join(artifacts, 'bob-backlog.png') });
 
-  // bob answers; alice sees it live.
+  // bob answers, over his WebSocket; alice sees it live.
   await send(bob, 'alice', 'back now');
+  assert.match(await bob.textContent('#sent'), /over the WebSocket$/);
+  assert.equal(await bob.getAttribute('#inbox li[data-mine="true"]', 'data-via'), 'websocket');
   await alice.waitForFunction(() => [...document.querySelectorAll('#inbox li .text')].some((e) => e.textContent === 'back now'));
   await alice.screenshot({ path: join(artifacts, 'alice-reply.png') });
   await alice.close();

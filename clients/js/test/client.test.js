@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  RoutingClient, RoutingError, backoff, encodePayload, decodePayload, base64UrlToBytes, tokenExpiry,
+  RoutingClient, RoutingError, SendUnansweredError, backoff, encodePayload, decodePayload, base64UrlToBytes, tokenExpiry, randomKey,
 } from '../src/index.js';
 
 /** A fetch that answers from a queue of [status, body, headers] and records the requests. */
@@ -227,6 +227,100 @@ test('backoff is full jitter under a doubling ceiling', () => {
   const seen = new Set();
   for (let i = 0; i < 100; i++) seen.add(backoff(4, 100, 30000));
   assert.ok(seen.size > 50, 'waits vary');
+});
+
+test('send goes over the open WebSocket; answers are matched by ref, in any order', async () => {
+  FakeWS.all = [];
+  const f = fakeFetch([]);
+  const c = new RoutingClient({ apiUrl: 'http://api', wsUrl: 'ws://rt', token: 'tok', WebSocket: FakeWS, fetch: f });
+  const sub = c.subscribe({ onMessage: () => {} });
+  const ws = FakeWS.all[0];
+  ws.open();
+  const first = c.send({ recipient: 'urn:sm:user:bob', payload: 'one', type: 'chat', idempotencyKey: 'k1' });
+  const second = c.send({ recipient: 'urn:sm:user:carol', payload: 'two' });
+  await until(() => ws.sent.length === 2, 'two send frames');
+  const [f1, f2] = ws.sent;
+  assert.deepEqual(f1, { type: 'send', ref: f1.ref, message: { recipient: 'urn:sm:user:bob', payload: encodePayload('one'), type: 'chat', idempotency_key: 'k1' } });
+  assert.equal(f2.type, 'send');
+  assert.notEqual(f1.ref, f2.ref);
+  ws.frame({ type: 'sent', ref: f2.ref, id: 'm2', created_at: 't2' });
+  ws.frame({ type: 'sent', ref: f1.ref, id: 'm1', created_at: 't1' });
+  assert.deepEqual(await first, { id: 'm1', created_at: 't1', via: 'websocket' });
+  assert.deepEqual(await second, { id: 'm2', created_at: 't2', via: 'websocket' });
+  assert.equal(f.calls.length, 0, 'no HTTP request');
+  sub.close();
+});
+
+test('a send_error rejects with the code, the HTTP status of that code and retry_after', async () => {
+  FakeWS.all = [];
+  const c = new RoutingClient({ apiUrl: 'http://api', wsUrl: 'ws://rt', token: 'tok', WebSocket: FakeWS });
+  const sub = c.subscribe({ onMessage: () => {} });
+  const ws = FakeWS.all[0];
+  ws.open();
+  const p = c.send({ recipient: 'urn:sm:user:bob', payload: 'x' });
+  await until(() => ws.sent.length === 1, 'the send frame');
+  ws.frame({ type: 'send_error', ref: ws.sent[0].ref, error: { code: 'rate_limited', message: 'slow down' }, retry_after: 2 });
+  await assert.rejects(p, (e) => e instanceof RoutingError && e.status === 429 && e.code === 'rate_limited' && e.retryAfter === 2);
+  sub.close();
+});
+
+test('send without an open WebSocket goes over HTTP', async () => {
+  FakeWS.all = [];
+  const f = fakeFetch([[202, { id: 'm1', created_at: 't' }]]);
+  const c = new RoutingClient({ apiUrl: 'http://api', wsUrl: 'ws://rt', token: 'tok', WebSocket: FakeWS, fetch: f });
+  const sub = c.subscribe({ onMessage: () => {} }); // connecting, not open
+  assert.deepEqual(await c.send({ recipient: 'urn:sm:user:bob', payload: 'x' }), { id: 'm1', created_at: 't', via: 'http' });
+  assert.equal(f.calls[0].url, 'http://api/v1/messages');
+  assert.deepEqual(FakeWS.all[0].sent, []);
+  sub.close();
+});
+
+test('a send whose WebSocket closes before its answer rejects as unanswered; retryUnanswered sends it again over HTTP with its key', async () => {
+  FakeWS.all = [];
+  const c = new RoutingClient({ apiUrl: 'http://api', wsUrl: 'ws://rt', token: 'tok', WebSocket: FakeWS, fetch: fakeFetch([]) });
+  const sub = c.subscribe({ onMessage: () => {}, minBackoff: 5 });
+  const ws = FakeWS.all[0];
+  ws.open();
+  const p = c.send({ recipient: 'urn:sm:user:bob', payload: 'x', idempotencyKey: 'k1' });
+  await until(() => ws.sent.length === 1, 'the send frame');
+  ws.serverClose(1006);
+  await assert.rejects(p, (e) => e instanceof SendUnansweredError && e.code === 'unanswered');
+  sub.close();
+
+  FakeWS.all = [];
+  const f = fakeFetch([[202, { id: 'm1', created_at: 't' }]]);
+  const r = new RoutingClient({ apiUrl: 'http://api', wsUrl: 'ws://rt', token: 'tok', WebSocket: FakeWS, fetch: f, retryUnanswered: true });
+  const sub2 = r.subscribe({ onMessage: () => {}, minBackoff: 5 });
+  const ws2 = FakeWS.all[0];
+  ws2.open();
+  const q = r.send({ recipient: 'urn:sm:user:bob', payload: 'x' });
+  await until(() => ws2.sent.length === 1, 'the send frame');
+  const key = ws2.sent[0].message.idempotency_key;
+  assert.match(key, /^[A-Za-z0-9_-]{22}$/, 'a key was given to the message');
+  ws2.serverClose(1006);
+  assert.deepEqual(await q, { id: 'm1', created_at: 't', via: 'http' });
+  assert.equal(JSON.parse(f.calls[0].body).idempotency_key, key, 'sent again with the same key');
+  sub2.close();
+});
+
+test('sendBatch posts every message and returns the answers; an error names the message at fault', async () => {
+  const f = fakeFetch([
+    [202, { messages: [{ id: 'a', created_at: 't' }, { id: 'b', created_at: 't' }] }],
+    [429, { error: { code: 'recipient_queue_full', message: 'full', index: 1 } }],
+  ]);
+  const c = new RoutingClient({ apiUrl: 'http://api', token: 't', fetch: f });
+  const msgs = [
+    { recipient: 'urn:sm:user:bob-phone', payload: 'c1', type: 'chat', idempotencyKey: 'g-bob-phone' },
+    { recipient: 'urn:sm:user:bob-laptop', payload: 'c2', type: 'chat', idempotencyKey: 'g-bob-laptop' },
+  ];
+  assert.deepEqual(await c.sendBatch(msgs), [{ id: 'a', created_at: 't' }, { id: 'b', created_at: 't' }]);
+  assert.equal(f.calls[0].url, 'http://api/v1/messages/batch');
+  assert.deepEqual(JSON.parse(f.calls[0].body), { messages: [
+    { recipient: 'urn:sm:user:bob-phone', payload: encodePayload('c1'), type: 'chat', idempotency_key: 'g-bob-phone' },
+    { recipient: 'urn:sm:user:bob-laptop', payload: encodePayload('c2'), type: 'chat', idempotency_key: 'g-bob-laptop' },
+  ] });
+  await assert.rejects(c.sendBatch(msgs), (e) => e instanceof RoutingError && e.status === 429 && e.code === 'recipient_queue_full' && e.index === 1);
+  assert.notEqual(randomKey(), randomKey());
 });
 
 test('payload and key encodings', () => {

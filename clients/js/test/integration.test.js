@@ -112,3 +112,54 @@ test('subscribe: backlog then live, auto-acked, across a reconnect', async () =>
   }
   assert.equal(pending, 0, 'auto-acked messages left the queue');
 });
+
+test('send goes over the open WebSocket: answered by the service, delivered live; a refusal is a RoutingError', async () => {
+  const alice = await clientFor('alice-ws');
+  const bob = await clientFor('bob-ws');
+  const got = [];
+  const bsub = bob.subscribe({ autoAck: true, onMessage: (e) => got.push(e) });
+  const asub = alice.subscribe({ onMessage: () => {} });
+  try {
+    await waitFor(() => bsub.connected && asub.connected, 'both connections');
+    const acc = await alice.send({ recipient: user('bob-ws'), payload: 'over the socket', type: 'chat', idempotencyKey: 'ws-' + run });
+    assert.equal(acc.via, 'websocket');
+    await waitFor(() => got.some((e) => e.id === acc.id), 'the message live');
+    const env = got.find((e) => e.id === acc.id);
+    assert.equal(text(env), 'over the socket');
+    assert.equal(env.sender, user('alice-ws'));
+    const again = await alice.send({ recipient: user('bob-ws'), payload: 'over the socket', type: 'chat', idempotencyKey: 'ws-' + run });
+    assert.deepEqual(again, acc, 'the same key answers the same id');
+    // Many in flight at once, each answered.
+    const many = await Promise.all([...Array(20).keys()].map((i) => alice.send({ recipient: user('bob-ws'), payload: 'n' + i })));
+    assert.equal(new Set(many.map((a) => a.id)).size, 20);
+    assert.ok(many.every((a) => a.via === 'websocket'));
+    await waitFor(() => many.every((a) => got.some((e) => e.id === a.id)), 'the 20 messages live');
+    await assert.rejects(alice.send({ recipient: 'not-a-urn', payload: 'x' }),
+      (e) => e instanceof RoutingError && e.status === 400 && e.code === 'invalid_recipient');
+    assert.ok(asub.connected, 'the connection stays open after a refused send');
+  } finally {
+    asub.close();
+    bsub.close();
+  }
+  // Closed: over HTTP.
+  const http = await alice.send({ recipient: user('bob-ws'), payload: 'over http' });
+  assert.equal(http.via, 'http');
+});
+
+test('sendBatch: one message per device, all accepted together; a bad one names its index and nothing is accepted', async () => {
+  const alice = await clientFor('alice-batch');
+  const phone = await clientFor('carol-phone');
+  const laptop = await clientFor('carol-laptop');
+  const msgs = [
+    { recipient: user('carol-phone'), payload: 'for the phone', type: 'chat', idempotencyKey: 'g1-phone-' + run },
+    { recipient: user('carol-laptop'), payload: 'for the laptop', type: 'chat', idempotencyKey: 'g1-laptop-' + run },
+  ];
+  const accs = await alice.sendBatch(msgs);
+  assert.equal(accs.length, 2);
+  assert.deepEqual((await phone.fetch()).messages.map((m) => m.id), [accs[0].id]);
+  assert.deepEqual((await laptop.fetch()).messages.map((m) => m.id), [accs[1].id]);
+  assert.deepEqual(await alice.sendBatch(msgs), accs, 'the batch again answers the same');
+  assert.equal((await phone.fetch()).messages.length, 1, 'no second copy');
+  await assert.rejects(alice.sendBatch([msgs[0], { recipient: 'nope', payload: 'x' }]),
+    (e) => e instanceof RoutingError && e.status === 400 && e.index === 1);
+});

@@ -1,4 +1,4 @@
-import { RoutingClient, decodePayload } from './routing-client.js';
+import { RoutingClient, decodePayload, encodePayload } from './routing-client.js';
 
 const $ = (id) => document.getElementById(id);
 const urn = (name) => (name.startsWith('urn:') ? name : `urn:sm:user:${name.trim()}`);
@@ -10,6 +10,7 @@ const log = (line) => {
 
 /** @type {RoutingClient|null} */
 let client = null;
+let me = ''; // the signed-in user's URN
 /** @type {import('./routing-client.js').Subscription|null} */
 let sub = null;
 let openedAt = 0;
@@ -34,12 +35,16 @@ function setStatus(s) {
   document.body.dataset.status = s;
 }
 
+// show adds a message to the conversation: one received (how: live,
+// backlog, fetched), or one of the user's own (how: sent).
 function show(env, how) {
   if (shown.has(env.id)) return shown.get(env.id);
   const li = document.createElement('li');
   li.dataset.id = env.id;
   const text = new TextDecoder().decode(decodePayload(env.payload));
-  const from = env.sender.replace(/^urn:sm:user:/, '');
+  const name = (u) => u.replace(/^urn:sm:user:/, '');
+  const from = env.sender === me ? `you → ${name(env.recipient)}` : name(env.sender);
+  if (env.sender === me) li.dataset.mine = 'true';
   li.innerHTML = '<b class="from"></b>: <span class="text"></span> <span class="meta how"></span> <span class="meta state"></span>';
   li.querySelector('.from').textContent = from;
   li.querySelector('.text').textContent = text;
@@ -91,9 +96,10 @@ function connect() {
 }
 
 $('signin-btn').onclick = async () => {
-  const me = urn($('user').value);
+  const who = urn($('user').value);
   try {
-    const first = await devToken(me);
+    const first = await devToken(who);
+    me = who;
     generation++;
     if (sub) sub.close();
     shown.clear();
@@ -103,7 +109,7 @@ $('signin-btn').onclick = async () => {
       apiUrl: location.origin,
       wsUrl,
       token: first.token,
-      renewToken: async () => { log('renewing token'); return (await devToken(me)).token; },
+      renewToken: async () => { log('renewing token'); return (await devToken(who)).token; },
     });
     $('me').textContent = `signed in as ${me}; token until ${new Date(first.expires_at).toLocaleTimeString()}`;
     document.title = `${me.replace(/^urn:sm:user:/, '')} · routingservice demo`;
@@ -150,11 +156,17 @@ $('fetch-btn').onclick = async () => {
 $('send-btn').onclick = async () => {
   const text = $('text').value;
   if (!text) return;
+  const to = urn($('to').value);
   try {
-    const acc = await client.send({ recipient: urn($('to').value), payload: text, type: 'chat' });
-    $('sent').textContent = `sent ${acc.id}`;
+    // Over the WebSocket while it is open (no request per message), else
+    // over HTTP.
+    const acc = await client.send({ recipient: to, payload: text, type: 'chat' });
+    const via = acc.via === 'websocket' ? 'the WebSocket' : 'HTTP';
+    $('sent').textContent = `sent ${acc.id} over ${via}`;
     $('text').value = '';
-    log(`sent ${acc.id}`);
+    const li = show({ id: acc.id, sender: me, recipient: to, payload: encodePayload(text), created_at: acc.created_at }, 'sent');
+    li.dataset.via = acc.via || '';
+    log(`sent ${acc.id} over ${via}`);
   } catch (err) {
     $('sent').textContent = 'failed: ' + err.message;
     log('send failed: ' + err.message);
