@@ -125,20 +125,3 @@ func TestPragmas(t *testing.T) {
 		t.Errorf("schema_version %d, want %d", version, want)
 	}
 }
-
-// A recipient's count row stays at zero when their last message is acked,
-// and the sweep deletes it.
-func TestPendingCountRowsAtZero(t *testing.T) {
-	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	storetest.RunPendingCountRowsTest(t, s, func() int {
-		var n int
-		if err := s.r.QueryRowContext(t.Context(), "SELECT count(*) FROM pending_counts").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	})
-}

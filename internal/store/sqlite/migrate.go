@@ -33,6 +33,13 @@ func migrateTo(ctx context.Context, db *sql.DB, log *slog.Logger, last int) erro
 	if err != nil {
 		return err
 	}
+	return migrateWith(ctx, db, log, all, last)
+}
+
+// migrateWith is migrateTo with the migrations all, the program's (tests
+// play a program of an earlier version with the first of them). It
+// refuses a database whose schema is newer than the last of all.
+func migrateWith(ctx context.Context, db *sql.DB, log *slog.Logger, all []migration.Migration, last int) error {
 	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE: takes the write lock now
 	if err != nil {
 		return fmt.Errorf("migrate: begin: %w", err)

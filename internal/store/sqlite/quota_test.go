@@ -10,25 +10,7 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
-	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
-
-// A sender's count row stays at zero when its last message is acked, and
-// the sweep deletes it.
-func TestSenderCountRowsAtZero(t *testing.T) {
-	s, err := Open(t.Context(), filepath.Join(t.TempDir(), "store.db"), Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	storetest.RunSenderCountRowsTest(t, s, func() int {
-		var n int
-		if err := s.r.QueryRowContext(t.Context(), "SELECT count(*) FROM sender_counts").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	})
-}
 
 // How a program before migration 0007 records and reads an idempotency
 // record: with the whole envelope.

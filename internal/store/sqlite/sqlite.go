@@ -9,6 +9,32 @@
 // into a single transaction (group commit), so many small sends (with
 // the claims of their idempotency records), the acks of those delivered
 // and the routed marks of those sent before cost one fsync between them.
+//
+// A file is served by one Store, in one process: Open takes an exclusive
+// lock on it (a lock file beside it, on Unix) and a second Open fails
+// while the first Store is open. That makes the Store's writer the only
+// writer of the file, and it keeps in memory (the ledger, rebuilt at
+// Open) what it would otherwise write per message:
+//
+//   - On disk: the messages (table messages and its indexes: id, (recipient,
+//     seq), created_at), the tombstones, the idempotency records, the push
+//     targets, and the routed watermark: the highest seq such that every
+//     message at or below it was routed (table routed_watermark, one row,
+//     moved in the transaction of the writes that move it).
+//   - In memory: the pending counts per recipient and per sender (messages
+//     and payload bytes) and their total, updated after each commit from
+//     the rows it stored and deleted (acks and retention alike), rebuilt at
+//     Open with one GROUP BY; and the messages not routed yet (id, seq,
+//     created_at; the envelope stays on disk), those stored and neither
+//     marked routed nor deleted since, rebuilt at Open from the messages
+//     above the watermark.
+//
+// PendingCount, SenderPending and PendingTotal read memory only; Unrouted
+// reads the ledger, then the envelopes it names by seq. MarkRouted writes
+// nothing per message: a crash leaves the messages stored after the last
+// watermark written to the sweep, which routes them again (as it routes
+// those stored and not marked before a crash). Migration 0009 moved the
+// counts and the marks off disk.
 package sqlite
 
 import (
@@ -35,9 +61,14 @@ import (
 // Options.MaxBatch is zero.
 const DefaultMaxBatch = 512
 
+// ErrInUse is returned by Open when another Store, in this process or
+// another, has the database open: a file is served by one Store at a time
+// (see the package comment).
+var ErrInUse = errors.New("the database is in use by another process (or another store in this one); an SQLite store is served by one process at a time")
+
 // busyTimeoutMS bounds how long a connection waits for a lock held by
-// another connection (another process on the same file, or the reader pool
-// during a checkpoint) before it fails.
+// another connection (the reader pool during a checkpoint) before it
+// fails.
 const busyTimeoutMS = 10000
 
 // Options tunes a Store. The zero value is ready to use.
@@ -58,24 +89,36 @@ type Store struct {
 	r   *sql.DB // the read pool
 	log *slog.Logger
 
-	insert *sql.Stmt // prepared on w
-	claim  *sql.Stmt // prepared on w
-	in     inStmts   // prepared on w as the writer needs them
+	// wc is the write connection as the writer uses it (see wconn).
+	wc wconn
+
+	// lock holds the file's exclusive lock (nil where there is none).
+	lock *os.File
+
+	// ledger is what the store keeps in memory of its messages (see the
+	// package comment).
+	ledger *ledger
+	// writeMu orders the writer's commits and the retention's deletes
+	// with the ledger's updates: each applies what it committed before
+	// the next begins. It also guards watermark.
+	writeMu sync.Mutex
+	// watermark is the routed watermark on disk.
+	watermark int64
 
 	// writer groups concurrent PutMessages, PutNew, Ack and MarkRouted
 	// calls into one transaction; the result of each envelope put is
 	// whether it had a tombstone, that of each new message whether it was
 	// stored, that of each id acked whether it deleted the envelope.
 	writer *groupcommit.Writer[write, bool]
-	// The writer's reusable buffers (writer goroutine only): the IN-list
-	// arguments, the ids acked in the current segment, the recipients of
-	// the ids acked, the ids an ack deletes, and the arguments of a
-	// tombstone insert.
-	idArgs   []any
-	segAcks  map[string]struct{}
-	owners   map[string]string
-	ackIDs   []string
-	timeArgs []any
+	// The writer's reusable buffers (writer goroutine only): the ids acked
+	// in the current segment, the rows of the ids acked, the ids the
+	// current commit stored or deleted before its acks, the rows the
+	// current commit stored and deleted, and its routed marks.
+	segAcks map[string]struct{}
+	owners  map[string]ackRow
+	touched map[string]struct{}
+	changes []change
+	marks   []string
 
 	// groupCommits counts the transactions the writer ran (for tests and
 	// benchmarks: items per commit shows group commit).
@@ -88,10 +131,12 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// Open opens (creating if needed) the SQLite database at path, applies the
-// schema migrations it lacks and starts the group-commit writer. The caller
-// must Close the returned Store.
-func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+// Open opens (creating if needed) the SQLite database at path, locks it
+// for this Store, applies the schema migrations it lacks, rebuilds the
+// ledger and starts the group-commit writer. It fails if another Store
+// (in this process or another) has the file open. The caller must Close
+// the returned Store.
+func Open(ctx context.Context, path string, opts Options) (_ *Store, err error) {
 	if err := checkPathName(path); err != nil {
 		return nil, fmt.Errorf("sqlite open: %w", err)
 	}
@@ -105,6 +150,15 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := ownerOnly(path); err != nil {
 		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
+	s := &Store{log: log}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	if s.lock, err = lockFile(path); err != nil {
+		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
+	}
 
 	common := url.Values{}
 	common.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
@@ -114,60 +168,35 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	wq.Add("_pragma", "journal_mode(WAL)")
 	wq.Add("_pragma", "synchronous(FULL)")
 	wq.Set("_txlock", "immediate")
-	w, err := sql.Open("sqlite", path+"?"+wq.Encode())
-	if err != nil {
+	if s.w, err = sql.Open("sqlite", path+"?"+wq.Encode()); err != nil {
 		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
-	w.SetMaxOpenConns(1)
-	w.SetMaxIdleConns(1)
-	w.SetConnMaxLifetime(0)
-	w.SetConnMaxIdleTime(0)
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
 
-	if err := checkJournalMode(ctx, w); err != nil {
-		w.Close()
+	if err := checkJournalMode(ctx, s.w); err != nil {
 		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
-	if err := migrate(ctx, w, log); err != nil {
-		w.Close()
+	if err := migrate(ctx, s.w, log); err != nil {
 		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
 
 	rq := cloneValues(common)
 	rq.Add("_pragma", "query_only(1)")
-	r, err := sql.Open("sqlite", path+"?"+rq.Encode())
-	if err != nil {
-		w.Close()
+	if s.r, err = sql.Open("sqlite", path+"?"+rq.Encode()); err != nil {
 		return nil, fmt.Errorf("sqlite open %s (read pool): %w", path, err)
 	}
 	readers := max(4, runtime.GOMAXPROCS(0))
-	r.SetMaxOpenConns(readers)
-	r.SetMaxIdleConns(readers)
-	if err := r.PingContext(ctx); err != nil {
-		w.Close()
-		r.Close()
+	s.r.SetMaxOpenConns(readers)
+	s.r.SetMaxIdleConns(readers)
+	if err := s.r.PingContext(ctx); err != nil {
 		return nil, fmt.Errorf("sqlite open %s (read pool): %w", path, err)
 	}
 
-	insert, err := w.PrepareContext(ctx, insertMessageSQL)
-	if err != nil {
-		w.Close()
-		r.Close()
-		return nil, fmt.Errorf("sqlite open %s: prepare insert: %w", path, err)
-	}
-	claim, err := w.PrepareContext(ctx, claimSQL)
-	if err != nil {
-		insert.Close()
-		w.Close()
-		r.Close()
-		return nil, fmt.Errorf("sqlite open %s: prepare claim: %w", path, err)
-	}
-
-	s := &Store{
-		w:      w,
-		r:      r,
-		log:    log,
-		insert: insert,
-		claim:  claim,
+	if s.ledger, s.watermark, err = loadLedger(ctx, s.w); err != nil {
+		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	return s, nil
@@ -207,19 +236,36 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close stops accepting writes, waits for the writer to commit every
-// PutMessages, Ack and MarkRouted call it already took, and closes the
-// database. Calls racing Close either complete or return store.ErrClosed.
-// Close is idempotent.
+// PutMessages, Ack and MarkRouted call it already took, closes the
+// database and releases the file's lock. Calls racing Close either
+// complete or return store.ErrClosed. Close is idempotent.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.writer.Close()
-		s.closeErr = errors.Join(s.insert.Close(), s.claim.Close(), s.closeIn(), s.w.Close(), s.r.Close())
+		s.closeErr = s.closeAll()
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("sqlite close: %w", s.closeErr)
 		}
 	})
 	return s.closeErr
+}
+
+// closeAll closes what Open opened (what it got to), the lock last.
+func (s *Store) closeAll() error {
+	var errs []error
+	if s.w != nil && s.wc.dc != nil {
+		errs = append(errs, s.onWriteConn(context.Background(), func(c *wconn) error { return c.close() }))
+	}
+	for _, db := range []*sql.DB{s.w, s.r} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // wrap gives err the operation's context, and reports store.ErrClosed for
@@ -240,8 +286,8 @@ func checkPathName(path string) error {
 }
 
 // ownerOnly creates the database file with mode 0600 if it does not exist,
-// and sets that mode on it and on its WAL and shared-memory files if they
-// do (files made by an older version). SQLite gives the WAL and
+// and sets that mode on it and on its WAL, shared-memory and lock files if
+// they do (files made by an older version). SQLite gives the WAL and
 // shared-memory files it creates the database file's mode.
 func ownerOnly(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -251,7 +297,7 @@ func ownerOnly(path string) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-lock"} {
 		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -193,20 +193,12 @@ func BenchmarkAck(b *testing.B) {
 	storetest.RunAckBenchmark(b, s)
 }
 
-// TestClaimRaceTwoStores races PutNew calls claiming the same idempotency
-// records through two stores on one file (two processes' writers, each
-// with its own group commit): exactly one of each record's claimants
-// stores.
-func TestClaimRaceTwoStores(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "store.db")
-	open := func() *sqlite.Store {
-		s, err := sqlite.Open(t.Context(), path, sqlite.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	a, b := open(), open()
-	storetest.RunClaimRaceTest(t, a, b)
+// BenchmarkMessageLife measures a durable message's store writes as the
+// service makes them under routebench's load (16 senders, acks by the
+// recipients, routed marks a second late), reporting msgs/s and CPU time
+// per message.
+func BenchmarkMessageLife(b *testing.B) {
+	s := openTemp(b, sqlite.Options{})
+	defer s.Close()
+	storetest.RunMessageLifeBenchmark(b, s)
 }

@@ -12,6 +12,28 @@ import (
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
+// cpuMeter measures the CPU time the process spends (all its goroutines:
+// the store's and the benchmark's own) over a timed part of a benchmark.
+type cpuMeter struct {
+	start time.Duration
+	ok    bool
+}
+
+func startCPU() cpuMeter {
+	at, ok := processCPU()
+	return cpuMeter{start: at, ok: ok}
+}
+
+// report reports the CPU time spent since startCPU per unit (n units) as
+// "cpu-us/"+unit, when the process's CPU time can be read.
+func (m cpuMeter) report(b *testing.B, n int, unit string) {
+	end, ok := processCPU()
+	if !m.ok || !ok || n <= 0 {
+		return
+	}
+	b.ReportMetric(float64(end-m.start)/float64(time.Microsecond)/float64(n), "cpu-us/"+unit)
+}
+
 // BacklogSize is the number of envelopes RunBacklogBenchmark drains.
 const BacklogSize = 10000
 
@@ -65,7 +87,9 @@ func RunBacklogBenchmark(b *testing.B, s store.Store) {
 
 // RunPutBenchmark measures committed stores of one envelope (256-byte
 // payload) per PutMessages call from 64 goroutines per GOMAXPROCS at once
-// (the shape of the send path), reporting "msgs/s" besides ns/op.
+// (the shape of the send path), reporting "msgs/s" and the process's CPU
+// time per message ("cpu-us/msg", the benchmark's goroutines included)
+// besides ns/op.
 func RunPutBenchmark(b *testing.B, s store.Store) {
 	payload := make([]byte, 256)
 	ids := envelope.NewIDs()
@@ -74,7 +98,7 @@ func RunPutBenchmark(b *testing.B, s store.Store) {
 	b.SetParallelism(64)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n := seq.Add(1)
@@ -92,6 +116,7 @@ func RunPutBenchmark(b *testing.B, s store.Store) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	cpu.report(b, b.N, "msg")
 }
 
 // MarkRoutedBatch is the number of ids per MarkRouted call in the
@@ -101,7 +126,8 @@ const MarkRoutedBatch = 256
 // RunMarkRoutedBenchmark measures committed MarkRouted calls of
 // MarkRoutedBatch ids each (envelopes stored unrouted beforehand) from 4
 // goroutines per GOMAXPROCS at once (the pipeline's workers), reporting
-// "ids/s" besides ns/op (one op is one call).
+// "ids/s" and the process's CPU time per id ("cpu-us/id") besides ns/op
+// (one op is one call).
 func RunMarkRoutedBenchmark(b *testing.B, s store.Store) {
 	payload := make([]byte, 256)
 	at := time.Now().UTC().Truncate(time.Millisecond)
@@ -125,7 +151,7 @@ func RunMarkRoutedBenchmark(b *testing.B, s store.Store) {
 	b.SetParallelism(4)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := s.MarkRouted(b.Context(), batches[next.Add(1)-1]); err != nil {
@@ -135,6 +161,7 @@ func RunMarkRoutedBenchmark(b *testing.B, s store.Store) {
 		}
 	})
 	b.ReportMetric(float64(b.N*MarkRoutedBatch)/time.Since(start).Seconds(), "ids/s")
+	cpu.report(b, b.N*MarkRoutedBatch, "id")
 	b.StopTimer()
 	if left, err := s.Unrouted(b.Context(), at.Add(time.Hour), 2*MarkRoutedBatch); err != nil || len(left) > MarkRoutedBatch {
 		b.Fatalf("after the marks: %d unrouted, %v", len(left), err)
@@ -146,7 +173,8 @@ func RunMarkRoutedBenchmark(b *testing.B, s store.Store) {
 // (one envelope per PutMessages call from 64 goroutines per GOMAXPROCS),
 // while 4 markers mark the stored ids routed in MarkRouted calls of up to
 // MarkRoutedBatch ids (what is waiting, as a pipeline batch). It reports
-// "msgs/s" stored and marked besides ns/op (one op is one envelope).
+// "msgs/s" stored and marked and the process's CPU time per message
+// ("cpu-us/msg") besides ns/op (one op is one envelope).
 func RunPutMarkRoutedBenchmark(b *testing.B, s store.Store) {
 	payload := make([]byte, 256)
 	ids := envelope.NewIDs()
@@ -177,7 +205,7 @@ func RunPutMarkRoutedBenchmark(b *testing.B, s store.Store) {
 	b.SetParallelism(64)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n := seq.Add(1)
@@ -198,6 +226,7 @@ func RunPutMarkRoutedBenchmark(b *testing.B, s store.Store) {
 	close(stored)
 	markers.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	cpu.report(b, b.N, "msg")
 	b.StopTimer()
 	if left, err := s.Unrouted(b.Context(), at.Add(time.Hour), 1); err != nil || len(left) > 0 {
 		b.Fatalf("after the marks: %d unrouted, %v", len(left), err)
@@ -215,8 +244,9 @@ const (
 // RunAckBenchmark measures committed Ack calls of AckBatch ids each (the
 // envelopes stored beforehand, AckBatch per recipient and call) from
 // AckCallers goroutines at once (the WebSocket read loops of as many
-// connections), reporting "acks/s" (calls) and "ids/s" besides ns/op (one
-// op is one call). Every call must delete its AckBatch envelopes.
+// connections), reporting "acks/s" (calls), "ids/s" and the process's
+// CPU time per id ("cpu-us/id") besides ns/op (one op is one call). Every
+// call must delete its AckBatch envelopes.
 func RunAckBenchmark(b *testing.B, s store.Store) {
 	payload := make([]byte, 256)
 	at := time.Now().UTC().Truncate(time.Millisecond)
@@ -247,7 +277,7 @@ func RunAckBenchmark(b *testing.B, s store.Store) {
 	var wg sync.WaitGroup
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), startCPU()
 	for range AckCallers {
 		wg.Go(func() {
 			for {
@@ -271,6 +301,7 @@ func RunAckBenchmark(b *testing.B, s store.Store) {
 	elapsed := time.Since(start)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "acks/s")
 	b.ReportMetric(float64(b.N*AckBatch)/elapsed.Seconds(), "ids/s")
+	cpu.report(b, b.N*AckBatch, "id")
 }
 
 // RunPutNewBenchmark is RunPutBenchmark with PutNew (no claim): the store
@@ -326,7 +357,8 @@ func RunPutAckBenchmark(b *testing.B, s store.Store, tombstones func() int) {
 
 // runSendWrites runs write for one new envelope (256-byte payload, one of
 // 1000 recipients; n numbers it) per op from 64 goroutines per GOMAXPROCS
-// at once, reporting "msgs/s" besides ns/op.
+// at once, reporting "msgs/s" and the process's CPU time per message
+// ("cpu-us/msg") besides ns/op.
 func runSendWrites(b *testing.B, s store.Store, write func(ctx context.Context, e *envelope.Envelope, n int64) error) {
 	payload := make([]byte, 256)
 	ids := envelope.NewIDs()
@@ -335,7 +367,7 @@ func runSendWrites(b *testing.B, s store.Store, write func(ctx context.Context, 
 	b.SetParallelism(64)
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), startCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n := seq.Add(1)
@@ -353,5 +385,135 @@ func runSendWrites(b *testing.B, s store.Store, write func(ctx context.Context, 
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	cpu.report(b, b.N, "msg")
 	b.StopTimer()
+}
+
+const (
+	// LifeSenders is the number of senders in RunMessageLifeBenchmark,
+	// each with one message in flight: routebench's default.
+	LifeSenders = 16
+	// LifeAckers is the number of recipients' connections acknowledging
+	// at once in RunMessageLifeBenchmark.
+	LifeAckers = 64
+	// LifeMarkDelay is how late RunMessageLifeBenchmark marks messages
+	// routed: the routing core's default (route.DefaultMarkDelay).
+	LifeMarkDelay = time.Second
+)
+
+// RunMessageLifeBenchmark measures a durable message's store writes as
+// the service makes them under routebench's load: LifeSenders senders
+// each store one new message (PutNew, one of 1000 recipients, 256-byte
+// payload) and wait for its commit before the next; each stored message
+// goes to one of LifeAckers acknowledgers (the recipients' connections),
+// which Ack it; and a marker marks the stored messages routed every
+// LifeMarkDelay/4 once they are LifeMarkDelay old (most are acknowledged
+// by then), as the routing core does. Group commit shares transactions
+// between what waits at once, so a transaction holds at most about
+// LifeSenders puts and their acks, as in the service. One op is one
+// message. It reports "msgs/s" and the process's CPU time per message
+// ("cpu-us/msg") besides ns/op.
+func RunMessageLifeBenchmark(b *testing.B, s store.Store) {
+	ctx := b.Context()
+	payload := make([]byte, 256)
+	ids := envelope.NewIDs()
+	type stored struct {
+		at        time.Time
+		id        string
+		recipient string
+	}
+	acks := make(chan stored, LifeSenders*4)
+	var (
+		markMu  sync.Mutex
+		toMark  []stored
+		failed  atomic.Bool
+		pending sync.WaitGroup
+	)
+	fail := func(err error) {
+		if failed.CompareAndSwap(false, true) {
+			b.Error(err)
+		}
+	}
+	var ackers sync.WaitGroup
+	for range LifeAckers {
+		ackers.Go(func() {
+			for m := range acks {
+				if n, err := s.Ack(ctx, m.recipient, []string{m.id}); err != nil || n != 1 {
+					fail(fmt.Errorf("ack of %s: %d, %v", m.id, n, err))
+				}
+				pending.Done()
+			}
+		})
+	}
+	markOnce := func(cutoff time.Time) {
+		markMu.Lock()
+		k := 0
+		for k < len(toMark) && (cutoff.IsZero() || !toMark[k].at.After(cutoff)) {
+			k++
+		}
+		due := make([]string, k)
+		for i := range due {
+			due[i] = toMark[i].id
+		}
+		toMark = toMark[k:]
+		markMu.Unlock()
+		if len(due) > 0 {
+			if err := s.MarkRouted(ctx, due); err != nil {
+				fail(err)
+			}
+		}
+	}
+	stopMarks := make(chan struct{})
+	var marker sync.WaitGroup
+	marker.Go(func() {
+		t := time.NewTicker(LifeMarkDelay / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopMarks:
+				return
+			case <-t.C:
+				markOnce(time.Now().Add(-LifeMarkDelay))
+			}
+		}
+	})
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	start, cpu := time.Now(), startCPU()
+	var senders sync.WaitGroup
+	for range LifeSenders {
+		senders.Go(func() {
+			for !failed.Load() {
+				n := next.Add(1)
+				if n > int64(b.N) {
+					return
+				}
+				now := time.Now()
+				e := &envelope.Envelope{ID: ids.New(now), Sender: "urn:sm:user:sender",
+					Recipient: fmt.Sprintf("urn:sm:user:r%d", n%1000), Payload: payload, CreatedAt: now.UTC()}
+				if _, err := s.PutNew(ctx, []store.NewMessage{{Envelope: e}}); err != nil {
+					fail(err)
+					return
+				}
+				m := stored{at: now, id: e.ID, recipient: e.Recipient}
+				markMu.Lock()
+				toMark = append(toMark, m)
+				markMu.Unlock()
+				pending.Add(1)
+				acks <- m
+			}
+		})
+	}
+	senders.Wait()
+	pending.Wait()
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	cpu.report(b, b.N, "msg")
+	b.StopTimer()
+	close(stopMarks)
+	marker.Wait()
+	markOnce(time.Time{})
+	close(acks)
+	ackers.Wait()
 }
