@@ -46,7 +46,7 @@ func TestTokenAllowProduction(t *testing.T) {
 	if !strings.Contains(errOut.String(), "warning") {
 		t.Fatalf("no warning on stderr: %q", errOut.String())
 	}
-	v, err := auth.NewVerifier(context.Background(), auth.Options{HS256Secret: []byte(secret), Algorithms: []string{"HS256"}})
+	v, err := auth.NewVerifier(context.Background(), auth.Options{Config: auth.Config{Algorithms: []string{"HS256"}}, HS256Secret: []byte(secret)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -231,7 +231,7 @@ func TestTokenCommand(t *testing.T) {
 	if err := run([]string{"token", "--sub", "urn:sm:user:alice", "--ttl", "5m"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	v, err := auth.NewVerifier(context.Background(), auth.Options{HS256Secret: []byte(testSecret), Algorithms: []string{"HS256"}})
+	v, err := auth.NewVerifier(context.Background(), auth.Options{Config: auth.Config{Algorithms: []string{"HS256"}}, HS256Secret: []byte(testSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,35 +42,37 @@ type Accepter interface {
 
 // Options configures the API.
 type Options struct {
-	// MaxBodyBytes bounds the body of every request but a batch's.
-	MaxBodyBytes int64
+	// Config holds the API's own keys. Of them the server uses the body,
+	// batch and page bounds, the fetches per user and the rate limit;
+	// the listener's (Listen, ReadTimeout, WriteTimeout) and CORS are the
+	// caller's, and what a message may be (MaxPayloadBytes,
+	// PublishTimeout, IdempotencyWindow, MaxIngressBacklog) the routing
+	// core's and the store's.
+	//
+	// MaxBodyBytes bounds the body of every request but a batch's;
 	// MaxBatch bounds the messages of one POST /v1/messages/batch, and
-	// MaxBatchBodyBytes its body (over either: 413). Zero: DefaultMaxBatch
-	// and DefaultMaxBatchBodyBytes.
-	MaxBatch          int
-	MaxBatchBodyBytes int64
+	// MaxBatchBodyBytes its body (over either: 413; zero:
+	// DefaultMaxBatch and DefaultMaxBatchBodyBytes). MaxPageBytes bounds
+	// the payload bytes of a page of GET /v1/messages: the page ends
+	// early, with a cursor, before the message that would pass it; a page
+	// holds at least one message (<= 0: no bound). MaxFetchesPerUser
+	// bounds the GET /v1/messages requests one user has in progress on
+	// this instance at once; more answer 429 rate_limited (<= 0: no
+	// bound). RateLimit is each user's average requests per second over
+	// the /v1 endpoints (<= 0: none), with bursts of RateBurst.
+	Config
+
 	MaxTargetsPerUser int
-	// MaxPageBytes bounds the payload bytes of a page of GET /v1/messages:
-	// the page ends early, with a cursor, before the message that would
-	// pass it; a page holds at least one message (<= 0: no bound).
-	MaxPageBytes int
-	// MaxFetchesPerUser bounds the GET /v1/messages requests one user has
-	// in progress on this instance at once; more answer 429 rate_limited
-	// (<= 0: no bound).
-	MaxFetchesPerUser int
 	// ValidateTarget checks a push target's form; nil accepts any non-empty target.
 	ValidateTarget func(store.Target) error
 	// VAPIDPublicKey is served at /v1/push/vapid-public-key ("" answers 404).
 	VAPIDPublicKey string
-	// RateLimit is each user's average requests per second over the /v1
-	// endpoints (<= 0: none), with bursts of RateBurst. Limiter, when set,
-	// is that limit, shared with another server (the WebSocket sends of
-	// the same instance); RateLimit and RateBurst are then not read.
-	RateLimit float64
-	RateBurst int
-	Limiter   *Limiter
-	Logger    *slog.Logger
-	Metrics   *telemetry.Metrics
+	// Limiter, when set, is the per-user rate limit, shared with another
+	// server (the WebSocket sends of the same instance); RateLimit and
+	// RateBurst are then not read.
+	Limiter *Limiter
+	Logger  *slog.Logger
+	Metrics *telemetry.Metrics
 }
 
 // Server is the HTTP API.

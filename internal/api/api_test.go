@@ -147,7 +147,7 @@ func TestIdempotencyStoreFailuresAreLogged(t *testing.T) {
 	pub := &publisher{}
 	putFails := new(atomic.Bool)
 	putFails.Store(true)
-	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10, Logger: slog.New(logs)},
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 16}}, route.Options{MaxPayloadBytes: 1 << 10, Logger: slog.New(logs)},
 		failingIdempotencies{st, putFails}, pub)
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
@@ -216,7 +216,7 @@ func TestAcceptedOnceStoredEvenWithTheBusDown(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	pub := &publisher{failing: true}
-	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10}, st, pub)
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 16}}, route.Options{MaxPayloadBytes: 1 << 10}, st, pub)
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	send := func(body string) *httptest.ResponseRecorder {
@@ -262,7 +262,7 @@ func (acceptingStore) PutNew(_ context.Context, msgs []store.NewMessage) ([]bool
 // store and bus answering at once): JSON decode, validation, envelope
 // encode, the store and publish calls, the JSON answer. 256-byte payload.
 func BenchmarkSend(b *testing.B) {
-	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16}, acceptingStore{}, &publisher{})
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 17}}, route.Options{MaxPayloadBytes: 1 << 16}, acceptingStore{}, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	body := `{"recipient":"urn:sm:user:bob","payload":"` + strings.Repeat("A", 344) + `"}`
@@ -291,7 +291,7 @@ func (countingStore) SenderPending(context.Context, string) (store.SenderCount, 
 // and per-sender caps on, as served: the counts come from the store once
 // and then from memory while far below the caps.
 func BenchmarkSendWithQuotas(b *testing.B) {
-	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16,
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 17}}, route.Options{MaxPayloadBytes: 1 << 16,
 		MaxPendingPerRecipient: 10000, MaxPendingPerSender: 100000, MaxPendingBytesPerSender: 1 << 30},
 		countingStore{}, &publisher{})
 	rt := NewRouter(nil, nil)
@@ -324,7 +324,7 @@ func TestRecipientQueueFull(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	m := telemetry.NewMetrics()
 	const max = 3
-	s := newServer(Options{MaxBodyBytes: 1 << 16, Metrics: m}, route.Options{MaxPayloadBytes: 1 << 10,
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 16}, Metrics: m}, route.Options{MaxPayloadBytes: 1 << 10,
 		MaxPendingPerRecipient: max, Metrics: m}, st, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)

@@ -85,7 +85,7 @@ func decodeAnswer(t *testing.T, w *httptest.ResponseRecorder) batchAnswer {
 // A batch is accepted as a whole: 202 with each message's id and time in
 // the order of the request, every message stored for its recipient.
 func TestBatchAcceptsEveryMessageInOrder(t *testing.T) {
-	st, pub, post := batchServer(t, Options{MaxBodyBytes: 1 << 12}, route.Options{})
+	st, pub, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 12}}, route.Options{})
 	w := post("/v1/messages/batch", batchOf(item("bob", ""), item("carol", "k1"), item("bob", "k2")), "application/json")
 	if w.Code != http.StatusAccepted {
 		t.Fatalf("batch: %d %s, want 202", w.Code, w.Body)
@@ -149,7 +149,7 @@ func TestBatchBadInputAcceptsNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			st, pub, post := batchServer(t, Options{MaxBodyBytes: 1 << 10, MaxBatch: 4, MaxBatchBodyBytes: 4 << 10}, route.Options{MaxPayloadBytes: 1 << 10})
+			st, pub, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 10, MaxBatch: 4, MaxBatchBodyBytes: 4 << 10}}, route.Options{MaxPayloadBytes: 1 << 10})
 			ct := tc.contentType
 			if ct == "" {
 				ct = "application/json"
@@ -180,7 +180,7 @@ func TestBatchBadInputAcceptsNothing(t *testing.T) {
 // A batch sent again with its keys answers as the first time and stores
 // no second copy.
 func TestBatchRepeatedWithKeysStoresNothingTwice(t *testing.T) {
-	st, pub, post := batchServer(t, Options{MaxBodyBytes: 1 << 12}, route.Options{})
+	st, pub, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 12}}, route.Options{})
 	body := batchOf(item("bob", "m1-bob"), item("carol", "m1-carol"))
 	first := post("/v1/messages/batch", body, "application/json")
 	again := post("/v1/messages/batch", body, "application/json")
@@ -200,7 +200,7 @@ func TestBatchRepeatedWithKeysStoresNothingTwice(t *testing.T) {
 // A recipient whose queue has no room refuses the batch with 429
 // recipient_queue_full naming its first message.
 func TestBatchRecipientQueueFullNamesItsIndex(t *testing.T) {
-	st, _, post := batchServer(t, Options{MaxBodyBytes: 1 << 12}, route.Options{MaxPendingPerRecipient: 2})
+	st, _, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 12}}, route.Options{MaxPendingPerRecipient: 2})
 	w := post("/v1/messages/batch", batchOf(item("bob", ""), item("carol", ""), item("carol", ""), item("carol", "")), "application/json")
 	a := decodeAnswer(t, w)
 	if w.Code != http.StatusTooManyRequests || a.Error == nil || a.Error.Code != web.CodeRecipientQueueFull || a.Error.Index == nil || *a.Error.Index != 1 {
@@ -218,7 +218,7 @@ func TestBatchRecipientQueueFullNamesItsIndex(t *testing.T) {
 // single send would be refused for is accepted within
 // api.max_batch_body_bytes.
 func TestBatchBodyLimitIsItsOwn(t *testing.T) {
-	_, _, post := batchServer(t, Options{MaxBodyBytes: 1 << 10, MaxBatchBodyBytes: 64 << 10}, route.Options{})
+	_, _, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 10, MaxBatchBodyBytes: 64 << 10}}, route.Options{})
 	items := make([]string, 40)
 	for i := range items {
 		items[i] = item("r"+strconv.Itoa(i), "")
@@ -238,7 +238,7 @@ func TestBatchBodyLimitIsItsOwn(t *testing.T) {
 
 // A batch is one request for the per-user rate limit.
 func TestBatchIsOneRequestForTheRateLimit(t *testing.T) {
-	_, _, post := batchServer(t, Options{MaxBodyBytes: 1 << 12, RateLimit: 0.001, RateBurst: 2}, route.Options{})
+	_, _, post := batchServer(t, Options{Config: Config{MaxBodyBytes: 1 << 12, RateLimit: 0.001, RateBurst: 2}}, route.Options{})
 	if w := post("/v1/messages/batch", batchOf(item("a", ""), item("b", ""), item("c", "")), "application/json"); w.Code != http.StatusAccepted {
 		t.Fatalf("first batch: %d %s", w.Code, w.Body)
 	}

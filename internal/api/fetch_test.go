@@ -87,7 +87,7 @@ func TestFetchPagesEndAtTheByteBound(t *testing.T) {
 			big := putLarge(t, st, bob, 1, 300<<10)[0]
 			envs = append(envs, big)
 			envs = append(envs, putLarge(t, st, bob, 3, 1000)...)
-			h := mount(t, Options{MaxPageBytes: 256 << 10}, route.Options{}, st)
+			h := mount(t, Options{Config: Config{MaxPageBytes: 256 << 10}}, route.Options{}, st)
 
 			for _, tc := range []struct {
 				limit int
@@ -150,7 +150,7 @@ func TestFetchesPerUserBounded(t *testing.T) {
 	st := openSQLite(t)
 	putLarge(t, st, "urn:sm:user:bob", 3, 10)
 	g := &gatedStore{Store: st, entered: make(chan string, 8), release: make(chan struct{})}
-	h := mount(t, Options{MaxFetchesPerUser: 2}, route.Options{}, g)
+	h := mount(t, Options{Config: Config{MaxFetchesPerUser: 2}}, route.Options{}, g)
 
 	var wg sync.WaitGroup
 	codes := make(chan int, 2)
@@ -309,7 +309,7 @@ func TestFetchHeldUnreadKeepsHeapBounded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ww := newWriteWatch()
-			srv := httptest.NewUnstartedServer(ww.wrap(mount(t, Options{MaxPageBytes: 1 << 20, MaxFetchesPerUser: tc.fetchesPerUser}, route.Options{}, st)))
+			srv := httptest.NewUnstartedServer(ww.wrap(mount(t, Options{Config: Config{MaxPageBytes: 1 << 20, MaxFetchesPerUser: tc.fetchesPerUser}}, route.Options{}, st)))
 			srv.Listener = smallSendBuffers{srv.Listener}
 			srv.Config.WriteTimeout = 5 * time.Minute // held until the test ends
 			srv.Start()

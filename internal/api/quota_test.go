@@ -136,7 +136,7 @@ func TestIdempotencyKeyReuse(t *testing.T) {
 	st := openSQLite(t)
 	putFails := new(atomic.Bool)
 	pub := &publisher{}
-	s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10}, &keyFailures{Store: st, putFails: putFails}, pub)
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 16}}, route.Options{MaxPayloadBytes: 1 << 10}, &keyFailures{Store: st, putFails: putFails}, pub)
 	h := NewRouter(nil, nil)
 	s.Mount(h)
 	const alice, bob = "urn:sm:user:alice", "urn:sm:user:bob"

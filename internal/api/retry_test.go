@@ -58,7 +58,7 @@ func TestRetryAfterAckBringsNothingBack(t *testing.T) {
 		t.Run(eng.name, func(t *testing.T) {
 			st := &commitThenFail{Store: eng.open(t)}
 			pub := &publisher{}
-			s := newServer(Options{MaxBodyBytes: 1 << 16}, route.Options{MaxPayloadBytes: 1 << 10,
+			s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 16}}, route.Options{MaxPayloadBytes: 1 << 10,
 				MaxPendingPerRecipient: 100, MaxPendingPerSender: 100}, st, pub)
 			h := NewRouter(nil, nil)
 			s.Mount(h)

@@ -25,7 +25,7 @@ func benchmarkSendStored(b *testing.B, keyed bool) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	s := newServer(Options{MaxBodyBytes: 1 << 17}, route.Options{MaxPayloadBytes: 1 << 16}, st, &publisher{})
+	s := newServer(Options{Config: Config{MaxBodyBytes: 1 << 17}}, route.Options{MaxPayloadBytes: 1 << 16}, st, &publisher{})
 	rt := NewRouter(nil, nil)
 	s.Mount(rt)
 	payload := strings.Repeat("A", 344)

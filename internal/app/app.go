@@ -1,19 +1,43 @@
 // Package app is the composition root: it turns a Config into opened
-// backends and wired roles, runs them, and drains them in order on shutdown.
+// backends and wired roles, runs them, and drains them in order on
+// shutdown. It knows which part goes where, never how a part works: each
+// part gets its own configuration (realtime.Options{Config:
+// cfg.Realtime}, api.Options{Config: cfg.API}, ...) and the engines are
+// opened through the lists in internal/config.
+//
+// What it promises:
+//   - Nothing is created, migrated or connected to before every key and
+//     every file the configuration names has been checked (Preflight);
+//     New fails naming the key, and closes whatever it opened.
+//   - An instance runs exactly its roles: api (the HTTP API), pipeline
+//     (routing, the sweeps, push) and realtime (WebSockets and this
+//     instance's delivery subscription, which exists before any
+//     connection registers presence), and /readyz checks what those roles
+//     need (ops.go).
+//   - Run drains in order: it stops accepting requests and connections,
+//     lets sends in flight finish, stops the consumers after their
+//     in-flight messages, writes the routed marks held back, then closes
+//     the backends in reverse order of opening. A role that fails stops
+//     the others, and Run returns its error.
+//
+// Files: app.go (New, Run, Close), options.go (test hooks), backends.go
+// (the store, bus, presence and token verifier), roles.go (the roles
+// wired from them), ops.go (/healthz, /readyz, /metrics and the backend
+// probes), admin.go (the dead-letter admin socket), push.go (the push
+// providers), maintenance.go (the bus engine's upkeep), preflight.go and
+// checkbackends.go (what config check runs), exposure.go, demo.go,
+// tracing.go.
 package app
 
 import (
 	"context"
-
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -21,7 +45,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
-	"github.com/go-routing-service/routingservice/internal/demo"
+	"github.com/go-routing-service/routingservice/internal/datadir"
 	"github.com/go-routing-service/routingservice/internal/presence"
 	"github.com/go-routing-service/routingservice/internal/realtime"
 	"github.com/go-routing-service/routingservice/internal/route"
@@ -103,237 +127,14 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	return a, nil
 }
 
-func (a *App) authenticate(token string) (string, error) {
-	c, err := a.verifier.Verify(token)
-	if err != nil {
-		// The reason (expired, bad signature, ...) is for the operator only.
-		a.log.Debug("token refused", "reason", err)
-		return "", err
+// prepareDataDir makes the data dir private (datadir.Prepare): it holds
+// the local JWT secret, the VAPID private key, the store and the admin
+// socket.
+func prepareDataDir(dir string, log *slog.Logger) error {
+	if err := datadir.Prepare(dir, log); err != nil {
+		return &config.KeyError{Key: "data_dir", Err: err}
 	}
-	return c.Subject, nil
-}
-
-// authenticateSession is authenticate with the token's expiry, which ends
-// a WebSocket session.
-func (a *App) authenticateSession(token string) (string, time.Time, error) {
-	c, err := a.verifier.Verify(token)
-	if err != nil {
-		return "", time.Time{}, err
-	}
-	return c.Subject, c.ExpiresAt, nil
-}
-
-func (a *App) wire(ctx context.Context) error {
-	cfg := a.cfg
-	pr, err := newPushRole(ctx, cfg, a.store, a.metrics, a.log, a.tp)
-	if err != nil {
-		return err
-	}
-	a.push = pr
-	if cfg.Has(config.RoleAPI) {
-		ln, err := net.Listen("tcp", cfg.API.Listen)
-		if err != nil {
-			return fmt.Errorf("config key api.listen: %w", err)
-		}
-		a.apiLn = ln
-	}
-	if cfg.Has(config.RoleRealtime) && cfg.Realtime.Listen != "" {
-		ln, err := net.Listen("tcp", cfg.Realtime.Listen)
-		if err != nil {
-			return fmt.Errorf("config key realtime.listen: %w", err)
-		}
-		a.rtLn = ln
-	}
-	demoOn := a.demoEnabled()
-	// One rate limit per user for every send, over HTTP and over the
-	// WebSocket alike.
-	userLimit := api.NewLimiter(cfg.API.RateLimit, cfg.API.RateBurst)
-	rtOrigins := cfg.Realtime.AllowedOrigins
-	if demoOn {
-		rtOrigins = append(demoOrigins(a.apiLn.Addr()), rtOrigins...)
-	}
-	if cfg.Has(config.RoleRealtime) {
-		// The delivery subscription must exist before a connection
-		// registers presence, or events addressed here meanwhile are lost
-		// (the message itself is stored; it would wait for the next
-		// connection).
-		if err := a.bus.PrepareDelivery(ctx, cfg.InstanceID); err != nil {
-			return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
-		}
-		a.realtime = realtime.New(realtime.Options{
-			Instance:            cfg.InstanceID,
-			AllowedOrigins:      rtOrigins,
-			AllowedHosts:        cfg.Realtime.AllowedHosts,
-			TrustedProxies:      trustedProxies(cfg.Realtime.TrustedProxies),
-			TrustedProxyHops:    cfg.Realtime.TrustedProxyHops,
-			Leeway:              cfg.Auth.Leeway,
-			MaxConns:            cfg.Realtime.MaxConns,
-			MaxConnsPerIP:       cfg.Realtime.MaxConnsPerIP,
-			ConnectRatePerIP:    cfg.Realtime.ConnectRatePerIP,
-			ConnectBurstPerIP:   cfg.Realtime.ConnectBurstPerIP,
-			ConnectRatePerUser:  cfg.Realtime.ConnectRatePerUser,
-			ConnectBurstPerUser: cfg.Realtime.ConnectBurstPerUser,
-			AckRate:             cfg.Realtime.AckRate,
-			AckBurst:            cfg.Realtime.AckBurst,
-			MaxFrameBytes:       cfg.Realtime.MaxFrameBytes,
-			PingInterval:        cfg.Realtime.PingInterval,
-			PongTimeout:         cfg.Realtime.PongTimeout,
-			WriteTimeout:        cfg.Realtime.WriteTimeout,
-			SendQueue:           cfg.Realtime.SendQueue,
-			SendBufferBytes:     cfg.Realtime.SendBufferBytes,
-			MaxPayloadBytes:     cfg.API.MaxPayloadBytes,
-			BacklogPage:         cfg.Realtime.BacklogPage,
-			MaxConnsPerUser:     cfg.Realtime.MaxConnsPerUser,
-			Heartbeat:           cfg.Presence.Heartbeat,
-			Logger:              a.log.With("role", "realtime"),
-			Metrics:             a.metrics,
-			TracerProvider:      a.tp,
-		}, a.store, a.presence, a.authenticateSession)
-		a.metrics.WSMaxConnections.Set(float64(cfg.Realtime.MaxConns))
-	}
-	if cfg.Has(config.RoleAPI) || cfg.Has(config.RolePipeline) {
-		a.core = route.New(a.coreOptions(), a.store, a.presence, a.bus)
-	}
-	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
-	if cfg.Auth.JWKSURL != "" {
-		// Until the key set has loaded, tokens signed with its keys fail.
-		checks["jwks"] = func(context.Context) error { return a.verifier.Ready() }
-	}
-	a.addDeadLetterCheck(ctx, checks)
-	checks = a.readinessChecks(checks)
-	if cfg.Has(config.RoleAPI) {
-		a.api = api.New(api.Options{
-			MaxBodyBytes:      cfg.API.MaxBodyBytes,
-			MaxBatch:          cfg.API.MaxBatch,
-			MaxBatchBodyBytes: cfg.API.MaxBatchBodyBytes,
-			MaxTargetsPerUser: cfg.Push.MaxTargetsPerUser,
-			ValidateTarget:    a.push.validateTarget,
-			VAPIDPublicKey:    a.push.vapidPublicKey(),
-			Limiter:           userLimit,
-			Logger:            a.log.With("role", "api"),
-			Metrics:           a.metrics,
-			MaxPageBytes:      cfg.API.MaxPageBytes,
-			MaxFetchesPerUser: cfg.API.MaxFetchesPerUser,
-		}, a.store, a.core, a.authenticate)
-		rt := api.NewRouter(a.metrics, a.log)
-		a.api.Mount(rt)
-		if a.realtime != nil && a.rtLn == nil {
-			a.realtime.Mount(rt) // realtime.listen "": one port
-		}
-		if demoOn {
-			if err := a.mountDemo(rt); err != nil {
-				return err
-			}
-		}
-		var h http.Handler = api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp)
-		if demoOn {
-			// A page on a DNS-rebound name must not reach /demo/token.
-			h = demo.HostGuard(cfg.Realtime.AllowedHosts, h)
-		}
-		a.apiSrv = &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: cfg.API.ReadTimeout,
-			ReadTimeout:       cfg.API.ReadTimeout,
-			WriteTimeout:      cfg.API.WriteTimeout,
-			IdleTimeout:       2 * time.Minute,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-		}
-	}
-	if a.realtime != nil && a.rtLn != nil {
-		rt := api.NewRouter(a.metrics, a.log)
-		a.realtime.Mount(rt)
-		a.rtSrv = &http.Server{
-			Handler:           rt,
-			ReadHeaderTimeout: cfg.Realtime.ReadHeaderTimeout,
-			IdleTimeout:       cfg.Realtime.IdleTimeout,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-		}
-	}
-	return a.listenOps(checks)
-}
-
-// listenOps binds the operations listener: /healthz, /readyz and /metrics,
-// apart from the public ports.
-func (a *App) listenOps(checks map[string]api.ReadyFunc) error {
-	rt := api.NewRouter(nil, a.log)
-	api.MountOps(rt, api.Ops{Checks: checks, Metrics: a.metrics.Handler(), CheckTimeout: a.cfg.Ops.CheckTimeout, Pprof: a.cfg.Ops.Pprof,
-		Logger: a.log.With("role", "ops")})
-	a.opsSrv = &http.Server{
-		Handler:           rt,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
-	ln, err := net.Listen("tcp", a.cfg.Ops.Listen)
-	if err != nil {
-		return fmt.Errorf("config key ops.listen: %w", err)
-	}
-	a.opsLn = ln
 	return nil
-}
-
-func trustedProxies(cidrs []string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(cidrs))
-	for _, c := range cidrs {
-		if p, err := netip.ParsePrefix(c); err == nil { // Check refused the others
-			out = append(out, p.Masked())
-		}
-	}
-	return out
-}
-
-// coreOptions maps the configuration onto the routing core's: what the
-// api role accepts, what the pipeline role routes, and, with both, the
-// in-process hand-off between them.
-func (a *App) coreOptions() route.Options {
-	cfg := a.cfg
-	o := route.Options{
-		Instance:               cfg.InstanceID,
-		MaxPayloadBytes:        cfg.API.MaxPayloadBytes,
-		AcceptTimeout:          cfg.API.PublishTimeout,
-		MaxPendingPerRecipient: cfg.Store.MaxPendingPerRecipient,
-		// Per sender, over all recipients: any URN is a recipient.
-		MaxPendingPerSender:      cfg.Store.MaxPendingPerSender,
-		MaxPendingBytesPerSender: cfg.Store.MaxPendingBytesPerSender,
-
-		Consume:        cfg.Has(config.RolePipeline),
-		HandlerTimeout: cfg.Pipeline.HandlerTimeout,
-		MaxBatch:       cfg.Store.MaxBatch,
-		RerouteAfter:   cfg.Pipeline.RerouteAfter,
-		UnackedAfter:   cfg.Push.UnackedAfter,
-		Logger:         a.log.With("role", "route"),
-		Metrics:        a.metrics,
-		TracerProvider: a.tp,
-	}
-	// The backlog limit, where the engine reports its backlog.
-	if cfg.Has(config.RoleAPI) && cfg.API.MaxIngressBacklog > 0 && a.bus.Capabilities().Backlog {
-		o.MaxBacklog = cfg.API.MaxIngressBacklog
-		o.Backlog = func(ctx context.Context) (int64, error) {
-			n, err := a.bus.IngressBacklog(ctx)
-			if err == nil {
-				a.metrics.IngressBacklog.Set(float64(n))
-			}
-			return n, err
-		}
-	}
-	if cfg.Has(config.RolePipeline) {
-		o.MarkDelay = min(route.DefaultMarkDelay, cfg.Pipeline.RerouteAfter/4)
-		if a.realtime != nil {
-			o.Sessions = a.realtime
-		}
-		if a.push != nil {
-			o.Notifier = a.push
-		}
-		if cfg.Has(config.RoleAPI) && cfg.Pipeline.LocalHandoff {
-			o.HandoffQueue = route.DefaultHandoffQueue
-		}
-	}
-	return o
 }
 
 // APIAddr is the API listener's address ("" without the api role).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/bus"
@@ -70,16 +71,43 @@ func (a *App) openBus(ctx context.Context) error {
 	return nil
 }
 
-// authOptions maps the configuration onto the token verifier's.
-func authOptions(cfg config.Config) auth.Options {
-	return auth.Options{
-		HS256Secret: []byte(cfg.JWTSecret),
-		Algorithms:  cfg.Auth.Algorithms,
-		JWKSURL:     cfg.Auth.JWKSURL,
-		JWKSRefresh: cfg.Auth.JWKSRefresh,
-		Issuer:      cfg.Auth.Issuer,
-		Audience:    cfg.Auth.Audience,
-		Leeway:      cfg.Auth.Leeway,
-		MaxTokenAge: cfg.Auth.MaxTokenAge,
+// deadLettered is the bus's OnDeadLetter hook: it counts the message.
+func (a *App) deadLettered(queue, _ string) {
+	a.metrics.DeadLettered.WithLabelValues(queue).Inc()
+}
+
+// receivePaused shows in metrics when a consumer holds its messages because
+// a backend it needs is down.
+func (a *App) receivePaused(queue string, paused bool) {
+	v := 0.0
+	if paused {
+		v = 1
 	}
+	a.metrics.ReceivePaused.WithLabelValues(queue).Set(v)
+}
+
+// authOptions are the token verifier's options: auth.* and the HS256
+// secret.
+func authOptions(cfg config.Config) auth.Options {
+	return auth.Options{Config: cfg.Auth, HS256Secret: []byte(cfg.JWTSecret)}
+}
+
+func (a *App) authenticate(token string) (string, error) {
+	c, err := a.verifier.Verify(token)
+	if err != nil {
+		// The reason (expired, bad signature, ...) is for the operator only.
+		a.log.Debug("token refused", "reason", err)
+		return "", err
+	}
+	return c.Subject, nil
+}
+
+// authenticateSession is authenticate with the token's expiry, which ends
+// a WebSocket session.
+func (a *App) authenticateSession(token string) (string, time.Time, error) {
+	c, err := a.verifier.Verify(token)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return c.Subject, c.ExpiresAt, nil
 }

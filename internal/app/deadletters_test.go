@@ -356,6 +356,7 @@ func TestAdminSocket(t *testing.T) {
 
 	second := cfg
 	second.DataDir = t.TempDir()
+	second.Store.SQLite.Path = filepath.Join(second.DataDir, "routing.db")
 	second.Admin.Socket = path
 	_, err = app.New(context.Background(), second, quiet)
 	if !errors.Is(err, admin.ErrInUse) || !strings.Contains(err.Error(), "admin.socket") {

@@ -1,21 +1,6 @@
 package app
 
-import (
-	"log/slog"
-
-	"github.com/go-routing-service/routingservice/internal/config"
-	"github.com/go-routing-service/routingservice/internal/datadir"
-)
-
-// prepareDataDir makes the data dir private (datadir.Prepare): it holds
-// the local JWT secret, the VAPID private key, the store and the admin
-// socket.
-func prepareDataDir(dir string, log *slog.Logger) error {
-	if err := datadir.Prepare(dir, log); err != nil {
-		return &config.KeyError{Key: "data_dir", Err: err}
-	}
-	return nil
-}
+import "github.com/go-routing-service/routingservice/internal/config"
 
 // logExposure says at start what the configuration opens beyond this
 // machine: listeners on other than loopback addresses (a warning in local

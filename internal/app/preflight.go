@@ -51,13 +51,12 @@ func Preflight(cfg config.Config) error {
 	}
 	if pc.FCM.Enabled {
 		// Reads and parses the service-account key; no network.
-		if _, err := fcm.New(fcm.Config{ProjectID: pc.FCM.ProjectID, CredentialsFile: pc.FCM.CredentialsFile, Endpoint: pc.FCM.Endpoint}); err != nil {
+		if _, err := fcm.New(fcm.Config{FCM: pc.FCM}); err != nil {
 			bad("push.fcm.credentials_file", err)
 		}
 	}
 	if pc.APNs.Enabled {
-		if _, err := apns.New(apns.Config{KeyFile: pc.APNs.KeyFile, KeyID: pc.APNs.KeyID, TeamID: pc.APNs.TeamID, Topic: pc.APNs.Topic,
-			Endpoint: pc.APNs.Endpoint, PushType: pc.APNs.PushType, Priority: pc.APNs.Priority}); err != nil {
+		if _, err := apns.New(apns.Config{APNs: pc.APNs}); err != nil {
 			bad("push.apns.key_file", err)
 		}
 	}

@@ -55,12 +55,9 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 	var senders []push.Sender
 	if pc.FCM.Enabled {
 		s, err := fcm.New(fcm.Config{
-			ProjectID:       pc.FCM.ProjectID,
-			CredentialsFile: pc.FCM.CredentialsFile,
-			Endpoint:        pc.FCM.Endpoint,
-			TokenURL:        pc.FCM.TokenURL,
-			MaxRetries:      pc.MaxRetries,
-			HTTPClient:      hc,
+			FCM:        pc.FCM,
+			MaxRetries: pc.MaxRetries,
+			HTTPClient: hc,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("push.fcm: %w", err)
@@ -69,13 +66,7 @@ func newPushRole(ctx context.Context, cfg config.Config, st store.Store, m *tele
 	}
 	if pc.APNs.Enabled {
 		s, err := apns.New(apns.Config{
-			KeyFile:    pc.APNs.KeyFile,
-			KeyID:      pc.APNs.KeyID,
-			TeamID:     pc.APNs.TeamID,
-			Topic:      pc.APNs.Topic,
-			Endpoint:   pc.APNs.Endpoint,
-			PushType:   pc.APNs.PushType,
-			Priority:   pc.APNs.Priority,
+			APNs:       pc.APNs,
 			MaxRetries: pc.MaxRetries,
 			RootCAs:    roots,
 			HTTPClient: hc,

@@ -19,12 +19,7 @@ func (a *App) openTracing(ctx context.Context) error {
 	if a.cfg.Telemetry.Traces != "otlp" {
 		return nil
 	}
-	tp, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{
-		Endpoint:            a.cfg.Telemetry.OTLPEndpoint,
-		SampleRatio:         a.cfg.Telemetry.SampleRatio,
-		TrustRemoteSampling: a.cfg.Telemetry.TrustRemoteSampling,
-		InstanceID:          a.cfg.InstanceID,
-	})
+	tp, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{Config: a.cfg.Telemetry, InstanceID: a.cfg.InstanceID})
 	if err != nil {
 		return fmt.Errorf("config key telemetry.traces: %w", err)
 	}

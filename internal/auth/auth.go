@@ -42,24 +42,18 @@ const (
 
 // Options configure a Verifier.
 type Options struct {
+	// Config holds auth.* of config.yaml: the Algorithms accepted (HS256,
+	// RS256, ES256, EdDSA; at least one); the JWKSURL that serves the
+	// public keys of RS256, ES256 and EdDSA tokens (required when
+	// Algorithms has any of them), fetched again every JWKSRefresh
+	// (default 1h); the Issuer that, when set, must equal the token's iss
+	// and the Audience that must be one of its aud; the Leeway tolerated
+	// on exp, nbf and iat for clock skew; and MaxTokenAge, which when
+	// positive requires an iat claim and refuses tokens issued longer ago
+	// than that (plus Leeway), whatever their exp says.
+	Config
 	// HS256Secret verifies HS256 tokens; required when Algorithms has HS256.
 	HS256Secret []byte
-	// Algorithms accepted (HS256, RS256, ES256, EdDSA); at least one.
-	Algorithms []string
-	// JWKSURL serves the public keys of RS256, ES256 and EdDSA tokens;
-	// required when Algorithms has any of them.
-	JWKSURL string
-	// JWKSRefresh is how often the key set is fetched again; default 1h.
-	JWKSRefresh time.Duration
-	// Issuer, when set, must equal the token's iss.
-	Issuer string
-	// Audience, when set, must be one of the token's aud.
-	Audience string
-	// Leeway tolerated on exp, nbf and iat for clock skew.
-	Leeway time.Duration
-	// MaxTokenAge, when positive, requires an iat claim and refuses tokens
-	// issued longer ago than that (plus Leeway), whatever their exp says.
-	MaxTokenAge time.Duration
 	// HTTPClient fetches the key set (default: a zero http.Client); a
 	// copy is used that follows no redirect.
 	HTTPClient *http.Client

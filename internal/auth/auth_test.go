@@ -205,14 +205,16 @@ func TestVerify(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t, rsaKey, ecKey, edKey)
 	full := newTestVerifier(t, Options{
+		Config: Config{
+			Algorithms: []string{HS256, RS256, ES256, EdDSA},
+			JWKSURL:    srv.URL,
+			Issuer:     testIssuer,
+			Audience:   testAudience,
+		},
 		HS256Secret: testSecret,
-		Algorithms:  []string{HS256, RS256, ES256, EdDSA},
-		JWKSURL:     srv.URL,
-		Issuer:      testIssuer,
-		Audience:    testAudience,
 	}, fastTuning())
-	rsOnly := newTestVerifier(t, Options{Algorithms: []string{RS256}, JWKSURL: srv.URL}, fastTuning())
-	hsOnly := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}}, fastTuning())
+	rsOnly := newTestVerifier(t, Options{Config: Config{Algorithms: []string{RS256}, JWKSURL: srv.URL}}, fastTuning())
+	hsOnly := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}}, HS256Secret: testSecret}, fastTuning())
 
 	now := time.Now()
 	good := goodClaims(now)
@@ -321,7 +323,7 @@ func jwtSegment(t testing.TB, v any) string {
 }
 
 func TestLeeway(t *testing.T) {
-	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: 30 * time.Second}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}, Leeway: 30 * time.Second}, HS256Secret: testSecret}, fastTuning())
 	now := time.Now()
 	within := jwt.MapClaims{"sub": testSub, "exp": now.Add(-10 * time.Second).Unix()}
 	if _, err := v.Verify(signHS(t, testSecret, "", within)); err != nil {
@@ -338,7 +340,7 @@ func TestLeeway(t *testing.T) {
 }
 
 func TestSignRoundTrip(t *testing.T) {
-	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}}, HS256Secret: testSecret}, fastTuning())
 	now := time.Now()
 	tok, err := Sign(testSecret, testSub, time.Hour, now)
 	if err != nil {
@@ -372,11 +374,11 @@ func TestSignRoundTrip(t *testing.T) {
 func TestNewVerifierRejectsBadOptions(t *testing.T) {
 	tests := map[string]Options{
 		"no algorithms":        {HS256Secret: testSecret},
-		"unknown algorithm":    {Algorithms: []string{"HS512"}, HS256Secret: testSecret},
-		"alg none":             {Algorithms: []string{"none"}},
-		"HS256 without secret": {Algorithms: []string{HS256}},
-		"RS256 without JWKS":   {Algorithms: []string{RS256}},
-		"negative leeway":      {Algorithms: []string{HS256}, HS256Secret: testSecret, Leeway: -time.Second},
+		"unknown algorithm":    {Config: Config{Algorithms: []string{"HS512"}}, HS256Secret: testSecret},
+		"alg none":             {Config: Config{Algorithms: []string{"none"}}},
+		"HS256 without secret": {Config: Config{Algorithms: []string{HS256}}},
+		"RS256 without JWKS":   {Config: Config{Algorithms: []string{RS256}}},
+		"negative leeway":      {Config: Config{Algorithms: []string{HS256}, Leeway: -time.Second}, HS256Secret: testSecret},
 	}
 	for name, o := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -425,7 +427,7 @@ func waitRequests(t *testing.T, srv *jwksServer, n int64, each func()) {
 func TestJWKSUnknownKIDRefetch(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t, rsaKey)
-	v := newTestVerifier(t, Options{Algorithms: []string{RS256, ES256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{RS256, ES256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour}}, fastTuning())
 	tok := sign(t, newKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
 	if _, err := v.Verify(tok); !errors.Is(err, ErrInvalidToken) {
 		t.Fatalf("token with a kid not yet published: got %v, want ErrInvalidToken", err)
@@ -441,7 +443,7 @@ func TestJWKSUnknownKIDRateLimited(t *testing.T) {
 	srv := newJWKSServer(t, rsaKey)
 	tune := fastTuning()
 	tune.unknownKIDInterval = 100 * time.Millisecond
-	v := newTestVerifier(t, Options{Algorithms: []string{ES256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour}, tune)
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{ES256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour}}, tune)
 	tok := sign(t, newKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
 	start := time.Now()
 	for time.Since(start) < 500*time.Millisecond {
@@ -462,7 +464,7 @@ func TestJWKSUnknownKIDRateLimited(t *testing.T) {
 func TestJWKSPeriodicRefreshRevokes(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t, rsaKey, edKey)
-	v := newTestVerifier(t, Options{Algorithms: []string{RS256, EdDSA}, JWKSURL: srv.URL, JWKSRefresh: 20 * time.Millisecond}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{RS256, EdDSA}, JWKSURL: srv.URL, JWKSRefresh: 20 * time.Millisecond}}, fastTuning())
 	tok := sign(t, edKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
 	if _, err := v.Verify(tok); err != nil {
 		t.Fatalf("Verify: %v", err)
@@ -476,7 +478,7 @@ func TestJWKSUnreachableAtStart(t *testing.T) {
 	srv := newJWKSServer(t, rsaKey)
 	srv.failing.Store(true)
 	v := newTestVerifier(t, Options{
-		HS256Secret: testSecret, Algorithms: []string{HS256, RS256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour,
+		Config: Config{Algorithms: []string{HS256, RS256}, JWKSURL: srv.URL, JWKSRefresh: time.Hour}, HS256Secret: testSecret,
 	}, fastTuning())
 	if err := v.Ready(); err == nil {
 		t.Fatal("Ready with no key set loaded")
@@ -531,7 +533,7 @@ func TestJWKSSkipsUnusableKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.body.Store(&b)
-	v := newTestVerifier(t, Options{Algorithms: []string{RS256, ES256, EdDSA}, JWKSURL: srv.URL}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{RS256, ES256, EdDSA}, JWKSURL: srv.URL}}, fastTuning())
 	claims := jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()}
 	if _, err := v.Verify(sign(t, ecKey, claims)); err != nil {
 		t.Fatalf("the good key beside unusable ones: %v", err)
@@ -550,7 +552,7 @@ func TestJWKSSkipsUnusableKeys(t *testing.T) {
 func TestCloseStopsRefresh(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t, rsaKey)
-	v := newTestVerifier(t, Options{Algorithms: []string{RS256}, JWKSURL: srv.URL, JWKSRefresh: time.Millisecond}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{RS256}, JWKSURL: srv.URL, JWKSRefresh: time.Millisecond}}, fastTuning())
 	waitRequests(t, srv, 3, func() {})
 	v.Close()
 	n := srv.requests.Load()
@@ -570,7 +572,7 @@ func TestCloseStopsRefresh(t *testing.T) {
 // BenchmarkVerifyHS256 verifies one token again and again, as a client's
 // requests do: after the first, a lookup of the verified token.
 func BenchmarkVerifyHS256(b *testing.B) {
-	v, err := NewVerifier(b.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: 30 * time.Second})
+	v, err := NewVerifier(b.Context(), Options{Config: Config{Algorithms: []string{HS256}, Leeway: 30 * time.Second}, HS256Secret: testSecret})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -593,7 +595,7 @@ func BenchmarkVerifyES256(b *testing.B) {
 		_ = json.NewEncoder(w).Encode(jwkset.JWKSMarshal{Keys: []jwkset.JWKMarshal{ecKey.jwk(b)}})
 	}))
 	defer srv.Close()
-	v, err := NewVerifier(b.Context(), Options{Algorithms: []string{ES256}, JWKSURL: srv.URL})
+	v, err := NewVerifier(b.Context(), Options{Config: Config{Algorithms: []string{ES256}, JWKSURL: srv.URL}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -611,7 +613,7 @@ func BenchmarkVerifyES256(b *testing.B) {
 // expiry (plus the leeway), never for other bytes (a changed signature),
 // and not after verifiedTTL without being verified again.
 func TestVerifiedTokensStillExpire(t *testing.T) {
-	v, err := NewVerifier(t.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: time.Second})
+	v, err := NewVerifier(t.Context(), Options{Config: Config{Algorithms: []string{HS256}, Leeway: time.Second}, HS256Secret: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +671,7 @@ func TestVerifiedTokensStillExpire(t *testing.T) {
 // BenchmarkVerifyHS256Fresh verifies tokens never seen before: the whole
 // signature check.
 func BenchmarkVerifyHS256Fresh(b *testing.B) {
-	v, err := NewVerifier(b.Context(), Options{HS256Secret: testSecret, Algorithms: []string{HS256}, Leeway: 30 * time.Second})
+	v, err := NewVerifier(b.Context(), Options{Config: Config{Algorithms: []string{HS256}, Leeway: 30 * time.Second}, HS256Secret: testSecret})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -703,7 +705,7 @@ func TestJWKSRedirectNotFollowed(t *testing.T) {
 	}))
 	t.Cleanup(redirects.Close)
 	v := newTestVerifier(t, Options{
-		HS256Secret: testSecret, Algorithms: []string{HS256, RS256}, JWKSURL: redirects.URL, JWKSRefresh: time.Hour,
+		Config: Config{Algorithms: []string{HS256, RS256}, JWKSURL: redirects.URL, JWKSRefresh: time.Hour}, HS256Secret: testSecret,
 	}, fastTuning())
 	rs := sign(t, rsaKey, jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()})
 	// Each unknown key id asks for a refetch: let a few happen.
@@ -727,7 +729,7 @@ func TestJWKSRedirectNotFollowed(t *testing.T) {
 // token without iat is refused.
 func TestMaxTokenAge(t *testing.T) {
 	now := time.Now()
-	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}, MaxTokenAge: time.Hour}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}, MaxTokenAge: time.Hour}, HS256Secret: testSecret}, fastTuning())
 	clock := now
 	v.now = func() time.Time { return clock }
 	exp := now.Add(24 * time.Hour).Unix()
@@ -780,7 +782,7 @@ func withTrailingBits(t *testing.T, seg string) string {
 func TestNonCanonicalBase64Refused(t *testing.T) {
 	testKeys(t)
 	srv := newJWKSServer(t, ecKey)
-	o := Options{HS256Secret: testSecret, Algorithms: []string{HS256, ES256}, JWKSURL: srv.URL}
+	o := Options{Config: Config{Algorithms: []string{HS256, ES256}, JWKSURL: srv.URL}, HS256Secret: testSecret}
 	claims := jwt.MapClaims{"sub": testSub, "exp": time.Now().Add(time.Hour).Unix()}
 	for _, tc := range []struct {
 		name  string
@@ -835,7 +837,7 @@ func TestNonCanonicalBase64Refused(t *testing.T) {
 // keys nor its values hold the token or any of its segments, and a token
 // taken on trust still stops at its expiry.
 func TestVerifiedCacheHoldsNoToken(t *testing.T) {
-	v := newTestVerifier(t, Options{HS256Secret: testSecret, Algorithms: []string{HS256}}, fastTuning())
+	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}}, HS256Secret: testSecret}, fastTuning())
 	start := time.Now()
 	now := start
 	v.now = func() time.Time { return now }

@@ -21,7 +21,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1cm46c206dXNlcjphbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.")
 	f.Add("a.b.c")
 	f.Add("")
-	v, err := NewVerifier(f.Context(), Options{HS256Secret: secret, Algorithms: []string{HS256}})
+	v, err := NewVerifier(f.Context(), Options{Config: Config{Algorithms: []string{HS256}}, HS256Secret: secret})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -76,7 +76,7 @@ func TestTokenIsValidForTheSubject(t *testing.T) {
 	if d := time.Until(a.ExpiresAt); d <= 0 || d > time.Minute {
 		t.Errorf("expires_at %v is not within the TTL", a.ExpiresAt)
 	}
-	v, err := auth.NewVerifier(context.Background(), auth.Options{HS256Secret: []byte(secret), Algorithms: []string{"HS256"}})
+	v, err := auth.NewVerifier(context.Background(), auth.Options{Config: auth.Config{Algorithms: []string{"HS256"}}, HS256Secret: []byte(secret)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -20,22 +19,24 @@ import (
 func defaultOptions() Options {
 	c := DefaultConfig()
 	return Options{
-		AllowedOrigins:      c.AllowedOrigins,
-		AllowedHosts:        c.AllowedHosts,
-		TrustedProxyHops:    c.TrustedProxyHops,
-		MaxConns:            c.MaxConns,
-		MaxConnsPerIP:       c.MaxConnsPerIP,
-		ConnectRatePerIP:    c.ConnectRatePerIP,
-		ConnectBurstPerIP:   c.ConnectBurstPerIP,
-		ConnectRatePerUser:  c.ConnectRatePerUser,
-		ConnectBurstPerUser: c.ConnectBurstPerUser,
-		AckRate:             c.AckRate,
-		AckBurst:            c.AckBurst,
-		MaxFrameBytes:       c.MaxFrameBytes,
-		PingInterval:        c.PingInterval,
-		PongTimeout:         c.PongTimeout,
-		WriteTimeout:        c.WriteTimeout,
-		SendQueue:           c.SendQueue,
+		Config: Config{
+			AllowedOrigins:      c.AllowedOrigins,
+			AllowedHosts:        c.AllowedHosts,
+			TrustedProxyHops:    c.TrustedProxyHops,
+			MaxConns:            c.MaxConns,
+			MaxConnsPerIP:       c.MaxConnsPerIP,
+			ConnectRatePerIP:    c.ConnectRatePerIP,
+			ConnectBurstPerIP:   c.ConnectBurstPerIP,
+			ConnectRatePerUser:  c.ConnectRatePerUser,
+			ConnectBurstPerUser: c.ConnectBurstPerUser,
+			AckRate:             c.AckRate,
+			AckBurst:            c.AckBurst,
+			MaxFrameBytes:       c.MaxFrameBytes,
+			PingInterval:        c.PingInterval,
+			PongTimeout:         c.PongTimeout,
+			WriteTimeout:        c.WriteTimeout,
+			SendQueue:           c.SendQueue,
+		},
 	}
 }
 
@@ -219,12 +220,12 @@ func TestRefusedConnectionsAreCountedByReason(t *testing.T) {
 		refuse func(t *testing.T, s *Server, url string) int
 		want   int
 	}{
-		{refusedOrigin, Options{AllowedHosts: []string{"127.0.0.1"}}, func(t *testing.T, _ *Server, url string) int {
+		{refusedOrigin, Options{Config: Config{AllowedHosts: []string{"127.0.0.1"}}}, func(t *testing.T, _ *Server, url string) int {
 			h := bearer("urn:sm:user:a")
 			h.Set("Origin", "https://evil.example")
 			return dialStatus(t, url, h, "")
 		}, http.StatusForbidden},
-		{refusedHost, Options{AllowedOrigins: []string{"https://app.example"}, AllowedHosts: []string{"127.0.0.1"}}, func(t *testing.T, _ *Server, url string) int {
+		{refusedHost, Options{Config: Config{AllowedOrigins: []string{"https://app.example"}, AllowedHosts: []string{"127.0.0.1"}}}, func(t *testing.T, _ *Server, url string) int {
 			h := bearer("urn:sm:user:a")
 			h.Set("Origin", "https://app.example")
 			return dialStatus(t, url, h, "rebound.example")
@@ -232,7 +233,7 @@ func TestRefusedConnectionsAreCountedByReason(t *testing.T) {
 		{refusedUnauthenticated, Options{}, func(t *testing.T, _ *Server, url string) int {
 			return dialStatus(t, url, http.Header{}, "")
 		}, http.StatusUnauthorized},
-		{refusedRateIP, Options{ConnectRatePerIP: 0.001, ConnectBurstPerIP: 1}, func(t *testing.T, s *Server, url string) int {
+		{refusedRateIP, Options{Config: Config{ConnectRatePerIP: 0.001, ConnectBurstPerIP: 1}}, func(t *testing.T, s *Server, url string) int {
 			if got := dialStatus(t, url, http.Header{}, ""); got != http.StatusUnauthorized {
 				t.Fatalf("first attempt without a token: %d, want 401", got)
 			}
@@ -242,7 +243,7 @@ func TestRefusedConnectionsAreCountedByReason(t *testing.T) {
 			s.refusals.Reset()
 			return dialStatus(t, url, http.Header{}, "")
 		}, http.StatusTooManyRequests},
-		{refusedRateUser, Options{ConnectRatePerUser: 0.001, ConnectBurstPerUser: 1}, func(t *testing.T, _ *Server, url string) int {
+		{refusedRateUser, Options{Config: Config{ConnectRatePerUser: 0.001, ConnectBurstPerUser: 1}}, func(t *testing.T, _ *Server, url string) int {
 			dial(t, url, "urn:sm:user:a")
 			return dialStatus(t, url, bearer("urn:sm:user:a"), "")
 		}, http.StatusTooManyRequests},
@@ -252,11 +253,11 @@ func TestRefusedConnectionsAreCountedByReason(t *testing.T) {
 			}
 			return dialStatus(t, url, bearer("urn:sm:user:a"), "")
 		}, http.StatusTooManyRequests},
-		{refusedConnsPerIP, Options{MaxConnsPerIP: 1}, func(t *testing.T, _ *Server, url string) int {
+		{refusedConnsPerIP, Options{Config: Config{MaxConnsPerIP: 1}}, func(t *testing.T, _ *Server, url string) int {
 			dial(t, url, "urn:sm:user:a")
 			return dialStatus(t, url, bearer("urn:sm:user:b"), "")
 		}, http.StatusTooManyRequests},
-		{refusedMaxConns, Options{MaxConns: 1}, func(t *testing.T, _ *Server, url string) int {
+		{refusedMaxConns, Options{Config: Config{MaxConns: 1}}, func(t *testing.T, _ *Server, url string) int {
 			dial(t, url, "urn:sm:user:a")
 			return dialStatus(t, url, bearer("urn:sm:user:b"), "")
 		}, http.StatusServiceUnavailable},
@@ -334,11 +335,11 @@ func TestServerUsesTrustedProxies(t *testing.T) {
 		want        string
 	}{
 		{"direct", Options{}, "203.0.113.5:4000", "6.6.6.6", "203.0.113.5"},
-		{"gcp", Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("35.191.0.0/16")}, TrustedProxyHops: 2},
+		{"gcp", Options{Config: Config{TrustedProxies: []string{"35.191.0.0/16"}, TrustedProxyHops: 2}},
 			"35.191.3.4:5000", "6.6.6.6, 198.51.100.7, 34.120.1.1", "198.51.100.7"},
-		{"cidr", Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		{"cidr", Options{Config: Config{TrustedProxies: []string{"10.0.0.0/8"}}},
 			"10.1.2.3:4000", "6.6.6.6, 198.51.100.1, 10.9.9.9", "198.51.100.1"},
-		{"IPv6 as its /64", Options{TrustedProxyHops: 1}, "10.1.2.3:4000", "2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"},
+		{"IPv6 as its /64", Options{Config: Config{TrustedProxyHops: 1}}, "10.1.2.3:4000", "2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"},
 	}
 	for _, tc := range cases {
 		s := New(tc.o, emptyStore{}, nil, testAuth)

@@ -15,31 +15,39 @@ type Config struct {
 	// Listen is the WebSocket listener's address; empty serves
 	// /v1/connect on the API listener instead (one port, for a single
 	// load-balancer port; the instance needs the api role too).
-	Listen          string        `yaml:"listen"`
-	AllowedOrigins  []string      `yaml:"allowed_origins"`
-	MaxFrameBytes   int64         `yaml:"max_frame_bytes"`
-	PingInterval    time.Duration `yaml:"ping_interval"`
-	PongTimeout     time.Duration `yaml:"pong_timeout"`
-	WriteTimeout    time.Duration `yaml:"write_timeout"`
-	SendQueue       int           `yaml:"send_queue"`
-	SendBufferBytes int64         `yaml:"send_buffer_bytes"`
-	BacklogPage     int           `yaml:"backlog_page"`
-	MaxConnsPerUser int           `yaml:"max_conns_per_user"`
+	Listen string `yaml:"listen"`
+	// AllowedOrigins are origin patterns (scheme://host[:port], with
+	// path.Match wildcards; "*" for any) accepted besides the same host.
+	AllowedOrigins []string      `yaml:"allowed_origins"`
+	MaxFrameBytes  int64         `yaml:"max_frame_bytes"`
+	PingInterval   time.Duration `yaml:"ping_interval"`
+	PongTimeout    time.Duration `yaml:"pong_timeout"`
+	WriteTimeout   time.Duration `yaml:"write_timeout"`
+	// SendBufferBytes caps what a session holds to write: the bytes of
+	// its frames queued or being written and of the backlog page it
+	// holds; SendQueue caps its queued live frames. A session past
+	// either is closed with 1013 (its messages stay stored).
+	SendQueue       int   `yaml:"send_queue"`
+	SendBufferBytes int64 `yaml:"send_buffer_bytes"`
+	BacklogPage     int   `yaml:"backlog_page"`
+	MaxConnsPerUser int   `yaml:"max_conns_per_user"`
 	// DeliveryConcurrency is the number of handlers of this instance's
 	// delivery subscription (0: pipeline.concurrency, which sized them
 	// before this key).
 	DeliveryConcurrency int `yaml:"delivery_concurrency"`
 	// MaxSendsInFlight bounds the send frames of one connection not
 	// answered yet: past it the server reads nothing more from the
-	// connection until it has answered some (backpressure).
+	// connection until it has answered some (backpressure;
+	// DefaultMaxSendsInFlight when zero).
 	MaxSendsInFlight int `yaml:"max_sends_in_flight"`
 	// AllowedHosts are the host names (no port) a browser may reach the
 	// WebSocket endpoint by: an upgrade with an Origin header and another
 	// Host is refused, so a DNS-rebound name cannot pass as same-origin.
 	AllowedHosts []string `yaml:"allowed_hosts"`
 	// MaxConns caps this instance's connections; MaxConnsPerIP those of
-	// one client address (0, the default: no per-address cap, since
-	// carrier-grade NAT puts thousands of people behind one address).
+	// one client address, an IPv6 client being its /64 (0, the default:
+	// no per-address cap, since carrier-grade NAT puts thousands of
+	// people behind one address).
 	MaxConns      int `yaml:"max_conns"`
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
 	// Connection attempts per second (average) and at once: per client
@@ -51,8 +59,10 @@ type Config struct {
 	ConnectBurstPerIP   int     `yaml:"connect_burst_per_ip"`
 	ConnectRatePerUser  float64 `yaml:"connect_rate_per_user"`
 	ConnectBurstPerUser int     `yaml:"connect_burst_per_user"`
-	// Ack frames per second (average) and at once, per connection; over
-	// them the frame is answered with a rate_limited error and not applied.
+	// Client frames but sends (acks) per second (average) and at once,
+	// per connection; over them the frame is answered with a rate_limited
+	// error and not applied. Sends count against the per-user limit of
+	// AcceptSends instead.
 	AckRate  float64 `yaml:"ack_rate"`
 	AckBurst int     `yaml:"ack_burst"`
 	// TrustedProxies are the networks (CIDR) of load balancers whose

@@ -70,8 +70,10 @@ func TestSessionEndsWhenItsTokenExpires(t *testing.T) {
 
 func TestOrigins(t *testing.T) {
 	_, _, url := newServer(t, Options{
-		AllowedOrigins: []string{"https://app.example", "https://*.chat.example"},
-		AllowedHosts:   []string{"127.0.0.1", "ws.example"},
+		Config: Config{
+			AllowedOrigins: []string{"https://app.example", "https://*.chat.example"},
+			AllowedHosts:   []string{"127.0.0.1", "ws.example"},
+		},
 	})
 	port := url[strings.LastIndex(url, ":")+1 : strings.Index(url, "/v1/")]
 	cases := []struct {
@@ -118,7 +120,7 @@ func TestOrigins(t *testing.T) {
 
 func TestConnectionCaps(t *testing.T) {
 	t.Run("per address", func(t *testing.T) {
-		_, _, url := newServer(t, Options{MaxConnsPerIP: 2})
+		_, _, url := newServer(t, Options{Config: Config{MaxConnsPerIP: 2}})
 		dial(t, url, "urn:sm:user:a")
 		dial(t, url, "urn:sm:user:b")
 		_, resp, err := tryDial(t, url, bearer("urn:sm:user:c"), "")
@@ -127,7 +129,7 @@ func TestConnectionCaps(t *testing.T) {
 		}
 	})
 	t.Run("global", func(t *testing.T) {
-		_, m, url := newServer(t, Options{MaxConns: 2})
+		_, m, url := newServer(t, Options{Config: Config{MaxConns: 2}})
 		a := dial(t, url, "urn:sm:user:a")
 		dial(t, url, "urn:sm:user:b")
 		_, resp, err := tryDial(t, url, bearer("urn:sm:user:c"), "")
@@ -153,7 +155,7 @@ func TestConnectRates(t *testing.T) {
 		// scan is slowed. Past it, an attempt without a token gets 429; a
 		// token is still verified, so a bad one gets 401 (its client
 		// renews it) and a good one connects.
-		_, _, url := newServer(t, Options{ConnectRatePerIP: 0.01, ConnectBurstPerIP: 3})
+		_, _, url := newServer(t, Options{Config: Config{ConnectRatePerIP: 0.01, ConnectBurstPerIP: 3}})
 		for i := 0; i < 3; i++ {
 			if _, resp, _ := tryDial(t, url, bearer("bad"), ""); resp == nil || resp.StatusCode != http.StatusUnauthorized {
 				t.Fatalf("attempt %d: %v", i, resp)
@@ -171,7 +173,7 @@ func TestConnectRates(t *testing.T) {
 		}
 	})
 	t.Run("per user", func(t *testing.T) {
-		_, _, url := newServer(t, Options{ConnectRatePerUser: 0.01, ConnectBurstPerUser: 2})
+		_, _, url := newServer(t, Options{Config: Config{ConnectRatePerUser: 0.01, ConnectBurstPerUser: 2}})
 		for i := 0; i < 2; i++ {
 			c := dial(t, url, "urn:sm:user:flappy")
 			c.Close(websocket.StatusNormalClosure, "")
@@ -200,7 +202,7 @@ func (s countingStore) Ack(_ context.Context, _ string, ids []string) (int, erro
 // the connection stays usable.
 func TestAckFramesAreRateLimited(t *testing.T) {
 	st := countingStore{acks: make(chan int, 100)}
-	_, _, url := newServerWith(t, Options{AckRate: 0.01, AckBurst: 3}, st)
+	_, _, url := newServerWith(t, Options{Config: Config{AckRate: 0.01, AckBurst: 3}}, st)
 	c := dial(t, url, "urn:sm:user:acker")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,62 +45,25 @@ type Receiver interface {
 // when the token expires.
 type Authenticate func(token string) (subject string, expires time.Time, err error)
 
-// Options configures the realtime server. A zero limit is no limit.
+// Options configures the realtime server: its Config (realtime.* of
+// config.yaml; a zero limit is no limit) and what the rest of the
+// instance gives it.
 type Options struct {
+	// Config holds the server's own keys; of them the listener's
+	// (Listen, ReadHeaderTimeout, IdleTimeout) are the caller's to use,
+	// and DeliveryConcurrency the bus's.
+	Config
+
 	Instance string
-	// AllowedOrigins are origin patterns (host[:port] or
-	// scheme://host[:port], with path.Match wildcards; "*" for any)
-	// accepted besides the same host.
-	AllowedOrigins []string
-	// AllowedHosts are the host names a browser (an upgrade with an Origin
-	// header) may connect by; "*" for any.
-	AllowedHosts []string
-	// TrustedProxies and TrustedProxyHops say whose X-Forwarded-For
-	// names the client and which entry of it does (see web.Proxies).
-	TrustedProxies   []netip.Prefix
-	TrustedProxyHops int
 	// Leeway is added to a token's expiry before its session is closed.
 	Leeway time.Duration
-	// MaxConns caps the connections of this instance, MaxConnsPerIP those
-	// of one client address (an IPv6 client is its /64).
-	MaxConns      int
-	MaxConnsPerIP int
-	// Connection attempts per second and at once: per client address the
-	// attempts without a valid token (none, or one that fails
-	// verification), per user those with one. An attempt with a valid
-	// token never spends its address's budget and is never refused by it.
-	ConnectRatePerIP    float64
-	ConnectBurstPerIP   int
-	ConnectRatePerUser  float64
-	ConnectBurstPerUser int
-	// Client frames per second and at once, per connection: every frame
-	// but a send (sends count against the per-user limit of AcceptSends).
-	AckRate  float64
-	AckBurst int
-	// MaxSendsInFlight bounds the send frames of one connection not
-	// answered yet: past it the server reads nothing more from the
-	// connection until it has answered some (default
-	// DefaultMaxSendsInFlight).
-	MaxSendsInFlight int
-	// SendBufferBytes caps what a session holds to write: the bytes of
-	// its frames queued or being written and of the backlog page it
-	// holds; SendQueue caps its queued live frames. A session past
-	// either is closed with 1013 (its messages stay stored).
 	// MaxPayloadBytes is the largest payload of a message (the API's
-	// limit): backlog pages are sized so that they fit in the budget.
-	SendBufferBytes int64
+	// limit): backlog pages are sized so that they fit in SendBufferBytes.
 	MaxPayloadBytes int
-
-	MaxFrameBytes   int64
-	PingInterval    time.Duration
-	PongTimeout     time.Duration
-	WriteTimeout    time.Duration
-	SendQueue       int
-	BacklogPage     int
-	MaxConnsPerUser int
-	Heartbeat       time.Duration
-	Logger          *slog.Logger
-	Metrics         *telemetry.Metrics
+	// Heartbeat is how often the connections' presence is refreshed.
+	Heartbeat time.Duration
+	Logger    *slog.Logger
+	Metrics   *telemetry.Metrics
 	// TracerProvider, when set, traces the WebSocket upgrade, each live
 	// frame written under its message's trace, and each ack.
 	TracerProvider trace.TracerProvider
@@ -163,7 +125,7 @@ func New(o Options, st Store, pr presence.Presence, authenticate Authenticate) *
 		userRate: web.NewLimiter(o.ConnectRatePerUser, o.ConnectBurstPerUser),
 		perIP:    map[string]int{},
 		tracer:   telemetry.Tracer(o.TracerProvider, "realtime"),
-		proxies:  web.Proxies{Trusted: o.TrustedProxies, Hops: o.TrustedProxyHops},
+		proxies:  web.Proxies{Trusted: o.trustedPrefixes(), Hops: o.TrustedProxyHops},
 		refusals: newRefusedCounter(o.Metrics),
 	}
 }

@@ -119,7 +119,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // A client that stops reading while live messages pile up is disconnected
 // once its queue is full, instead of holding memory without bound.
 func TestSlowConsumerIsDisconnected(t *testing.T) {
-	s, m, url := newServer(t, Options{SendQueue: 8})
+	s, m, url := newServer(t, Options{Config: Config{SendQueue: 8}})
 	_ = dial(t, url, "urn:sm:user:slow") // never reads
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := make([]byte, 60<<10)
@@ -134,7 +134,7 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 
 // A client that does not answer pings is disconnected after the pong timeout.
 func TestUnansweredPingsDisconnect(t *testing.T) {
-	_, m, url := newServer(t, Options{PingInterval: 20 * time.Millisecond, PongTimeout: 50 * time.Millisecond})
+	_, m, url := newServer(t, Options{Config: Config{PingInterval: 20 * time.Millisecond, PongTimeout: 50 * time.Millisecond}})
 	_ = dial(t, url, "urn:sm:user:silent") // never reads, so never answers pings
 	waitFor(t, "pong timeout", func() bool {
 		return testutil.ToFloat64(m.WSDropped.WithLabelValues("pong_timeout")) == 1 && testutil.ToFloat64(m.WSConnections) == 0
@@ -146,7 +146,7 @@ func TestAnsweredPingsKeepTheConnection(t *testing.T) {
 	// The pongs are all the client sends: the server's reader must not
 	// wait after one for more (the I/O timeout is far shorter than the
 	// wait for the message).
-	s, m, url := newServer(t, Options{PingInterval: 20 * time.Millisecond, PongTimeout: 300 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
+	s, m, url := newServer(t, Options{Config: Config{PingInterval: 20 * time.Millisecond, PongTimeout: 300 * time.Millisecond, WriteTimeout: 100 * time.Millisecond}})
 	c := dial(t, url, "urn:sm:user:alive")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -323,7 +323,7 @@ func BenchmarkEncodeMessage(b *testing.B) {
 // A client that stops reading, with room left in its queue, is
 // disconnected when a write times out, and that is counted with its reason.
 func TestWriteTimeoutIsCounted(t *testing.T) {
-	s, m, url := newServer(t, Options{SendQueue: 1 << 20})
+	s, m, url := newServer(t, Options{Config: Config{SendQueue: 1 << 20}})
 	_ = dial(t, url, "urn:sm:user:stuck") // never reads
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := make([]byte, 60<<10)
@@ -349,7 +349,7 @@ func TestWriteTimeoutIsCounted(t *testing.T) {
 // A frame over realtime.max_frame_bytes closes the connection with 1009 and
 // a reason stating the limit; a frame of exactly the limit is read.
 func TestFrameTooBigReasonStatesLimit(t *testing.T) {
-	_, m, url := newServer(t, Options{MaxFrameBytes: 1000})
+	_, m, url := newServer(t, Options{Config: Config{MaxFrameBytes: 1000}})
 	c := dial(t, url, "urn:sm:user:big")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -257,7 +257,7 @@ func TestMalformedSendIsRefusedAndTheConnectionStays(t *testing.T) {
 // A send frame over realtime.max_frame_bytes closes the connection with
 // 1009, as any frame does, and accepts nothing.
 func TestSendOverTheFrameLimitCloses(t *testing.T) {
-	s, _, url := newServer(t, Options{MaxFrameBytes: 2048})
+	s, _, url := newServer(t, Options{Config: Config{MaxFrameBytes: 2048}})
 	acc := newFakeAccepter()
 	s.AcceptSends(acc, nil)
 	conn, br := rawDial(t, url, "urn:sm:user:alice")
@@ -283,7 +283,7 @@ func TestSendsInFlightPauseReading(t *testing.T) {
 	const max, n = 2, 6
 	for _, way := range connectWays {
 		t.Run(way.name, func(t *testing.T) {
-			s, _, url := newServer(t, Options{MaxSendsInFlight: max})
+			s, _, url := newServer(t, Options{Config: Config{MaxSendsInFlight: max}})
 			acc := newFakeAccepter()
 			keys := make([]string, n)
 			for i := range keys {
@@ -355,7 +355,7 @@ func TestSendsInFlightPauseReading(t *testing.T) {
 // rate_limited with retry_after and not accepted. They do not count
 // against the frame rate (realtime.ack_rate), which still limits acks.
 func TestSendRateLimits(t *testing.T) {
-	s, _, url := newServer(t, Options{AckRate: 0.001, AckBurst: 1})
+	s, _, url := newServer(t, Options{Config: Config{AckRate: 0.001, AckBurst: 1}})
 	acc := newFakeAccepter()
 	limiter := web.NewLimiter(0.001, 3)
 	s.AcceptSends(acc, limiter)

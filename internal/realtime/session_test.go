@@ -95,8 +95,8 @@ func TestSlowReaderIsClosedWithinItsBudget(t *testing.T) {
 		user   = "urn:sm:user:slowreader"
 	)
 	st := newMemStore()
-	s, m, url := newServerWith(t, Options{SendBufferBytes: budget, SendQueue: 1024, MaxPayloadBytes: 64 << 10,
-		WriteTimeout: 500 * time.Millisecond}, st)
+	s, m, url := newServerWith(t, Options{MaxPayloadBytes: 64 << 10,
+		Config: Config{SendBufferBytes: budget, SendQueue: 1024, WriteTimeout: 500 * time.Millisecond}}, st)
 	conn, br := rawDial(t, url, user)
 	ss := sessionOf(t, s, user)
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
@@ -170,7 +170,7 @@ func TestSlowReaderIsClosedWithinItsBudget(t *testing.T) {
 // a close frame 1013 whose reason names the key.
 func TestSlowConsumerClosesWithTryAgainLater(t *testing.T) {
 	const user = "urn:sm:user:behind"
-	s, m, url := newServerWith(t, Options{SendBufferBytes: 256 << 10, SendQueue: 1024}, newMemStore())
+	s, m, url := newServerWith(t, Options{Config: Config{SendBufferBytes: 256 << 10, SendQueue: 1024}}, newMemStore())
 	conn, br := rawDial(t, url, user)
 	waitFor(t, "registration", func() bool { return testutil.ToFloat64(m.WSConnections) == 1 })
 	payload := make([]byte, 60<<10)
@@ -199,7 +199,7 @@ func TestSlowConsumerClosesWithTryAgainLater(t *testing.T) {
 // only a pong echoing the ping answers it.
 func TestUnsolicitedPongsDoNotAnswerPings(t *testing.T) {
 	const interval, timeout = 100 * time.Millisecond, 300 * time.Millisecond
-	_, m, url := newServer(t, Options{PingInterval: interval, PongTimeout: timeout})
+	_, m, url := newServer(t, Options{Config: Config{PingInterval: interval, PongTimeout: timeout}})
 	began := time.Now()
 	conn, _ := rawDial(t, url, "urn:sm:user:pongs")
 	stop := make(chan struct{})
@@ -303,7 +303,7 @@ func TestTrickledFrameIsClosed(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, m, url := newServer(t, Options{WriteTimeout: timeout})
+			s, m, url := newServer(t, Options{Config: Config{WriteTimeout: timeout}})
 			const user = "urn:sm:user:trickle"
 			began := time.Now()
 			w, r := tc.open(t, s, url, user)
@@ -376,7 +376,7 @@ func TestHandshakeBytesThenPoller(t *testing.T) {
 // its own (the sessions' readers and writers are all there is).
 func TestPingTimersHoldNoGoroutine(t *testing.T) {
 	const n = 200
-	s, _, _ := newServer(t, Options{PingInterval: 50 * time.Millisecond, PongTimeout: time.Minute, WriteTimeout: time.Minute})
+	s, _, _ := newServer(t, Options{Config: Config{PingInterval: 50 * time.Millisecond, PongTimeout: time.Minute, WriteTimeout: time.Minute}})
 	before := runtime.NumGoroutine()
 	sessions := make([]*session, n)
 	for i := range sessions {

@@ -77,7 +77,7 @@ func skipFrames(br *bufio.Reader, n int) error {
 // one session, at most 256 ahead of a client that reads them over
 // loopback TCP: the cost of writing a frame, batching included.
 func BenchmarkLiveFrames(b *testing.B) {
-	s, url := benchServer(b, Options{SendQueue: 1 << 20}, emptyStore{})
+	s, url := benchServer(b, Options{Config: Config{SendQueue: 1 << 20}}, emptyStore{})
 	conn, br := benchDial(b, url, "urn:sm:user:bench")
 	defer conn.Close()
 	all := s.hub.all() // registered before the upgrade's answer
@@ -130,7 +130,7 @@ func BenchmarkBacklog(b *testing.B) {
 		st.put(&envelope.Envelope{ID: ids.New(now), Sender: "urn:sm:user:alice", Recipient: "urn:sm:user:bench",
 			Type: "chat", Payload: make([]byte, 256), CreatedAt: now})
 	}
-	_, url := benchServer(b, Options{SendQueue: 1024}, st)
+	_, url := benchServer(b, Options{Config: Config{SendQueue: 1024}}, st)
 	b.ReportAllocs()
 	for b.Loop() {
 		conn, br := benchDial(b, url, "urn:sm:user:bench")

@@ -37,3 +37,19 @@ func (c Config) Check(bad func(key, msg string)) {
 		bad("reroute_after", "must be a positive duration")
 	}
 }
+
+// MarkDelay is how long the pipeline role holds a batch's routed marks
+// back (Options.MarkDelay): DefaultMarkDelay, or a quarter of
+// RerouteAfter when that is shorter, so that the sweep never takes a
+// message whose mark is only held back for one left unrouted.
+func (c Config) MarkDelay() time.Duration { return min(DefaultMarkDelay, c.RerouteAfter/4) }
+
+// HandoffQueue is Options.HandoffQueue on an instance that both accepts
+// messages and routes them: DefaultHandoffQueue with LocalHandoff, else 0
+// (every routing event over the ingress topic).
+func (c Config) HandoffQueue() int {
+	if c.LocalHandoff {
+		return DefaultHandoffQueue
+	}
+	return 0
+}

@@ -29,23 +29,20 @@ var Propagator propagation.TextMapPropagator = propagation.TraceContext{}
 
 // TracingConfig is what NewTracerProvider needs.
 type TracingConfig struct {
-	// Endpoint is the OTLP endpoint used when neither
-	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT nor OTEL_EXPORTER_OTLP_ENDPOINT is
-	// set: a URL (http://collector:4318 for http/protobuf,
-	// http://collector:4317 for grpc). Empty: the exporter's default
-	// (localhost).
-	Endpoint string
-	// SampleRatio is the ratio of traces sampled when OTEL_TRACES_SAMPLER
-	// is not set: new traces, and requests that carry a caller's
-	// traceparent unless TrustRemoteSampling is set (see NewSampler). A
-	// span whose parent this service made follows its parent's decision,
-	// across the bus too.
-	SampleRatio float64
-	// TrustRemoteSampling follows the sampled flag of a caller's
-	// traceparent (a request is recorded when the caller's trace is),
-	// as a plain parent-based sampler does. Off, a client cannot force
-	// its requests to be traced.
-	TrustRemoteSampling bool
+	// Config holds telemetry.* of config.yaml. Of it, OTLPEndpoint is the
+	// OTLP endpoint used when neither OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+	// nor OTEL_EXPORTER_OTLP_ENDPOINT is set: a URL
+	// (http://collector:4318 for http/protobuf, http://collector:4317 for
+	// grpc; empty: the exporter's default, localhost). SampleRatio is the
+	// ratio of traces sampled when OTEL_TRACES_SAMPLER is not set: new
+	// traces, and requests that carry a caller's traceparent unless
+	// TrustRemoteSampling is set (see NewSampler); a span whose parent
+	// this service made follows its parent's decision, across the bus
+	// too. TrustRemoteSampling follows the sampled flag of a caller's
+	// traceparent (a request is recorded when the caller's trace is), as
+	// a plain parent-based sampler does; off, a client cannot force its
+	// requests to be traced. Traces itself is the caller's to read.
+	Config
 	// InstanceID is service.instance.id.
 	InstanceID string
 }
@@ -60,7 +57,7 @@ type TracingConfig struct {
 // set, replaces it whole (a parentbased_* sampler then trusts callers'
 // sampled flags). Its Shutdown flushes the spans still buffered.
 func NewTracerProvider(ctx context.Context, c TracingConfig) (*sdktrace.TracerProvider, error) {
-	exp, err := newExporter(ctx, c.Endpoint)
+	exp, err := newExporter(ctx, c.OTLPEndpoint)
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func TestOTLPExportBothProtocols(t *testing.T) {
 			if proto == "grpc" {
 				rcv = otlptest.NewGRPC(t)
 			}
-			id := exportOne(t, telemetry.TracingConfig{Endpoint: rcv.URL, SampleRatio: 1, InstanceID: "inst-7"})
+			id := exportOne(t, telemetry.TracingConfig{Config: telemetry.Config{OTLPEndpoint: rcv.URL, SampleRatio: 1}, InstanceID: "inst-7"})
 			got := rcv.Spans()
 			if len(got) != 1 || got[0].Name != "one span" || got[0].TraceID != id {
 				t.Fatalf("received %+v, want the span of trace %s", got, id)
@@ -72,14 +72,14 @@ func TestOTLPEnvironmentWins(t *testing.T) {
 	rcv := otlptest.NewHTTP(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.URL)
 	t.Setenv("OTEL_SERVICE_NAME", "router-eu")
-	exportOne(t, telemetry.TracingConfig{Endpoint: "http://127.0.0.1:1", SampleRatio: 1})
+	exportOne(t, telemetry.TracingConfig{Config: telemetry.Config{OTLPEndpoint: "http://127.0.0.1:1", SampleRatio: 1}})
 	got := rcv.Spans()
 	if len(got) != 1 || got[0].Resource["service.name"] != "router-eu" {
 		t.Fatalf("received %+v, want one span of service router-eu", got)
 	}
 
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_off")
-	exportOne(t, telemetry.TracingConfig{SampleRatio: 1})
+	exportOne(t, telemetry.TracingConfig{Config: telemetry.Config{SampleRatio: 1}})
 	if n := len(rcv.Spans()); n != 1 {
 		t.Fatalf("OTEL_TRACES_SAMPLER=always_off: %d spans exported, want none more", n-1)
 	}
@@ -95,7 +95,7 @@ func TestCallerCannotForceSampling(t *testing.T) {
 			clearOTELEnv(t)
 			rcv := otlptest.NewHTTP(t)
 			ctx := context.Background()
-			tp, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{Endpoint: rcv.URL, SampleRatio: 0, TrustRemoteSampling: trust})
+			tp, err := telemetry.NewTracerProvider(ctx, telemetry.TracingConfig{Config: telemetry.Config{OTLPEndpoint: rcv.URL, SampleRatio: 0, TrustRemoteSampling: trust}})
 			if err != nil {
 				t.Fatal(err)
 			}

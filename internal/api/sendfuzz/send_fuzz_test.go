@@ -60,7 +60,7 @@ func FuzzSendRequest(f *testing.F) {
 	f.Add(`[]`, "text/plain")
 	st := acceptingStore{}
 	core := route.New(route.Options{MaxPayloadBytes: 1 << 10, AcceptTimeout: 5 * time.Second, MaxPendingPerRecipient: 10}, st, nil, publisher{})
-	s := api.New(api.Options{MaxBodyBytes: 1 << 12}, st, core, func(tok string) (string, error) { return tok, nil })
+	s := api.New(api.Options{Config: api.Config{MaxBodyBytes: 1 << 12}}, st, core, func(tok string) (string, error) { return tok, nil })
 	rt := api.NewRouter(nil, nil)
 	s.Mount(rt)
 	f.Fuzz(func(t *testing.T, body, contentType string) {

@@ -44,22 +44,17 @@ const (
 
 // Config configures a Sender. Zero fields take the defaults.
 type Config struct {
-	// KeyFile is the path of the .p8 (PKCS#8 PEM) signing key; Key, when
-	// set, is its content instead.
-	KeyFile string
-	Key     []byte
-	// KeyID (the JWT "kid") and TeamID (its "iss") identify the key.
-	KeyID  string
-	TeamID string
-	// Topic is the app's bundle id (the apns-topic header).
-	Topic string
-	// Endpoint is ProductionEndpoint (default) or SandboxEndpoint.
-	Endpoint string
-	// PushType is background (default: a silent content-available push,
-	// priority 5) or alert (a generic localized alert, no content).
-	PushType string
-	// Priority is 5 (default) or, for alert pushes only, 10.
-	Priority int
+	// APNs holds push.apns.* of config.yaml (Enabled is the caller's):
+	// KeyFile is the path of the .p8 (PKCS#8 PEM) signing key; KeyID (the
+	// JWT "kid") and TeamID (its "iss") identify the key; Topic is the
+	// app's bundle id (the apns-topic header); Endpoint is
+	// ProductionEndpoint (default) or SandboxEndpoint; PushType is
+	// background (default: a silent content-available push, priority 5)
+	// or alert (a generic localized alert, no content); Priority is 5
+	// (default) or, for alert pushes only, 10.
+	push.APNs
+	// Key, when set, is the signing key's content instead of KeyFile.
+	Key []byte
 	// Expiration is how long APNs keeps an undelivered push (default 24h).
 	Expiration time.Duration
 	// AlertLocKey is the alert's localization key (default NEW_MESSAGE).

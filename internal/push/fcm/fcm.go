@@ -34,16 +34,15 @@ const DefaultEndpoint = "https://fcm.googleapis.com"
 
 // Config configures a Sender. Zero fields take the defaults.
 type Config struct {
-	// ProjectID is the Firebase project (default: the credentials' project_id).
-	ProjectID string
-	// CredentialsFile is the path of a service-account JSON key;
-	// CredentialsJSON, when set, is its content instead.
-	CredentialsFile string
+	// FCM holds push.fcm.* of config.yaml (Enabled is the caller's):
+	// ProjectID is the Firebase project (default: the credentials'
+	// project_id); CredentialsFile the path of a service-account JSON
+	// key; Endpoint the API's base URL (default DefaultEndpoint); TokenURL
+	// overrides the credentials' token_uri.
+	push.FCM
+	// CredentialsJSON, when set, is the key's content instead of
+	// CredentialsFile.
 	CredentialsJSON []byte
-	// Endpoint is the API's base URL (default DefaultEndpoint).
-	Endpoint string
-	// TokenURL overrides the credentials' token_uri.
-	TokenURL string
 	// MaxRetries after UNAVAILABLE (503), INTERNAL (500) or QUOTA_EXCEEDED
 	// (429) answers (default 0); MinRetryDelay and MaxRetryDelay bound the
 	// backoff (a longer Retry-After gives up).

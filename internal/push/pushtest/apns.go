@@ -21,6 +21,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/apns"
 )
 
@@ -103,11 +104,11 @@ func NewAPNsToken() string {
 // HTTP/2 transport trusting the stand-in's certificate.
 func (a *APNs) Config() apns.Config {
 	return apns.Config{
-		KeyFile:    a.keyFile,
-		KeyID:      APNsKeyID,
-		TeamID:     APNsTeamID,
-		Topic:      APNsTopic,
-		Endpoint:   a.srv.URL,
+		APNs: push.APNs{KeyFile: a.keyFile,
+			KeyID:    APNsKeyID,
+			TeamID:   APNsTeamID,
+			Topic:    APNsTopic,
+			Endpoint: a.srv.URL},
 		RootCAs:    a.RootCAs(),
 		HTTPClient: localClient(a.Certificate()),
 	}

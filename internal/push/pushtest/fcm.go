@@ -18,6 +18,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/go-routing-service/routingservice/internal/push"
 	"github.com/go-routing-service/routingservice/internal/push/fcm"
 )
 
@@ -110,10 +111,10 @@ func (f *FCM) ProjectID() string { return f.projectID }
 // Config returns what an fcm.Sender needs to reach the stand-in.
 func (f *FCM) Config() fcm.Config {
 	return fcm.Config{
-		ProjectID:       f.projectID,
-		CredentialsFile: f.credsFile,
-		Endpoint:        f.srv.URL,
-		HTTPClient:      localClient(f.srv.Certificate()),
+		FCM: push.FCM{ProjectID: f.projectID,
+			CredentialsFile: f.credsFile,
+			Endpoint:        f.srv.URL},
+		HTTPClient: localClient(f.srv.Certificate()),
 	}
 }
 

@@ -2,20 +2,38 @@ package app
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/api"
 	"github.com/go-routing-service/routingservice/internal/config"
 )
 
-// receivePaused shows in metrics when a consumer holds its messages because
-// a backend it needs is down.
-func (a *App) receivePaused(queue string, paused bool) {
-	v := 0.0
-	if paused {
-		v = 1
+// listenOps binds the operations listener: /healthz, /readyz and /metrics,
+// apart from the public ports.
+func (a *App) listenOps(checks map[string]api.ReadyFunc) error {
+	rt := api.NewRouter(nil, a.log)
+	api.MountOps(rt, api.Ops{Checks: checks, Metrics: a.metrics.Handler(), CheckTimeout: a.cfg.Ops.CheckTimeout, Pprof: a.cfg.Ops.Pprof,
+		Logger: a.log.With("role", "ops")})
+	a.opsSrv = &http.Server{
+		Handler:           rt,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
-	a.metrics.ReceivePaused.WithLabelValues(queue).Set(v)
+	ln, err := net.Listen("tcp", a.cfg.Ops.Listen)
+	if err != nil {
+		return fmt.Errorf("config key ops.listen: %w", err)
+	}
+	a.opsLn = ln
+	return nil
 }
 
 // readinessChecks keeps, of checks, those of what this instance's roles
@@ -85,4 +103,49 @@ func (a *App) watchBackends(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// deadLetterSetupTTL is how long a dead-letter setup check's result is
+// reused by /readyz (the check is several API calls).
+const deadLetterSetupTTL = 30 * time.Second
+
+// addDeadLetterCheck adds the readiness check "dead_letter_setup" when the
+// engine has a dead-letter setup to verify (Pub/Sub), and logs what is
+// missing once at start.
+func (a *App) addDeadLetterCheck(ctx context.Context, checks map[string]api.ReadyFunc) {
+	if !a.bus.Capabilities().SetupCheck {
+		return
+	}
+	cc := &cachedCheck{check: a.bus.CheckSetup, ttl: deadLetterSetupTTL}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := cc.ping(sctx); err != nil {
+		a.log.Error("dead-letter setup is incomplete: failed messages may be retried forever or lost; /readyz reports dead_letter_setup until it is fixed", "err", err)
+	}
+	checks["dead_letter_setup"] = cc.ping
+}
+
+// cachedCheck runs check at most once per ttl and answers from its last
+// result meanwhile.
+type cachedCheck struct {
+	check func(context.Context) error
+	ttl   time.Duration
+
+	mu   sync.Mutex
+	at   time.Time
+	last error
+}
+
+func (c *cachedCheck) ping(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < c.ttl {
+		return c.last
+	}
+	err := c.check(ctx)
+	if ctx.Err() != nil && err != nil {
+		return err // the caller gave up: do not remember it
+	}
+	c.at, c.last = time.Now(), err
+	return err
 }
