@@ -29,8 +29,8 @@ type target struct {
 	// metricsURL is the server's /metrics on its operations listener,
 	// when routebench started it.
 	metricsURL string
-	close   func()
-	floor   *floorServer // the floor scenario's server, else nil
+	close      func()
+	floor      *floorServer // the floor scenario's server, else nil
 }
 
 func newTarget(o options) (target, error) {
@@ -93,7 +93,7 @@ func startInProcess(configPath string) (target, error) {
 	metricsURL := "http://" + a.OpsAddr() + "/metrics"
 	return target{
 		api: "http://" + a.APIAddr(), ws: "ws://" + a.WSAddr(), secret: cfg.JWTSecret, pid: os.Getpid(),
-		scrape: func(ctx context.Context) (string, error) { return scrapeURL(ctx, metricsURL) },
+		scrape:     func(ctx context.Context) (string, error) { return scrapeURL(ctx, metricsURL) },
 		metricsURL: metricsURL,
 		close: func() {
 			cancel()
