@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 	"github.com/go-routing-service/routingservice/internal/store/storetest"
 )
 
@@ -107,17 +108,17 @@ func TestGroupCommitFallback(t *testing.T) {
 func TestCommitOrder(t *testing.T) {
 	s, _ := openProbed(t)
 	storetest.RunCommitOrderTest(t, s, func(t *testing.T, ws []storetest.Write) []bool {
-		items := make([]write, len(ws))
+		items := make([]groupcommit.Item, len(ws))
 		for i, w := range ws {
 			switch {
 			case w.Put != nil:
-				items[i] = write{kind: putWrite, env: w.Put}
+				items[i] = groupcommit.Item{Kind: groupcommit.PutItem, Env: w.Put}
 			case w.New != nil:
-				items[i] = write{kind: newWrite, env: w.New.Envelope, key: w.New.Key, check: w.New.CheckTombstone}
+				items[i] = groupcommit.Item{Kind: groupcommit.NewItem, Env: w.New.Envelope, Key: w.New.Key, Check: w.New.CheckTombstone}
 			case w.Ack != "":
-				items[i] = write{kind: ackWrite, id: w.Ack, recipient: w.Recipient}
+				items[i] = groupcommit.Item{Kind: groupcommit.AckItem, ID: w.Ack, Recipient: w.Recipient}
 			default:
-				items[i] = write{kind: markWrite, id: w.Mark}
+				items[i] = groupcommit.Item{Kind: groupcommit.MarkItem, ID: w.Mark}
 			}
 		}
 		results := make([]bool, len(items))

@@ -100,99 +100,6 @@ const ackSQL = `WITH deleted AS (
 )
 SELECT id, recipient FROM deleted`
 
-// writeKind says what one item of the group-commit writer does.
-type writeKind uint8
-
-const (
-	putWrite  writeKind = iota // store env (PutMessages)
-	newWrite                   // store env as a new message, under its claim if any (PutNew)
-	ackWrite                   // delete recipient's envelope id, with a tombstone if it needs one (Ack)
-	markWrite                  // mark the envelope id routed (MarkRouted)
-)
-
-// write is one item of the group-commit writer: one envelope of a
-// PutMessages or PutNew call, one id of an Ack call, or one id of a
-// MarkRouted call. Its result (the writer's R) is, for a put, whether the
-// id had a tombstone (so the envelope was not stored); for a new message,
-// whether it is stored (see store.Messages.PutNew); and for an ack,
-// whether this item deleted the envelope.
-type write struct {
-	kind      writeKind
-	env       *envelope.Envelope // putWrite, newWrite
-	key       string             // newWrite: the idempotency key claimed ("" for none)
-	check     bool               // newWrite: CheckTombstone
-	id        string             // ackWrite, markWrite
-	recipient string             // ackWrite
-}
-
-// checksTombstone reports whether w is a put that must not store an id
-// with a tombstone.
-func (w write) checksTombstone() bool {
-	return w.kind == putWrite || (w.kind == newWrite && w.check)
-}
-
-// PutMessages stores envs, not routed, idempotently on id, in the order
-// given, except those whose id has a tombstone (acked[i] true; see
-// store.Messages). It returns once the transaction holding them committed,
-// or with ctx's error if ctx ends first, in which case they may or may not
-// have been stored.
-func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	return groupcommit.PutMessages(ctx, s.writer, "postgres", envs, func(e *envelope.Envelope) write {
-		return write{kind: putWrite, env: e}
-	})
-}
-
-// PutNew stores msgs' envelopes as new messages, not routed, in the order
-// given, without a tombstone lookup (except for those with
-// CheckTombstone) and marked so that their acks record none; one with a
-// claim only if the same statement claims its idempotency record (see
-// store.Messages.PutNew and insertClaimedSQL). It returns once the
-// transaction holding them committed, or with ctx's error if ctx ends
-// first, in which case they may or may not have been stored.
-func (s *Store) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	return groupcommit.PutNew(ctx, s.writer, "postgres", msgs, func(m store.NewMessage) write {
-		return write{kind: newWrite, env: m.Envelope, key: m.Key, check: m.CheckTombstone}
-	})
-}
-
-// MarkRouted marks the stored envelopes with these ids routed, ignoring
-// ids not stored. The group-commit writer commits the marks together with
-// the PutMessages, Ack and MarkRouted calls waiting at the same time; it
-// returns once they are committed, or with ctx's error if ctx ends first,
-// in which case they may or may not be.
-func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	return groupcommit.MarkRouted(ctx, s.writer, "postgres", ids, func(id string) write {
-		return write{kind: markWrite, id: id}
-	})
-}
-
-// Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each that needs one (stored by PutMessages) in the same transaction, and
-// returns how many it deleted; other
-// recipients' and unknown ids are ignored, and an id given twice is counted
-// once. The group-commit writer commits the ack together with the
-// PutMessages, Ack and MarkRouted calls waiting at the same time, as if
-// each ran alone in the order they reached it; it returns once the ack is
-// committed, or with ctx's error if ctx ends first, in which case it may
-// or may not be.
-func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
-	if s.closed.Load() {
-		return 0, store.ErrClosed
-	}
-	return groupcommit.Ack(ctx, s.writer, "postgres", ids, func(id string) write {
-		return write{kind: ackWrite, id: id, recipient: recipient}
-	})
-}
-
 // batchColumns are the statement arguments of one commit, reused between
 // commits: the parallel arrays of the envelopes to insert (with, for
 // each, whether its ack records a tombstone, the key it claims and the
@@ -233,8 +140,8 @@ func (c *batchColumns) reset() {
 }
 
 // add appends item i's envelope to the arguments of the inserts.
-func (c *batchColumns) add(i int, w write) {
-	e := w.env
+func (c *batchColumns) add(i int, w groupcommit.Item) {
+	e := w.Env
 	payload := e.Payload
 	if payload == nil {
 		payload = []byte{}
@@ -246,10 +153,10 @@ func (c *batchColumns) add(i int, w write) {
 	c.payloads = append(c.payloads, payload)
 	c.ephemerals = append(c.ephemerals, e.Ephemeral)
 	c.createdAts = append(c.createdAts, storedTime(e.CreatedAt))
-	c.tombstones = append(c.tombstones, w.kind == putWrite)
-	c.claims = append(c.claims, w.key)
+	c.tombstones = append(c.tombstones, w.Kind == groupcommit.PutItem)
+	c.claims = append(c.claims, w.Key)
 	c.putItems = append(c.putItems, i)
-	if w.checksTombstone() {
+	if w.ChecksTombstone() {
 		c.checked = append(c.checked, e.ID)
 	}
 }
@@ -275,32 +182,32 @@ type segment struct {
 // new messages claiming the same record, only the first is written (claims
 // holds the records claimed in the batch): the others cannot take the
 // claim, and their results stay false.
-func (c *batchColumns) split(items []write, segAcks, claims map[string]struct{}) {
+func (c *batchColumns) split(items []groupcommit.Item, segAcks, claims map[string]struct{}) {
 	seg := segment{}
 	for i, w := range items {
-		switch w.kind {
-		case putWrite, newWrite:
-			if w.key != "" {
-				claim := w.env.Sender + "\x00" + w.key
+		switch w.Kind {
+		case groupcommit.PutItem, groupcommit.NewItem:
+			if w.Key != "" {
+				claim := w.Env.Sender + "\x00" + w.Key
 				if _, ok := claims[claim]; ok {
 					continue
 				}
 				claims[claim] = struct{}{}
 			}
-			if _, ok := segAcks[w.env.ID]; ok {
+			if _, ok := segAcks[w.Env.ID]; ok {
 				seg.end, seg.p1, seg.c1, seg.a1 = i, len(c.ids), len(c.checked), len(c.ackIDs)
 				c.segments = append(c.segments, seg)
 				seg = segment{start: i, p0: len(c.ids), c0: len(c.checked), a0: len(c.ackIDs)}
 				clear(segAcks)
 			}
-			seg.claims = seg.claims || w.key != ""
+			seg.claims = seg.claims || w.Key != ""
 			c.add(i, w)
-		case ackWrite:
-			segAcks[w.id] = struct{}{}
-			c.ackIDs = append(c.ackIDs, w.id)
-			c.ackRecipients = append(c.ackRecipients, w.recipient)
-		case markWrite:
-			c.routed = append(c.routed, w.id)
+		case groupcommit.AckItem:
+			segAcks[w.ID] = struct{}{}
+			c.ackIDs = append(c.ackIDs, w.ID)
+			c.ackRecipients = append(c.ackRecipients, w.Recipient)
+		case groupcommit.MarkItem:
+			c.routed = append(c.routed, w.ID)
 		}
 	}
 	clear(segAcks)
@@ -321,7 +228,7 @@ func (c *batchColumns) split(items []write, segAcks, claims map[string]struct{})
 // ack items that deleted an envelope; then it marks the ids to mark routed
 // (markRoutedSQL). It is the group-commit writer's CommitFunc: it runs on
 // the writer goroutine only.
-func (s *Store) commit(items []write, results []bool) error {
+func (s *Store) commit(items []groupcommit.Item, results []bool) error {
 	s.groupCommits.Add(1)
 	cols := &s.cols
 	cols.reset()
@@ -399,7 +306,7 @@ const (
 
 // sendWrite runs the batch queued by commit and reads its results into
 // results.
-func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, results []bool) error {
+func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []groupcommit.Item, results []bool) error {
 	cols := &s.cols
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
@@ -416,11 +323,11 @@ func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, resu
 				return err
 			}
 			for _, i := range cols.putItems[seg.p0:seg.p1] {
-				if w := items[i]; w.checksTombstone() {
-					if _, ok := gone[w.env.ID]; ok {
+				if w := items[i]; w.ChecksTombstone() {
+					if _, ok := gone[w.Env.ID]; ok {
 						// A put's result is true (acknowledged before), a new
 						// message's false (not stored).
-						results[i] = w.kind == putWrite
+						results[i] = w.Kind == groupcommit.PutItem
 					}
 				}
 			}
@@ -443,9 +350,9 @@ func (s *Store) sendWrite(ctx context.Context, b *pgx.Batch, items []write, resu
 // readInsert reads the result of a segment's insert (insertMessagesSQL or
 // insertClaimedSQL) and marks in results the new messages stored: those
 // without a claim, and those whose claim the insert took.
-func readInsert(br pgx.BatchResults, seg segment, cols *batchColumns, items []write, results []bool) error {
+func readInsert(br pgx.BatchResults, seg segment, cols *batchColumns, items []groupcommit.Item, results []bool) error {
 	for j, i := range cols.putItems[seg.p0:seg.p1] {
-		if items[i].kind == newWrite && cols.claims[seg.p0+j] == "" {
+		if items[i].Kind == groupcommit.NewItem && cols.claims[seg.p0+j] == "" {
 			results[i] = true
 		}
 	}
@@ -500,7 +407,7 @@ func readUnstored(br pgx.BatchResults) (map[string]struct{}, error) {
 // recipients, and marks in deleted the ack items among items that deleted
 // one: the first, in order, of the items that ack a deleted id for its
 // recipient (so an id acked twice counts once).
-func readAck(br pgx.BatchResults, items []write, deleted []bool) error {
+func readAck(br pgx.BatchResults, items []groupcommit.Item, deleted []bool) error {
 	rows, err := br.Query()
 	if err != nil {
 		return err
@@ -522,12 +429,12 @@ func readAck(br pgx.BatchResults, items []write, deleted []bool) error {
 		return err
 	}
 	for i, w := range items {
-		if w.kind != ackWrite {
+		if w.Kind != groupcommit.AckItem {
 			continue
 		}
-		if r, ok := owners[w.id]; ok && r == w.recipient {
+		if r, ok := owners[w.ID]; ok && r == w.Recipient {
 			deleted[i] = true
-			delete(owners, w.id) // a later ack of the same id deleted nothing
+			delete(owners, w.ID) // a later ack of the same id deleted nothing
 		}
 	}
 	return nil

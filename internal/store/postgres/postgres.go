@@ -69,7 +69,13 @@ type Store struct {
 	// calls into one transaction; the result of each envelope put is
 	// whether it had a tombstone, that of each new message whether it was
 	// stored, that of each id acked whether it deleted the envelope.
-	writer *groupcommit.Writer[write, bool]
+	writer *groupcommit.Writer[groupcommit.Item, bool]
+	// Messages are the Store's PutMessages, PutNew, MarkRouted and Ack,
+	// through writer: the writes of a call are committed in one
+	// transaction with those of the calls waiting at the same time (see
+	// commit), a new message's claim of its idempotency record in the
+	// statement that stores it (insertClaimedSQL).
+	groupcommit.Messages
 	// cols is the writer's reusable statement argument buffer, segAcks
 	// its set of the ids acked in the current segment, and claims its set
 	// of the idempotency records claimed in the batch (writer goroutine
@@ -132,6 +138,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		log.Warn("the server's autovacuum is off and so is the store's own vacuuming: the store's tables, whose rows are short-lived, grow without bound and writes slow down; turn either on (autovacuum = on, or store.postgres_vacuum_interval)")
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
+	s.Messages = groupcommit.NewMessages(s.writer, "postgres", &s.closed)
 	return s, nil
 }
 

@@ -9,7 +9,6 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/envelope"
 	"github.com/go-routing-service/routingservice/internal/store"
-	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
 const (
@@ -24,104 +23,6 @@ const (
 	// so that retention never holds the write lock for long.
 	retentionChunk = 5000
 )
-
-// writeKind says what one item of the group-commit writer does.
-type writeKind uint8
-
-const (
-	putWrite  writeKind = iota // store env (PutMessages)
-	newWrite                   // store env as a new message, under its claim if any (PutNew)
-	ackWrite                   // delete recipient's envelope id, with a tombstone if it needs one (Ack)
-	markWrite                  // mark the envelope id routed (MarkRouted)
-)
-
-// write is one item of the group-commit writer: one envelope of a
-// PutMessages or PutNew call, one id of an Ack call, or one id of a
-// MarkRouted call. Its result (the writer's R) is, for a put, whether the
-// id had a tombstone (so the envelope was not stored); for a new message,
-// whether it is stored (see store.Messages.PutNew); and for an ack,
-// whether this item deleted the envelope.
-type write struct {
-	kind      writeKind
-	env       *envelope.Envelope // putWrite, newWrite
-	key       string             // newWrite: the idempotency key claimed ("" for none)
-	check     bool               // newWrite: CheckTombstone
-	id        string             // ackWrite, markWrite
-	recipient string             // ackWrite
-}
-
-// checksTombstone reports whether w is a put that must not store an id
-// with a tombstone.
-func (w write) checksTombstone() bool {
-	return w.kind == putWrite || (w.kind == newWrite && w.check)
-}
-
-// PutMessages stores envs, not routed, idempotently on id, in the order
-// given, except those whose id has a tombstone (acked[i] true; see
-// store.Messages). It returns once the transaction holding them committed
-// (durably), or with ctx's error if ctx ends first, in which case they may
-// or may not have been stored.
-func (s *Store) PutMessages(ctx context.Context, envs []*envelope.Envelope) ([]bool, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	return groupcommit.PutMessages(ctx, s.writer, "sqlite", envs, func(e *envelope.Envelope) write {
-		return write{kind: putWrite, env: e}
-	})
-}
-
-// PutNew stores msgs' envelopes as new messages, not routed, in the order
-// given, without a tombstone lookup (except for those with
-// CheckTombstone) and marked so that their acks record none; one with a
-// claim only if the same transaction claims its idempotency record (see
-// store.Messages.PutNew). It returns once the transaction holding them
-// committed (durably), or with ctx's error if ctx ends first, in which
-// case they may or may not have been stored.
-func (s *Store) PutNew(ctx context.Context, msgs []store.NewMessage) ([]bool, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	return groupcommit.PutNew(ctx, s.writer, "sqlite", msgs, func(m store.NewMessage) write {
-		return write{kind: newWrite, env: m.Envelope, key: m.Key, check: m.CheckTombstone}
-	})
-}
-
-// MarkRouted marks the stored envelopes with these ids routed, ignoring
-// ids not stored. The marks are kept in memory (the ledger): Unrouted
-// leaves the envelopes out from the moment it returns. What the disk
-// keeps is the routed watermark (see migration 0009), which the
-// group-commit writer moves in the transaction of the writes waiting at
-// the same time, or in one of its own when the call comes alone and moves
-// it; a mark of an envelope above the watermark is not on disk, and a
-// crash leaves that envelope to the sweep, which routes it again. It
-// returns once the marks are applied, or with ctx's error if ctx ends
-// first, in which case they may or may not be.
-func (s *Store) MarkRouted(ctx context.Context, ids []string) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	return groupcommit.MarkRouted(ctx, s.writer, "sqlite", ids, func(id string) write {
-		return write{kind: markWrite, id: id}
-	})
-}
-
-// Ack deletes recipient's envelopes with these ids, records a tombstone of
-// each that needs one (stored by PutMessages) in the same transaction, and
-// returns how many it deleted; other
-// recipients' and unknown ids are ignored, and an id given twice is counted
-// once. The group-commit writer commits the ack together with the
-// PutMessages, Ack and MarkRouted calls waiting at the same time, as if
-// each ran alone in the order they reached it; it returns once the ack is
-// committed (durably), or with ctx's error if ctx ends first, in which case
-// it may or may not be.
-func (s *Store) Ack(ctx context.Context, recipient string, ids []string) (int, error) {
-	if s.closed.Load() {
-		return 0, store.ErrClosed
-	}
-	return groupcommit.Ack(ctx, s.writer, "sqlite", ids, func(id string) write {
-		return write{kind: ackWrite, id: id, recipient: recipient}
-	})
-}
 
 // Pending returns up to limit (at most 500) of recipient's envelopes stored
 // after cursor, in store order.

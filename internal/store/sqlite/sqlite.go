@@ -109,7 +109,20 @@ type Store struct {
 	// calls into one transaction; the result of each envelope put is
 	// whether it had a tombstone, that of each new message whether it was
 	// stored, that of each id acked whether it deleted the envelope.
-	writer *groupcommit.Writer[write, bool]
+	writer *groupcommit.Writer[groupcommit.Item, bool]
+	// Messages are the Store's PutMessages, PutNew, MarkRouted and Ack,
+	// through writer: the writes of a call are committed (durably) in one
+	// transaction with those of the calls waiting at the same time, a
+	// new message's claim of its idempotency record in the transaction
+	// that stores it. MarkRouted's marks are kept in memory (the ledger):
+	// Unrouted leaves the envelopes out from the moment it returns. What
+	// the disk keeps is the routed watermark (see migration 0009), which
+	// the writer moves in the transaction of the writes waiting at the
+	// same time, or in one of its own when a MarkRouted call comes alone
+	// and moves it; a mark of an envelope above the watermark is not on
+	// disk, and a crash leaves that envelope to the sweep, which routes it
+	// again. MarkRouted returns once its marks are applied.
+	groupcommit.Messages
 	// The writer's reusable buffers (writer goroutine only): the ids acked
 	// in the current segment, the rows of the ids acked, the ids the
 	// current commit stored or deleted before its acks, the rows the
@@ -199,6 +212,7 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, err error) 
 		return nil, fmt.Errorf("sqlite open %s: %w", path, err)
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
+	s.Messages = groupcommit.NewMessages(s.writer, "sqlite", &s.closed)
 	return s, nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"time"
+
+	"github.com/go-routing-service/routingservice/internal/store/groupcommit"
 )
 
 // The writer's fixed statements.
@@ -56,7 +58,7 @@ func (s *Store) onWriteConn(ctx context.Context, f func(c *wconn) error) error {
 // it; once it committed, the ledger takes what it stored and deleted, and
 // the marks. A batch of marks alone writes nothing unless the watermark
 // moves.
-func (s *Store) commit(items []write, results []bool) error {
+func (s *Store) commit(items []groupcommit.Item, results []bool) error {
 	s.groupCommits.Add(1)
 	// The batch belongs to several callers: no single caller's context may
 	// abort it. busy_timeout bounds how long it can wait for a lock.
@@ -68,8 +70,8 @@ func (s *Store) commit(items []write, results []bool) error {
 	}()
 	writes := 0
 	for _, w := range items {
-		if w.kind == markWrite {
-			marks = append(marks, w.id)
+		if w.Kind == groupcommit.MarkItem {
+			marks = append(marks, w.ID)
 		} else {
 			writes++
 		}
@@ -109,7 +111,7 @@ func (s *Store) commit(items []write, results []bool) error {
 
 // write makes the writes of items in the open transaction and returns the
 // watermark it wrote (see commit).
-func (s *Store) write(ctx context.Context, c *wconn, items []write, results []bool, marks []string) (int64, error) {
+func (s *Store) write(ctx context.Context, c *wconn, items []groupcommit.Item, results []bool, marks []string) (int64, error) {
 	var ackedAt int64
 	for start := 0; start < len(items); {
 		seg := s.segment(items, start)
@@ -173,24 +175,24 @@ type segment struct {
 // segment returns the longest segment of items that starts at start. In
 // the common batch (no put of an id acknowledged earlier in the batch) it
 // is the whole batch.
-func (s *Store) segment(items []write, start int) segment {
+func (s *Store) segment(items []groupcommit.Item, start int) segment {
 	seg := segment{end: len(items)}
 	clear(s.segAcks)
 	for i := start; i < len(items); i++ {
-		switch w := items[i]; w.kind {
-		case putWrite, newWrite:
-			if _, ok := s.segAcks[w.env.ID]; ok {
+		switch w := items[i]; w.Kind {
+		case groupcommit.PutItem, groupcommit.NewItem:
+			if _, ok := s.segAcks[w.Env.ID]; ok {
 				seg.end = i
 				return seg
 			}
 			seg.puts++
-		case ackWrite:
+		case groupcommit.AckItem:
 			if s.segAcks == nil {
 				s.segAcks = make(map[string]struct{})
 			}
-			s.segAcks[w.id] = struct{}{}
+			s.segAcks[w.ID] = struct{}{}
 			seg.acks++
-		case markWrite:
+		case groupcommit.MarkItem:
 			seg.marks++
 		}
 	}
@@ -204,7 +206,7 @@ func (s *Store) segment(items []write, start int) segment {
 // CheckTombstone is not stored if its id has a tombstone; results marks
 // those stored. The tombstone lookup covers only the puts that need it.
 // Each row stored is added to s.changes.
-func (s *Store) put(ctx context.Context, c *wconn, items []write, results []bool) error {
+func (s *Store) put(ctx context.Context, c *wconn, items []groupcommit.Item, results []bool) error {
 	gone, err := s.tombstoned(ctx, c, items)
 	if err != nil {
 		return err
@@ -215,26 +217,26 @@ func (s *Store) put(ctx context.Context, c *wconn, items []write, results []bool
 	}
 	for i, w := range items {
 		tombstone := true
-		switch w.kind {
-		case putWrite:
-			if _, ok := gone[w.env.ID]; ok {
+		switch w.Kind {
+		case groupcommit.PutItem:
+			if _, ok := gone[w.Env.ID]; ok {
 				results[i] = true // acknowledged before
 				continue
 			}
-		case newWrite:
-			if w.key != "" {
-				c.bind(w.env.Sender, w.key)
+		case groupcommit.NewItem:
+			if w.Key != "" {
+				c.bind(w.Env.Sender, w.Key)
 				res, err := c.execSQL(ctx, claimSQL)
 				if err != nil {
-					return s.wrap("put new "+w.env.ID+": claim", err)
+					return s.wrap("put new "+w.Env.ID+": claim", err)
 				}
 				if n, err := res.RowsAffected(); err != nil {
-					return s.wrap("put new "+w.env.ID+": claim", err)
+					return s.wrap("put new "+w.Env.ID+": claim", err)
 				} else if n == 0 {
 					continue // claimed by another put, or no record: not stored
 				}
 			}
-			if _, ok := gone[w.env.ID]; ok && w.check {
+			if _, ok := gone[w.Env.ID]; ok && w.Check {
 				continue // stored and acknowledged before: its claim is taken, nothing stored
 			}
 			results[i] = true
@@ -242,7 +244,7 @@ func (s *Store) put(ctx context.Context, c *wconn, items []write, results []bool
 		default:
 			continue
 		}
-		e := w.env
+		e := w.Env
 		payload := e.Payload
 		if payload == nil {
 			payload = []byte{}
@@ -269,16 +271,16 @@ func (s *Store) put(ctx context.Context, c *wconn, items []write, results []bool
 }
 
 // tombstoned returns the ids of the envelopes among items that need a
-// tombstone lookup (checksTombstone) and have a tombstone (nil when none
+// tombstone lookup (ChecksTombstone) and have a tombstone (nil when none
 // has), looked up with one statement per idChunk ids.
-func (s *Store) tombstoned(ctx context.Context, c *wconn, items []write) (map[string]struct{}, error) {
+func (s *Store) tombstoned(ctx context.Context, c *wconn, items []groupcommit.Item) (map[string]struct{}, error) {
 	var gone map[string]struct{}
 	err := s.inChunks(c, len(items), func(i int) (driver.Value, bool) {
 		w := items[i]
-		if !w.checksTombstone() {
+		if !w.ChecksTombstone() {
 			return nil, false
 		}
-		return w.env.ID, true
+		return w.Env.ID, true
 	}, func(n int) error {
 		st, err := c.inStmt(ctx, tombstoneLookup, n)
 		if err != nil {
@@ -339,7 +341,7 @@ func scanAckRow(v []driver.Value) (string, ackRow, error) {
 // it deletes the rows (by seq) with one statement per idChunk of them,
 // and records each tombstone with a statement of its own (none for the
 // messages PutNew stored). Each row deleted is added to s.changes.
-func (s *Store) ack(ctx context.Context, c *wconn, items []write, deleted []bool, ackedAt int64) error {
+func (s *Store) ack(ctx context.Context, c *wconn, items []groupcommit.Item, deleted []bool, ackedAt int64) error {
 	if s.owners == nil {
 		s.owners = make(map[string]ackRow)
 	}
@@ -357,23 +359,23 @@ func (s *Store) ack(ctx context.Context, c *wconn, items []write, deleted []bool
 	}
 	s.ledger.acked(len(items), func(i int) (string, bool) {
 		w := items[i]
-		if w.kind != ackWrite {
+		if w.Kind != groupcommit.AckItem {
 			return "", false
 		}
-		_, t := touched[w.id]
-		return w.id, !t
+		_, t := touched[w.ID]
+		return w.ID, !t
 	}, func(i int, r ackRow) {
-		owners[items[i].id] = r
+		owners[items[i].ID] = r
 	})
 	err := s.inChunks(c, len(items), func(i int) (driver.Value, bool) {
 		w := items[i]
-		if w.kind != ackWrite {
+		if w.Kind != groupcommit.AckItem {
 			return nil, false
 		}
-		if _, ok := owners[w.id]; ok {
+		if _, ok := owners[w.ID]; ok {
 			return nil, false
 		}
-		return w.id, true
+		return w.ID, true
 	}, func(n int) error {
 		st, err := c.inStmt(ctx, ackLookup, n)
 		if err != nil {
@@ -397,19 +399,19 @@ func (s *Store) ack(ctx context.Context, c *wconn, items []write, deleted []bool
 	}
 	first := len(s.changes)
 	for i, w := range items {
-		if w.kind != ackWrite {
+		if w.Kind != groupcommit.AckItem {
 			continue
 		}
-		r, ok := owners[w.id]
-		if !ok || r.recipient != w.recipient {
+		r, ok := owners[w.ID]
+		if !ok || r.recipient != w.Recipient {
 			continue
 		}
 		deleted[i] = true
-		delete(owners, w.id) // a later ack of the same id deletes nothing
-		s.changes = append(s.changes, change{deleted: true, seq: r.seq, id: w.id,
+		delete(owners, w.ID) // a later ack of the same id deletes nothing
+		s.changes = append(s.changes, change{deleted: true, seq: r.seq, id: w.ID,
 			recipient: r.recipient, sender: r.sender, bytes: r.bytes})
 		if r.tombstone {
-			c.bind(w.id, r.recipient, ackedAt)
+			c.bind(w.ID, r.recipient, ackedAt)
 			if _, err := c.execSQL(ctx, tombstoneSQL); err != nil {
 				return s.wrap("ack: tombstone", err)
 			}
