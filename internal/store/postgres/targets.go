@@ -21,27 +21,7 @@ func (s *Store) PutTarget(ctx context.Context, user string, t store.Target, max 
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", s.schema, user); err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, "UPDATE targets SET p256dh = $1, auth = $2 WHERE owner = $3 AND platform = $4 AND token = $5",
-			t.P256DH, t.Auth, user, t.Platform, t.Token)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() > 0 {
-			return nil
-		}
-		if max > 0 {
-			var count int
-			if err := tx.QueryRow(ctx, "SELECT COUNT(*) FROM targets WHERE owner = $1", user).Scan(&count); err != nil {
-				return err
-			}
-			if count >= max {
-				return store.ErrTooManyTargets
-			}
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO targets (owner, platform, token, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (owner, platform, token) DO UPDATE SET p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth`,
-			user, t.Platform, t.Token, t.P256DH, t.Auth)
-		return err
+		return store.PutTargetIn(ctx, targetWrites{tx}, user, t, max)
 	})
 	if errors.Is(err, store.ErrTooManyTargets) {
 		return err
@@ -50,6 +30,28 @@ func (s *Store) PutTarget(ctx context.Context, user string, t store.Target, max 
 		return s.wrap("put target", err)
 	}
 	return nil
+}
+
+// targetWrites are PutTarget's statements in its transaction.
+type targetWrites struct{ tx pgx.Tx }
+
+func (w targetWrites) UpdateTarget(ctx context.Context, user string, t store.Target) (bool, error) {
+	tag, err := w.tx.Exec(ctx, "UPDATE targets SET p256dh = $1, auth = $2 WHERE owner = $3 AND platform = $4 AND token = $5",
+		t.P256DH, t.Auth, user, t.Platform, t.Token)
+	return tag.RowsAffected() > 0, err
+}
+
+func (w targetWrites) CountTargets(ctx context.Context, user string) (int, error) {
+	var count int
+	err := w.tx.QueryRow(ctx, "SELECT COUNT(*) FROM targets WHERE owner = $1", user).Scan(&count)
+	return count, err
+}
+
+func (w targetWrites) InsertTarget(ctx context.Context, user string, t store.Target) error {
+	_, err := w.tx.Exec(ctx, `INSERT INTO targets (owner, platform, token, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (owner, platform, token) DO UPDATE SET p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth`,
+		user, t.Platform, t.Token, t.P256DH, t.Auth)
+	return err
 }
 
 // DeleteTarget removes user's target with t's platform and token, if any.
@@ -74,15 +76,8 @@ func (s *Store) Targets(ctx context.Context, user string) ([]store.Target, error
 		return nil, s.wrap("targets", err)
 	}
 	defer rows.Close()
-	var out []store.Target
-	for rows.Next() {
-		var t store.Target
-		if err := rows.Scan(&t.Platform, &t.Token, &t.P256DH, &t.Auth); err != nil {
-			return nil, s.wrap("targets: scan", err)
-		}
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := store.ScanTargets(rows)
+	if err != nil {
 		return nil, s.wrap("targets", err)
 	}
 	return out, nil

@@ -2,6 +2,9 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"fmt"
 
 	"github.com/go-routing-service/routingservice/internal/store"
 )
@@ -18,34 +21,43 @@ func (s *Store) PutTarget(ctx context.Context, user string, t store.Target, max 
 		return s.wrap("put target: begin", err)
 	}
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, "UPDATE targets SET p256dh = ?, auth = ? WHERE owner = ? AND platform = ? AND token = ?",
-		t.P256DH, t.Auth, user, t.Platform, t.Token)
-	if err != nil {
-		return s.wrap("put target", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return s.wrap("put target", err)
-	}
-	if n == 0 {
-		if max > 0 {
-			var count int
-			if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM targets WHERE owner = ?", user).Scan(&count); err != nil {
-				return s.wrap("put target: count", err)
-			}
-			if count >= max {
-				return store.ErrTooManyTargets
-			}
+	if err := store.PutTargetIn(ctx, targetWrites{tx}, user, t, max); err != nil {
+		if errors.Is(err, store.ErrTooManyTargets) {
+			return err
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO targets (owner, platform, token, p256dh, auth) VALUES (?, ?, ?, ?, ?)",
-			user, t.Platform, t.Token, t.P256DH, t.Auth); err != nil {
-			return s.wrap("put target", err)
-		}
+		return s.wrap("put target", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return s.wrap("put target: commit", err)
 	}
 	return nil
+}
+
+// targetWrites are PutTarget's statements in its transaction.
+type targetWrites struct{ tx *sql.Tx }
+
+func (w targetWrites) UpdateTarget(ctx context.Context, user string, t store.Target) (bool, error) {
+	res, err := w.tx.ExecContext(ctx, "UPDATE targets SET p256dh = ?, auth = ? WHERE owner = ? AND platform = ? AND token = ?",
+		t.P256DH, t.Auth, user, t.Platform, t.Token)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+func (w targetWrites) CountTargets(ctx context.Context, user string) (int, error) {
+	var count int
+	if err := w.tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM targets WHERE owner = ?", user).Scan(&count); err != nil {
+		return 0, fmt.Errorf("count: %w", err)
+	}
+	return count, nil
+}
+
+func (w targetWrites) InsertTarget(ctx context.Context, user string, t store.Target) error {
+	_, err := w.tx.ExecContext(ctx, "INSERT INTO targets (owner, platform, token, p256dh, auth) VALUES (?, ?, ?, ?, ?)",
+		user, t.Platform, t.Token, t.P256DH, t.Auth)
+	return err
 }
 
 // DeleteTarget removes user's target with t's platform and token, if any.
@@ -70,15 +82,8 @@ func (s *Store) Targets(ctx context.Context, user string) ([]store.Target, error
 		return nil, s.wrap("targets", err)
 	}
 	defer rows.Close()
-	var out []store.Target
-	for rows.Next() {
-		var t store.Target
-		if err := rows.Scan(&t.Platform, &t.Token, &t.P256DH, &t.Auth); err != nil {
-			return nil, s.wrap("targets: scan", err)
-		}
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := store.ScanTargets(rows)
+	if err != nil {
 		return nil, s.wrap("targets", err)
 	}
 	return out, nil
