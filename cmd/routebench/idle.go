@@ -26,11 +26,7 @@ import (
 // hold their connections when it reads the RSS at the end of its hold.
 func runIdle(ctx context.Context, e *env) (*summary, error) {
 	o := e.o
-	names, tokens, err := e.users("i", o.conns)
-	if err != nil {
-		return nil, err
-	}
-	_, stoks, err := e.users("s", o.senders)
+	names, tokens, stoks, err := e.parties("i", o.conns)
 	if err != nil {
 		return nil, err
 	}

@@ -411,6 +411,18 @@ func (e *env) users(kind string, n int) (names, tokens []string, err error) {
 	return names, tokens, nil
 }
 
+// parties returns n users of kind (names and tokens) to send to, and the
+// tokens of the -senders senders.
+func (e *env) parties(kind string, n int) (names, tokens, senders []string, err error) {
+	if names, tokens, err = e.users(kind, n); err != nil {
+		return nil, nil, nil, err
+	}
+	if _, senders, err = e.users("s", e.o.senders); err != nil {
+		return nil, nil, nil, err
+	}
+	return names, tokens, senders, nil
+}
+
 // clients returns n API clients, one per token.
 func (e *env) clients(tokens []string) []*client.Client {
 	cs := make([]*client.Client, len(tokens))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -33,50 +32,10 @@ type load struct {
 
 // run sends and returns how long it took.
 func (l *load) run(ctx context.Context) time.Duration {
-	var interval time.Duration
-	if l.rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(len(l.senders)) / l.rate)
-	}
-	var seq atomic.Int64
-	start := time.Now()
-	var wg sync.WaitGroup
-	for s, c := range l.senders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, l.payload)
-			// Spread the senders' schedules over one interval.
-			next := start.Add(interval * time.Duration(s) / time.Duration(len(l.senders)))
-			for ctx.Err() == nil {
-				if interval > 0 {
-					next = next.Add(interval)
-					if d := time.Until(next); d > 0 {
-						time.Sleep(d)
-					}
-				}
-				if !l.until.IsZero() && !time.Now().Before(l.until) {
-					return
-				}
-				n := seq.Add(1)
-				if l.count > 0 && n > l.count {
-					return
-				}
-				r := l.targets[int(n-1)%len(l.targets)]
-				t0 := time.Now()
-				binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
-				a, err := c.Send(ctx, client.Message{Recipient: l.names[r], Payload: buf, Ephemeral: l.ephemeral})
-				l.offered.Add(1)
-				if err != nil {
-					l.errs.AddStatus(statusOf(err))
-					continue
-				}
-				l.sendLat.Add(time.Since(t0))
-				l.ck.Accepted(a.ID, r)
-			}
-		}()
-	}
-	wg.Wait()
-	return time.Since(start)
+	return l.drive(ctx, len(l.senders), 1, func(s int) func(int64) {
+		send, buf := l.senders[s].Send, make([]byte, l.payload)
+		return func(n int64) { l.sendOne(ctx, send, buf, n) }
+	})
 }
 
 func statusOf(err error) int {
@@ -108,11 +67,7 @@ func drain(ctx context.Context, ck *checker, d time.Duration) {
 // message sent to its recipient.
 func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 	o := e.o
-	names, tokens, err := e.users("r", o.recipients)
-	if err != nil {
-		return nil, err
-	}
-	_, stoks, err := e.users("s", o.senders)
+	names, tokens, stoks, err := e.parties("r", o.recipients)
 	if err != nil {
 		return nil, err
 	}
@@ -188,11 +143,7 @@ func runDelivery(ctx context.Context, e *env, conns int) (*summary, error) {
 // every recipient fetches its backlog page by page and acks each page.
 func runOffline(ctx context.Context, e *env) (*summary, error) {
 	o := e.o
-	names, tokens, err := e.users("r", o.recipients)
-	if err != nil {
-		return nil, err
-	}
-	_, stoks, err := e.users("s", o.senders)
+	names, tokens, stoks, err := e.parties("r", o.recipients)
 	if err != nil {
 		return nil, err
 	}

@@ -69,6 +69,49 @@ func (l *load) more(seq *atomic.Int64, n int) (int64, bool) {
 	return first, true
 }
 
+// drive runs workers sending goroutines, each paced by l.schedule, until
+// the deadline or count or until ctx ends, and returns how long they sent.
+// Goroutine w makes its sender with worker(w) first, then calls it with
+// the number of each next message (n messages a call, numbered from 1 in
+// the order more takes them): it sends them and records their outcome.
+func (l *load) drive(ctx context.Context, workers, n int, worker func(w int) func(first int64)) time.Duration {
+	var seq atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			send := worker(w)
+			sched := l.schedule(start, w, workers)
+			for ctx.Err() == nil {
+				sched.wait()
+				first, ok := l.more(&seq, n)
+				if !ok {
+					return
+				}
+				send(first)
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// sendOne sends message n (numbered from 1) to its target with send, its
+// payload buf stamped with the time it is sent, and records the outcome.
+func (l *load) sendOne(ctx context.Context, send func(context.Context, client.Message) (client.Accepted, error), buf []byte, n int64) {
+	r := l.targets[int(n-1)%len(l.targets)]
+	t0 := time.Now()
+	binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
+	a, err := send(ctx, client.Message{Recipient: l.names[r], Payload: buf, Ephemeral: l.ephemeral})
+	l.offered.Add(1)
+	if err != nil {
+		l.errs.AddStatus(statusOf(err))
+		return
+	}
+	l.sendLat.Add(time.Since(t0))
+	l.ck.Accepted(a.ID, r)
+}
+
 // runWS sends over one WebSocket per sender, inflight sends unanswered at a
 // time on each (inflight goroutines sharing the connection, and one that
 // reads its answers), until the deadline or count.
@@ -105,37 +148,11 @@ func (l *load) runWS(ctx context.Context, inflight int) (time.Duration, error) {
 		readers.Wait()
 	}()
 
-	var seq atomic.Int64
-	start := time.Now()
 	workers := len(conns) * inflight
-	var wg sync.WaitGroup
-	for w := range workers {
-		conn := conns[w%len(conns)]
-		wg.Go(func() {
-			buf := make([]byte, l.payload)
-			sched := l.schedule(start, w, workers)
-			for ctx.Err() == nil {
-				sched.wait()
-				n, ok := l.more(&seq, 1)
-				if !ok {
-					return
-				}
-				r := l.targets[int(n-1)%len(l.targets)]
-				t0 := time.Now()
-				binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
-				a, err := conn.Send(ctx, client.Message{Recipient: l.names[r], Payload: buf, Ephemeral: l.ephemeral})
-				l.offered.Add(1)
-				if err != nil {
-					l.errs.AddStatus(statusOf(err))
-					continue
-				}
-				l.sendLat.Add(time.Since(t0))
-				l.ck.Accepted(a.ID, r)
-			}
-		})
-	}
-	wg.Wait()
-	return time.Since(start), nil
+	return l.drive(ctx, workers, 1, func(w int) func(int64) {
+		send, buf := conns[w%len(conns)].Send, make([]byte, l.payload)
+		return func(n int64) { l.sendOne(ctx, send, buf, n) }
+	}), nil
 }
 
 // isErrorFrame reports whether err is an error event of the server (the
@@ -149,42 +166,30 @@ func isErrorFrame(err error) bool {
 // turn, one batch per request per sender, until the deadline or count;
 // send latency is each batch's.
 func (l *load) runBatches(ctx context.Context, size int) time.Duration {
-	var seq atomic.Int64
-	start := time.Now()
-	var wg sync.WaitGroup
-	for s, c := range l.senders {
-		wg.Go(func() {
-			buf := make([]byte, l.payload)
-			msgs := make([]client.Message, size)
-			rs := make([]int, size)
-			sched := l.schedule(start, s, len(l.senders))
-			for ctx.Err() == nil {
-				sched.wait()
-				first, ok := l.more(&seq, size)
-				if !ok {
-					return
-				}
-				t0 := time.Now()
-				binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
-				for i := range msgs {
-					rs[i] = l.targets[int(first-1+int64(i))%len(l.targets)]
-					msgs[i] = client.Message{Recipient: l.names[rs[i]], Payload: buf}
-				}
-				accs, err := c.SendBatch(ctx, msgs)
-				l.offered.Add(int64(size))
-				if err != nil {
-					for range size {
-						l.errs.AddStatus(statusOf(err))
-					}
-					continue
-				}
-				l.sendLat.Add(time.Since(t0))
-				for i, a := range accs {
-					l.ck.Accepted(a.ID, rs[i])
-				}
+	return l.drive(ctx, len(l.senders), size, func(s int) func(int64) {
+		c := l.senders[s]
+		buf := make([]byte, l.payload)
+		msgs := make([]client.Message, size)
+		rs := make([]int, size)
+		return func(first int64) {
+			t0 := time.Now()
+			binary.BigEndian.PutUint64(buf, uint64(t0.UnixNano()))
+			for i := range msgs {
+				rs[i] = l.targets[int(first-1+int64(i))%len(l.targets)]
+				msgs[i] = client.Message{Recipient: l.names[rs[i]], Payload: buf}
 			}
-		})
-	}
-	wg.Wait()
-	return time.Since(start)
+			accs, err := c.SendBatch(ctx, msgs)
+			l.offered.Add(int64(size))
+			if err != nil {
+				for range size {
+					l.errs.AddStatus(statusOf(err))
+				}
+				return
+			}
+			l.sendLat.Add(time.Since(t0))
+			for i, a := range accs {
+				l.ck.Accepted(a.ID, rs[i])
+			}
+		}
+	})
 }
