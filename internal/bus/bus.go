@@ -245,6 +245,12 @@ type Bus struct {
 	// packKey is the ordering key of this bus's packs; packSeq numbers them.
 	packKey string
 	packSeq atomic.Uint64
+
+	// health is whether the engine takes publishes (health.go).
+	health health
+	// subs is, per queue, whether a receive call holds a subscription.
+	subMu sync.Mutex
+	subs  map[string]*subState
 }
 
 // New returns a Bus over d with the delivery policy o.
@@ -281,7 +287,9 @@ func (b *Bus) PublishIngress(ctx context.Context, m *Message) error {
 	}
 	dm, err := outgoing(m, "", spanContext(span))
 	if err == nil {
-		if err = b.d.Publish(ctx, QueueIngress, []*driver.Message{dm}); err != nil {
+		err = b.d.Publish(ctx, QueueIngress, []*driver.Message{dm})
+		b.published(ctx, err)
+		if err != nil {
 			err = fmt.Errorf("bus: publish ingress %s: %w", m.ID, err)
 		}
 	} else {
@@ -291,6 +299,49 @@ func (b *Bus) PublishIngress(ctx context.Context, m *Message) error {
 		endSpan(span, err)
 	}
 	return err
+}
+
+// PublishIngressBatch publishes ms to the ingress queue together (the
+// engine holds them in order, without waiting for each acknowledgement
+// before sending the next) and returns once it durably accepted all of
+// them; on an error, any of them may have been published.
+func (b *Bus) PublishIngressBatch(ctx context.Context, ms []*Message) (err error) {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if len(ms) == 0 {
+		return nil
+	}
+	var spans []trace.Span
+	if b.tracer != nil {
+		spans = make([]trace.Span, len(ms))
+		defer func() {
+			for _, s := range spans {
+				if s != nil {
+					endSpan(s, err)
+				}
+			}
+		}()
+	}
+	dms := make([]*driver.Message, len(ms))
+	for i, m := range ms {
+		var sc trace.SpanContext
+		if spans != nil {
+			spans[i] = b.startProducer(ctx, QueueIngress, "", m)
+			sc = spans[i].SpanContext()
+		}
+		dm, err := outgoing(m, "", sc)
+		if err != nil {
+			return fmt.Errorf("bus: publish ingress: %w", err)
+		}
+		dms[i] = dm
+	}
+	err = b.d.Publish(ctx, QueueIngress, dms)
+	b.published(ctx, err)
+	if err != nil {
+		return fmt.Errorf("bus: publish %d ingress messages: %w", len(ms), err)
+	}
+	return nil
 }
 
 // PublishDelivery publishes m addressed to the realtime instance named
@@ -340,7 +391,9 @@ func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) (err error) 
 	if b.o.PackDeliveries {
 		ms = b.packs(ms)
 	}
-	if err := b.d.Publish(ctx, QueueDelivery, ms); err != nil {
+	err = b.d.Publish(ctx, QueueDelivery, ms)
+	b.published(ctx, err)
+	if err != nil {
 		if len(ds) == 1 {
 			return fmt.Errorf("bus: publish delivery %s to %s: %w", ds[0].Message.ID, ds[0].Instance, err)
 		}

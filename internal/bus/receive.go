@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-routing-service/routingservice/internal/batch"
 	"github.com/go-routing-service/routingservice/internal/bus/driver"
+	"github.com/go-routing-service/routingservice/internal/ident"
 )
 
 // ReceiveIngress calls h for each ingress message, through the shared
@@ -74,13 +75,28 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 		return nil
 	}
 
+	if queue == QueueDelivery && !ident.Valid(instance) {
+		return fmt.Errorf("bus: subscribe %s: instance %q must be 1-64 characters of [A-Za-z0-9_-]", queue, instance)
+	}
+	// A subscription that cannot be opened at first (the engine is down
+	// at start) is tried again like one that broke: the receiver waits
+	// for the engine, never gives up.
 	sub, err := b.d.Subscribe(ctx, queue, instance)
 	if err != nil {
 		if ctx.Err() != nil {
 			return end()
 		}
-		return fmt.Errorf("bus: subscribe %s: %w", queue, err)
+		b.log.Warn("subscribing failed; waiting for the bus and subscribing again", "queue", queue, "err", err, "retry_in", b.o.MinBackoff)
+		sub = nil
 	}
+	// open mirrors sub != nil in the bus's subscription state (Subscribed).
+	open := false
+	state := func(now bool, err error) {
+		b.subscribed(queue, open, now, err)
+		open = now
+	}
+	state(sub != nil, err)
+	defer func() { state(false, ErrClosed) }()
 	maxBatch = min(max(1, maxBatch), b.o.MaxOutstanding)
 	// free bounds the messages held unsettled: it holds a token per
 	// message that may still be received; one is taken per message
@@ -103,14 +119,17 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 			if !sleep(ctx, retry) {
 				break
 			}
-			retry = min(2*retry, b.o.MaxBackoff)
+			// Capped like an outage's retries: the engine is down.
+			retry = min(2*retry, b.o.MaxBackoff, b.o.OutageBackoff)
 			if sub, err = b.d.Subscribe(ctx, queue, instance); err != nil {
 				sub = nil
 				if ctx.Err() == nil {
 					b.log.Warn("subscribing again failed", "queue", queue, "err", err, "retry_in", retry)
+					state(false, err)
 				}
 				continue
 			}
+			state(true, nil)
 		}
 		if g.paused() {
 			// A handler waits out an outage: hand out nothing new, but
@@ -123,6 +142,7 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 				b.log.Warn("subscription broke; subscribing again", "queue", queue, "err", err, "retry_in", retry)
 				_ = sub.Close()
 				sub = nil
+				state(false, err)
 			}
 			continue
 		}
@@ -145,6 +165,7 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 			b.log.Warn("subscription broke; subscribing again", "queue", queue, "err", err, "retry_in", retry)
 			_ = sub.Close()
 			sub = nil
+			state(false, err)
 			continue
 		}
 		retry = b.o.MinBackoff

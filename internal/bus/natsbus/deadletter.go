@@ -102,6 +102,9 @@ func (d *Driver) subscribeAdvisories() error {
 	}
 	// Make sure the server has the subscriptions before New returns.
 	if err := d.nc.Flush(); err != nil {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
 		return fmt.Errorf("natsbus: flush advisory subscriptions: %w", err)
 	}
 	d.mu.Lock()

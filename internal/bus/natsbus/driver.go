@@ -81,6 +81,19 @@ type Config struct {
 	// DeliveryInactiveThreshold is how long an instance's delivery consumer
 	// survives without that instance pulling; default 1h.
 	DeliveryInactiveThreshold time.Duration
+	// PublishAckTimeout bounds the wait for one publish's acknowledgement,
+	// whatever the caller's context allows: a stream leader that died after
+	// receiving a publish never acknowledges it, and the publish fails
+	// after this long (to be tried again by the caller) rather than after
+	// the caller's deadline. Default 2s.
+	PublishAckTimeout time.Duration
+	// WaitForServer makes New succeed while the server does not answer
+	// (it is down, or its cluster has no JetStream leader yet): the streams
+	// and consumers are then set up in the background, with backoff, once
+	// it does; Ping fails meanwhile, saying what it waits for. A server
+	// that answers and refuses the topology (another deployment's streams)
+	// still fails New.
+	WaitForServer bool
 
 	// Logger receives the driver's logs; default slog.Default().
 	Logger *slog.Logger
@@ -99,6 +112,7 @@ func (c Config) withDefaults() Config {
 	defD(&c.DuplicateWindow, 2*time.Minute)
 	defD(&c.MaxAge, 7*24*time.Hour)
 	defD(&c.DeliveryInactiveThreshold, time.Hour)
+	defD(&c.PublishAckTimeout, 2*time.Second)
 	if c.MaxDeliveryAttempts <= 0 {
 		c.MaxDeliveryAttempts = 5
 	}
@@ -161,37 +175,135 @@ type Driver struct {
 	advisory      []*nats.Subscription
 	onEngineDead  func(queue string)
 	subscriptions sync.WaitGroup
+
+	// setupMu serialises setups; ready is set once the streams, the
+	// ingress consumer and the advisory subscriptions exist; waiting is
+	// why they do not yet (nil once ready).
+	setupMu sync.Mutex
+	ready   atomic.Bool
+	waiting atomic.Pointer[error]
+	setupWG sync.WaitGroup
 }
 
 var _ driver.Driver = (*Driver)(nil)
 
 // New creates the streams and the ingress consumer, or verifies them
 // (updating settings other than their subjects), and subscribes to the
-// max-deliveries advisories that feed the dead-letter streams.
+// max-deliveries advisories that feed the dead-letter streams. With
+// Config.WaitForServer, a server that does not answer yet is waited for in
+// the background (see WaitForServer).
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Driver, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(cfg.PublishAckTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: jetstream: %w", err)
 	}
 	d := newDriver(nc, js, cfg)
-	for _, sc := range d.streams() {
-		if err := d.ensureStream(ctx, sc); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := d.ingressCons(ctx); err != nil {
-		return nil, err
-	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	if err := d.subscribeAdvisories(); err != nil {
+	err = d.setup(ctx)
+	if err == nil {
+		return d, nil
+	}
+	if !cfg.WaitForServer || !d.unreachable(err) || ctx.Err() != nil {
 		d.cancel()
 		return nil, err
 	}
+	d.waiting.Store(&err)
+	d.log.Warn("NATS JetStream does not answer: waiting for it, and setting up the streams once it answers", "err", err)
+	d.setupWG.Add(1)
+	go d.setupUntilReady()
 	return d, nil
+}
+
+// setup creates or verifies the topology and subscribes to the
+// advisories, once.
+func (d *Driver) setup(ctx context.Context) error {
+	d.setupMu.Lock()
+	defer d.setupMu.Unlock()
+	if d.ready.Load() {
+		return nil
+	}
+	for _, sc := range d.streams() {
+		if err := d.ensureStream(ctx, sc); err != nil {
+			return err
+		}
+	}
+	if _, err := d.ingressCons(ctx); err != nil {
+		return err
+	}
+	if err := d.subscribeAdvisories(); err != nil {
+		return err
+	}
+	d.ready.Store(true)
+	d.waiting.Store(nil)
+	return nil
+}
+
+// setupUntilReady sets the topology up, with backoff from 250 ms to 5 s,
+// until it is or the driver closes.
+func (d *Driver) setupUntilReady() {
+	defer d.setupWG.Done()
+	wait := 250 * time.Millisecond
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-d.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, 5*time.Second)
+		err := d.setup(ctx)
+		cancel()
+		if err == nil {
+			d.log.Info("NATS JetStream answers: streams and consumers set up")
+			return
+		}
+		if d.ctx.Err() != nil {
+			return
+		}
+		d.waiting.Store(&err)
+		if !d.unreachable(err) {
+			d.log.Error("NATS JetStream refuses this deployment's streams; trying again", "err", err)
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// unreachable reports whether err, from setting the topology up, means
+// the server (or its JetStream) does not answer yet, rather than a
+// refusal of the topology.
+func (d *Driver) unreachable(err error) bool {
+	if d.nc.Status() != nats.CONNECTED {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503 || apiErr.Code == 408 || apiErr.ErrorCode == jsErrCodeClusterNotAvail
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
+}
+
+// jsErrCodeClusterNotAvail is JetStream's "JetStream system temporarily
+// unavailable" (JSClusterNotAvailErr), answered while a cluster elects
+// its meta leader.
+const jsErrCodeClusterNotAvail jetstream.ErrorCode = 10008
+
+// notReady is the error of an operation that needs the topology before
+// the server has answered.
+func (d *Driver) notReady() error {
+	if d.ready.Load() {
+		return nil
+	}
+	if p := d.waiting.Load(); p != nil {
+		return fmt.Errorf("natsbus: waiting for NATS JetStream to answer (streams not set up yet): %w", *p)
+	}
+	return errors.New("natsbus: waiting for NATS JetStream to answer (streams not set up yet)")
 }
 
 // newDriver names the streams and consumers of cfg's subject prefix; it
@@ -379,6 +491,9 @@ func (d *Driver) PrepareDelivery(ctx context.Context, instance string) error {
 	if err := checkInstance(instance); err != nil {
 		return fmt.Errorf("natsbus: %w", err)
 	}
+	if err := d.setup(ctx); err != nil {
+		return d.notReady()
+	}
 	_, err := d.deliveryCons(ctx, instance)
 	return err
 }
@@ -400,8 +515,10 @@ func (d *Driver) IngressBacklog(ctx context.Context) (int64, error) {
 // CheckSetup has nothing to check beyond the topology New verified.
 func (d *Driver) CheckSetup(context.Context) error { return nil }
 
-// Ping reports whether the server's JetStream answers and the ingress
-// stream still holds this deployment's ingress subject.
+// Ping reports whether the server's JetStream answers, the ingress
+// stream still holds this deployment's ingress subject, and the ingress
+// and delivery streams have a leader (a replicated stream that lost its
+// quorum answers its info from a member but stores no publish).
 func (d *Driver) Ping(ctx context.Context) error {
 	if d.closed.Load() {
 		return driver.ErrClosed
@@ -409,12 +526,37 @@ func (d *Driver) Ping(ctx context.Context) error {
 	if s := d.nc.Status(); s != nats.CONNECTED {
 		return fmt.Errorf("natsbus: ping: connection %s", s)
 	}
+	if !d.ready.Load() {
+		if err := d.setup(ctx); err != nil {
+			return fmt.Errorf("natsbus: ping: %w", d.notReady())
+		}
+	}
 	s, err := d.js.Stream(ctx, d.ingress.stream)
 	if err != nil {
 		return fmt.Errorf("natsbus: ping: ingress stream %s: %w", d.ingress.stream, err)
 	}
-	if subj := s.CachedInfo().Config.Subjects; !slices.Equal(subj, []string{d.ingressSubject}) {
+	info := s.CachedInfo()
+	if subj := info.Config.Subjects; !slices.Equal(subj, []string{d.ingressSubject}) {
 		return fmt.Errorf("natsbus: ping: ingress stream %s holds subjects %v, not %s: %w", d.ingress.stream, subj, d.ingressSubject, ErrForeignStream)
+	}
+	if err := leaderless(info); err != nil {
+		return err
+	}
+	if info.Config.Replicas <= 1 {
+		return nil // one server: it answered, so it leads the streams
+	}
+	ds, err := d.js.Stream(ctx, d.delivery.stream)
+	if err != nil {
+		return fmt.Errorf("natsbus: ping: delivery stream %s: %w", d.delivery.stream, err)
+	}
+	return leaderless(ds.CachedInfo())
+}
+
+// leaderless returns the error of a replicated stream without a leader:
+// nothing can be published to it until its replicas elect one.
+func leaderless(info *jetstream.StreamInfo) error {
+	if info.Config.Replicas > 1 && (info.Cluster == nil || info.Cluster.Leader == "") {
+		return fmt.Errorf("natsbus: ping: stream %s has no leader (its replicas lost their quorum): publishing waits for an election", info.Config.Name)
 	}
 	return nil
 }
@@ -427,6 +569,7 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	d.cancel()
+	d.setupWG.Wait()
 	d.mu.Lock()
 	subs := d.advisory
 	d.advisory = nil

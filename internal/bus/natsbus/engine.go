@@ -43,11 +43,17 @@ type Settings struct {
 	MaxAge time.Duration `yaml:"max_age"`
 	// CredentialsFile for the external cluster (optional).
 	CredentialsFile string `yaml:"credentials_file"`
+	// PublishAckTimeout bounds the wait for a publish's acknowledgement
+	// (a stream leader that dies holding a publish never sends it): the
+	// publish then fails and is tried again, rather than waiting out the
+	// pipeline's handler timeout.
+	PublishAckTimeout time.Duration `yaml:"publish_ack_timeout"`
 }
 
 // DefaultSettings are the keys' defaults.
 func DefaultSettings() Settings {
-	return Settings{Sync: "1s", SubjectPrefix: "routing", Replicas: 1, DuplicateWindow: 2 * time.Minute, MaxAge: 7 * 24 * time.Hour}
+	return Settings{Sync: "1s", SubjectPrefix: "routing", Replicas: 1, DuplicateWindow: 2 * time.Minute, MaxAge: 7 * 24 * time.Hour,
+		PublishAckTimeout: 2 * time.Second}
 }
 
 // maxPrefix is the longest subject prefix: stream and consumer names are
@@ -65,6 +71,9 @@ func (s Settings) Check(bad func(key, msg string)) {
 	}
 	if s.DuplicateWindow <= 0 {
 		bad("duplicate_window", "must be positive")
+	}
+	if s.PublishAckTimeout <= 0 {
+		bad("publish_ack_timeout", "must be positive")
 	}
 }
 
@@ -157,6 +166,8 @@ func (e Engine) driverConfig(c bus.Config, env bus.Env) Config {
 		Replicas:            e.Settings.Replicas,
 		DuplicateWindow:     e.Settings.DuplicateWindow,
 		MaxAge:              e.Settings.MaxAge,
+		PublishAckTimeout:   e.Settings.PublishAckTimeout,
+		WaitForServer:       !e.Embedded,
 		Logger:              env.Logger,
 	}
 }
@@ -169,7 +180,9 @@ func storeDir(env bus.Env) string { return filepath.Join(env.DataDir, "nats") }
 func (e Engine) Open(ctx context.Context, c bus.Config, env bus.Env) (driver.Driver, func() error, error) {
 	nc := e.driverConfig(c, env)
 	if !e.Embedded {
-		conn, err := Connect(e.Settings.URL, e.Settings.CredentialsFile)
+		// A cluster that is down at start is waited for: the connection
+		// keeps trying, the driver sets the streams up once it answers.
+		conn, err := Connect(e.Settings.URL, e.Settings.CredentialsFile, nats.RetryOnFailedConnect(true))
 		if err != nil {
 			return nil, nil, fmt.Errorf("bus (config key bus.nats.url): %w", err)
 		}

@@ -2,6 +2,7 @@ package natsbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -62,47 +63,53 @@ func (d *Driver) subject(queue string, m *driver.Message) (string, error) {
 	return "", fmt.Errorf("unknown queue %q", queue)
 }
 
+// ErrAckTimeout is the error of a publish the stream did not acknowledge
+// within Config.PublishAckTimeout.
+var ErrAckTimeout = errors.New("no publish acknowledgement in time")
+
 // Publish publishes ms and returns once the stream stored each (or found it
-// a duplicate of one stored within the duplicate window). One message is
-// published synchronously; several go out in order on the connection
-// without waiting for each acknowledgement, then all are awaited.
+// a duplicate of one stored within the duplicate window). Every message
+// goes out in order on the connection without waiting for the previous
+// one's acknowledgement; then all are awaited together, for at most
+// Config.PublishAckTimeout (or the caller's context, if it ends first): a
+// stream leader that dies holding a publish fails it after that long,
+// wrapping ErrAckTimeout, and the caller publishes again (the message id
+// keeps a repeat within the duplicate window stored once).
 func (d *Driver) Publish(ctx context.Context, queue string, ms []*driver.Message) error {
 	if d.closed.Load() {
 		return driver.ErrClosed
 	}
-	if len(ms) == 1 {
-		subj, err := d.subject(queue, ms[0])
-		if err != nil {
-			return fmt.Errorf("natsbus: publish %s: %w", ms[0].ID, err)
-		}
-		if _, err := d.js.PublishMsg(ctx, natsMsg(subj, ms[0])); err != nil {
-			return fmt.Errorf("natsbus: publish %s: %w", ms[0].ID, err)
-		}
-		return nil
+	if err := d.notReady(); err != nil {
+		return err
 	}
-	// When too many publishes are in flight, wait (up to the context's
-	// deadline) rather than fail.
-	stall := 5 * time.Second
+	wait := d.cfg.PublishAckTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		stall = max(time.Until(dl), time.Millisecond)
+		wait = min(wait, max(time.Until(dl), time.Millisecond))
 	}
+	// When too many publishes are in flight, wait (up to the same bound)
+	// rather than fail.
 	futures := make([]jetstream.PubAckFuture, 0, len(ms))
 	for _, m := range ms {
 		subj, err := d.subject(queue, m)
 		if err != nil {
 			return fmt.Errorf("natsbus: publish %s: %w", m.ID, err)
 		}
-		f, err := d.js.PublishMsgAsync(natsMsg(subj, m), jetstream.WithStallWait(stall))
+		f, err := d.js.PublishMsgAsync(natsMsg(subj, m), jetstream.WithStallWait(wait))
 		if err != nil {
 			return fmt.Errorf("natsbus: publish %s: %w", m.ID, err)
 		}
 		futures = append(futures, f)
 	}
+	timeout := time.NewTimer(wait)
+	defer timeout.Stop()
 	for i, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			return fmt.Errorf("natsbus: publish %s: %w", ms[i].ID, err)
+		case <-timeout.C:
+			return fmt.Errorf("natsbus: publish %s (%d of %d acknowledged): %w after %v (the stream's leader may have died or moved)",
+				ms[i].ID, i, len(ms), ErrAckTimeout, wait)
 		case <-ctx.Done():
 			return fmt.Errorf("natsbus: publish %d messages: %w", len(ms), ctx.Err())
 		}

@@ -16,8 +16,15 @@ import (
 )
 
 // pullExpiry is how long one pull request waits on the server; the next
-// one is already open before it ends.
-const pullExpiry = 10 * time.Second
+// one is already open before it ends. It is short so that a consumer
+// whose leader moved to another server (a failover) is asked again within
+// seconds: the pull request the old leader held is gone with it.
+// pullHeartbeat is the server's idle heartbeat within a pull: one missed
+// twice over makes the iterator pull again.
+const (
+	pullExpiry    = 3 * time.Second
+	pullHeartbeat = time.Second
+)
 
 // Subscribe opens a subscription on the ingress consumer, or on instance's
 // delivery consumer (created or updated here). Pull requests stay open back
@@ -27,6 +34,9 @@ const pullExpiry = 10 * time.Second
 func (d *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.Subscription, error) {
 	if d.closed.Load() {
 		return nil, driver.ErrClosed
+	}
+	if err := d.setup(ctx); err != nil {
+		return nil, d.notReady()
 	}
 	var (
 		c   jetstream.Consumer
@@ -49,7 +59,7 @@ func (d *Driver) Subscribe(ctx context.Context, queue, instance string) (driver.
 	// A missed heartbeat (a busy machine, a reconnect) makes the iterator
 	// pull again rather than end the subscription.
 	it, err := c.Messages(jetstream.PullMaxMessages(d.cfg.Prefetch), jetstream.PullExpiry(pullExpiry),
-		jetstream.WithMessagesErrOnMissingHeartbeat(false))
+		jetstream.PullHeartbeat(pullHeartbeat), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: subscribe %s: %w", queue, err)
 	}
