@@ -271,12 +271,30 @@ type Targets interface {
 	Targets(ctx context.Context, user string) ([]Target, error)
 }
 
+// Leases hands out named leases: among every Store on the same data (a
+// PostgreSQL schema), one holds a lease at a time, so that work one
+// instance must do alone (the sweep of unrouted messages) runs on one.
+type Leases interface {
+	// HoldLease takes the lease called name, or keeps it when this Store
+	// holds it already, and reports whether this Store holds it. A lease
+	// is held until ReleaseLease, the Store's Close, or the end of the
+	// process or of its connection to the database: another Store's next
+	// HoldLease takes it then. A Store that cannot tell (its database does
+	// not answer) returns an error and must be taken not to hold it. A
+	// single-process store (SQLite, whose file one Store locks) always
+	// holds every lease.
+	HoldLease(ctx context.Context, name string) (bool, error)
+	// ReleaseLease gives up the lease called name if this Store holds it.
+	ReleaseLease(ctx context.Context, name string) error
+}
+
 // Store is the whole store port.
 type Store interface {
 	Messages
 	PendingCounts
 	Idempotencies
 	Targets
+	Leases
 	// Ping reports whether the store answers.
 	Ping(ctx context.Context) error
 	// Close flushes pending writes and releases resources.

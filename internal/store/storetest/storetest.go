@@ -71,6 +71,7 @@ func RunConformanceTests(t *testing.T, newStore func(t *testing.T) store.Store) 
 		{"TargetsIsolation", testTargetsIsolation},
 		{"ConcurrentPut", testConcurrentPut},
 		{"PutNewStores", testPutNewStores},
+		{"LeaseHeldAlone", testLeaseHeldAlone},
 		{"PutNewAckLeavesNoTombstone", testPutNewAckLeavesNoTombstone},
 		{"PutNewClaim", testPutNewClaim},
 		{"PutNewClaimRace", testPutNewClaimRace},
