@@ -23,7 +23,7 @@ func TestSweepRoutesUnroutedMessages(t *testing.T) {
 	}}
 	n, b := &fakeNotifier{}, &fakeBus{}
 	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second}, st, presenceByUser{"urn:sm:user:on": {"other"}}, b)
-	if got := p.sweepOnce(context.Background(), 30*time.Second); got != 2 {
+	if got := p.sweepOnce(context.Background(), 30*time.Second, time.Time{}, nil); got != 2 {
 		t.Fatalf("first sweep found %d, want 2", got)
 	}
 	if !st.isRouted("lost-offline") || !st.isRouted("lost-online") || st.isRouted("recent") {
@@ -35,7 +35,7 @@ func TestSweepRoutesUnroutedMessages(t *testing.T) {
 	if len(b.out) != 1 || b.out[0].instance != "other" || b.out[0].m.ID != "lost-online.other" {
 		t.Fatalf("deliveries %+v, want one for lost-online to other", b.out)
 	}
-	if got := p.sweepOnce(context.Background(), 30*time.Second); got != 0 {
+	if got := p.sweepOnce(context.Background(), 30*time.Second, time.Time{}, nil); got != 0 {
 		t.Fatalf("second sweep found %d, want 0", got)
 	}
 }
