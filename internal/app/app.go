@@ -105,9 +105,11 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 	if err := Preflight(cfg); err != nil {
 		return nil, err
 	}
-	if err := prepareDataDir(cfg.DataDir, a.log); err != nil {
+	release, err := prepareDataDir(cfg.DataDir, a.log)
+	if err != nil {
 		return nil, err
 	}
+	a.closers = append(a.closers, release) // first in, so released last
 	if cfg.LocalSecret {
 		a.log.Info("JWT_SECRET is not set: tokens are checked with the secret generated in the data dir (local mode only)", "file", filepath.Join(cfg.DataDir, config.LocalSecretFile))
 	}
@@ -129,12 +131,19 @@ func NewWithOptions(ctx context.Context, cfg config.Config, log *slog.Logger, op
 
 // prepareDataDir makes the data dir private (datadir.Prepare): it holds
 // the local JWT secret, the VAPID private key, the store and the admin
-// socket.
-func prepareDataDir(dir string, log *slog.Logger) error {
+// socket. It then takes the dir's lock (datadir.Lock) before anything in
+// it is opened, so a second instance on the same dir is refused with an
+// error naming the dir, not by the store or the bus it would open first;
+// release gives the lock up.
+func prepareDataDir(dir string, log *slog.Logger) (release func() error, err error) {
 	if err := datadir.Prepare(dir, log); err != nil {
-		return &config.KeyError{Key: "data_dir", Err: err}
+		return nil, &config.KeyError{Key: "data_dir", Err: err}
 	}
-	return nil
+	release, err = datadir.Lock(dir)
+	if err != nil {
+		return nil, &config.KeyError{Key: "data_dir", Err: err}
+	}
+	return release, nil
 }
 
 // APIAddr is the API listener's address ("" without the api role).
