@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -150,12 +151,8 @@ func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Con
 	}
 	cfg := config.Default()
 	if p := configPath(*path); p != "" {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return config.Config{}, fmt.Errorf("config: %w", err)
-		}
-		if err := config.Parse(b, &cfg); err != nil {
-			return config.Config{}, fmt.Errorf("config %s: %w", p, err)
+		if err := config.ParseFile(p, &cfg); err != nil {
+			return config.Config{}, config.FileError(p, err)
 		}
 	}
 	cfg.FromEnv(os.Getenv)
@@ -188,6 +185,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	log := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
+	// Parts that log without an instance logger of their own (the token
+	// verifier's hints, the key set refresh) write through the same one.
+	slog.SetDefault(log)
 	v := version.Get()
 	log.Info("routingservice", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

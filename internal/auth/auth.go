@@ -57,6 +57,9 @@ type Options struct {
 	// HTTPClient fetches the key set (default: a zero http.Client); a
 	// copy is used that follows no redirect.
 	HTTPClient *http.Client
+	// Logger gets the hint about tokens signed with another HS256 secret
+	// (default: slog.Default()).
+	Logger *slog.Logger
 }
 
 // Claims are the verified claims the service uses.
@@ -86,6 +89,11 @@ type Verifier struct {
 	// verified in full.
 	mu       sync.Mutex
 	verified map[tokenKey]verifiedToken
+
+	// otherSecret rate-limits the hint about tokens signed with another
+	// HS256 secret (see hintOtherSecret).
+	log         *slog.Logger
+	otherSecret hintLimiter
 }
 
 // tokenKey is the verified-token cache's key for a token: its SHA-256.
@@ -152,7 +160,10 @@ func newVerifier(ctx context.Context, o Options, tune keySetTuning) (*Verifier, 
 	if o.MaxTokenAge < 0 {
 		return nil, fmt.Errorf("auth: negative max token age %v", o.MaxTokenAge)
 	}
-	v := &Verifier{leeway: o.Leeway, maxAge: o.MaxTokenAge, now: time.Now, verified: map[tokenKey]verifiedToken{}}
+	v := &Verifier{leeway: o.Leeway, maxAge: o.MaxTokenAge, now: time.Now, verified: map[tokenKey]verifiedToken{}, log: o.Logger}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
 	popts := []jwt.ParserOption{
 		// Strict base64url: no padding and no set trailing bits, so each
 		// token has exactly one encoding and a signature cannot be altered
@@ -200,7 +211,8 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 		return c, nil
 	}
 	var rc jwt.RegisteredClaims
-	if _, err := v.parser.ParseWithClaims(token, &rc, v.keyfunc); err != nil {
+	if t, err := v.parser.ParseWithClaims(token, &rc, v.keyfunc); err != nil {
+		v.hintOtherSecret(t, &rc, err, now)
 		return Claims{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	if err := envelope.ValidateURN(rc.Subject); err != nil {
