@@ -1,7 +1,7 @@
 // Command routingclient is a small client of the routing service, for trying
 // it out and for scripts.
 //
-//	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack]       # print messages as JSON lines; reconnects
+//	routingclient listen [--ws ws://127.0.0.1:8085] [--no-ack] [--count N]  # print messages as JSON lines; reconnects
 //	routingclient send --to bob --text hello [--api http://127.0.0.1:8082]   # bob: urn:sm:user:bob
 //	routingclient fetch [--api ...] [--after CURSOR] [--limit N]       # pending messages
 //	routingclient ack [--api ...] ID...                                # acknowledge messages
@@ -134,9 +134,10 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		c := &client.Client{APIURL: *apiURL, Token: *token}
 		return c.Ack(ctx, fs.Args()...)
 	case "listen":
-		fs, token := flags("listen", "listen [--ws URL] [--no-ack]", stderr)
+		fs, token := flags("listen", "listen [--ws URL] [--no-ack] [--count N]", stderr)
 		wsURL := fs.String("ws", defaultWS, "WebSocket base URL")
 		noAck := fs.Bool("no-ack", false, "do not acknowledge received messages")
+		count := fs.Int("count", 0, "exit after this many messages (0: listen until interrupted)")
 		if err := parse(fs, args[1:], token); err != nil {
 			return err
 		}
@@ -150,7 +151,7 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}})
 		defer st.Close()
-		for {
+		for n := 1; ; n++ {
 			env, err := st.Next(ctx)
 			if err != nil {
 				return err
@@ -163,6 +164,9 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				if err := st.Ack(ctx, env.ID); err != nil {
 					return err
 				}
+			}
+			if *count > 0 && n >= *count {
+				return nil
 			}
 		}
 	default:

@@ -221,3 +221,30 @@ func TestRecipientURN(t *testing.T) {
 		}
 	}
 }
+
+// listen --count N exits by itself after printing N messages.
+func TestListenCount(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := startService(t, ctx)
+	alice, bob := svc.tok("urn:sm:user:alice"), svc.tok("urn:sm:user:bob")
+	for _, text := range []string{"one", "two", "three"} {
+		if err := run(ctx, []string{"send", "--api", svc.api, "--token", alice, "--to", "bob", "--text", text}, io.Discard, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out strings.Builder
+	if err := run(ctx, []string{"listen", "--ws", svc.ws, "--token", bob, "--count", "2"}, &out, io.Discard); err != nil {
+		t.Fatalf("listen --count 2: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("listen --count 2 printed %d lines: %q", len(lines), out.String())
+	}
+	for i, want := range []string{"one", "two"} {
+		var env client.Envelope
+		if err := json.Unmarshal([]byte(lines[i]), &env); err != nil || string(env.Payload) != want {
+			t.Fatalf("line %d: %q (%v), want the message %q", i, lines[i], err, want)
+		}
+	}
+}
