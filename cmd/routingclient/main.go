@@ -7,7 +7,8 @@
 //	routingclient ack [--api ...] ID...                                # acknowledge messages
 //
 // The token comes from --token or the ROUTING_TOKEN environment variable
-// (`routingservice token --sub ...` prints one). Every command takes -h.
+// (`routingservice token --sub ...` prints one); --api and --ws default to
+// $ROUTING_API_URL and $ROUTING_WS_URL when set. Every command takes -h.
 package main
 
 import (
@@ -32,7 +33,8 @@ commands:
   fetch    print the pending messages
   ack      acknowledge messages: ack ID...
 
-The token comes from --token or $ROUTING_TOKEN. "routingclient <command> -h" lists the command's flags.
+The token comes from --token or $ROUTING_TOKEN; --api and --ws default to $ROUTING_API_URL and
+$ROUTING_WS_URL when set. "routingclient <command> -h" lists the command's flags.
 `
 
 func main() {
@@ -75,10 +77,18 @@ func parse(fs *flag.FlagSet, args []string, token *string) error {
 	return nil
 }
 
-const (
-	defaultAPI = "http://127.0.0.1:8082"
-	defaultWS  = "ws://127.0.0.1:8085"
-)
+// The service's addresses when --api and --ws are not given:
+// $ROUTING_API_URL and $ROUTING_WS_URL, else the defaults of a local
+// service.
+func defaultAPI() string { return envOr("ROUTING_API_URL", "http://127.0.0.1:8082") }
+func defaultWS() string  { return envOr("ROUTING_WS_URL", "ws://127.0.0.1:8085") }
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
 
 func command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -92,7 +102,7 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return nil
 	case "send":
 		fs, token := flags("send", "send --to URN|NAME [--text TEXT] [--type TYPE]", stderr)
-		apiURL := fs.String("api", defaultAPI, "API base URL")
+		apiURL := fs.String("api", defaultAPI(), "API base URL (default $ROUTING_API_URL when set)")
 		to := fs.String("to", "", "recipient URN, or a bare name for urn:sm:user:NAME")
 		text := fs.String("text", "", "payload (sent as its bytes; a real client sends ciphertext)")
 		typ := fs.String("type", "", "message type")
@@ -110,7 +120,7 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return enc.Encode(acc)
 	case "fetch":
 		fs, token := flags("fetch", "fetch [--after CURSOR] [--limit N]", stderr)
-		apiURL := fs.String("api", defaultAPI, "API base URL")
+		apiURL := fs.String("api", defaultAPI(), "API base URL (default $ROUTING_API_URL when set)")
 		after := fs.String("after", "", "the page after this cursor (the next_cursor of the page before)")
 		limit := fs.Int("limit", 500, "at most this many messages")
 		if err := parse(fs, args[1:], token); err != nil {
@@ -124,7 +134,7 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return enc.Encode(p)
 	case "ack":
 		fs, token := flags("ack", "ack [flags] ID...", stderr)
-		apiURL := fs.String("api", defaultAPI, "API base URL")
+		apiURL := fs.String("api", defaultAPI(), "API base URL (default $ROUTING_API_URL when set)")
 		if err := parse(fs, args[1:], token); err != nil {
 			return err
 		}
@@ -135,7 +145,7 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return c.Ack(ctx, fs.Args()...)
 	case "listen":
 		fs, token := flags("listen", "listen [--ws URL] [--no-ack] [--count N]", stderr)
-		wsURL := fs.String("ws", defaultWS, "WebSocket base URL")
+		wsURL := fs.String("ws", defaultWS(), "WebSocket base URL (default $ROUTING_WS_URL when set)")
 		noAck := fs.Bool("no-ack", false, "do not acknowledge received messages")
 		count := fs.Int("count", 0, "exit after this many messages (0: listen until interrupted)")
 		if err := parse(fs, args[1:], token); err != nil {

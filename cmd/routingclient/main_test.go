@@ -248,3 +248,22 @@ func TestListenCount(t *testing.T) {
 		}
 	}
 }
+
+// --api and --ws default to $ROUTING_API_URL and $ROUTING_WS_URL.
+func TestAddressesFromTheEnvironment(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc := startService(t, ctx)
+	t.Setenv("ROUTING_API_URL", svc.api)
+	t.Setenv("ROUTING_WS_URL", svc.ws)
+	if err := run(ctx, []string{"send", "--token", svc.tok("urn:sm:user:alice"), "--to", "bob", "--text", "env"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("send without --api: %v", err)
+	}
+	var out strings.Builder
+	if err := run(ctx, []string{"listen", "--token", svc.tok("urn:sm:user:bob"), "--count", "1"}, &out, io.Discard); err != nil {
+		t.Fatalf("listen without --ws: %v", err)
+	}
+	if !strings.Contains(out.String(), `"payload":"ZW52"`) {
+		t.Fatalf("listen printed %q, want the message sent", out.String())
+	}
+}
