@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/api"
+	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
 )
 
@@ -62,11 +63,70 @@ func (a *App) readinessChecks(checks map[string]api.ReadyFunc) map[string]api.Re
 				a.backendUp(backend, err == nil)
 				return err
 			}
+			if backend == "bus" {
+				out[name] = graced(out[name], busReadyGrace)
+			}
 			continue
 		}
 		out[name] = check
 	}
 	return out
+}
+
+// addRoleChecks adds the readiness checks of what this instance's roles
+// wait for beyond their backends answering: the pipeline role its ingress
+// subscription ("ingress_subscription"), the realtime role its delivery
+// subscription ("delivery_subscription", set up before connections are
+// taken, then received from). Each fails, naming what it waits for in
+// the log, until the role has it.
+func (a *App) addRoleChecks(checks map[string]api.ReadyFunc, delivery *waitFor) {
+	if a.cfg.Has(config.RolePipeline) {
+		checks["ingress_subscription"] = func(context.Context) error { return a.bus.Subscribed(bus.QueueIngress) }
+	}
+	if delivery != nil {
+		checks["delivery_subscription"] = func(ctx context.Context) error {
+			if err := delivery.check(ctx); err != nil {
+				return err
+			}
+			return a.bus.Subscribed(bus.QueueDelivery)
+		}
+	}
+}
+
+// busReadyGrace is how long the bus may fail its check, after having
+// passed it, before the instance says it is not ready: a cluster node's
+// failover (a stream leader elected anew) lasts a few seconds, which the
+// instance rides through (its publishes fail fast and are tried again),
+// and taking every instance out of rotation at once for it would be
+// worse than the failover. A bus that never answered since the start
+// fails at once; a quorum loss or an outage outlasts the grace.
+const busReadyGrace = 6 * time.Second
+
+// graced is check, passing while its failures since its last pass are
+// younger than grace (and it passed once).
+func graced(check api.ReadyFunc, grace time.Duration) api.ReadyFunc {
+	var mu sync.Mutex
+	var passed bool
+	var failingSince time.Time
+	return func(ctx context.Context) error {
+		err := check(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			passed, failingSince = true, time.Time{}
+			return nil
+		}
+		if !passed {
+			return err
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		if d := time.Since(failingSince); d < grace {
+			return nil
+		}
+		return err
+	}
 }
 
 // backendUp records a backend's state in metrics.

@@ -2,17 +2,21 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/api"
+	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/demo"
 	"github.com/go-routing-service/routingservice/internal/realtime"
 	"github.com/go-routing-service/routingservice/internal/route"
+	"github.com/go-routing-service/routingservice/internal/web"
 )
 
 func (a *App) wire(ctx context.Context) error {
@@ -40,14 +44,14 @@ func (a *App) wire(ctx context.Context) error {
 	// One rate limit per user for every send, over HTTP and over the
 	// WebSocket alike.
 	userLimit := api.NewLimiter(cfg.API.RateLimit, cfg.API.RateBurst)
+	var delivery *waitFor // nil without the realtime role
 	if cfg.Has(config.RoleRealtime) {
 		// The delivery subscription must exist before a connection
 		// registers presence, or events addressed here meanwhile are lost
 		// (the message itself is stored; it would wait for the next
-		// connection).
-		if err := a.bus.PrepareDelivery(ctx, cfg.InstanceID); err != nil {
-			return fmt.Errorf("bus: delivery subscription of %s: %w", cfg.InstanceID, err)
-		}
+		// connection). When the bus does not answer yet, connections are
+		// refused (503) until it does.
+		delivery = a.prepareDelivery(ctx)
 		o := realtime.Options{
 			Config:          cfg.Realtime,
 			Instance:        cfg.InstanceID,
@@ -73,6 +77,7 @@ func (a *App) wire(ctx context.Context) error {
 		a.realtime.AcceptSends(a.core, userLimit)
 	}
 	checks := map[string]api.ReadyFunc{"store": a.store.Ping, "bus": a.bus.Ping, "presence": a.presence.Ping}
+	a.addRoleChecks(checks, delivery)
 	if cfg.Auth.JWKSURL != "" {
 		// Until the key set has loaded, tokens signed with its keys fail.
 		checks["jwks"] = func(context.Context) error { return a.verifier.Ready() }
@@ -100,6 +105,9 @@ func (a *App) wire(ctx context.Context) error {
 			}
 		}
 		var h http.Handler = api.Trace(api.CORS(cfg.API.CORSAllowedOrigins, rt), rt, a.tp)
+		if a.realtime != nil && a.rtLn == nil {
+			h = gateConnect(delivery, h)
+		}
 		if demoOn {
 			// A page on a DNS-rebound name must not reach /demo/token.
 			h = demo.HostGuard(cfg.Realtime.AllowedHosts, h)
@@ -118,7 +126,7 @@ func (a *App) wire(ctx context.Context) error {
 		rt := api.NewRouter(a.metrics, a.log)
 		a.realtime.Mount(rt)
 		a.rtSrv = &http.Server{
-			Handler:           rt,
+			Handler:           gateConnect(delivery, rt),
 			ReadHeaderTimeout: cfg.Realtime.ReadHeaderTimeout,
 			IdleTimeout:       cfg.Realtime.IdleTimeout,
 			MaxHeaderBytes:    16 << 10,
@@ -175,4 +183,92 @@ func (a *App) coreOptions() route.Options {
 		}
 	}
 	return o
+}
+
+// waitFor is a role's wait for what it needs from a backend before it can
+// do its job: not ready (on /readyz, under its own check) until done.
+type waitFor struct {
+	what string // what is waited for, as /readyz and the log name it
+	done atomic.Bool
+	last atomic.Pointer[error] // why not yet
+}
+
+// check is the readiness check of w.
+func (w *waitFor) check(context.Context) error {
+	if w.done.Load() {
+		return nil
+	}
+	if p := w.last.Load(); p != nil {
+		return fmt.Errorf("waiting for %s: %w", w.what, *p)
+	}
+	return fmt.Errorf("waiting for %s", w.what)
+}
+
+// Backoff of the waits of a starting role.
+const (
+	roleWaitMin = 250 * time.Millisecond
+	roleWaitMax = 5 * time.Second
+)
+
+// prepareDelivery makes this instance's delivery subscription (see
+// wire), at once when the bus answers, else in the background: it tries
+// again with backoff from 250 ms to 5 s, logging what it waits for, until
+// it is made or the bus closes. Never giving up, the instance starts
+// whatever the order its backends come up in.
+func (a *App) prepareDelivery(ctx context.Context) *waitFor {
+	w := &waitFor{what: "the bus to set up this instance's delivery subscription"}
+	instance := a.cfg.InstanceID
+	try := func(ctx context.Context) error {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		err := a.bus.PrepareDelivery(pctx, instance)
+		if err == nil {
+			w.done.Store(true)
+			return nil
+		}
+		w.last.Store(&err)
+		return err
+	}
+	err := try(ctx)
+	if err == nil {
+		return w
+	}
+	log := a.log.With("role", "realtime")
+	log.Warn("the bus does not answer: WebSocket connections are refused (503) and /readyz says delivery_subscription until this instance's delivery subscription is set up; trying again", "err", err)
+	go func() {
+		ctx := context.WithoutCancel(ctx)
+		wait := roleWaitMin
+		for {
+			t := time.NewTimer(wait)
+			<-t.C
+			err := try(ctx)
+			if err == nil {
+				log.Info("the bus answers: delivery subscription set up, WebSocket connections accepted")
+				return
+			}
+			if errors.Is(err, bus.ErrClosed) {
+				return
+			}
+			wait = min(2*wait, roleWaitMax)
+			log.Warn("waiting for the bus to set up this instance's delivery subscription", "err", err, "retry_in", wait)
+		}
+	}()
+	return w
+}
+
+// gateConnect refuses WebSocket connections (GET /v1/connect) with 503
+// and Retry-After until the delivery subscription exists (w done); other
+// requests pass. A nil w gates nothing.
+func gateConnect(w *waitFor, next http.Handler) http.Handler {
+	if w == nil {
+		return next
+	}
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if !w.done.Load() && r.URL.Path == "/v1/connect" {
+			web.WriteError(rw, &web.Error{Status: http.StatusServiceUnavailable, Code: web.CodeBackendUnavailable,
+				Message: "this instance is waiting for the bus to set up its delivery subscription; connect again shortly", RetryAfter: 1})
+			return
+		}
+		next.ServeHTTP(rw, r)
+	})
 }

@@ -226,6 +226,9 @@ func (d *Driver) setup(ctx context.Context) error {
 	if d.ready.Load() {
 		return nil
 	}
+	if st := d.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("natsbus: connection %s", st)
+	}
 	for _, sc := range d.streams() {
 		if err := d.ensureStream(ctx, sc); err != nil {
 			return err

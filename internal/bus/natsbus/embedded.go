@@ -113,8 +113,9 @@ func (s *EmbeddedServer) Shutdown(ctx context.Context) error {
 
 // Connect connects to an external NATS cluster at url (comma-separated for
 // several seeds), authenticating with the credentials file when it is not
-// empty. The connection reconnects forever; the caller closes it. opts
-// come after the defaults, so they may override them (nats.Timeout).
+// empty. The connection reconnects forever, trying every 250 ms (a server
+// back from a restart is found within moments); the caller closes it.
+// opts come after the defaults, so they may override them (nats.Timeout).
 //
 // It keeps no reconnect buffer: while it is disconnected a publish fails
 // at once instead of waiting to be sent on reconnect, so a publish that
@@ -127,7 +128,7 @@ func Connect(url string, credentialsFile string, opts ...nats.Option) (*nats.Con
 	opts = append([]nats.Option{
 		nats.Name("routingservice"),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(time.Second),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(5 * time.Second),
 		nats.ReconnectBufSize(-1),
 	}, opts...)
