@@ -2,12 +2,87 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 )
+
+// TargetTable is an adapter's statements on its push targets (see
+// TargetStore).
+type TargetTable interface {
+	// Put runs put in a transaction in which no other put of user's
+	// targets runs, and commits it unless put fails.
+	Put(ctx context.Context, user string, put func(TargetWrites) error) error
+	// Delete removes user's target with t's platform and token, if any.
+	Delete(ctx context.Context, user string, t Target) error
+	// List returns user's targets in the order they were first added.
+	List(ctx context.Context, user string) ([]Target, error)
+}
+
+// TargetStore is Targets on an adapter's TargetTable, for a Store to
+// embed (see NewTargetStore). Its methods are safe for concurrent use.
+type TargetStore struct {
+	table  TargetTable
+	engine string       // prefixes the errors
+	closed *atomic.Bool // the Store's closed flag: ErrClosed once set
+}
+
+// NewTargetStore returns Targets on table for the Store whose closed flag
+// is closed; engine (e.g. "postgres") prefixes their errors.
+func NewTargetStore(table TargetTable, engine string, closed *atomic.Bool) TargetStore {
+	return TargetStore{table: table, engine: engine, closed: closed}
+}
+
+// PutTarget adds t to user's targets or, when user has a target with t's
+// platform and token, replaces its keys. A new target beyond max (max > 0)
+// fails with ErrTooManyTargets; the table serialises the puts of a user,
+// so concurrent puts never pass the cap.
+func (ts TargetStore) PutTarget(ctx context.Context, user string, t Target, max int) error {
+	if ts.closed.Load() {
+		return ErrClosed
+	}
+	err := ts.table.Put(ctx, user, func(w TargetWrites) error { return PutTargetIn(ctx, w, user, t, max) })
+	if err == nil || errors.Is(err, ErrTooManyTargets) {
+		return err
+	}
+	return ts.wrap("put target", err)
+}
+
+// DeleteTarget removes user's target with t's platform and token, if any.
+func (ts TargetStore) DeleteTarget(ctx context.Context, user string, t Target) error {
+	if ts.closed.Load() {
+		return ErrClosed
+	}
+	if err := ts.table.Delete(ctx, user, t); err != nil {
+		return ts.wrap("delete target", err)
+	}
+	return nil
+}
+
+// Targets returns user's targets in the order they were first added.
+func (ts TargetStore) Targets(ctx context.Context, user string) ([]Target, error) {
+	if ts.closed.Load() {
+		return nil, ErrClosed
+	}
+	out, err := ts.table.List(ctx, user)
+	if err != nil {
+		return nil, ts.wrap("targets", err)
+	}
+	return out, nil
+}
+
+// wrap names the engine and the operation of err, or gives ErrClosed
+// once the Store is closed (its close may be why the operation failed).
+func (ts TargetStore) wrap(op string, err error) error {
+	if ts.closed.Load() {
+		err = ErrClosed
+	}
+	return fmt.Errorf("%s %s: %w", ts.engine, op, err)
+}
 
 // TargetWrites are the statements of one PutTarget, in an adapter's
 // transaction in which no other put of the user's targets runs (see
-// PutTargetIn).
+// TargetTable.Put and PutTargetIn).
 type TargetWrites interface {
 	// UpdateTarget replaces the keys of user's target with t's platform
 	// and token and reports whether there is one.

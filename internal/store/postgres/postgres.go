@@ -76,6 +76,8 @@ type Store struct {
 	// commit), a new message's claim of its idempotency record in the
 	// statement that stores it (insertClaimedSQL).
 	groupcommit.Messages
+	// TargetStore is the Store's Targets, on targetTable.
+	store.TargetStore
 	// cols is the writer's reusable statement argument buffer, segAcks
 	// its set of the ids acked in the current segment, and claims its set
 	// of the idempotency records claimed in the batch (writer goroutine
@@ -139,6 +141,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	s.Messages = groupcommit.NewMessages(s.writer, "postgres", &s.closed)
+	s.TargetStore = store.NewTargetStore(targetTable{pool: s.pool, schema: s.schema}, "postgres", &s.closed)
 	return s, nil
 }
 

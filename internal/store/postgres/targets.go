@@ -2,34 +2,43 @@ package postgres
 
 import (
 	"context"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
-// PutTarget adds t to user's targets or, when user has a target with t's
-// platform and token, replaces its keys. A new target beyond max (max > 0)
-// fails with store.ErrTooManyTargets. Puts for one user are serialised by a
-// transaction-scoped advisory lock, so concurrent puts never pass the cap.
-func (s *Store) PutTarget(ctx context.Context, user string, t store.Target, max int) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", s.schema, user); err != nil {
+// targetTable is the Store's store.TargetTable.
+type targetTable struct {
+	pool   *pgxpool.Pool
+	schema string
+}
+
+// Put serialises the puts of a user with a transaction-scoped advisory
+// lock.
+func (tt targetTable) Put(ctx context.Context, user string, put func(store.TargetWrites) error) error {
+	return pgx.BeginFunc(ctx, tt.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", tt.schema, user); err != nil {
 			return err
 		}
-		return store.PutTargetIn(ctx, targetWrites{tx}, user, t, max)
+		return put(targetWrites{tx})
 	})
-	if errors.Is(err, store.ErrTooManyTargets) {
-		return err
-	}
+}
+
+func (tt targetTable) Delete(ctx context.Context, user string, t store.Target) error {
+	_, err := tt.pool.Exec(ctx, "DELETE FROM targets WHERE owner = $1 AND platform = $2 AND token = $3",
+		user, t.Platform, t.Token)
+	return err
+}
+
+func (tt targetTable) List(ctx context.Context, user string) ([]store.Target, error) {
+	rows, err := tt.pool.Query(ctx, "SELECT platform, token, p256dh, auth FROM targets WHERE owner = $1 ORDER BY seq", user)
 	if err != nil {
-		return s.wrap("put target", err)
+		return nil, err
 	}
-	return nil
+	defer rows.Close()
+	return store.ScanTargets(rows)
 }
 
 // targetWrites are PutTarget's statements in its transaction.
@@ -52,33 +61,4 @@ func (w targetWrites) InsertTarget(ctx context.Context, user string, t store.Tar
 		ON CONFLICT (owner, platform, token) DO UPDATE SET p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth`,
 		user, t.Platform, t.Token, t.P256DH, t.Auth)
 	return err
-}
-
-// DeleteTarget removes user's target with t's platform and token, if any.
-func (s *Store) DeleteTarget(ctx context.Context, user string, t store.Target) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	if _, err := s.pool.Exec(ctx, "DELETE FROM targets WHERE owner = $1 AND platform = $2 AND token = $3",
-		user, t.Platform, t.Token); err != nil {
-		return s.wrap("delete target", err)
-	}
-	return nil
-}
-
-// Targets returns user's targets in the order they were first added.
-func (s *Store) Targets(ctx context.Context, user string) ([]store.Target, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	rows, err := s.pool.Query(ctx, "SELECT platform, token, p256dh, auth FROM targets WHERE owner = $1 ORDER BY seq", user)
-	if err != nil {
-		return nil, s.wrap("targets", err)
-	}
-	defer rows.Close()
-	out, err := store.ScanTargets(rows)
-	if err != nil {
-		return nil, s.wrap("targets", err)
-	}
-	return out, nil
 }

@@ -123,6 +123,8 @@ type Store struct {
 	// disk, and a crash leaves that envelope to the sweep, which routes it
 	// again. MarkRouted returns once its marks are applied.
 	groupcommit.Messages
+	// TargetStore is the Store's Targets, on targetTable.
+	store.TargetStore
 	// The writer's reusable buffers (writer goroutine only): the ids acked
 	// in the current segment, the rows of the ids acked, the ids the
 	// current commit stored or deleted before its acks, the rows the
@@ -213,6 +215,7 @@ func Open(ctx context.Context, path string, opts Options) (_ *Store, err error) 
 	}
 	s.writer = groupcommit.New(opts.MaxBatch, s.commit, log)
 	s.Messages = groupcommit.NewMessages(s.writer, "sqlite", &s.closed)
+	s.TargetStore = store.NewTargetStore(targetTable{w: s.w, r: s.r}, "sqlite", &s.closed)
 	return s, nil
 }
 

@@ -3,34 +3,44 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 
 	"github.com/go-routing-service/routingservice/internal/store"
 )
 
-// PutTarget adds t to user's targets or, when user has a target with t's
-// platform and token, replaces its keys. A new target beyond max (max > 0)
-// fails with store.ErrTooManyTargets.
-func (s *Store) PutTarget(ctx context.Context, user string, t store.Target, max int) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
+// targetTable is the Store's store.TargetTable: writes on the write
+// connection (w), reads on the read pool (r).
+type targetTable struct{ w, r *sql.DB }
+
+// Put runs put in a transaction on the single write connection.
+func (tt targetTable) Put(ctx context.Context, user string, put func(store.TargetWrites) error) error {
+	tx, err := tt.w.BeginTx(ctx, nil)
 	if err != nil {
-		return s.wrap("put target: begin", err)
+		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	if err := store.PutTargetIn(ctx, targetWrites{tx}, user, t, max); err != nil {
-		if errors.Is(err, store.ErrTooManyTargets) {
-			return err
-		}
-		return s.wrap("put target", err)
+	if err := put(targetWrites{tx}); err != nil {
+		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return s.wrap("put target: commit", err)
+		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
+}
+
+func (tt targetTable) Delete(ctx context.Context, user string, t store.Target) error {
+	_, err := tt.w.ExecContext(ctx, "DELETE FROM targets WHERE owner = ? AND platform = ? AND token = ?",
+		user, t.Platform, t.Token)
+	return err
+}
+
+func (tt targetTable) List(ctx context.Context, user string) ([]store.Target, error) {
+	rows, err := tt.r.QueryContext(ctx, "SELECT platform, token, p256dh, auth FROM targets WHERE owner = ? ORDER BY seq", user)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return store.ScanTargets(rows)
 }
 
 // targetWrites are PutTarget's statements in its transaction.
@@ -58,33 +68,4 @@ func (w targetWrites) InsertTarget(ctx context.Context, user string, t store.Tar
 	_, err := w.tx.ExecContext(ctx, "INSERT INTO targets (owner, platform, token, p256dh, auth) VALUES (?, ?, ?, ?, ?)",
 		user, t.Platform, t.Token, t.P256DH, t.Auth)
 	return err
-}
-
-// DeleteTarget removes user's target with t's platform and token, if any.
-func (s *Store) DeleteTarget(ctx context.Context, user string, t store.Target) error {
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	if _, err := s.w.ExecContext(ctx, "DELETE FROM targets WHERE owner = ? AND platform = ? AND token = ?",
-		user, t.Platform, t.Token); err != nil {
-		return s.wrap("delete target", err)
-	}
-	return nil
-}
-
-// Targets returns user's targets in the order they were first added.
-func (s *Store) Targets(ctx context.Context, user string) ([]store.Target, error) {
-	if s.closed.Load() {
-		return nil, store.ErrClosed
-	}
-	rows, err := s.r.QueryContext(ctx, "SELECT platform, token, p256dh, auth FROM targets WHERE owner = ? ORDER BY seq", user)
-	if err != nil {
-		return nil, s.wrap("targets", err)
-	}
-	defer rows.Close()
-	out, err := store.ScanTargets(rows)
-	if err != nil {
-		return nil, s.wrap("targets", err)
-	}
-	return out, nil
 }
