@@ -161,8 +161,10 @@ func (rs *receivers) read(ctx context.Context, rc *rconn) {
 		if len(env.Payload) >= 8 {
 			lat = time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(env.Payload)))
 		}
-		rs.ck.Received(env.ID, int(rc.recipient), int(rc.slot), lat)
+		// Queued before it counts as received: once every message is
+		// received, every ack is queued for closeAll's last flush.
 		rs.queueAck(ctx, rc, env.ID)
+		rs.ck.Received(env.ID, int(rc.recipient), int(rc.slot), lat)
 	}
 }
 

@@ -224,6 +224,8 @@ func (o *options) validate() error {
 		return errors.New("-rate, -duration, -drain and -window must not be negative")
 	case o.payload < 8:
 		return errors.New("-payload must be at least 8 bytes (it carries the send time)")
+	case o.scenario == "group" && o.ephemeral:
+		return errors.New("-ephemeral does not go with group: a batch holds stored messages only")
 	}
 	for _, u := range []string{o.api, o.ws, o.metrics} {
 		if u == "" {

@@ -30,17 +30,18 @@ func (e *env) runLoad(ctx context.Context, l *load) (time.Duration, error) {
 	return l.run(ctx), nil
 }
 
-// schedule paces one of workers sending goroutines at l.rate in total
-// (none: flat out), each starting at its place in the first interval.
+// schedule paces one of workers sending goroutines, each send n messages,
+// at l.rate messages per second in total (none: flat out), each starting
+// at its place in the first interval.
 type schedule struct {
 	interval time.Duration
 	next     time.Time
 }
 
-func (l *load) schedule(start time.Time, worker, workers int) *schedule {
+func (l *load) schedule(start time.Time, worker, workers, n int) *schedule {
 	var interval time.Duration
 	if l.rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(workers) / l.rate)
+		interval = time.Duration(float64(time.Second) * float64(workers*n) / l.rate)
 	}
 	return &schedule{interval: interval, next: start.Add(interval * time.Duration(worker) / time.Duration(workers))}
 }
@@ -81,7 +82,7 @@ func (l *load) drive(ctx context.Context, workers, n int, worker func(w int) fun
 	for w := range workers {
 		wg.Go(func() {
 			send := worker(w)
-			sched := l.schedule(start, w, workers)
+			sched := l.schedule(start, w, workers, n)
 			for ctx.Err() == nil {
 				sched.wait()
 				first, ok := l.more(&seq, n)
