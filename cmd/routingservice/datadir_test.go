@@ -42,3 +42,17 @@ func TestServeRefusesADataDirInUse(t *testing.T) {
 		}
 	}
 }
+
+// A config file without data_dir keeps the data beside it, whatever the
+// working directory, and the running instance holds the dir's lock.
+func TestServeKeepsTheDataDirBesideTheConfig(t *testing.T) {
+	t.Chdir(t.TempDir())
+	c := startChildConfig(t, "")
+	want := filepath.Join(filepath.Dir(c.config), "data")
+	if _, err := os.Stat(filepath.Join(want, "routing.db")); err != nil {
+		t.Fatalf("the store is not in %s: %v", want, err)
+	}
+	if _, err := os.Stat(filepath.Join(want, datadir.LockFile)); err != nil {
+		t.Fatalf("no lock in %s: %v", want, err)
+	}
+}

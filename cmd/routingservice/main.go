@@ -150,10 +150,8 @@ func loadToolConfig(fs *flag.FlagSet, args []string, keys ...string) (config.Con
 		return config.Config{}, err
 	}
 	cfg := config.Default()
-	if p := configPath(*path); p != "" {
-		if err := config.ParseFile(p, &cfg); err != nil {
-			return config.Config{}, config.FileError(p, err)
-		}
+	if err := cfg.ReadFile(configPath(*path)); err != nil {
+		return config.Config{}, err
 	}
 	cfg.FromEnv(os.Getenv)
 	cfg.FillDefaults()

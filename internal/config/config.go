@@ -23,7 +23,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -147,7 +146,7 @@ func Default() Config {
 	return Config{
 		RunMode:         ModeLocal,
 		Roles:           []string{RoleAPI, RolePipeline, RoleRealtime},
-		DataDir:         "./data",
+		DataDir:         "./data", // from the config file's directory; without a file, UserDataDir
 		ShutdownTimeout: 15 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		API:             api.DefaultConfig(),
@@ -183,14 +182,8 @@ func Load(path string, overrides ...func(*Config)) (Config, error) {
 // when the file cannot be read or parsed, or the local secret made.
 func LoadUnchecked(path string, overrides ...func(*Config)) (Config, error) {
 	cfg := Default()
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return Config{}, fmt.Errorf("config: %w", err)
-		}
-		if err := Parse(b, &cfg); err != nil {
-			return Config{}, fmt.Errorf("config %s: %w", path, err)
-		}
+	if err := cfg.ReadFile(path); err != nil {
+		return Config{}, err
 	}
 	cfg.FromEnv(os.Getenv)
 	for _, o := range overrides {
@@ -250,13 +243,15 @@ func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
 
 // FillDefaults fills the defaults that derive from other keys or from the
 // machine, where they are unset: the instance id (host name and a random
-// suffix) and the SQLite path (under the data dir). It leaves set values
-// alone, so calling it again changes nothing. Call it after FromEnv and
-// before Check.
+// suffix), the data dir (UserDataDir when no file or variable named one;
+// a relative one made absolute) and the SQLite path (under the data dir).
+// It leaves set values alone, so calling it again changes nothing. Call
+// it after FromEnv and before Check.
 func (c *Config) FillDefaults() {
 	if c.InstanceID == "" {
 		c.InstanceID = defaultInstanceID()
 	}
+	c.fillDataDir(os.Getenv)
 	c.fillStoreDefaults()
 	if c.Bus.PackDeliveries == nil {
 		pack := c.Bus.Packing()

@@ -37,9 +37,10 @@ func UserDataDir(getenv func(string) string) string {
 }
 
 // ParseFile reads the config file at path over cfg (see Parse). A
-// relative data_dir in it is taken relative to the file's directory, and
-// an empty one is the directory "data" beside the file, so the data dir
-// does not depend on where the command runs from.
+// relative data_dir (the default ./data included) is taken relative to
+// the file's directory, and an empty one is the directory "data" beside
+// the file, so the data dir does not depend on where the command runs
+// from.
 func ParseFile(path string, cfg *Config) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -57,6 +58,20 @@ func ParseFile(path string, cfg *Config) error {
 		cfg.DataDir = filepath.Join(dir, DataDirName)
 	case !filepath.IsAbs(cfg.DataDir):
 		cfg.DataDir = filepath.Join(dir, cfg.DataDir)
+	}
+	return nil
+}
+
+// ReadFile reads the config file at path over c (ParseFile), naming the
+// file in its error; with no file (path ""), the data dir is left to
+// FillDefaults: the per-user directory unless ROUTING_DATA_DIR names one.
+func (c *Config) ReadFile(path string) error {
+	if path == "" {
+		c.DataDir = ""
+		return nil
+	}
+	if err := ParseFile(path, c); err != nil {
+		return FileError(path, err)
 	}
 	return nil
 }
