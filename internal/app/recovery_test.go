@@ -57,7 +57,7 @@ func pgSchema(t *testing.T) (url, schema string) {
 
 // sharedBackends configures an instance on the shared store (pgURL,
 // schema), a private Redis (presence) and NATS at natsURL.
-func sharedBackends(id string, roles []string, pgURL, schema, redisAddr, natsURL string) func(*config.Config) {
+func sharedBackends(id string, roles []string, pgURL, schema, redisAddr, natsURL string, replicas int) func(*config.Config) {
 	return func(c *config.Config) {
 		c.InstanceID = id
 		c.Roles = roles
@@ -69,21 +69,42 @@ func sharedBackends(id string, roles []string, pgURL, schema, redisAddr, natsURL
 		c.Bus.Type = "nats"
 		c.Bus.NATS.URL = natsURL
 		c.Bus.NATS.SubjectPrefix = "recovery"
+		c.Bus.NATS.Replicas = replicas
 		c.API.PublishTimeout = time.Second
 		c.Pipeline.RerouteAfter = recoveryRerouteAfter
 	}
 }
 
-// senderAndRealtime starts an api+pipeline instance and a realtime
-// instance on the shared backends, connects bob to the realtime one and
-// returns a checker sending from alice through the first, receiving on
-// bob's connection, once a first message arrived live.
-func senderAndRealtime(t *testing.T, natsURL string) (sender, rt *testApp, ck *faulttest.Checker) {
+// senderAndRealtime starts an instance for the api role (with the
+// pipeline role too when pipelineApart is false, else a pipeline instance
+// apart) and a realtime instance on the shared backends, connects bob to
+// the realtime one and returns every instance and a checker sending from
+// alice through the api instance, receiving on bob's connection, once a
+// first message arrived live.
+func senderAndRealtime(t *testing.T, natsURL string, pipelineApart bool) (apps []*testApp, ck *faulttest.Checker) {
+	t.Helper()
+	return startSenderAndRealtime(t, natsURL, pipelineApart, 1)
+}
+
+// senderAndRealtimeOn is senderAndRealtime (the pipeline on the api
+// instance) on a NATS cluster, with streams of that many replicas.
+func senderAndRealtimeOn(t *testing.T, natsURL string, replicas int) (apps []*testApp, ck *faulttest.Checker) {
+	t.Helper()
+	return startSenderAndRealtime(t, natsURL, false, replicas)
+}
+
+func startSenderAndRealtime(t *testing.T, natsURL string, pipelineApart bool, replicas int) (apps []*testApp, ck *faulttest.Checker) {
 	t.Helper()
 	pgURL, schema := pgSchema(t)
 	rs := startRedis(t)
-	sender = startApp(t, sharedBackends("rec-sender", []string{config.RoleAPI, config.RolePipeline}, pgURL, schema, rs.Addr(), natsURL))
-	rt = startApp(t, sharedBackends("rec-realtime", []string{config.RoleRealtime}, pgURL, schema, rs.Addr(), natsURL))
+	roles := []string{config.RoleAPI, config.RolePipeline}
+	if pipelineApart {
+		roles = roles[:1]
+		apps = append(apps, startApp(t, sharedBackends("rec-pipeline", []string{config.RolePipeline}, pgURL, schema, rs.Addr(), natsURL, replicas)))
+	}
+	sender := startApp(t, sharedBackends("rec-sender", roles, pgURL, schema, rs.Addr(), natsURL, replicas))
+	rt := startApp(t, sharedBackends("rec-realtime", []string{config.RoleRealtime}, pgURL, schema, rs.Addr(), natsURL, replicas))
+	apps = append(apps, sender, rt)
 	conn := connect(t, rt.client(t, "urn:sm:user:bob"))
 	connected(t, rt, 1)
 	ck = faulttest.NewChecker(t, sender.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
@@ -92,7 +113,7 @@ func senderAndRealtime(t *testing.T, natsURL string) (sender, rt *testApp, ck *f
 		ck.SendOne()
 		return ck.Received(ck.LastAccepted(nil))
 	})
-	return sender, rt, ck
+	return apps, ck
 }
 
 // liveAfter waits until every message in [from, to) that was accepted
@@ -150,13 +171,25 @@ func accepted(ck *faulttest.Checker, from, to int) int {
 
 // The bus (a private nats-server) is killed under a steady stream and
 // restarted, the recipient connected to a realtime instance other than
-// the one that accepts and routes: messages accepted while the bus was
-// down (stored, 202) arrive live within 2 s of the server accepting
-// connections again, not after pipeline.reroute_after. Nothing is lost
-// or dead-lettered.
+// the one that accepts: messages accepted while the bus was down (stored,
+// 202) arrive live within 2 s of the server accepting connections again,
+// not after pipeline.reroute_after. Nothing is lost or dead-lettered.
+// With the pipeline on the accepting instance, its hand-off holds them
+// and tries them again; with the pipeline apart, they were never
+// published, and the sweep run on the bus's recovery routes them.
 func TestRecoveryBusRestartDeliversHeldMessagesLive(t *testing.T) {
+	for _, apart := range []bool{false, true} {
+		name := "api+pipeline,realtime"
+		if apart {
+			name = "api,pipeline,realtime"
+		}
+		t.Run(name, func(t *testing.T) { testBusRestartLive(t, apart) })
+	}
+}
+
+func testBusRestartLive(t *testing.T, pipelineApart bool) {
 	ns := startNATS(t)
-	sender, rt, ck := senderAndRealtime(t, "nats://"+ns.Addr())
+	apps, ck := senderAndRealtime(t, "nats://"+ns.Addr(), pipelineApart)
 	ck.Start(20 * time.Millisecond)
 	faulttest.WaitFor(t, 10*time.Second, "messages before the outage", func() bool { return ck.Count(faulttest.Accepted, nil) >= 20 })
 
@@ -176,7 +209,7 @@ func TestRecoveryBusRestartDeliversHeldMessagesLive(t *testing.T) {
 	ck.StopSending()
 	faulttest.WaitFor(t, 20*time.Second, "every accepted message", ck.AllStoredArrived)
 	ck.Check()
-	for _, ta := range []*testApp{sender, rt} {
+	for _, ta := range apps {
 		if n := deadLettered(ta); n != 0 {
 			t.Errorf("%v messages dead-lettered by a bus outage", n)
 		}

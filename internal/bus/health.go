@@ -30,6 +30,34 @@ type health struct {
 	next     int
 	onUp     map[int]func()
 	watching bool
+	// upCh is closed (and replaced) when the engine recovers.
+	upCh chan struct{}
+}
+
+// recovery returns a channel closed when the engine next recovers.
+func (b *Bus) recovery() <-chan struct{} {
+	h := &b.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.upCh == nil {
+		h.upCh = make(chan struct{})
+	}
+	return h.upCh
+}
+
+// sleepUntilRecovered waits d, or less when the engine recovers first; it
+// reports false when ctx ends first.
+func (b *Bus) sleepUntilRecovered(ctx context.Context, d time.Duration) bool {
+	up := b.recovery()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-up:
+	}
+	return true
 }
 
 // OnRecovered registers fn, called (on a goroutine of its own) each time
@@ -103,6 +131,10 @@ func (b *Bus) markUp() {
 		return
 	}
 	h.down = false
+	if h.upCh != nil {
+		close(h.upCh)
+		h.upCh = nil
+	}
 	fns := make([]func(), 0, len(h.onUp))
 	for _, fn := range h.onUp {
 		fns = append(fns, fn)

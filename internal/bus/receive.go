@@ -370,7 +370,8 @@ func (b *Bus) extend(held []received) {
 
 // run calls h on a batch and settles each message by its result. Messages
 // whose handler answered ErrUnavailable are kept, with the receive call
-// paused (g), and handed to h again with capped backoff until it answers
+// paused (g), and handed to h again with capped backoff (at once when the
+// bus takes publishes again after failing them) until it answers
 // something else or ctx ends.
 func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []received, g *gate) {
 	held := b.runOnce(ctx, queue, h, batch)
@@ -382,7 +383,8 @@ func (b *Bus) run(ctx context.Context, queue string, h BatchHandler, batch []rec
 	delay := b.o.MinBackoff
 	for len(held) > 0 {
 		b.log.Warn("backend unavailable; holding messages and retrying", "queue", queue, "messages", len(held), "retry_in", delay)
-		if !sleep(ctx, delay) {
+		// The bus's own recovery ends the wait at once.
+		if !b.sleepUntilRecovered(ctx, delay) {
 			for _, r := range held {
 				if err := r.dm.Acker.Nack(0); err != nil {
 					b.log.Warn("releasing a held message failed; it will be redelivered after the ack deadline", "queue", queue, "id", r.m.ID, "err", err)

@@ -2,6 +2,7 @@ package route
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,10 +17,27 @@ func (c *Core) consume(ctx context.Context) error {
 	return c.bus.ReceiveIngressBatch(ctx, max(1, c.o.MaxBatch), c.routeIngress)
 }
 
+// busOutage marks err, a routing failure, as bus.ErrUnavailable when the
+// bus does not answer its ping (asked once per batch, *down remembers
+// it): a delivery event that could not be published while the bus is
+// down (or its stream elects a leader) is held and tried again like a
+// store or presence outage, costing no attempt, rather than dead-lettered
+// once its attempts run out during the outage.
+func (c *Core) busOutage(ctx context.Context, err error, down **bool) error {
+	if *down == nil {
+		d := errors.Is(outage(ctx, c.bus, err), bus.ErrUnavailable)
+		*down = &d
+	}
+	if **down {
+		return fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
+	}
+	return err
+}
+
 // routeIngress is the ingress consumer's batch handler: it decodes the
 // routing events and routes them, one error per message. An undecodable
 // or invalid envelope is a permanent failure (bus.ErrPermanent:
-// dead-lettered at once); a store or presence outage is
+// dead-lettered at once); a store, presence or bus outage is
 // bus.ErrUnavailable (the bus holds the message and tries it again,
 // without counting an attempt, until the backend is back); other errors
 // are retried.
@@ -50,7 +68,11 @@ func (c *Core) routeIngress(ctx context.Context, ms []*bus.Message) []error {
 		at = append(at, i)
 	}
 	if len(evs) > 0 {
+		var busDown *bool // asked once per batch
 		for j, err := range c.route(ctx, evs, c.marks != nil) {
+			if err != nil && !errors.Is(err, bus.ErrUnavailable) && !errors.Is(err, bus.ErrPermanent) {
+				err = c.busOutage(ctx, err, &busDown)
+			}
 			errs[at[j]] = err
 		}
 	}
