@@ -114,11 +114,19 @@ test('a page from an origin that is not allowed cannot open the WebSocket', asyn
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ sub: 'urn:sm:user:mallory' }),
   });
   const { token } = await tokenResp.json();
+  // The probe shows what it tries and what happened, so that the
+  // screenshot of the refusal is not a blank page.
   const probe = (url) => `
-    <!doctype html><title>probe</title><body><script>
+    <!doctype html><title>probe</title><body style="font: 16px sans-serif; margin: 2em">
+    <h1>WebSocket from <span id="origin"></span></h1>
+    <p>to ${new URL(url).origin}/v1/connect</p>
+    <p>result: <strong id="result">connecting</strong></p>
+    <script>
+      document.getElementById('origin').textContent = location.origin;
+      const show = (r) => { document.getElementById('result').textContent = r; document.body.dataset.result = r; };
       const ws = new WebSocket(${JSON.stringify(url)});
-      ws.onopen = () => { document.body.dataset.result = 'open'; };
-      ws.onclose = (e) => { document.body.dataset.result = document.body.dataset.result || ('closed ' + e.code); };
+      ws.onopen = () => show('open');
+      ws.onclose = (e) => { if (!document.body.dataset.result) show('closed ' + e.code + ' (refused)'); };
     </script></body>`;
   const url = `${wsUrl}/v1/connect?access_token=${encodeURIComponent(token)}`;
 
@@ -128,7 +136,8 @@ test('a page from an origin that is not allowed cannot open the WebSocket', asyn
   await page.goto('http://evil.test/');
   await page.waitForSelector('body[data-result]', { state: 'attached' });
   const refused = await page.getAttribute('body', 'data-result');
-  assert.equal(refused, 'closed 1006', 'the upgrade from http://evil.test is refused');
+  assert.equal(refused, 'closed 1006 (refused)', 'the upgrade from http://evil.test is refused');
+  assert.match(await page.textContent('body'), /WebSocket from http:\/\/evil\.test/, 'the page shows what it tried');
   await page.screenshot({ path: join(artifacts, 'refused-origin.png') });
 
   // The same probe from the demo's own origin opens: the refusal is the origin's.
