@@ -1,6 +1,7 @@
 // Package datadir keeps the data dir: the directory of an instance's own
 // files (the local JWT secret, the VAPID key pair, the SQLite database,
 // the embedded bus's storage, the admin socket). Prepare makes it private;
+// Lock takes it for one instance before anything in it is opened;
 // Writable and Creatable tell, changing nothing, whether a file can be
 // made in a directory, for `config check`.
 package datadir
