@@ -3,6 +3,8 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,22 +72,38 @@ func (c *natsCluster) node(t *testing.T, name string) *server {
 }
 
 // leader returns the server leading stream, or with a consumer name that
-// consumer ("" when it has none or the cluster does not answer).
+// consumer, with a quorum of its replicas ("" when it has none, it hears
+// from too few replicas, or the cluster does not answer).
 func leader(js jetstream.JetStream, stream, consumer string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
+	var ci *jetstream.ClusterInfo
 	if consumer != "" {
 		c, err := js.Consumer(ctx, stream, consumer)
-		if err != nil || c.CachedInfo().Cluster == nil {
+		if err != nil {
 			return ""
 		}
-		return c.CachedInfo().Cluster.Leader
+		ci = c.CachedInfo().Cluster
+	} else {
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			return ""
+		}
+		ci = s.CachedInfo().Cluster
 	}
-	s, err := js.Stream(ctx, stream)
-	if err != nil || s.CachedInfo().Cluster == nil {
+	if ci == nil || ci.Leader == "" {
 		return ""
 	}
-	return s.CachedInfo().Cluster.Leader
+	alive := 1
+	for _, p := range ci.Replicas {
+		if p != nil && !p.Offline && p.Active < 3*time.Second {
+			alive++
+		}
+	}
+	if alive < 2 {
+		return "" // a leader alone of 3
+	}
+	return ci.Leader
 }
 
 // jsOn connects to one node only and returns its JetStream context.
@@ -111,12 +129,54 @@ type latencies struct {
 	arrived map[int]time.Time
 }
 
-// A 3-node JetStream cluster, streams with 3 replicas, a steady stream
-// from an api+pipeline instance to a recipient on a realtime instance:
-// the node leading the delivery stream is killed (SIGKILL) and restarted.
-// Nothing is lost, nothing dead-lettered, and live delivery is back
-// within seconds of the kill (the streams elect a leader among the two
-// left), not after pipeline.reroute_after.
+// lateSince returns, of the messages numbered from on that were accepted
+// and arrived, the worst delay between send and arrival, and when the
+// last one delayed by more than a second arrived (zero when none was).
+func (l *latencies) lateSince(ck *faulttest.Checker, from int) (worst time.Duration, lastLate time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for n, at := range l.sent {
+		if n < from || ck.Outcome(n) != faulttest.Accepted {
+			continue
+		}
+		got, ok := l.arrived[n]
+		if !ok {
+			continue // arrived after the loops stopped: AllStoredArrived sees it
+		}
+		d := got.Sub(at)
+		worst = max(worst, d)
+		if d > time.Second && got.After(lastLate) {
+			lastLate = got
+		}
+	}
+	return worst, lastLate
+}
+
+// unready records the /readyz answers other than 200 of some instances.
+type unready struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (u *unready) take() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	got := u.got
+	u.got = nil
+	return got
+}
+
+// A 3-node JetStream cluster, streams with 3 replicas, a steady stream of
+// 50 messages a second from an api+pipeline instance to a recipient on a
+// realtime instance. First the node leading the delivery stream is killed
+// (SIGKILL) and restarted: no instance says it is not ready (it rides the
+// election through), and live delivery is back as soon as the streams
+// have leaders among the two nodes left. Then two nodes are killed
+// (quorum lost): both instances say they are not ready, naming the bus;
+// once the nodes are back, the messages accepted meanwhile arrive within
+// 2 s of the streams having leaders again, and the instances are ready.
+// Nothing is lost, nothing dead-lettered, none waits for
+// pipeline.reroute_after.
 func TestRecoveryClusterLeaderKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node NATS cluster")
@@ -125,6 +185,7 @@ func TestRecoveryClusterLeaderKilled(t *testing.T) {
 	apps, ck := senderAndRealtimeOn(t, cl.URL(), 3)
 
 	lat := &latencies{sent: map[int]time.Time{}, arrived: map[int]time.Time{}}
+	notReady := &unready{}
 	stop := make(chan struct{})
 	var loops sync.WaitGroup
 	loops.Go(func() { // the steady stream: 50 messages a second
@@ -159,76 +220,126 @@ func TestRecoveryClusterLeaderKilled(t *testing.T) {
 			lat.mu.Unlock()
 		}
 	})
+	loops.Go(func() { // readiness, every 100 ms
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			for _, ta := range apps {
+				if code, checks := readyz(t, ta); code != http.StatusOK {
+					notReady.mu.Lock()
+					notReady.got = append(notReady.got, fmt.Sprintf("%s %d %v at %s", ta.cfg.InstanceID, code, checks, time.Now().Format("15:04:05.000")))
+					notReady.mu.Unlock()
+				}
+			}
+		}
+	})
 	stopLoops := sync.OnceFunc(func() { close(stop); loops.Wait() })
 	t.Cleanup(stopLoops)
 
 	faulttest.WaitFor(t, 10*time.Second, "messages before the kill", func() bool { return ck.Count(faulttest.Accepted, nil) >= 50 })
+	faulttest.WaitFor(t, 10*time.Second, "every instance ready", func() bool {
+		for _, ta := range apps {
+			if code, _ := readyz(t, ta); code != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	})
+	notReady.take()
 	const stream, consumer = "recovery-delivery", "recovery-instance-rec-realtime"
 	victim := leader(jsOn(t, cl.nodes[0]), stream, "")
 	if victim == "" {
 		t.Fatal("the delivery stream has no leader before the kill")
 	}
-	node := cl.node(t, victim)
-	// Watch the election from a node that stays.
+	// Watch the elections from a node that stays up throughout.
 	var js jetstream.JetStream
+	var others []*server
 	for i, n := range cl.names {
 		if n != victim {
-			js = jsOn(t, cl.nodes[i])
-			break
+			others = append(others, cl.nodes[i])
 		}
 	}
+	js = jsOn(t, others[0])
+	// leadersAgain waits until the delivery stream and this realtime
+	// instance's consumer have a leader among the nodes up.
+	leadersAgain := func(what string, down ...string) time.Time {
+		t.Helper()
+		var at time.Time
+		faulttest.WaitFor(t, 30*time.Second, what, func() bool {
+			ls, lc := leader(js, stream, ""), leader(js, stream, consumer)
+			if ls == "" || lc == "" || slices.Contains(down, ls) || slices.Contains(down, lc) {
+				return false
+			}
+			at = time.Now()
+			return true
+		})
+		return at
+	}
+
+	// One node: the delivery stream's leader.
 	consumerLeader := leader(js, stream, consumer)
+	node := cl.node(t, victim)
 	node.Kill()
 	killed, from := time.Now(), ck.Sent()
-	// The cluster has leaders again once the delivery stream and this
-	// realtime instance's consumer have one among the nodes left.
-	var elected time.Time
-	faulttest.WaitFor(t, 30*time.Second, "a new delivery stream and consumer leader", func() bool {
-		ls, lc := leader(js, stream, ""), leader(js, stream, consumer)
-		if ls != "" && ls != victim && lc != "" && lc != victim {
-			elected = time.Now()
-			return true
-		}
-		return false
-	})
+	elected := leadersAgain("a new delivery stream and consumer leader", victim)
 	faulttest.WaitFor(t, 20*time.Second, "messages while the node is down", func() bool { return ck.Sent()-from >= 150 })
 	node.Start()
 	restarted := time.Now()
 	faulttest.WaitFor(t, 20*time.Second, "messages after the restart", func() bool { return ck.Sent()-from >= 300 })
+	worst, lastLate := lat.lateSince(ck, from)
+	t.Logf("one node: killed %s (delivery stream leader; its consumer's was %s); leaders again after %v; restarted after %v; worst delivery %v; delays over 1s ended %v after the kill",
+		victim, consumerLeader, elected.Sub(killed).Round(time.Millisecond), restarted.Sub(killed).Round(time.Millisecond), worst.Round(time.Millisecond),
+		lastLate.Sub(killed).Round(time.Millisecond))
+	if !lastLate.IsZero() && lastLate.Sub(elected) > 2*time.Second {
+		t.Errorf("one node: live delivery came back %v after the streams had leaders again, want within 2s", lastLate.Sub(elected).Round(time.Millisecond))
+	}
+	if got := notReady.take(); len(got) > 0 {
+		t.Errorf("one node's failover took instances out of readiness: %v", got)
+	}
+
+	// Two nodes: quorum lost.
+	down := []*server{node, others[1]}
+	for _, n := range down {
+		n.Kill()
+	}
+	lost, from2 := time.Now(), ck.Sent()
+	for _, ta := range apps {
+		faulttest.WaitFor(t, 20*time.Second, ta.cfg.InstanceID+" not ready without quorum", func() bool {
+			code, checks := readyz(t, ta)
+			return code == http.StatusServiceUnavailable && checks["bus"] == "fail"
+		})
+	}
+	unreadyAfter := time.Since(lost)
+	for _, n := range down {
+		n.Start()
+	}
+	back := time.Now()
+	elected2 := leadersAgain("the delivery stream and consumer leaders after quorum returns")
+	for _, ta := range apps {
+		faulttest.WaitFor(t, 20*time.Second, ta.cfg.InstanceID+" ready again", func() bool {
+			code, _ := readyz(t, ta)
+			return code == http.StatusOK
+		})
+	}
+	mark := ck.Sent()
+	faulttest.WaitFor(t, 20*time.Second, "messages after quorum returns", func() bool { return ck.Sent()-mark >= 100 })
 	stopLoops()
+	worst2, lastLate2 := lat.lateSince(ck, from2)
+	t.Logf("quorum lost: both instances not ready %v after; nodes back after %v; leaders again %v after that; worst delivery %v; delays over 1s ended %v after the leaders were back",
+		unreadyAfter.Round(time.Millisecond), back.Sub(lost).Round(time.Millisecond), elected2.Sub(back).Round(time.Millisecond), worst2.Round(time.Millisecond),
+		lastLate2.Sub(elected2).Round(time.Millisecond))
+	if lastLate2.Sub(elected2) > 2*time.Second {
+		t.Errorf("quorum lost: live delivery came back %v after the streams had leaders again, want within 2s", lastLate2.Sub(elected2).Round(time.Millisecond))
+	}
 
 	faulttest.WaitFor(t, 30*time.Second, "every accepted message", ck.AllStoredArrived)
 	ck.Check()
 	for _, ta := range apps {
 		if n := deadLettered(ta); n != 0 {
-			t.Errorf("%v messages dead-lettered by a node's death", n)
+			t.Errorf("%v messages dead-lettered by nodes' deaths", n)
 		}
-	}
-	// How late the messages sent after the kill arrived.
-	lat.mu.Lock()
-	defer lat.mu.Unlock()
-	var worst time.Duration
-	worstAt := -1
-	var lastLate time.Time // when the last message that arrived more than 1 s late arrived
-	for n, at := range lat.sent {
-		if n < from || ck.Outcome(n) != faulttest.Accepted {
-			continue
-		}
-		got, ok := lat.arrived[n]
-		if !ok {
-			continue // arrived after the loops stopped: AllStoredArrived saw it
-		}
-		if d := got.Sub(at); d > worst {
-			worst, worstAt = d, n
-		}
-		if got.Sub(at) > time.Second && got.After(lastLate) {
-			lastLate = got
-		}
-	}
-	t.Logf("killed %s (delivery stream leader; its consumer's was %s); leaders again after %v; restarted after %v; worst delivery %v (message %d); delays over 1s ended %v after the kill",
-		victim, consumerLeader, elected.Sub(killed).Round(time.Millisecond), restarted.Sub(killed).Round(time.Millisecond), worst.Round(time.Millisecond), worstAt,
-		lastLate.Sub(killed).Round(time.Millisecond))
-	if !lastLate.IsZero() && lastLate.Sub(elected) > 2*time.Second {
-		t.Errorf("live delivery came back %v after the delivery stream had a new leader, want within 2s", lastLate.Sub(elected).Round(time.Millisecond))
 	}
 }

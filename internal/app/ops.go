@@ -95,12 +95,13 @@ func (a *App) addRoleChecks(checks map[string]api.ReadyFunc, delivery *waitFor) 
 
 // busReadyGrace is how long the bus may fail its check, after having
 // passed it, before the instance says it is not ready: a cluster node's
-// failover (a stream leader elected anew) lasts a few seconds, which the
-// instance rides through (its publishes fail fast and are tried again),
-// and taking every instance out of rotation at once for it would be
-// worse than the failover. A bus that never answered since the start
-// fails at once; a quorum loss or an outage outlasts the grace.
-const busReadyGrace = 6 * time.Second
+// failover (a stream leader elected anew: 4-9 s with nats-server 2.9's
+// election timeouts) is ridden through (publishes fail fast, and what
+// they carried is held and tried again), and taking every instance out
+// of rotation at once for it would be worse than the failover. A bus
+// that never answered since the start fails at once; a quorum loss or an
+// outage outlasts the grace.
+const busReadyGrace = 10 * time.Second
 
 // graced is check, passing while its failures since its last pass are
 // younger than grace (and it passed once).

@@ -555,11 +555,33 @@ func (d *Driver) Ping(ctx context.Context) error {
 	return leaderless(ds.CachedInfo())
 }
 
-// leaderless returns the error of a replicated stream without a leader:
-// nothing can be published to it until its replicas elect one.
+// replicaSilence is how long a stream's leader may go without hearing
+// from a replica before the replica counts as gone (replicas answer the
+// leader's heartbeats every second).
+const replicaSilence = 5 * time.Second
+
+// leaderless returns the error of a replicated stream that cannot store a
+// publish: it has no leader, or its leader hears from too few replicas
+// for a quorum (a leader whose followers died goes on answering the
+// stream's info as its leader, with its replicas silent for longer and
+// longer, while every publish times out).
 func leaderless(info *jetstream.StreamInfo) error {
-	if info.Config.Replicas > 1 && (info.Cluster == nil || info.Cluster.Leader == "") {
-		return fmt.Errorf("natsbus: ping: stream %s has no leader (its replicas lost their quorum): publishing waits for an election", info.Config.Name)
+	r := info.Config.Replicas
+	if r <= 1 {
+		return nil
+	}
+	if info.Cluster == nil || info.Cluster.Leader == "" {
+		return fmt.Errorf("natsbus: ping: stream %s has no leader (its replicas elect one, or lost their quorum): publishing waits for it", info.Config.Name)
+	}
+	alive := 1 // the leader
+	for _, p := range info.Cluster.Replicas {
+		if p != nil && !p.Offline && p.Active < replicaSilence {
+			alive++
+		}
+	}
+	if alive <= r/2 {
+		return fmt.Errorf("natsbus: ping: stream %s: its leader %s hears from %d of its %d replicas, short of a quorum: publishing waits for them",
+			info.Config.Name, info.Cluster.Leader, alive, r)
 	}
 	return nil
 }
