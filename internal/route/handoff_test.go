@@ -182,3 +182,97 @@ func TestLocalHandoffRequeuesFailures(t *testing.T) {
 		t.Errorf("routing deferred = %v, want 1", got)
 	}
 }
+
+// recoveringBus is a fakeBus that announces its recovery (bus.Bus's
+// OnRecovered) when told to.
+type recoveringBus struct {
+	*fakeBus
+	mu  sync.Mutex
+	fns map[int]func()
+	n   int
+}
+
+func (b *recoveringBus) OnRecovered(fn func()) func() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fns == nil {
+		b.fns = map[int]func(){}
+	}
+	id := b.n
+	b.n++
+	b.fns[id] = fn
+	return func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		delete(b.fns, id)
+	}
+}
+
+// recover clears the bus's errors and announces its recovery.
+func (b *recoveringBus) recover() {
+	b.fakeBus.mu.Lock()
+	b.fakeBus.err, b.fakeBus.ingressErr = nil, nil
+	b.fakeBus.mu.Unlock()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, fn := range b.fns {
+		go fn()
+	}
+}
+
+func (b *recoveringBus) listeners() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.fns)
+}
+
+// While the bus is down, what the hand-off fails to route (its delivery
+// events cannot be published) is held, neither dropped nor left to the
+// sweep, and the hand-off goes on routing the rest; when the bus
+// recovers, the held messages are routed at once, in order.
+func TestLocalHandoffHoldsWhileTheBusIsDown(t *testing.T) {
+	m := telemetry.NewMetrics()
+	b := &recoveringBus{fakeBus: &fakeBus{err: errors.New("bus down"), ingressErr: errors.New("bus down")}}
+	n := &fakeNotifier{}
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, MaxBatch: 4, HandoffQueue: 64, Metrics: m},
+		&fakeStore{}, presenceByUser{"urn:sm:user:far": {"other"}, "urn:sm:user:off": {}}, b)
+	stop := runHandoff(p)
+	defer stop()
+	ids := offer(t, p, "urn:sm:user:far", 10)
+	offline := offer(t, p, "urn:sm:user:off", 1) // needs no bus: routed at once
+	waitFor(t, "the offline recipient's push", func() bool { return len(n.notifications()) == 1 })
+	if got := n.notifications()[0].MessageID; got != offline[0] {
+		t.Fatalf("push for %s, want %s", got, offline[0])
+	}
+	waitFor(t, "the held messages' retry loop", func() bool { return b.listeners() > 0 })
+	if got := testutil.ToFloat64(m.RoutingDeferred); got != 0 {
+		t.Fatalf("%v messages left to the sweep while the bus is down, want none", got)
+	}
+	b.recover()
+	// Each is routed again (its delivery event published) or handed to
+	// the ingress topic, as one batch, for any pipeline instance to route.
+	onBus := func() map[string]bool {
+		b.fakeBus.mu.Lock()
+		defer b.fakeBus.mu.Unlock()
+		seen := map[string]bool{}
+		for _, o := range b.fakeBus.out {
+			seen[o.m.ID] = true
+		}
+		for _, m := range b.fakeBus.ingress {
+			seen[m.ID+".other"] = true
+		}
+		return seen
+	}
+	waitFor(t, "the held messages on the bus", func() bool {
+		seen := onBus()
+		for _, id := range ids {
+			if !seen[id+".other"] {
+				return false
+			}
+		}
+		return true
+	})
+	if got := testutil.ToFloat64(m.RoutingDeferred); got != 0 {
+		t.Errorf("%v messages left to the sweep, want none", got)
+	}
+}

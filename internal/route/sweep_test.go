@@ -2,6 +2,8 @@ package route
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,5 +39,54 @@ func TestSweepRoutesUnroutedMessages(t *testing.T) {
 	}
 	if got := p.sweepOnce(context.Background(), 30*time.Second, time.Time{}, nil); got != 0 {
 		t.Fatalf("second sweep found %d, want 0", got)
+	}
+}
+
+// leasingStore is a fakeStore that holds the sweep lease or not.
+type leasingStore struct {
+	*fakeStore
+	held atomic.Bool
+	asks atomic.Int64
+}
+
+func (s *leasingStore) HoldLease(context.Context, string) (bool, error) {
+	s.asks.Add(1)
+	return s.held.Load(), nil
+}
+func (s *leasingStore) ReleaseLease(context.Context, string) error { return nil }
+
+// When the bus recovers, the sweep routes at once the messages stored
+// before, however young (accepted while the bus was down); only on the
+// instance holding the sweep lease.
+func TestSweepOnBusRecovery(t *testing.T) {
+	for _, held := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lease held %v", held), func(t *testing.T) {
+			young := &envelope.Envelope{ID: "young", Sender: "urn:sm:user:a", Recipient: "urn:sm:user:off", Payload: []byte("c"), CreatedAt: time.Now().Add(-time.Second)}
+			st := &leasingStore{fakeStore: &fakeStore{envs: []*envelope.Envelope{young}}}
+			st.held.Store(held)
+			n := &fakeNotifier{}
+			b := &recoveringBus{fakeBus: &fakeBus{}}
+			p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: time.Second, RerouteAfter: time.Hour}, st, presenceByUser{}, b)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); p.sweep(ctx) }()
+			defer func() { cancel(); <-done }()
+			waitFor(t, "the sweep's first round", func() bool { return st.asks.Load() >= 1 && b.listeners() == 1 })
+			if st.isRouted("young") {
+				t.Fatal("a message younger than reroute_after swept on the timer")
+			}
+			b.recover()
+			if held {
+				waitFor(t, "the young message swept on the bus's recovery", func() bool { return st.isRouted("young") })
+				if got := n.notifications(); len(got) != 1 || got[0].MessageID != "young" {
+					t.Fatalf("pushes %+v, want one for the swept message", got)
+				}
+				return
+			}
+			waitFor(t, "the lease asked for on the bus's recovery", func() bool { return st.asks.Load() >= 2 })
+			if st.isRouted("young") || len(n.notifications()) != 0 {
+				t.Fatal("an instance without the sweep lease swept")
+			}
+		})
 	}
 }
