@@ -109,9 +109,10 @@ func startSenderAndRealtime(t *testing.T, natsURL string, pipelineApart bool, re
 	connected(t, rt, 1)
 	ck = faulttest.NewChecker(t, sender.client(t, "urn:sm:user:alice"), "urn:sm:user:bob", 0)
 	ck.Receive(conn)
-	faulttest.WaitFor(t, 20*time.Second, "a first message live through the bus", func() bool {
-		ck.SendOne()
-		return ck.Received(ck.LastAccepted(nil))
+	faulttest.WaitFor(t, 30*time.Second, "a first message live through the bus", func() bool {
+		ck.SendOne() // each given a second to arrive
+		n := ck.LastAccepted(nil)
+		return n >= 0 && happensWithin(time.Second, func() bool { return ck.Received(n) })
 	})
 	return apps, ck
 }

@@ -32,9 +32,11 @@ type leaser interface {
 //
 // When the bus takes publishes again after failing them (bus.Bus's
 // OnRecovered), it sweeps at once, whatever their age, the messages
-// stored before that moment: those accepted while the bus was down reach
-// their connected recipients within moments of its return rather than
-// RerouteAfter later. This instance's routed marks held back are written
+// stored before that moment, and again 1 s and 2 s later those stored
+// until 250 ms before (an api instance that reconnects later than this
+// one failed its publishes a little longer): those accepted while the
+// bus was down reach their connected recipients within moments of its
+// return rather than RerouteAfter later. This instance's routed marks held back are written
 // first, and the events it holds for the bus are left out (it routes
 // those itself); a message another instance routed in its last MarkDelay
 // may be routed again (at-least-once).
@@ -91,7 +93,18 @@ func (c *Core) sweep(ctx context.Context) {
 	}
 	t := time.NewTicker(max(after/3, 100*time.Millisecond))
 	defer t.Stop()
-	var before time.Time // when the bus recovered; zero: a timed round
+	// After a recovery, follow-up rounds: other instances reconnect a
+	// moment later than this one, and what their Accept failed to publish
+	// meanwhile is swept by these.
+	var followUps []time.Time
+	var next *time.Timer
+	var nextC <-chan time.Time
+	defer func() {
+		if next != nil {
+			next.Stop()
+		}
+	}()
+	var before time.Time // the recovery round's bound; zero: a timed round
 	for {
 		if mayHold() {
 			var skip map[string]bool
@@ -108,16 +121,38 @@ func (c *Core) sweep(ctx context.Context) {
 			}
 		}
 		before = time.Time{}
+		if nextC == nil && len(followUps) > 0 {
+			next = time.NewTimer(time.Until(followUps[0]))
+			nextC = next.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-recovered:
-			before = time.Now()
+			now := time.Now()
+			before = now
+			followUps = []time.Time{now.Add(recoveryFollowUp), now.Add(2 * recoveryFollowUp)}
+			if next != nil {
+				next.Stop()
+			}
+			next, nextC = nil, nil
 			c.log.Info("route: the bus recovered; sweeping the messages stored while it was down")
+		case <-nextC:
+			next, nextC = nil, nil
+			before = followUps[0].Add(-recoveryFollowUpMargin)
+			followUps = followUps[1:]
 		}
 	}
 }
+
+// recoveryFollowUp spaces the rounds after a recovery round; each sweeps
+// what was stored until recoveryFollowUpMargin before it, whatever its
+// age (the routing events of messages stored since are on their way).
+const (
+	recoveryFollowUp       = time.Second
+	recoveryFollowUpMargin = 250 * time.Millisecond
+)
 
 // flushForRecovery writes this instance's routed marks held back (so that
 // the recovery sweep does not route those messages again) and returns the
