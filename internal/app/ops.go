@@ -104,13 +104,22 @@ func (a *App) addRoleChecks(checks map[string]api.ReadyFunc, delivery *waitFor) 
 const busReadyGrace = 10 * time.Second
 
 // graced is check, passing while its failures since its last pass are
-// younger than grace (and it passed once).
+// younger than grace (and it passed once). A check that runs out of time
+// is a failure like another.
 func graced(check api.ReadyFunc, grace time.Duration) api.ReadyFunc {
 	var mu sync.Mutex
 	var passed bool
 	var failingSince time.Time
 	return func(ctx context.Context) error {
-		err := check(ctx)
+		// A check that does not answer in time fails within the grace
+		// too: it gets less time than /readyz waits for it.
+		cctx := ctx
+		if dl, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			cctx, cancel = context.WithDeadline(ctx, dl.Add(-min(200*time.Millisecond, time.Until(dl)/2)))
+			defer cancel()
+		}
+		err := check(cctx)
 		mu.Lock()
 		defer mu.Unlock()
 		if err == nil {

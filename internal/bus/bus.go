@@ -288,7 +288,7 @@ func (b *Bus) PublishIngress(ctx context.Context, m *Message) error {
 	dm, err := outgoing(m, "", spanContext(span))
 	if err == nil {
 		err = b.d.Publish(ctx, QueueIngress, []*driver.Message{dm})
-		b.published(ctx, err)
+		b.published(ctx, QueueIngress, err)
 		if err != nil {
 			err = fmt.Errorf("bus: publish ingress %s: %w", m.ID, err)
 		}
@@ -337,7 +337,7 @@ func (b *Bus) PublishIngressBatch(ctx context.Context, ms []*Message) (err error
 		dms[i] = dm
 	}
 	err = b.d.Publish(ctx, QueueIngress, dms)
-	b.published(ctx, err)
+	b.published(ctx, QueueIngress, err)
 	if err != nil {
 		return fmt.Errorf("bus: publish %d ingress messages: %w", len(ms), err)
 	}
@@ -392,7 +392,7 @@ func (b *Bus) PublishDeliveries(ctx context.Context, ds []Delivery) (err error) 
 		ms = b.packs(ms)
 	}
 	err = b.d.Publish(ctx, QueueDelivery, ms)
-	b.published(ctx, err)
+	b.published(ctx, QueueDelivery, err)
 	if err != nil {
 		if len(ds) == 1 {
 			return fmt.Errorf("bus: publish delivery %s to %s: %w", ds[0].Message.ID, ds[0].Instance, err)

@@ -9,9 +9,9 @@ import (
 
 // Health probing. The bus follows whether its engine takes publishes: a
 // publish that fails (not because its caller gave up) marks it down, and
-// while it is down it pings the engine every probeInterval; the first
-// publish or ping that succeeds marks it up again and calls the
-// functions registered with OnRecovered. With a registered function it
+// while it is down it pings the engine every probeInterval; a ping that
+// succeeds, or a publish to each queue that failed, marks it up again
+// and calls the functions registered with OnRecovered. With a registered function it
 // also pings the engine every watchInterval while up, so that an outage
 // is noticed (and its end announced) on an instance that publishes
 // nothing meanwhile.
@@ -32,6 +32,8 @@ type health struct {
 	watching bool
 	// upCh is closed (and replaced) when the engine recovers.
 	upCh chan struct{}
+	// failing are the queues whose last publish failed.
+	failing map[string]bool
 }
 
 // recovery returns a channel closed when the engine next recovers.
@@ -96,22 +98,40 @@ func (b *Bus) Down() (bool, time.Time) {
 	return h.down, h.since
 }
 
-// published records the outcome of a publish to the engine.
-func (b *Bus) published(ctx context.Context, err error) {
+// published records the outcome of a publish to queue. The engine is up
+// again once every queue whose publish failed has taken one since (or
+// the engine answered a ping): a queue whose stream still elects its
+// leader keeps it down while the other takes publishes.
+func (b *Bus) published(ctx context.Context, queue string, err error) {
 	switch {
 	case err == nil:
-		b.markUp()
+		h := &b.health
+		h.mu.Lock()
+		delete(h.failing, queue)
+		up := len(h.failing) == 0
+		h.mu.Unlock()
+		if up {
+			b.markUp()
+		}
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()), errors.Is(err, ErrClosed):
 		// The caller gave up, or the bus closed: no news of the engine.
 	default:
-		b.markDown(err)
+		b.markDown(queue, err)
 	}
 }
 
-func (b *Bus) markDown(err error) {
+// markDown records that a publish to queue (or, with queue "", a ping)
+// failed.
+func (b *Bus) markDown(queue string, err error) {
 	h := &b.health
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if queue != "" {
+		if h.failing == nil {
+			h.failing = map[string]bool{}
+		}
+		h.failing[queue] = true
+	}
 	if h.down {
 		return
 	}
@@ -131,6 +151,7 @@ func (b *Bus) markUp() {
 		return
 	}
 	h.down = false
+	clear(h.failing)
 	if h.upCh != nil {
 		close(h.upCh)
 		h.upCh = nil
@@ -180,7 +201,7 @@ func (b *Bus) probe() {
 		if err == nil {
 			b.markUp()
 		} else {
-			b.markDown(err)
+			b.markDown("", err)
 		}
 	}
 }

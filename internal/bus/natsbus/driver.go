@@ -558,7 +558,7 @@ func (d *Driver) Ping(ctx context.Context) error {
 // replicaSilence is how long a stream's leader may go without hearing
 // from a replica before the replica counts as gone (replicas answer the
 // leader's heartbeats every second).
-const replicaSilence = 5 * time.Second
+const replicaSilence = 3 * time.Second
 
 // leaderless returns the error of a replicated stream that cannot store a
 // publish: it has no leader, or its leader hears from too few replicas
