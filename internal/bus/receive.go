@@ -78,13 +78,21 @@ func (b *Bus) receive(ctx context.Context, queue, instance string, maxBatch int,
 	if queue == QueueDelivery && !ident.Valid(instance) {
 		return fmt.Errorf("bus: subscribe %s: instance %q must be 1-64 characters of [A-Za-z0-9_-]", queue, instance)
 	}
-	// A subscription that cannot be opened at first (the engine is down
-	// at start) is tried again like one that broke: the receiver waits
-	// for the engine, never gives up.
+	// A subscription that cannot be opened at first because the engine
+	// is down (it does not answer its ping either: down at start) is
+	// tried again like one that broke: the receiver waits for the engine,
+	// never gives up. One the engine answers but refuses (its settings)
+	// is an error.
 	sub, err := b.d.Subscribe(ctx, queue, instance)
 	if err != nil {
 		if ctx.Err() != nil {
 			return end()
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		perr := b.d.Ping(pctx)
+		cancel()
+		if perr == nil {
+			return fmt.Errorf("bus: subscribe %s: %w", queue, err)
 		}
 		b.log.Warn("subscribing failed; waiting for the bus and subscribing again", "queue", queue, "err", err, "retry_in", b.o.MinBackoff)
 		sub = nil
