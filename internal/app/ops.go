@@ -78,7 +78,7 @@ func (a *App) readinessChecks(checks map[string]api.ReadyFunc) map[string]api.Re
 // subscription ("ingress_subscription"), the realtime role its delivery
 // subscription ("delivery_subscription", set up before connections are
 // taken, then received from). Each fails, naming what it waits for in
-// the log, until the role has it.
+// the log, from the role's first failed attempt until it has it.
 func (a *App) addRoleChecks(checks map[string]api.ReadyFunc, delivery *waitFor) {
 	if a.cfg.Has(config.RolePipeline) {
 		checks["ingress_subscription"] = func(context.Context) error { return a.bus.Subscribed(bus.QueueIngress) }

@@ -249,6 +249,10 @@ func TestRecoveryStartWithTheBusDown(t *testing.T) {
 	})
 	bob := ta.client(t, "urn:sm:user:bob")
 	upAt := time.Now().Add(5 * time.Second)
+	faulttest.WaitFor(t, 4*time.Second, "the roles' first subscribe attempts", func() bool {
+		_, checks := readyz(t, ta)
+		return checks["ingress_subscription"] == "fail" && checks["delivery_subscription"] == "fail"
+	})
 	for polls := 0; time.Now().Before(upAt); polls++ {
 		code, checks := readyz(t, ta)
 		if code != http.StatusServiceUnavailable {
