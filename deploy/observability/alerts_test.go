@@ -44,7 +44,7 @@ type unitTests struct {
 // Every alert has a severity, a summary, a runbook_url that links to its
 // own entry of RUNBOOK.md (and every entry there is an alert's), a unit
 // test that fires it and one in which it stays silent, and a row in the
-// README's table of alerts.
+// table of alerts in docs/operations.md.
 func TestAlertsHaveRunbookTestsAndDocs(t *testing.T) {
 	headings := markdownHeadings(t, "RUNBOOK.md", "## ")
 	b, err := os.ReadFile("alerts_test.yaml")
@@ -68,7 +68,7 @@ func TestAlertsHaveRunbookTestsAndDocs(t *testing.T) {
 			}
 		}
 	}
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestAlertsHaveRunbookTestsAndDocs(t *testing.T) {
 				t.Errorf("%s: alerts_test.yaml has no test in which it stays silent", name)
 			}
 			if !strings.Contains(string(readme), "| `"+name+"` |") {
-				t.Errorf("%s: the README's table of alerts has no row for it", name)
+				t.Errorf("%s: the table of alerts in docs/operations.md has no row for it", name)
 			}
 		}
 	}
