@@ -54,9 +54,16 @@ func (c *Core) offer(ev Event) bool {
 	}
 }
 
+// handoffLanes is how many batches of the hand-off are routed at once:
+// each lane takes the events of the recipients that hash to it, in the
+// order they were handed over, so that one slow batch (a publish waiting
+// for its acknowledgement) holds up only its lane's recipients.
+const handoffLanes = 4
+
 // runHandoff routes what offer hands over, in batches of what is
-// waiting, in the order it was handed over, until ctx is done; it then
-// refuses further events and routes what is left before returning.
+// waiting, each recipient's in the order they were handed over (over
+// handoffLanes lanes), until ctx is done; it then refuses further events
+// and routes what is left before returning.
 func (c *Core) runHandoff(ctx context.Context) {
 	q := c.handoff
 	q.heldMu.Lock()
@@ -71,24 +78,59 @@ func (c *Core) runHandoff(ctx context.Context) {
 		held.Wait()
 	}()
 	size := max(1, c.o.MaxBatch)
-	evs := make([]Event, 0, size)
+	// A lane routes what it is given until its channel closes; a batch
+	// begun is routed to its end, shutdown or not (HandlerTimeout bounds
+	// it).
+	dctx := context.WithoutCancel(ctx)
+	lanes := make([]chan Event, handoffLanes)
+	var routing sync.WaitGroup
+	for i := range lanes {
+		lanes[i] = make(chan Event, size)
+		routing.Go(func() {
+			evs := make([]Event, 0, size)
+			for {
+				var ok bool
+				if evs, ok = batch.Next(dctx, evs[:0], lanes[i], size); !ok {
+					return
+				}
+				c.routeHandoff(dctx, evs)
+				clear(evs)
+			}
+		})
+	}
+	dispatch := func(ev Event) {
+		lanes[fnv32(ev.Envelope.Recipient)%handoffLanes] <- ev
+	}
 	for {
-		var ok bool
-		if evs, ok = batch.Next(ctx, evs[:0], q.ch, size); !ok {
-			break
+		select {
+		case ev := <-q.ch:
+			dispatch(ev)
+			continue
+		case <-ctx.Done():
 		}
-		c.routeHandoff(ctx, evs)
-		clear(evs)
+		break
 	}
 	q.mu.Lock()
 	q.closed = true
 	q.mu.Unlock()
-	dctx := context.WithoutCancel(ctx)
-	for len(q.ch) > 0 {
-		evs, _ = batch.Fill(evs[:0], q.ch, size)
-		c.routeHandoff(dctx, evs)
-		clear(evs)
+	batch.Drain(q.ch, func(ev Event) bool {
+		dispatch(ev)
+		return true
+	})
+	for _, l := range lanes {
+		close(l)
 	}
+	routing.Wait()
+}
+
+// fnv32 is the FNV-1a hash of s.
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // slowHandoff is how long routing one hand-off batch may take before it

@@ -3,6 +3,8 @@ package route
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -274,5 +276,52 @@ func TestLocalHandoffHoldsWhileTheBusIsDown(t *testing.T) {
 	})
 	if got := testutil.ToFloat64(m.RoutingDeferred); got != 0 {
 		t.Errorf("%v messages left to the sweep, want none", got)
+	}
+}
+
+// stuckBus is a fakeBus whose delivery publishes wait until release is
+// closed (a publish whose acknowledgement does not come).
+type stuckBus struct {
+	*fakeBus
+	release chan struct{}
+}
+
+func (b *stuckBus) PublishDeliveries(ctx context.Context, ds []bus.Delivery) error {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return b.fakeBus.PublishDeliveries(ctx, ds)
+}
+
+// One stuck publish holds up only the recipients of its lane: the
+// hand-off goes on routing the others meanwhile.
+func TestLocalHandoffNotStalledByOneStuckPublish(t *testing.T) {
+	b := &stuckBus{fakeBus: &fakeBus{}, release: make(chan struct{})}
+	n := &fakeNotifier{}
+	const far = "urn:sm:user:far"
+	// Offline recipients in the other lanes.
+	var offline []string
+	for i := 0; len(offline) < handoffLanes-1; i++ {
+		u := fmt.Sprintf("urn:sm:user:off-%d", i)
+		if fnv32(u)%handoffLanes != fnv32(far)%handoffLanes && !slices.ContainsFunc(offline, func(o string) bool { return fnv32(o)%handoffLanes == fnv32(u)%handoffLanes }) {
+			offline = append(offline, u)
+		}
+	}
+	where := presenceByUser{far: {"other"}} // the others: offline
+	p := New(Options{Instance: "self", Notifier: n, HandlerTimeout: 30 * time.Second, MaxBatch: 4, HandoffQueue: 64}, &fakeStore{}, where, b)
+	stop := runHandoff(p)
+	defer func() { close(b.release); stop() }()
+	offer(t, p, far, 1)
+	var want []string
+	for _, u := range offline {
+		want = append(want, offer(t, p, u, 2)...)
+	}
+	waitFor(t, "the other lanes' recipients routed while one publish is stuck", func() bool { return len(n.notifications()) == len(want) })
+	b.fakeBus.mu.Lock()
+	defer b.fakeBus.mu.Unlock()
+	if len(b.fakeBus.out) != 0 {
+		t.Fatal("the stuck publish went through")
 	}
 }
