@@ -212,13 +212,21 @@ func (c *Core) sweepOnce(ctx context.Context, after time.Duration, before time.T
 	}
 	errs := c.route(ctx, evs, false)
 	c.countRouted(start, errs)
-	routed := 0
+	routed, failed := 0, 0
+	var firstErr error
+	var firstID string
 	for i, err := range errs {
 		if err != nil {
-			c.log.Warn("route: routing an unrouted message failed; the next sweep tries again", "id", evs[i].Envelope.ID, "err", err)
+			if failed == 0 {
+				firstErr, firstID = err, evs[i].Envelope.ID
+			}
+			failed++
 			continue
 		}
 		routed++
+	}
+	if failed > 0 {
+		c.log.Warn("route: routing unrouted messages failed; the next sweep tries again", "count", failed, "first_id", firstID, "err", firstErr)
 	}
 	if routed > 0 {
 		c.log.Warn("route: routed messages whose routing event was lost or never published", "count", routed)
