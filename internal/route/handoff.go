@@ -229,10 +229,11 @@ const (
 // for the sweep.
 func (c *Core) runHeld(ctx context.Context) {
 	q := c.handoff
+	recovered := make(chan struct{}, 1)
 	if r, ok := c.bus.(recoverer); ok {
 		defer r.OnRecovered(func() {
 			select {
-			case q.kick <- struct{}{}:
+			case recovered <- struct{}{}:
 			default:
 			}
 		})()
@@ -245,6 +246,7 @@ func (c *Core) runHeld(ctx context.Context) {
 			c.flushHeld(context.WithoutCancel(ctx))
 			return
 		case <-q.kick:
+		case <-recovered:
 		}
 		for ctx.Err() == nil {
 			q.heldMu.Lock()
@@ -262,11 +264,13 @@ func (c *Core) runHeld(ctx context.Context) {
 			}
 			c.hold(left, err, false)
 			fresh = false
+			// Events held meanwhile wait for the next try with these;
+			// the bus's recovery ends the wait.
 			t := time.NewTimer(backoff)
 			select {
 			case <-ctx.Done():
 			case <-t.C:
-			case <-q.kick: // more held, or the bus recovered: try now
+			case <-recovered:
 			}
 			t.Stop()
 			backoff = min(2*backoff, heldMaxBackoff)
