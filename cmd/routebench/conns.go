@@ -198,7 +198,9 @@ func (rs *receivers) flush(ctx context.Context, rc *rconn) {
 	if len(ids) == 0 {
 		return
 	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// Not cancelled with ctx: a WebSocket write whose context ends closes
+	// the connection, and the ack loop's context ends while it may write.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	if err := rc.conn.Ack(actx, ids...); err != nil && !rs.closing.Load() {
 		rs.wsErrs.Add("ack write failed")
 	}
