@@ -39,6 +39,16 @@ func startApp(t *testing.T, mutate func(*config.Config)) *testApp {
 // startAppWith is startApp with app.Options.
 func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *testApp {
 	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return startAppLogged(t, mutate, opts, log)
+}
+
+// startAppLogged is startAppWith logging to log.
+func startAppLogged(t *testing.T, mutate func(*config.Config), opts app.Options, log *slog.Logger) *testApp {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.API.Listen = "127.0.0.1:0"
@@ -58,10 +68,6 @@ func startAppWith(t *testing.T, mutate func(*config.Config), opts app.Options) *
 	cfg.FillDefaults()
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.NewWithOptions(ctx, cfg, log, opts)

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"syscall"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/presence"
+	"github.com/go-routing-service/routingservice/internal/store"
 )
 
 // openBackends opens the store, the bus and presence through the engines
@@ -16,7 +20,11 @@ import (
 // verifier. Each is closed, in reverse order, by closeBackends.
 func (a *App) openBackends(ctx context.Context) error {
 	cfg := a.cfg
-	st, err := cfg.StoreEngine().Open(ctx, cfg.Store.Config, cfg.StoreEnv(a.log, a.metrics))
+	var st store.Store
+	err := a.untilReachable(ctx, "store", func() (err error) {
+		st, err = cfg.StoreEngine().Open(ctx, cfg.Store.Config, cfg.StoreEnv(a.log, a.metrics))
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -30,7 +38,11 @@ func (a *App) openBackends(ctx context.Context) error {
 		return err
 	}
 
-	pr, err := cfg.PresenceEngine().Open(ctx, cfg.Presence.Config)
+	var pr presence.Presence
+	err = a.untilReachable(ctx, "presence", func() (err error) {
+		pr, err = cfg.PresenceEngine().Open(ctx, cfg.Presence.Config)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -44,6 +56,47 @@ func (a *App) openBackends(ctx context.Context) error {
 	a.verifier = v
 	a.closers = append(a.closers, func() error { v.Close(); return nil })
 	return nil
+}
+
+// Backoff of untilReachable between attempts: from startRetryMin,
+// doubling up to startRetryMax.
+const (
+	startRetryMin = 250 * time.Millisecond
+	startRetryMax = 5 * time.Second
+)
+
+// untilReachable runs open until it succeeds, fails for another reason
+// than its engine not answering (a refused or reset connection, a
+// timeout: see unreachable), or ctx ends: a start waits for a backend that
+// is down, saying so in the log with each attempt, instead of giving up.
+// A backend that answers and refuses (a wrong password, a schema it cannot
+// migrate) fails the start at once.
+func (a *App) untilReachable(ctx context.Context, what string, open func() error) error {
+	wait := startRetryMin
+	for {
+		err := open()
+		if err == nil || !unreachable(err) {
+			return err
+		}
+		a.log.Warn("waiting for the "+what+": it does not answer", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, startRetryMax)
+	}
+}
+
+// unreachable reports whether err says that a backend did not answer: its
+// connection refused or reset, or a network operation timed out.
+func unreachable(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // openBus opens the engine's driver and the portable bus over it, with
