@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"sync"
 	"time"
 
@@ -34,12 +35,11 @@ func leaseKey(schema, name string) int64 {
 	return int64(h.Sum64())
 }
 
-// leaseConns are the connections holding each Store's leases, by lease
-// name.
-var leaseConns = struct {
-	sync.Mutex
-	m map[*Store]map[string]*leaseConn
-}{m: map[*Store]map[string]*leaseConn{}}
+// leaseSet is the connections holding a Store's leases, by lease name.
+type leaseSet struct {
+	mu sync.Mutex
+	m  map[string]*leaseConn
+}
 
 // leaseConn is the connection one held lease lives on; done is closed
 // when it is released.
@@ -60,9 +60,9 @@ func (s *Store) HoldLease(ctx context.Context, name string) (bool, error) {
 	if s.closed.Load() {
 		return false, store.ErrClosed
 	}
-	leaseConns.Lock()
-	lc := leaseConns.m[s][name]
-	leaseConns.Unlock()
+	s.leases.mu.Lock()
+	lc := s.leases.m[name]
+	s.leases.mu.Unlock()
 	if lc != nil {
 		lc.mu.Lock()
 		defer lc.mu.Unlock()
@@ -103,49 +103,44 @@ func (s *Store) takeLease(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	}
 	// The connection now holds the lock: it leaves the pool, to be closed
-	// (freeing the lock) when the lease is released or the Store closes.
+	// (freeing the lock) when the lease is released or the Store closes
+	// (dropLeases).
 	lc := &leaseConn{conn: pc.Hijack(), done: make(chan struct{})}
-	leaseConns.Lock()
-	if leaseConns.m[s] == nil {
-		leaseConns.m[s] = map[string]*leaseConn{}
+	s.leases.mu.Lock()
+	if s.leases.m == nil {
+		s.leases.m = map[string]*leaseConn{}
 	}
-	leaseConns.m[s][name] = lc
-	leaseConns.Unlock()
-	go s.closeLeaseWithStore(name, lc)
+	s.leases.m[name] = lc
+	s.leases.mu.Unlock()
+	if s.closed.Load() { // Close may have dropped the leases before this one
+		lc.mu.Lock()
+		s.dropLease(name, lc)
+		lc.mu.Unlock()
+		return false, store.ErrClosed
+	}
 	return true, nil
 }
 
-// closeLeaseWithStore releases the lease when the Store closes, if it is
-// not released before.
-func (s *Store) closeLeaseWithStore(name string, lc *leaseConn) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-lc.done:
-			return
-		case <-t.C:
-			if s.closed.Load() {
-				lc.mu.Lock()
-				s.dropLease(name, lc)
-				lc.mu.Unlock()
-				return
-			}
-		}
+// dropLeases releases every lease the Store holds (Close).
+func (s *Store) dropLeases() {
+	s.leases.mu.Lock()
+	held := maps.Clone(s.leases.m)
+	s.leases.mu.Unlock()
+	for name, lc := range held {
+		lc.mu.Lock()
+		s.dropLease(name, lc)
+		lc.mu.Unlock()
 	}
 }
 
 // dropLease closes lc's connection, which frees its lock, and forgets it;
 // lc.mu is held.
 func (s *Store) dropLease(name string, lc *leaseConn) {
-	leaseConns.Lock()
-	if leaseConns.m[s][name] == lc {
-		delete(leaseConns.m[s], name)
-		if len(leaseConns.m[s]) == 0 {
-			delete(leaseConns.m, s)
-		}
+	s.leases.mu.Lock()
+	if s.leases.m[name] == lc {
+		delete(s.leases.m, name)
 	}
-	leaseConns.Unlock()
+	s.leases.mu.Unlock()
 	if lc.conn == nil {
 		return
 	}
@@ -158,9 +153,9 @@ func (s *Store) dropLease(name string, lc *leaseConn) {
 
 // ReleaseLease frees the lease called name if this Store holds it.
 func (s *Store) ReleaseLease(ctx context.Context, name string) error {
-	leaseConns.Lock()
-	lc := leaseConns.m[s][name]
-	leaseConns.Unlock()
+	s.leases.mu.Lock()
+	lc := s.leases.m[name]
+	s.leases.mu.Unlock()
 	if lc == nil {
 		return nil
 	}

@@ -65,6 +65,9 @@ type Store struct {
 	schema string
 	log    *slog.Logger
 
+	// leases are the connections holding this Store's leases (lease.go).
+	leases leaseSet
+
 	// writer groups concurrent PutMessages, PutNew, Ack and MarkRouted
 	// calls into one transaction; the result of each envelope put is
 	// whether it had a tombstone, that of each new message whether it was
@@ -202,6 +205,7 @@ func (s *Store) Close() error {
 			s.stopMaint()
 			<-s.maint.done
 		}
+		s.dropLeases()
 		s.pool.Close()
 	})
 	return nil
