@@ -7,33 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/config"
+	"github.com/go-routing-service/routingservice/internal/testkit"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
-
-// syncBuffer is a strings.Builder safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type service struct {
 	api, ws string
@@ -88,7 +70,7 @@ func TestSendAndListen(t *testing.T) {
 		t.Fatalf("send printed %q: %v", sendOut.String(), err)
 	}
 	pr, pw := io.Pipe()
-	var stderr syncBuffer
+	var stderr testkit.Buffer
 	lctx, lcancel := context.WithCancel(ctx)
 	ldone := make(chan error, 1)
 	go func() {

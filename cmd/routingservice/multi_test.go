@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/go-routing-service/routingservice/internal/push/webpush"
+	"github.com/go-routing-service/routingservice/internal/testkit"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
@@ -44,7 +45,7 @@ func sharedEngines(t *testing.T) (pgURL, redisAddr, schema, keyPrefix string) {
 		}
 	})
 	keyPrefix = randomName("multi:") + ":"
-	deleteKeys(t, redisAddr, keyPrefix)
+	testkit.DeleteRedisKeys(t, redisAddr, keyPrefix)
 	return pgURL, redisAddr, schema, keyPrefix
 }
 

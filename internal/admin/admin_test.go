@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/bus"
 	"github.com/go-routing-service/routingservice/internal/bus/natsbus"
 	"github.com/go-routing-service/routingservice/internal/telemetry"
+	"github.com/go-routing-service/routingservice/internal/testkit"
 )
 
 // fixture is an embedded natsbus bus with the admin handler served on a
@@ -32,25 +32,8 @@ type fixture struct {
 	metrics *telemetry.Metrics
 	socket  string
 	client  *admin.Client
-	logs    *syncBuffer
+	logs    *testkit.Buffer
 	dead    chan string // queue of each dead-lettered message (OnDeadLetter)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // shortDir is a temporary directory with a path short enough for a Unix
@@ -83,7 +66,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	f := &fixture{metrics: telemetry.NewMetrics(), logs: &syncBuffer{}, dead: make(chan string, 100)}
+	f := &fixture{metrics: telemetry.NewMetrics(), logs: &testkit.Buffer{}, dead: make(chan string, 100)}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	d, err := natsbus.New(context.Background(), nc, natsbus.Config{Logger: logger})
 	if err != nil {

@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/auth"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/demo"
+	"github.com/go-routing-service/routingservice/internal/testkit"
 )
 
 // nonLoopbackAddrs are the machine's own addresses other than loopback
@@ -169,27 +168,9 @@ func TestDemoRefusesForeignHosts(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newLoggedApp makes (but does not run) an instance like startApp's and
 // returns what it logged.
-func newLoggedApp(t *testing.T, mutate func(*config.Config)) (*app.App, *syncBuffer) {
+func newLoggedApp(t *testing.T, mutate func(*config.Config)) (*app.App, *testkit.Buffer) {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
@@ -207,7 +188,7 @@ func newLoggedApp(t *testing.T, mutate func(*config.Config)) (*app.App, *syncBuf
 	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
-	buf := &syncBuffer{}
+	buf := &testkit.Buffer{}
 	a, err := app.New(context.Background(), cfg, slog.New(slog.NewTextHandler(buf, nil)))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, buf)

@@ -22,6 +22,7 @@ import (
 	"github.com/go-routing-service/routingservice/internal/app"
 	"github.com/go-routing-service/routingservice/internal/config"
 	"github.com/go-routing-service/routingservice/internal/telemetry/otlptest"
+	"github.com/go-routing-service/routingservice/internal/testkit"
 	"github.com/go-routing-service/routingservice/pkg/client"
 )
 
@@ -237,7 +238,7 @@ func runSplitRoles(t *testing.T, busConfig func(*config.Config)) {
 		t.Skip("set ROUTING_TEST_POSTGRES_URL and ROUTING_TEST_REDIS_ADDR to run the split-role trace tests")
 	}
 	schema, prefix := randomID("trace_"), randomID("trace:")+":"
-	deleteKeys(t, redisAddr, prefix)
+	testkit.DeleteRedisKeys(t, redisAddr, prefix)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -1,39 +1,21 @@
 package auth
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/go-routing-service/routingservice/internal/testkit"
 )
-
-// syncBuffer is a log sink safe for the verifier's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A token refused only because another HS256 secret signed it is logged
 // at info with the hint, at most once per period; tokens refused for
 // other reasons (expired, malformed, a bad subject) are not.
 func TestOtherSecretHint(t *testing.T) {
-	var buf syncBuffer
+	var buf testkit.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	v := newTestVerifier(t, Options{Config: Config{Algorithms: []string{HS256}}, HS256Secret: testSecret, Logger: log}, fastTuning())
 	now := time.Unix(1_700_000_000, 0)
